@@ -1,0 +1,106 @@
+"""duroxide_sim: durable workflows with Duroxide semantics, in pure Python, plus a deterministic
+simulation and testing harness.
+
+The public API mirrors duroxide-python (``Runtime``, ``Client``, ``RuntimeOptions``,
+``OrchestrationContext``, ``ActivityContext``, ``TagFilter``...) so workflow modules move over
+by changing the import. Importing this package only defines names: no threads, no logging
+configuration, no I/O.
+"""
+
+from __future__ import annotations
+
+from .core.codec import MAX_PAYLOAD_BYTES
+from .core.context import Backoff, Either2, Either3, OrchestrationContext, RetryPolicy
+from .core.registry import Registry
+from .errors import (
+    CannotDeleteSubOrchestration,
+    ConfigurationError,
+    DuroxideError,
+    InstanceNotFound,
+    InstanceStillRunning,
+    InvalidInputError,
+    LockLostError,
+    ManagementNotAvailable,
+    NondeterminismError,
+    OperationTimeout,
+    OrchestrationFailedError,
+    PayloadTooLargeError,
+    ProviderError,
+    SerializationError,
+    TaskFailedError,
+)
+from .providers.base import (
+    DeleteInstanceResult,
+    ExecutionInfo,
+    InstanceFilter,
+    InstanceInfo,
+    InstanceTree,
+    PruneOptions,
+    PruneResult,
+    QueueDepths,
+    SystemMetrics,
+    TagFilter,
+)
+from .providers.memory import InMemoryProvider
+from .runtime.activity import ActivityContext
+from .runtime.client import Client, OrchestrationResult
+from .runtime.options import RuntimeOptions
+from .runtime.runtime import Runtime
+
+__version__ = "0.1.0"
+
+
+def parse_result(result):  # noqa: ANN001, ANN201 - mirrors duroxide-python's helper
+    """Unwrap ``all``/``race`` results: a list of ``{"ok": v}`` -> ``[v, ...]``; ``{"ok": v}`` -> v;
+    ``{"err": e}`` raises ``TaskFailedError(e)``."""
+    if isinstance(result, list):
+        return [item.get("ok") if isinstance(item, dict) and "ok" in item else item for item in result]
+    if isinstance(result, dict):
+        if "ok" in result:
+            return result["ok"]
+        if "err" in result:
+            raise TaskFailedError(str(result["err"]))
+    return result
+
+
+__all__ = [
+    "ActivityContext",
+    "Backoff",
+    "CannotDeleteSubOrchestration",
+    "Client",
+    "ConfigurationError",
+    "DeleteInstanceResult",
+    "DuroxideError",
+    "Either2",
+    "Either3",
+    "ExecutionInfo",
+    "InMemoryProvider",
+    "InstanceFilter",
+    "InstanceInfo",
+    "InstanceNotFound",
+    "InstanceStillRunning",
+    "InstanceTree",
+    "InvalidInputError",
+    "LockLostError",
+    "MAX_PAYLOAD_BYTES",
+    "ManagementNotAvailable",
+    "NondeterminismError",
+    "OperationTimeout",
+    "OrchestrationContext",
+    "OrchestrationFailedError",
+    "OrchestrationResult",
+    "PayloadTooLargeError",
+    "ProviderError",
+    "PruneOptions",
+    "PruneResult",
+    "QueueDepths",
+    "Registry",
+    "RetryPolicy",
+    "Runtime",
+    "RuntimeOptions",
+    "SerializationError",
+    "SystemMetrics",
+    "TagFilter",
+    "TaskFailedError",
+    "parse_result",
+]

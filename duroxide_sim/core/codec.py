@@ -1,0 +1,114 @@
+"""Payload codec: the JSON layer over the engine's opaque strings (SPEC §17), plus typed I/O.
+
+At the core every payload (inputs, results, event data) is a string. This module decides how
+Python values become those strings and back, exactly as duroxide-python does:
+
+* plain API: values are ``json.dumps``'d (a string becomes ``"\\"text\\""``); results are
+  ``json.loads``'d when they parse and returned as the raw string otherwise;
+* ``*_typed`` API: a ``str`` value is passed through raw (not re-encoded), everything else is
+  JSON; results can be *structured* into a declared type (attrs classes, dataclasses, lists,
+  dicts, enums...) with cattrs.
+
+attrs / dataclass instances are accepted anywhere a payload is (unstructured with cattrs), so a
+typed workflow can pass records end to end. Anything else JSON cannot represent raises
+:class:`~duroxide_sim.errors.SerializationError` naming the value's type and where it was going.
+Payloads over :data:`MAX_PAYLOAD_BYTES` raise :class:`~duroxide_sim.errors.PayloadTooLargeError`.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cattrs
+
+from ..errors import PayloadTooLargeError, SerializationError
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "converter",
+    "encode",
+    "encode_typed",
+    "decode",
+    "decode_typed",
+    "check_size",
+]
+
+#: Largest payload (UTF-8 bytes) accepted for an input, result or event. The reference has no
+#: cap; we set one so a runaway value fails loudly at its source instead of bloating history.
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+#: The cattrs converter used for typed I/O. Users may register hooks on it for custom types.
+converter = cattrs.Converter()
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _default(value: Any) -> Any:
+    """json.dumps fallback: unstructure attrs classes, dataclasses, enums, sets."""
+    unstructured = converter.unstructure(value)
+    if unstructured is value:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    return unstructured
+
+
+def check_size(text: str, what: str) -> str:
+    size = len(text.encode("utf-8")) if len(text) * 4 > MAX_PAYLOAD_BYTES else len(text)
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLargeError(
+            f"{what} is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte payload limit; "
+            "store large data elsewhere and pass a reference",
+            size=size,
+            limit=MAX_PAYLOAD_BYTES,
+        )
+    return text
+
+
+def encode(value: Any, what: str = "payload") -> str:
+    """Plain encoding: always JSON (``None`` -> ``"null"``, ``"a"`` -> ``'"a"'``)."""
+    if type(value) in _SCALARS and not isinstance(value, float):
+        text = json.dumps(value)
+    else:
+        try:
+            text = json.dumps(value, default=_default, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(
+                f"{what} cannot be encoded as JSON: {exc} (value of type {type(value).__name__})",
+                what=what,
+            ) from exc
+    return check_size(text, what)
+
+
+def encode_typed(value: Any, what: str = "payload") -> str:
+    """Typed encoding: a ``str`` passes through raw; anything else as :func:`encode`."""
+    if isinstance(value, str):
+        return check_size(value, what)
+    return encode(value, what)
+
+
+def decode(text: str | None) -> Any:
+    """Plain decoding: JSON when it parses, else the raw string; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text
+
+
+def decode_typed(text: str | None, result_type: Any = None, what: str = "payload") -> Any:
+    """Decode and, when ``result_type`` is given, structure into it with cattrs."""
+    value = decode(text)
+    if result_type is None or result_type is Any:
+        return value
+    if result_type is str and isinstance(value, str):
+        return value
+    try:
+        return converter.structure(value, result_type)
+    except Exception as exc:  # cattrs raises several classes (ClassValidationError, ...)
+        name = getattr(result_type, "__name__", repr(result_type))
+        raise SerializationError(
+            f"{what} does not match type {name}: {exc}", what=what
+        ) from exc

@@ -1,0 +1,181 @@
+"""Registries of orchestrations and activities: names, versions, policies (SPEC §12, §5).
+
+* Activities are unversioned: one handler per name. Names starting with the reserved
+  ``__duroxide_syscall:`` prefix are refused.
+* Orchestrations are registered per (name, semver). ``register`` means version 1.0.0;
+  versioned registrations must come in strictly ascending order per name. Each name has a
+  policy: ``Latest`` (default) or ``Exact(v)``. A lookup with an explicit version matches
+  exactly; without one it follows the policy.
+* Names are opaque strings: the ``{crate}::{type}::{name}`` convention works as-is.
+
+Handlers remember how to call the user function (generator, coroutine or plain function, sync
+or async activity) and, for typed registrations, the input type to structure into.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigurationError
+
+__all__ = [
+    "SYSCALL_PREFIX",
+    "SYSCALL_UTC_NOW",
+    "SYSCALL_NEW_GUID",
+    "SYSCALL_GET_KV",
+    "parse_semver",
+    "Handler",
+    "Registry",
+]
+
+SYSCALL_PREFIX = "__duroxide_syscall:"
+SYSCALL_UTC_NOW = SYSCALL_PREFIX + "utc_now_ms"
+SYSCALL_NEW_GUID = SYSCALL_PREFIX + "new_guid"
+SYSCALL_GET_KV = SYSCALL_PREFIX + "get_kv_value"
+
+DEFAULT_VERSION = "1.0.0"
+
+
+def parse_semver(version: str) -> tuple[int, int, int]:
+    """``"1.2.3"`` -> ``(1, 2, 3)``; anything else raises ConfigurationError."""
+    if not isinstance(version, str):
+        raise ConfigurationError(f"version must be a string like '1.2.0', got {type(version).__name__}")
+    parts = version.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ConfigurationError(f"version {version!r} is not semver 'major.minor.patch'")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"{what} name must be a non-empty string, got {name!r}")
+    return name
+
+
+def _input_type(fn: Callable[..., Any]) -> Any:
+    """The annotation of the second parameter (``fn(ctx, input: T)``), if any."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) < 2:
+        return None
+    return hints.get(params[1].name)
+
+
+@attrs.frozen(kw_only=True)
+class Handler:
+    """A registered function and how to drive it."""
+
+    name: str
+    fn: Callable[..., Any]
+    version: str = DEFAULT_VERSION
+    style: str = "plain"  # "generator" | "coroutine" | "plain" (orchestrations); "sync" | "async" (activities)
+    typed: bool = False
+    input_type: Any = None
+    takes_input: bool = True
+
+
+def _make_handler(name: str, fn: Callable[..., Any], *, version: str, typed: bool, activity: bool) -> Handler:
+    if not callable(fn):
+        raise ConfigurationError(f"handler for {name!r} must be callable, got {type(fn).__name__}")
+    if inspect.isasyncgenfunction(fn):
+        raise ConfigurationError(f"{name!r}: async generators are not supported; use async def or a generator")
+    if inspect.iscoroutinefunction(fn):
+        style = "async" if activity else "coroutine"
+    elif activity:
+        style = "sync"
+    else:
+        style = "generator" if inspect.isgeneratorfunction(fn) else "plain"
+    try:
+        nparams = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        nparams = 2
+    return Handler(
+        name=name,
+        fn=fn,
+        version=version,
+        style=style,
+        typed=typed,
+        input_type=_input_type(fn) if typed else None,
+        takes_input=nparams >= 2,
+    )
+
+
+class Registry:
+    """Orchestration and activity handlers of one runtime (or one simulation)."""
+
+    def __init__(self) -> None:
+        self._activities: dict[str, Handler] = {}
+        # name -> list of (semver, Handler) in ascending order
+        self._orchestrations: dict[str, list[tuple[tuple[int, int, int], Handler]]] = {}
+        self._policies: dict[str, str | None] = {}  # None = Latest, else exact version
+
+    # --- activities ------------------------------------------------------------------------
+
+    def add_activity(self, name: str, fn: Callable[..., Any], *, typed: bool = False) -> Handler:
+        _check_name(name, "activity")
+        if name.startswith(SYSCALL_PREFIX):
+            raise ConfigurationError(f"activity name {name!r} uses the reserved prefix {SYSCALL_PREFIX!r}")
+        if name in self._activities:
+            raise ConfigurationError(f"activity {name!r} is already registered")
+        handler = _make_handler(name, fn, version="", typed=typed, activity=True)
+        self._activities[name] = handler
+        return handler
+
+    def activity(self, name: str) -> Handler | None:
+        return self._activities.get(name)
+
+    def activity_names(self) -> list[str]:
+        return list(self._activities)
+
+    # --- orchestrations ----------------------------------------------------------------------
+
+    def add_orchestration(
+        self, name: str, fn: Callable[..., Any], *, version: str | None = None, typed: bool = False
+    ) -> Handler:
+        _check_name(name, "orchestration")
+        ver = DEFAULT_VERSION if version is None else version
+        key = parse_semver(ver)
+        versions = self._orchestrations.setdefault(name, [])
+        if any(k == key for k, _ in versions):
+            raise ConfigurationError(f"orchestration {name!r} version {ver} is already registered")
+        if versions and key < versions[-1][0]:
+            raise ConfigurationError(
+                f"orchestration {name!r}: versions must be registered in ascending order "
+                f"({ver} after {versions[-1][1].version})"
+            )
+        handler = _make_handler(name, fn, version=ver, typed=typed, activity=False)
+        versions.append((key, handler))
+        return handler
+
+    def set_version_policy(self, name: str, exact_version: str | None) -> None:
+        """``None`` = Latest (default); a version string = always start that version."""
+        if exact_version is not None:
+            parse_semver(exact_version)
+        self._policies[name] = exact_version
+
+    def resolve(self, name: str, version: str | None = None) -> Handler | None:
+        """Exact match when ``version`` is given, else the name's policy. None if missing."""
+        versions = self._orchestrations.get(name)
+        if not versions:
+            return None
+        wanted = version if version is not None else self._policies.get(name)
+        if wanted is None:
+            return versions[-1][1]
+        for _, handler in versions:
+            if handler.version == wanted:
+                return handler
+        return None
+
+    def orchestration_names(self) -> list[str]:
+        return list(self._orchestrations)
+
+    def versions(self, name: str) -> list[str]:
+        return [h.version for _, h in self._orchestrations.get(name, [])]

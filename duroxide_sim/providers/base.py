@@ -1,0 +1,363 @@
+"""The Provider protocol (SPEC §15) and the records that cross it.
+
+A provider is durable storage plus two peek-lock queues (orchestrator and worker). The runtime
+sees providers only through this protocol; it never imports a concrete provider. Every
+operation is one atomic step: it either happens entirely or not at all.
+
+Time: providers never read a wall clock themselves. They hold a :class:`Clock` (``now_ms()``),
+injected at construction or bound later with :meth:`Provider.bind_clock` (the runtime and
+client bind the system clock when none was given; the simulation binds its virtual clock).
+
+This module defines data and protocols only; it must not import sqlite3, threads or time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from ..core.events import ActivityExecute, HistoryEvent, WorkItem
+
+__all__ = [
+    "Clock",
+    "TagFilter",
+    "SessionConfig",
+    "KvEntry",
+    "OrchestrationItem",
+    "WorkItemLease",
+    "ExecutionMetadata",
+    "ScheduledActivityIdentifier",
+    "InstanceInfo",
+    "ExecutionInfo",
+    "SystemMetrics",
+    "QueueDepths",
+    "InstanceTree",
+    "DeleteInstanceResult",
+    "InstanceFilter",
+    "PruneOptions",
+    "PruneResult",
+    "Provider",
+    "ManagementProvider",
+]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Source of time for providers, dispatchers and clients: integer ms since the epoch."""
+
+    def now_ms(self) -> int: ...
+
+
+@attrs.frozen
+class TagFilter:
+    """Which activity tags a worker fetches (SPEC §15.3).
+
+    ``mode`` is one of ``default_only`` (untagged only; the default), ``tags`` (only the
+    listed tags), ``default_and`` (untagged plus listed), ``any`` (everything), ``none``
+    (nothing: a runtime that runs no activities).
+    """
+
+    mode: str = "default_only"
+    tag_set: frozenset[str] = frozenset()
+
+    @classmethod
+    def default_only(cls) -> "TagFilter":
+        return cls("default_only")
+
+    @classmethod
+    def any(cls) -> "TagFilter":
+        return cls("any")
+
+    @classmethod
+    def none(cls) -> "TagFilter":
+        return cls("none")
+
+    @classmethod
+    def tags(cls, tags: Iterable[str]) -> "TagFilter":
+        return cls("tags", cls._check_tags(tags))
+
+    @classmethod
+    def default_and(cls, tags: Iterable[str]) -> "TagFilter":
+        return cls("default_and", cls._check_tags(tags))
+
+    @staticmethod
+    def _check_tags(tags: Iterable[str]) -> frozenset[str]:
+        from ..errors import ConfigurationError
+
+        if isinstance(tags, str):
+            raise ConfigurationError("TagFilter expects a list of tags, not a single string")
+        found = frozenset(tags)
+        if not 1 <= len(found) <= 5:
+            raise ConfigurationError(f"a worker tag filter takes 1 to 5 tags, got {len(found)}")
+        for tag in found:
+            if not isinstance(tag, str) or not tag:
+                raise ConfigurationError(f"tags must be non-empty strings, got {tag!r}")
+        return found
+
+    def matches(self, tag: str | None) -> bool:
+        if self.mode == "any":
+            return True
+        if self.mode == "none":
+            return False
+        if tag is None:
+            return self.mode in ("default_only", "default_and")
+        return self.mode in ("tags", "default_and") and tag in self.tag_set
+
+
+# duroxide-python's constants: TagFilter.DEFAULT_ONLY / ANY / NONE.
+TagFilter.DEFAULT_ONLY = TagFilter("default_only")  # type: ignore[attr-defined]
+TagFilter.ANY = TagFilter("any")  # type: ignore[attr-defined]
+TagFilter.NONE = TagFilter("none")  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True)
+class SessionConfig:
+    """Passed to ``fetch_work_item`` by workers that take session-pinned activities."""
+
+    owner_id: str
+    lock_timeout_ms: int = 30_000
+
+
+@attrs.frozen
+class KvEntry:
+    value: str
+    last_updated_at_ms: int
+
+
+@attrs.frozen(kw_only=True)
+class OrchestrationItem:
+    """One locked batch for one instance (SPEC §2.6)."""
+
+    instance: str
+    orchestration_name: str
+    execution_id: int
+    version: str | None
+    history: tuple[HistoryEvent, ...]
+    messages: tuple[WorkItem, ...]
+    lock_token: str
+    attempt_count: int
+    history_error: str | None = None
+    kv_snapshot: Mapping[str, KvEntry] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class WorkItemLease:
+    item: ActivityExecute
+    lock_token: str
+    attempt_count: int
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionMetadata:
+    """What the runtime tells the provider about the execution after a turn (SPEC §2.6)."""
+
+    status: str | None = None  # "Completed" | "Failed" | "ContinuedAsNew" | None (running)
+    output: str | None = None
+    orchestration_name: str | None = None
+    orchestration_version: str | None = None
+    parent_instance_id: str | None = None
+    pinned_duroxide_version: str | None = None
+
+
+@attrs.frozen
+class ScheduledActivityIdentifier:
+    instance: str
+    execution_id: int
+    activity_id: int
+
+
+# --- management records (SPEC §14) ------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class InstanceInfo:
+    instance_id: str
+    orchestration_name: str
+    orchestration_version: str | None
+    current_execution_id: int
+    status: str
+    output: str | None
+    created_at: int
+    updated_at: int
+    parent_instance_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionInfo:
+    execution_id: int
+    status: str
+    output: str | None
+    started_at: int
+    completed_at: int | None
+    event_count: int
+
+
+@attrs.frozen(kw_only=True)
+class SystemMetrics:
+    total_instances: int
+    total_executions: int
+    running_instances: int
+    completed_instances: int
+    failed_instances: int
+    total_events: int
+
+
+@attrs.frozen(kw_only=True)
+class QueueDepths:
+    orchestrator_queue: int
+    worker_queue: int
+    timer_queue: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class InstanceTree:
+    root_id: str
+    all_ids: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class DeleteInstanceResult:
+    instances_deleted: int = 0
+    executions_deleted: int = 0
+    events_deleted: int = 0
+    queue_messages_deleted: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class InstanceFilter:
+    instance_ids: tuple[str, ...] | None = None
+    completed_before: int | None = None
+    limit: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PruneOptions:
+    keep_last: int | None = None
+    completed_before: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PruneResult:
+    instances_processed: int = 0
+    executions_deleted: int = 0
+    events_deleted: int = 0
+
+
+# --- the protocol ----------------------------------------------------------------------------
+
+
+class Provider(Protocol):
+    """Storage + queues. Every method is atomic. Times are integer ms from ``self.clock``.
+
+    Errors: :class:`~duroxide_sim.errors.ProviderError` with ``retryable``; lock problems raise
+    :class:`~duroxide_sim.errors.LockLostError` (its message mentions the lock token).
+    """
+
+    clock: Clock | None
+
+    def bind_clock(self, clock: Clock) -> None:
+        """Use ``clock`` if no clock was injected at construction (never replaces one)."""
+
+    def add_wakeup_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback("orchestrator"|"worker")`` after new work becomes visible
+        in-process (enqueue, ack). Lets the driver wake at once instead of polling."""
+
+    # orchestrator queue
+    def fetch_orchestration_item(
+        self, lock_timeout_ms: int, poll_timeout_ms: int = 0, filter: tuple[str, str] | None = None
+    ) -> OrchestrationItem | None: ...
+
+    def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[HistoryEvent],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivityIdentifier] = (),
+    ) -> None: ...
+
+    def abandon_orchestration_item(
+        self, lock_token: str, delay_ms: int | None = None, ignore_attempt: bool = False
+    ) -> None: ...
+
+    def renew_orchestration_item_lock(self, lock_token: str, extend_ms: int) -> None: ...
+
+    # worker queue
+    def fetch_work_item(
+        self,
+        lock_timeout_ms: int,
+        poll_timeout_ms: int = 0,
+        session: SessionConfig | None = None,
+        tag_filter: TagFilter = TagFilter("default_only"),
+    ) -> WorkItemLease | None: ...
+
+    def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None: ...
+
+    def renew_work_item_lock(self, lock_token: str, extend_ms: int) -> None: ...
+
+    def abandon_work_item(
+        self, lock_token: str, delay_ms: int | None = None, ignore_attempt: bool = False
+    ) -> None: ...
+
+    # enqueue and reads
+    def enqueue_for_orchestrator(self, item: WorkItem, delay_ms: int | None = None) -> None: ...
+
+    def enqueue_for_worker(self, item: ActivityExecute) -> None: ...
+
+    def read(self, instance: str) -> list[HistoryEvent]: ...
+
+    def read_with_execution(self, instance: str, execution_id: int) -> list[HistoryEvent]: ...
+
+    def append_with_execution(
+        self, instance: str, execution_id: int, events: Sequence[HistoryEvent]
+    ) -> None: ...
+
+    def latest_execution_id(self, instance: str) -> int | None: ...
+
+    def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None: ...
+
+    def get_kv_value(self, instance: str, key: str) -> str | None: ...
+
+    def get_kv_all_values(self, instance: str) -> dict[str, str]: ...
+
+    def renew_session_lock(self, owner_ids: Sequence[str], extend_ms: int, idle_timeout_ms: int) -> int: ...
+
+    def cleanup_orphaned_sessions(self, idle_timeout_ms: int) -> int: ...
+
+
+class ManagementProvider(Provider, Protocol):
+    """Admin capability (SPEC §14/§15.1). ``Client`` checks for it with ``hasattr``."""
+
+    def list_instances(self) -> list[str]: ...
+
+    def list_instances_by_status(self, status: str) -> list[str]: ...
+
+    def get_instance_info(self, instance: str) -> InstanceInfo: ...
+
+    def get_execution_info(self, instance: str, execution_id: int) -> ExecutionInfo: ...
+
+    def list_executions(self, instance: str) -> list[int]: ...
+
+    def get_system_metrics(self) -> SystemMetrics: ...
+
+    def get_queue_depths(self) -> QueueDepths: ...
+
+    def get_instance_tree(self, instance: str) -> InstanceTree: ...
+
+    def list_children(self, instance: str) -> list[str]: ...
+
+    def get_parent_id(self, instance: str) -> str | None: ...
+
+    def delete_instances_atomic(self, ids: Sequence[str], force: bool) -> DeleteInstanceResult: ...
+
+    def delete_instance(self, instance: str, force: bool) -> DeleteInstanceResult: ...
+
+    def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteInstanceResult: ...
+
+    def prune_executions(self, instance: str, options: PruneOptions) -> PruneResult: ...
+
+    def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult: ...

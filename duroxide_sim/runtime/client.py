@@ -1,0 +1,315 @@
+"""Client: start, signal, cancel, observe and manage orchestration instances (SPEC §14, §17).
+
+Names, argument orders and result shapes follow duroxide-python: inputs are JSON-encoded,
+``get_status``/``wait_for_orchestration`` return :class:`OrchestrationResult` with the output
+JSON-decoded, waits that run out of time raise ``RuntimeError("Operation timed out")``
+(:class:`~duroxide_sim.errors.OperationTimeout`, which is also a ``TimeoutError``).
+
+Reads and management go straight to the provider; the client never touches the engine. Time
+and sleeping are injected (``clock``, ``sleep``) so waits run on a simulated clock too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..core import codec
+from ..core.events import (
+    CancelInstance,
+    ExternalRaised,
+    HistoryEvent,
+    OrchestrationCompleted,
+    OrchestrationContinuedAsNew,
+    OrchestrationFailed,
+    OrchestrationStarted,
+    QueueMessage,
+    StartOrchestration,
+    to_dict,
+)
+from ..errors import (
+    InvalidInputError,
+    ManagementNotAvailable,
+    OperationTimeout,
+    OrchestrationFailedError,
+)
+from ..providers.base import Clock, InstanceFilter, PruneOptions
+
+__all__ = ["Client", "OrchestrationResult", "event_to_public_dict", "MAX_INSTANCE_ID_BYTES"]
+
+#: Longest instance id accepted (UTF-8 bytes).
+MAX_INSTANCE_ID_BYTES = 16_384
+
+
+@attrs.define
+class OrchestrationResult:
+    """Status of an instance: ``status`` in NotFound | Running | Completed | Failed."""
+
+    status: str
+    output: Any = None
+    error: str | None = None
+    custom_status: str | None = None
+    custom_status_version: int = 0
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in ("Completed", "Failed")
+
+
+def event_to_public_dict(ev: HistoryEvent) -> dict[str, Any]:
+    """``{event_id, kind, source_event_id, timestamp_ms, data}``; ``data`` is the JSON text of
+    the kind-specific fields (as duroxide-python's Event.data)."""
+    full = to_dict(ev)
+    envelope = ("kind", "event_id", "source_event_id", "timestamp_ms", "instance_id", "execution_id", "duroxide_version")
+    data = {k: v for k, v in full.items() if k not in envelope}
+    return {
+        "event_id": ev.event_id,
+        "kind": type(ev).__name__,
+        "source_event_id": ev.source_event_id,
+        "timestamp_ms": ev.timestamp_ms,
+        "data": json.dumps(data, sort_keys=True) if data else None,
+    }
+
+
+def _check_id(instance_id: Any) -> str:
+    if not isinstance(instance_id, str):
+        raise InvalidInputError(f"instance_id must be a string, got {type(instance_id).__name__}")
+    if not instance_id:
+        raise InvalidInputError("instance_id must not be empty")
+    if len(instance_id.encode("utf-8")) > MAX_INSTANCE_ID_BYTES:
+        raise InvalidInputError(f"instance_id is longer than {MAX_INSTANCE_ID_BYTES} bytes")
+    if "\x00" in instance_id:
+        raise InvalidInputError("instance_id must not contain NUL characters")
+    return instance_id
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"{what} must be a non-empty string, got {name!r}")
+    return name
+
+
+class Client:
+    """Talks to a provider on behalf of applications."""
+
+    def __init__(self, provider: Any, *, clock: Clock | None = None, sleep: Callable[[float], None] | None = None) -> None:
+        from . import realtime
+
+        self.provider = provider
+        self.clock = clock or getattr(provider, "clock", None) or realtime.SystemClock()
+        if hasattr(provider, "bind_clock"):
+            provider.bind_clock(self.clock)
+        self._sleep = sleep or realtime.sleep_ms
+
+    # --- starting and signalling ------------------------------------------------------------
+
+    def _start(self, instance_id: str, name: str, input_text: str, version: str | None) -> None:
+        _check_id(instance_id)
+        _check_name(name, "orchestration name")
+        if version is not None:
+            from ..core.registry import parse_semver
+
+            parse_semver(version)
+        self.provider.enqueue_for_orchestrator(
+            StartOrchestration(instance=instance_id, orchestration=name, input=input_text, version=version)
+        )
+
+    def start_orchestration(self, instance_id: str, name: str, input: Any = None) -> None:
+        self._start(instance_id, name, codec.encode(input, f"input of orchestration {name!r}"), None)
+
+    def start_orchestration_versioned(self, instance_id: str, name: str, input: Any, version: str) -> None:
+        self._start(instance_id, name, codec.encode(input, f"input of orchestration {name!r}"), version)
+
+    def start_orchestration_typed(self, instance_id: str, name: str, input: Any = None) -> None:
+        self._start(instance_id, name, codec.encode_typed(input, f"input of orchestration {name!r}"), None)
+
+    def start_orchestration_versioned_typed(self, instance_id: str, name: str, input: Any, version: str) -> None:
+        self._start(instance_id, name, codec.encode_typed(input, f"input of orchestration {name!r}"), version)
+
+    def raise_event(self, instance_id: str, event_name: str, data: Any = None) -> None:
+        self.provider.enqueue_for_orchestrator(
+            ExternalRaised(instance=_check_id(instance_id), name=_check_name(event_name, "event name"), data=codec.encode(data, f"data of event {event_name!r}"))
+        )
+
+    def raise_event_typed(self, instance_id: str, event_name: str, data: Any = None) -> None:
+        self.provider.enqueue_for_orchestrator(
+            ExternalRaised(instance=_check_id(instance_id), name=_check_name(event_name, "event name"), data=codec.encode_typed(data, f"data of event {event_name!r}"))
+        )
+
+    def enqueue_event(self, instance_id: str, queue_name: str, data: Any = None) -> None:
+        self.provider.enqueue_for_orchestrator(
+            QueueMessage(instance=_check_id(instance_id), name=_check_name(queue_name, "queue name"), data=codec.encode(data, f"message for queue {queue_name!r}"))
+        )
+
+    def enqueue_event_typed(self, instance_id: str, queue_name: str, data: Any = None) -> None:
+        self.provider.enqueue_for_orchestrator(
+            QueueMessage(instance=_check_id(instance_id), name=_check_name(queue_name, "queue name"), data=codec.encode_typed(data, f"message for queue {queue_name!r}"))
+        )
+
+    raise_event_persistent = enqueue_event  # deprecated Rust name
+
+    def cancel_instance(self, instance_id: str, reason: str | None = None) -> None:
+        self.provider.enqueue_for_orchestrator(CancelInstance(instance=_check_id(instance_id), reason=reason or ""))
+
+    # --- status -----------------------------------------------------------------------------
+
+    def get_status(self, instance_id: str) -> OrchestrationResult:
+        _check_id(instance_id)
+        history = self.provider.read(instance_id)
+        cs = self.provider.get_custom_status(instance_id, 0)
+        custom, version = cs if cs is not None else (None, 0)
+        status = "NotFound"
+        output: Any = None
+        error: str | None = None
+        for ev in history:
+            if isinstance(ev, OrchestrationStarted) and status == "NotFound":
+                status = "Running"
+            elif isinstance(ev, OrchestrationCompleted):
+                status, output, error = "Completed", codec.decode(ev.output), None
+            elif isinstance(ev, OrchestrationFailed):
+                status, output, error = "Failed", None, ev.details.display_message()
+            elif isinstance(ev, OrchestrationContinuedAsNew):
+                status = "Running"
+        return OrchestrationResult(status, output, error, custom, version)
+
+    get_orchestration_status = get_status
+
+    def _wait(self, check: Callable[[], Any], timeout_ms: int) -> Any:
+        if not isinstance(timeout_ms, int) or timeout_ms < 0:
+            raise InvalidInputError(f"timeout_ms must be a non-negative integer, got {timeout_ms!r}")
+        deadline = self.clock.now_ms() + timeout_ms
+        delay = 1
+        while True:
+            found = check()
+            if found is not None:
+                return found
+            remaining = deadline - self.clock.now_ms()
+            if remaining <= 0:
+                raise OperationTimeout("Operation timed out")
+            self._sleep(min(delay, remaining))
+            delay = min(delay * 2, 50)
+
+    def wait_for_orchestration(self, instance_id: str, timeout_ms: int = 30_000) -> OrchestrationResult:
+        """Wait until the instance is Completed or Failed (a continue-as-new is not final)."""
+
+        def check() -> OrchestrationResult | None:
+            st = self.get_status(instance_id)
+            return st if st.is_terminal else None
+
+        return self._wait(check, timeout_ms)
+
+    def wait_for_orchestration_typed(self, instance_id: str, timeout_ms: int = 30_000, result_type: Any = None) -> Any:
+        """The output of a completed instance (structured into ``result_type`` if given);
+        raises :class:`OrchestrationFailedError` with the error text if it failed."""
+        st = self.wait_for_orchestration(instance_id, timeout_ms)
+        if st.status == "Failed":
+            raise OrchestrationFailedError(st.error or "Orchestration failed", instance_id=instance_id)
+        if result_type is None:
+            return st.output
+        return codec.converter.structure(st.output, result_type)
+
+    def wait_for_status_change(
+        self, instance_id: str, last_seen_version: int = 0, poll_interval_ms: int = 200, timeout_ms: int = 30_000
+    ) -> OrchestrationResult:
+        """Return once ``custom_status_version > last_seen_version`` or the instance is terminal."""
+
+        def check() -> OrchestrationResult | None:
+            st = self.get_status(instance_id)
+            return st if st.custom_status_version > last_seen_version or st.is_terminal else None
+
+        return self._wait(check, timeout_ms)
+
+    # --- KV ---------------------------------------------------------------------------------
+
+    def get_kv_value(self, instance_id: str, key: str) -> str | None:
+        return self.provider.get_kv_value(_check_id(instance_id), key)
+
+    def get_kv_value_typed(self, instance_id: str, key: str, result_type: Any = None) -> Any:
+        raw = self.get_kv_value(instance_id, key)
+        return None if raw is None else codec.decode_typed(raw, result_type, f"KV value {key!r}")
+
+    def get_kv_all_values(self, instance_id: str) -> dict[str, str]:
+        return dict(self.provider.get_kv_all_values(_check_id(instance_id)))
+
+    def wait_for_kv_value(self, instance_id: str, key: str, timeout_ms: int = 30_000) -> str:
+        try:
+            return self._wait(lambda: self.get_kv_value(instance_id, key), timeout_ms)
+        except OperationTimeout:
+            raise OperationTimeout(f"Timed out waiting for value '{key}' on instance '{instance_id}'") from None
+
+    def wait_for_kv_value_typed(self, instance_id: str, key: str, timeout_ms: int = 30_000, result_type: Any = None) -> Any:
+        return codec.decode_typed(self.wait_for_kv_value(instance_id, key, timeout_ms), result_type, f"KV value {key!r}")
+
+    # --- management -------------------------------------------------------------------------
+
+    def has_management_capability(self) -> bool:
+        return hasattr(self.provider, "list_instances")
+
+    def _admin(self) -> Any:
+        if not self.has_management_capability():
+            raise ManagementNotAvailable(f"{type(self.provider).__name__} does not support management operations")
+        return self.provider
+
+    def list_all_instances(self) -> list[str]:
+        return self._admin().list_instances()
+
+    def list_instances_by_status(self, status: str) -> list[str]:
+        if status not in ("Running", "Completed", "Failed", "ContinuedAsNew"):
+            raise InvalidInputError(f"unknown status {status!r}; use Running, Completed, Failed or ContinuedAsNew")
+        return self._admin().list_instances_by_status(status)
+
+    def get_instance_info(self, instance_id: str) -> Any:
+        return self._admin().get_instance_info(_check_id(instance_id))
+
+    def get_execution_info(self, instance_id: str, execution_id: int) -> Any:
+        return self._admin().get_execution_info(_check_id(instance_id), execution_id)
+
+    def list_executions(self, instance_id: str) -> list[int]:
+        return self._admin().list_executions(_check_id(instance_id))
+
+    def read_execution_history(self, instance_id: str, execution_id: int) -> list[dict[str, Any]]:
+        events = self.provider.read_with_execution(_check_id(instance_id), execution_id)
+        return [event_to_public_dict(ev) for ev in events]
+
+    def read_history_events(self, instance_id: str, execution_id: int | None = None) -> list[HistoryEvent]:
+        """The typed events (not dicts) of an execution; the latest when ``execution_id`` is None."""
+        if execution_id is None:
+            return list(self.provider.read(_check_id(instance_id)))
+        return list(self.provider.read_with_execution(_check_id(instance_id), execution_id))
+
+    def get_instance_tree(self, instance_id: str) -> Any:
+        return self._admin().get_instance_tree(_check_id(instance_id))
+
+    def get_system_metrics(self) -> Any:
+        return self._admin().get_system_metrics()
+
+    def get_queue_depths(self) -> Any:
+        return self._admin().get_queue_depths()
+
+    def get_orchestration_stats(self, instance_id: str) -> dict[str, Any]:
+        """[SDK-only] A summary: executions, events in the latest, status and custom status."""
+        st = self.get_status(instance_id)
+        history = self.provider.read(_check_id(instance_id))
+        return {
+            "instance_id": instance_id,
+            "status": st.status,
+            "executions": self.provider.latest_execution_id(instance_id) or 0,
+            "history_event_count": len(history),
+            "custom_status_version": st.custom_status_version,
+            "kv_keys": len(self.provider.get_kv_all_values(instance_id)),
+        }
+
+    def delete_instance(self, instance_id: str, force: bool = False) -> Any:
+        return self._admin().delete_instance(_check_id(instance_id), bool(force))
+
+    def delete_instance_bulk(self, filter: InstanceFilter | None = None) -> Any:
+        return self._admin().delete_instance_bulk(filter or InstanceFilter())
+
+    def prune_executions(self, instance_id: str, options: PruneOptions | None = None) -> Any:
+        return self._admin().prune_executions(_check_id(instance_id), options or PruneOptions())
+
+    def prune_executions_bulk(self, filter: InstanceFilter | None = None, options: PruneOptions | None = None) -> Any:
+        return self._admin().prune_executions_bulk(filter or InstanceFilter(), options or PruneOptions())

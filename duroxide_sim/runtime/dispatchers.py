@@ -1,0 +1,437 @@
+"""Orchestration and worker dispatchers as non-blocking steps (SPEC §3.1, §10.2, §11.2).
+
+A dispatcher step does at most one unit of work: fetch one item, execute it, commit it. The
+three phases are separate methods (``fetch`` / ``process`` for orchestrations, ``fetch`` /
+``execute`` / ``commit`` for activities) so a scheduler can interleave them, crash between
+them, or reorder them; ``step()`` simply runs them back to back. Nothing here sleeps, starts
+threads or reads the wall clock: time comes from the injected ``clock``, ids from ``ids``,
+lock renewal from an injected ``renewer``. The production driver (``realtime.py``) and the
+simulation drive these same objects.
+
+Dispatchers see providers only through the Provider protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+from ..core import codec
+from ..core.context import ORCHESTRATION_LOGGER
+from ..core.events import (
+    ENGINE_VERSION,
+    ActivityCompletedMsg,
+    ActivityExecute,
+    ActivityFailedMsg,
+    ApplicationError,
+    InfrastructureError,
+    OrchestrationFailed,
+    PoisonError,
+    SubOrchCompletedMsg,
+    SubOrchFailedMsg,
+    WorkItem,
+)
+from ..core.registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW, Registry
+from ..core.replay import TurnInput, TurnResult, execute_turn, poison_turn
+from ..errors import LockLostError, ProviderError
+from ..providers.base import (
+    Clock,
+    ExecutionMetadata,
+    OrchestrationItem,
+    Provider,
+    ScheduledActivityIdentifier,
+    SessionConfig,
+    WorkItemLease,
+)
+from .activity import ActivityContext
+from .options import RuntimeOptions
+
+__all__ = [
+    "IdSource",
+    "Renewer",
+    "NullRenewer",
+    "Metrics",
+    "Services",
+    "OrchestrationDispatcher",
+    "WorkerDispatcher",
+    "ActivityOutcome",
+]
+
+_orch_log = logging.getLogger(ORCHESTRATION_LOGGER)
+_log = logging.getLogger("duroxide_sim.runtime")
+
+
+class IdSource(Protocol):
+    """Where GUIDs for ``ctx.new_guid()`` come from (uuid4 in production, seeded in simulation)."""
+
+    def new_guid(self) -> str: ...
+
+
+class Renewer(Protocol):
+    """Keeps locks alive while work runs; calls ``on_lost`` when a renewal fails."""
+
+    def watch(self, kind: str, token: str, timeout_ms: int, on_lost: Callable[[], None]) -> None: ...
+
+    def unwatch(self, token: str) -> None: ...
+
+
+class NullRenewer:
+    """No background renewal: work must finish within its lock timeout."""
+
+    def watch(self, kind: str, token: str, timeout_ms: int, on_lost: Callable[[], None]) -> None:
+        return None
+
+    def unwatch(self, token: str) -> None:
+        return None
+
+
+_METRIC_NAMES = (
+    "orch_starts", "orch_completions", "orch_failures", "orch_application_errors",
+    "orch_infrastructure_errors", "orch_configuration_errors", "orch_poison", "activity_success",
+    "activity_app_errors", "activity_infra_errors", "activity_config_errors", "activity_poison",
+    "orch_dispatcher_items_fetched", "worker_dispatcher_items_fetched", "orch_continue_as_new",
+    "suborchestration_calls", "provider_errors",
+)
+
+
+class Metrics:
+    """Thread-safe counters (SPEC §14 ``metrics_snapshot``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(_METRIC_NAMES, 0)
+
+    def inc(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+@attrs.define(kw_only=True)
+class Services:
+    """Everything the dispatchers need, injected."""
+
+    provider: Provider
+    registry: Registry
+    options: RuntimeOptions
+    clock: Clock
+    ids: IdSource
+    metrics: Metrics = attrs.field(factory=Metrics)
+    renewer: Renewer = attrs.field(factory=NullRenewer)
+    run_coroutine: Callable[[Any], Any] | None = None
+    client_factory: Callable[[], Any] = lambda: None
+    worker_id: str = "worker"
+
+
+class OrchestrationDispatcher:
+    """fetch -> replay turn -> ack, for one instance batch at a time."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        opts = services.options
+        self.filter = opts.supported_versions or ("0.0.0", ENGINE_VERSION)
+
+    def fetch(self) -> OrchestrationItem | None:
+        item = self.s.provider.fetch_orchestration_item(self.s.options.orchestrator_lock_timeout_ms, 0, self.filter)
+        if item is not None:
+            self.s.metrics.inc("orch_dispatcher_items_fetched")
+        return item
+
+    def step(self) -> bool:
+        try:
+            item = self.fetch()
+        except ProviderError:
+            self.s.metrics.inc("provider_errors")
+            raise
+        if item is None:
+            return False
+        self.process(item)
+        return True
+
+    def turn_input(self, item: OrchestrationItem) -> TurnInput:
+        return TurnInput(
+            instance=item.instance,
+            execution_id=item.execution_id,
+            orchestration_name=item.orchestration_name,
+            version=item.version,
+            history=item.history,
+            messages=item.messages,
+            now_ms=self.s.clock.now_ms(),
+            kv_snapshot={k: (e.value, e.last_updated_at_ms) for k, e in item.kv_snapshot.items()},
+        )
+
+    def process(self, item: OrchestrationItem) -> TurnResult | None:
+        """Run the turn for a fetched item and commit it. Returns what was committed."""
+        s, opts = self.s, self.s.options
+        provider = s.provider
+        s.renewer.watch("orchestration", item.lock_token, opts.orchestrator_lock_timeout_ms, lambda: None)
+        try:
+            inp = self.turn_input(item)
+            if item.history_error is not None:
+                if item.attempt_count > opts.max_attempts:
+                    result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts, history_error=item.history_error)
+                    s.metrics.inc("orch_poison")
+                    return self._commit(item, result)
+                provider.abandon_orchestration_item(item.lock_token, 1_000, False)
+                return None
+            if item.attempt_count > opts.max_attempts:
+                result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts)
+                s.metrics.inc("orch_poison")
+                return self._commit(item, result)
+            result = execute_turn(inp, s.registry)
+            if result.kind == "unregistered":
+                delay = opts.unregistered_backoff_ms(item.attempt_count)
+                _log.warning("%s (instance %r); retrying in %d ms", result.message, item.instance, delay)
+                provider.abandon_orchestration_item(item.lock_token, delay, False)
+                return None
+            return self._commit(item, result)
+        finally:
+            s.renewer.unwatch(item.lock_token)
+
+    def _fill_parent_execution(self, items: tuple[WorkItem, ...]) -> list[WorkItem]:
+        out: list[WorkItem] = []
+        for wi in items:
+            if isinstance(wi, (SubOrchCompletedMsg, SubOrchFailedMsg)) and wi.parent_execution_id == 0:
+                # Recommend (SPEC §7): address the parent's current execution, read from storage.
+                pexec = self.s.provider.latest_execution_id(wi.parent_instance) or 1
+                wi = attrs.evolve(wi, parent_execution_id=pexec)
+            out.append(wi)
+        return out
+
+    def _commit(self, item: OrchestrationItem, result: TurnResult) -> TurnResult | None:
+        s = self.s
+        metadata = ExecutionMetadata(
+            status=result.status,
+            output=result.output,
+            orchestration_name=result.orchestration_name,
+            orchestration_version=result.orchestration_version,
+            parent_instance_id=result.parent_instance,
+            pinned_duroxide_version=result.pinned_version,
+        )
+        cancelled = [ScheduledActivityIdentifier(i, e, a) for i, e, a in result.cancelled]
+        try:
+            s.provider.ack_orchestration_item(
+                item.lock_token,
+                result.execution_id,
+                result.delta,
+                result.worker_items,
+                self._fill_parent_execution(result.orchestrator_items),
+                metadata,
+                cancelled,
+            )
+        except LockLostError:
+            s.metrics.inc("provider_errors")
+            return None  # the lock expired or was taken: another dispatcher owns this turn now
+        except ProviderError as exc:
+            s.metrics.inc("provider_errors")
+            if exc.retryable:
+                self._abandon_quietly(item.lock_token, 50)
+                return None
+            return self._commit_infrastructure_failure(item, exc)
+        self._record(result)
+        return result
+
+    def _commit_infrastructure_failure(self, item: OrchestrationItem, exc: ProviderError) -> TurnResult | None:
+        """SPEC §3.1 step 10: a permanent ack failure fails the instance on its fetched history."""
+        details = InfrastructureError(operation="ack_orchestration_item", message=str(exc), is_retryable=False)
+        last = item.history[-1].event_id if item.history else 0
+        if not item.history:
+            self._abandon_quietly(item.lock_token, 50)
+            return None
+        ev = OrchestrationFailed(
+            event_id=last + 1, instance_id=item.instance, execution_id=item.execution_id,
+            timestamp_ms=self.s.clock.now_ms(), details=details,
+        )
+        try:
+            self.s.provider.ack_orchestration_item(
+                item.lock_token, item.execution_id, [ev], [], [],
+                ExecutionMetadata(status="Failed", output=details.display_message()), [],
+            )
+        except ProviderError:
+            self._abandon_quietly(item.lock_token, 50)
+            return None
+        self.s.metrics.inc("orch_infrastructure_errors")
+        return None
+
+    def _abandon_quietly(self, token: str, delay_ms: int) -> None:
+        try:
+            self.s.provider.abandon_orchestration_item(token, delay_ms, False)
+        except ProviderError:
+            pass  # lock expiry re-exposes the item anyway
+
+    def _record(self, result: TurnResult) -> None:
+        m = self.s.metrics
+        if any(type(e).__name__ == "OrchestrationStarted" for e in result.delta):
+            m.inc("orch_starts")
+        m.inc("suborchestration_calls", sum(1 for e in result.delta if type(e).__name__ == "SubOrchestrationScheduled"))
+        if result.kind == "completed":
+            m.inc("orch_completions")
+        elif result.kind in ("failed", "cancelled"):
+            m.inc("orch_failures")
+            category = getattr(result.error, "category", "application")
+            m.inc({"configuration": "orch_configuration_errors", "infrastructure": "orch_infrastructure_errors",
+                   "poison": "orch_poison"}.get(category, "orch_application_errors"))
+        elif result.kind == "continued_as_new":
+            m.inc("orch_continue_as_new")
+        for level, message in result.logs:
+            _orch_log.log(level, "%s", message, extra={"instance_id": result.delta[0].instance_id if result.delta else ""})
+
+
+@attrs.define
+class ActivityOutcome:
+    """Result of executing one activity: ack with ``completion`` or abandon after ``delay_ms``."""
+
+    action: str  # "ack" | "abandon"
+    completion: WorkItem | None = None
+    delay_ms: int | None = None
+
+
+class WorkerDispatcher:
+    """fetch -> execute -> ack for activities, with sessions, tags, poison and cancellation."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self._sessions: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @property
+    def owner_id(self) -> str:
+        return self.s.options.worker_node_id or self.s.worker_id
+
+    def active_sessions(self) -> list[str]:
+        with self._lock:
+            return sorted(k for k, v in self._sessions.items() if v > 0)
+
+    def fetch(self) -> WorkItemLease | None:
+        opts = self.s.options
+        with self._lock:
+            at_cap = len([k for k, v in self._sessions.items() if v > 0]) >= opts.max_sessions_per_runtime
+        session = None if at_cap else SessionConfig(owner_id=self.owner_id, lock_timeout_ms=opts.session_lock_timeout_ms)
+        lease = self.s.provider.fetch_work_item(opts.worker_lock_timeout_ms, 0, session, opts.worker_tag_filter)
+        if lease is None:
+            return None
+        self.s.metrics.inc("worker_dispatcher_items_fetched")
+        sid = lease.item.session_id
+        if sid is not None:
+            with self._lock:
+                over = self._sessions[sid] == 0 and len([k for k, v in self._sessions.items() if v > 0]) >= opts.max_sessions_per_runtime
+                if not over:
+                    self._sessions[sid] += 1
+            if over:
+                self.s.provider.abandon_work_item(lease.lock_token, 100, True)
+                return None
+        return lease
+
+    def step(self) -> bool:
+        lease = self.fetch()
+        if lease is None:
+            return False
+        outcome = self.execute(lease)
+        self.commit(lease, outcome)
+        return True
+
+    def make_context(self, lease: WorkItemLease) -> ActivityContext:
+        item = lease.item
+        return ActivityContext(
+            instance_id=item.instance,
+            execution_id=item.execution_id,
+            orchestration_name=item.orchestration_name,
+            orchestration_version=item.orchestration_version,
+            activity_name=item.name,
+            activity_id=item.id,
+            worker_id=self.owner_id,
+            session_id=item.session_id,
+            tag=item.tag,
+            client_factory=self.s.client_factory,
+            attempt=lease.attempt_count,
+        )
+
+    def execute(self, lease: WorkItemLease, ctx: ActivityContext | None = None) -> ActivityOutcome:
+        s, opts = self.s, self.s.options
+        item = lease.item
+        if lease.attempt_count > opts.max_attempts:
+            s.metrics.inc("activity_poison")
+            details = PoisonError(
+                attempt_count=lease.attempt_count, max_attempts=opts.max_attempts, message_type="Activity",
+                instance=item.instance, execution_id=item.execution_id, activity_name=item.name, activity_id=item.id,
+            )
+            return ActivityOutcome("ack", _failed(item, details))
+        if item.name in (SYSCALL_UTC_NOW, SYSCALL_NEW_GUID, SYSCALL_GET_KV):
+            return ActivityOutcome("ack", self._syscall(item))
+        handler = s.registry.activity(item.name)
+        if handler is None:
+            delay = opts.unregistered_backoff_ms(lease.attempt_count)
+            _log.warning("activity %r is not registered (instance %r); retrying in %d ms", item.name, item.instance, delay)
+            return ActivityOutcome("abandon", delay_ms=delay)
+        ctx = ctx or self.make_context(lease)
+        s.renewer.watch("worker", lease.lock_token, opts.worker_lock_timeout_ms, ctx._cancel)
+        try:
+            arg = (
+                codec.decode_typed(item.input, handler.input_type, f"input of activity {item.name!r}")
+                if handler.typed
+                else codec.decode(item.input)
+            )
+            result = handler.fn(ctx, arg) if handler.takes_input else handler.fn(ctx)
+            if handler.style == "async" or hasattr(result, "__await__"):
+                if s.run_coroutine is None:
+                    raise RuntimeError("this runtime has no event loop for async activities")
+                result = s.run_coroutine(result)
+            text = codec.encode(result, f"result of activity {item.name!r}")
+        except Exception as exc:  # noqa: BLE001 - activity code may raise anything
+            s.metrics.inc("activity_app_errors")
+            message = f"Activity '{item.name}' call failed: {type(exc).__name__}: {exc}"
+            return ActivityOutcome("ack", _failed(item, ApplicationError(kind="ActivityFailed", message=message)))
+        finally:
+            s.renewer.unwatch(lease.lock_token)
+        s.metrics.inc("activity_success")
+        return ActivityOutcome("ack", ActivityCompletedMsg(instance=item.instance, execution_id=item.execution_id, id=item.id, result=text))
+
+    def _syscall(self, item: ActivityExecute) -> WorkItem:
+        if item.name == SYSCALL_UTC_NOW:
+            text = str(self.s.clock.now_ms())
+        elif item.name == SYSCALL_NEW_GUID:
+            text = self.s.ids.new_guid()
+        else:
+            args = codec.decode(item.input)
+            value = self.s.provider.get_kv_value(args["instance_id"], args["key"])
+            text = codec.encode(value)
+        return ActivityCompletedMsg(instance=item.instance, execution_id=item.execution_id, id=item.id, result=text)
+
+    def commit(self, lease: WorkItemLease, outcome: ActivityOutcome) -> bool:
+        """Ack or abandon. False when the lock was lost (the activity was cancelled or stolen)."""
+        provider = self.s.provider
+        try:
+            if outcome.action == "abandon":
+                provider.abandon_work_item(lease.lock_token, outcome.delay_ms, False)
+            else:
+                provider.ack_work_item(lease.lock_token, outcome.completion)
+            return True
+        except LockLostError:
+            self.s.metrics.inc("activity_infra_errors")
+            return False
+        except ProviderError:
+            self.s.metrics.inc("provider_errors")
+            try:
+                provider.abandon_work_item(lease.lock_token, 100, False)
+            except ProviderError:
+                pass
+            return False
+        finally:
+            sid = lease.item.session_id
+            if sid is not None:
+                with self._lock:
+                    self._sessions[sid] -= 1
+                    if self._sessions[sid] <= 0:
+                        del self._sessions[sid]
+
+
+def _failed(item: ActivityExecute, details: Any) -> ActivityFailedMsg:
+    return ActivityFailedMsg(instance=item.instance, execution_id=item.execution_id, id=item.id, details=details)

@@ -1,0 +1,81 @@
+"""RuntimeOptions: every tunable of the runtime, with the reference defaults (SPEC §14, §17).
+
+duroxide-python's constructor fields (``orchestration_concurrency``, ``worker_concurrency``,
+``dispatcher_poll_interval_ms``, ``worker_lock_timeout_ms``, ``log_format``, ``log_level``,
+``service_name``, ``service_version``, ``max_sessions_per_runtime``, ``session_idle_timeout_ms``,
+``worker_node_id``, ``worker_tag_filter``) are accepted as keywords, plus the core's remaining
+knobs. Values are validated at construction so a typo fails at start-up, not mid-run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigurationError
+from ..providers.base import TagFilter
+
+__all__ = ["RuntimeOptions", "renewal_period_ms"]
+
+
+def _non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"RuntimeOptions.{attribute.name} must be a non-negative integer, got {value!r}")
+
+
+def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"RuntimeOptions.{attribute.name} must be a positive integer, got {value!r}")
+
+
+def _tag_filter(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, TagFilter):
+        raise ConfigurationError(f"RuntimeOptions.worker_tag_filter must be a TagFilter, got {type(value).__name__}")
+
+
+@attrs.define(kw_only=True)
+class RuntimeOptions:
+    orchestration_concurrency: int = attrs.field(default=2, validator=_non_negative)
+    worker_concurrency: int = attrs.field(default=2, validator=_non_negative)
+    dispatcher_poll_interval_ms: int = attrs.field(default=100, validator=_positive)
+    orchestrator_lock_timeout_ms: int = attrs.field(default=5_000, validator=_positive)
+    orchestrator_lock_renewal_buffer_ms: int = attrs.field(default=2_000, validator=_non_negative)
+    worker_lock_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
+    worker_lock_renewal_buffer_ms: int = attrs.field(default=5_000, validator=_non_negative)
+    max_attempts: int = attrs.field(default=10, validator=_positive)
+    unregistered_backoff_base_ms: int = attrs.field(default=1_000, validator=_non_negative)
+    unregistered_backoff_max_ms: int = attrs.field(default=60_000, validator=_non_negative)
+    activity_cancellation_grace_period_ms: int = attrs.field(default=10_000, validator=_non_negative)
+    session_lock_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
+    session_lock_renewal_buffer_ms: int = attrs.field(default=5_000, validator=_non_negative)
+    session_idle_timeout_ms: int = attrs.field(default=300_000, validator=_positive)
+    session_cleanup_interval_ms: int = attrs.field(default=300_000, validator=_positive)
+    max_sessions_per_runtime: int = attrs.field(default=10, validator=_positive)
+    worker_node_id: str | None = None
+    worker_tag_filter: TagFilter = attrs.field(factory=TagFilter.default_only, validator=_tag_filter)
+    supported_versions: tuple[str, str] | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+    service_name: str | None = None
+    service_version: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.session_idle_timeout_ms <= renewal_period_ms(self.worker_lock_timeout_ms, self.worker_lock_renewal_buffer_ms):
+            raise ConfigurationError(
+                "RuntimeOptions.session_idle_timeout_ms must exceed the worker lock renewal period "
+                f"({renewal_period_ms(self.worker_lock_timeout_ms, self.worker_lock_renewal_buffer_ms)} ms)"
+            )
+
+    def unregistered_backoff_ms(self, attempt: int) -> int:
+        """min(base * 2^min(attempt-1, 6), max) (SPEC §3.1 step 5)."""
+        return min(self.unregistered_backoff_base_ms * 2 ** min(max(attempt - 1, 0), 6), self.unregistered_backoff_max_ms)
+
+
+def renewal_period_ms(timeout_ms: int, buffer_ms: int) -> int:
+    """SPEC §1: ``timeout - buffer`` (>= 1 s) when the timeout is >= 15 s, else ``ceil(timeout/2)``
+    rounded up to whole seconds (>= 1 s)."""
+    if timeout_ms >= 15_000:
+        return max(timeout_ms - buffer_ms, 1_000)
+    half_s = -(-timeout_ms // 2000)  # ceil(timeout/2) in seconds
+    return max(half_s * 1000, 1_000)

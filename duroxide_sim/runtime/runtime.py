@@ -1,0 +1,159 @@
+"""Runtime: registers handlers and runs the dispatchers against a provider (SPEC §14, §17).
+
+``Runtime(provider, options)`` mirrors duroxide-python: ``register_activity`` /
+``register_orchestration`` (plain, ``_typed``, ``_versioned``), usable as decorators,
+``start()``, ``shutdown(timeout_ms)``, ``metrics_snapshot()``.
+
+The clock, id source and driver are injectable; by default they come from ``realtime.py``
+(wall clock, uuid4, threads). ``start()`` returns once the dispatcher threads run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..core.registry import Registry
+from ..errors import ConfigurationError
+from ..providers.base import Clock
+from .client import Client
+from .dispatchers import IdSource, OrchestrationDispatcher, Services, WorkerDispatcher
+from .options import RuntimeOptions, renewal_period_ms
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """A durable runtime over one provider."""
+
+    def __init__(
+        self,
+        provider: Any,
+        options: RuntimeOptions | None = None,
+        *,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        from . import realtime
+
+        if options is not None and not isinstance(options, RuntimeOptions):
+            raise ConfigurationError(f"options must be RuntimeOptions, got {type(options).__name__}")
+        self.provider = provider
+        self.options = options or RuntimeOptions()
+        self.clock = clock or realtime.SystemClock()
+        if hasattr(provider, "bind_clock"):
+            provider.bind_clock(self.clock)
+        self.registry = registry or Registry()
+        self.runtime_id = realtime.new_runtime_id()
+        self._services = Services(
+            provider=provider,
+            registry=self.registry,
+            options=self.options,
+            clock=self.clock,
+            ids=ids or realtime.UuidIds(),
+            run_coroutine=realtime.run_coroutine,
+            client_factory=lambda: Client(provider, clock=self.clock),
+            worker_id=self.runtime_id,
+        )
+        self.orchestration_dispatcher = OrchestrationDispatcher(self._services)
+        self.worker_dispatcher = WorkerDispatcher(self._services)
+        self._driver: Any = None
+        self._renewer: Any = None
+        self._last_cleanup = 0
+
+    # --- registration (decorator-friendly, duroxide-python names) ---------------------------
+
+    def _decorate(self, register: Callable[[Callable[..., Any]], Any], fn: Callable[..., Any] | None) -> Any:
+        if fn is not None:
+            register(fn)
+            return fn
+
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            register(func)
+            return func
+
+        return decorator
+
+    def register_activity(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
+        """``fn(ctx, input)`` (sync or async). Input is JSON-decoded; the return is JSON-encoded."""
+        return self._decorate(lambda f: self.registry.add_activity(name, f), fn)
+
+    def register_activity_typed(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
+        """Like ``register_activity``; the input is structured into the annotated type."""
+        return self._decorate(lambda f: self.registry.add_activity(name, f, typed=True), fn)
+
+    def register_orchestration(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
+        """Register version 1.0.0 of an orchestration (generator, ``async def`` or plain)."""
+        return self._decorate(lambda f: self.registry.add_orchestration(name, f), fn)
+
+    def register_orchestration_typed(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
+        return self._decorate(lambda f: self.registry.add_orchestration(name, f, typed=True), fn)
+
+    def register_orchestration_versioned(self, name: str, version: str, fn: Callable[..., Any] | None = None) -> Any:
+        return self._decorate(lambda f: self.registry.add_orchestration(name, f, version=version), fn)
+
+    def register_orchestration_versioned_typed(self, name: str, version: str, fn: Callable[..., Any] | None = None) -> Any:
+        return self._decorate(lambda f: self.registry.add_orchestration(name, f, version=version, typed=True), fn)
+
+    def set_orchestration_version_policy(self, name: str, exact_version: str | None) -> None:
+        """``None`` = start the latest registered version (default); else always that version."""
+        self.registry.set_version_policy(name, exact_version)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "Runtime":
+        from . import realtime
+
+        if self._driver is not None:
+            raise ConfigurationError("runtime already started")
+        opts = self.options
+        self._renewer = realtime.ThreadRenewer(
+            self.provider, self.clock,
+            orch_buffer_ms=opts.orchestrator_lock_renewal_buffer_ms,
+            worker_buffer_ms=opts.worker_lock_renewal_buffer_ms,
+        )
+        self._services.renewer = self._renewer
+        self._renewer.start()
+        self._driver = realtime.ThreadDriver(
+            orchestration_step=self.orchestration_dispatcher.step,
+            worker_step=self.worker_dispatcher.step,
+            orchestration_threads=opts.orchestration_concurrency,
+            worker_threads=0 if opts.worker_tag_filter.mode == "none" else opts.worker_concurrency,
+            poll_interval_ms=opts.dispatcher_poll_interval_ms,
+            maintenance=self._maintenance,
+            maintenance_interval_ms=min(
+                renewal_period_ms(opts.session_lock_timeout_ms, opts.session_lock_renewal_buffer_ms), 1_000
+            ),
+        )
+        if hasattr(self.provider, "add_wakeup_listener"):
+            self.provider.add_wakeup_listener(self._driver.wake)
+        self._driver.start()
+        return self
+
+    def _maintenance(self) -> None:
+        """Renew session locks of sessions with in-flight work; clean up orphaned sessions."""
+        opts = self.options
+        owners = [self.worker_dispatcher.owner_id]
+        self.provider.renew_session_lock(owners, opts.session_lock_timeout_ms, opts.session_idle_timeout_ms)
+        now = self.clock.now_ms()
+        if now - self._last_cleanup >= opts.session_cleanup_interval_ms:
+            self._last_cleanup = now
+            self.provider.cleanup_orphaned_sessions(opts.session_idle_timeout_ms)
+
+    def shutdown(self, timeout_ms: int | None = None) -> None:
+        """Stop dispatching; wait up to ``timeout_ms`` (default 1000) for in-flight steps."""
+        if self._driver is None:
+            return
+        self._driver.stop(timeout_ms)
+        self._renewer.stop()
+        self._driver = None
+
+    def metrics_snapshot(self) -> dict[str, int]:
+        return self._services.metrics.snapshot()
+
+    def __enter__(self) -> "Runtime":
+        return self.start() if self._driver is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
