@@ -1,0 +1,940 @@
+"""In-memory provider: storage plus the two peek-lock queues, held in Python dicts (SPEC §15).
+
+Owns: instance rows, executions and their histories, custom status, the KV store/delta, the
+orchestrator queue (with instance locks), the worker queue (with row locks), sessions, and the
+management operations of SPEC §14. Every public method is one atomic step under one
+``threading.RLock``: it validates first and mutates only when nothing can fail any more, so a
+raised error always means "nothing changed".
+
+Must not: read a wall clock (time comes only from ``self.clock.now_ms()``), generate random
+ids (lock tokens come from a counter), or order anything by ``id()``, hash or set iteration
+(queues are ``SortedList``s keyed by ``(visible_at_ms, seq)``; everything else is an
+insertion-ordered dict). The same sequence of calls therefore yields identical results, which
+the simulation relies on. It never assigns event ids: histories are stored verbatim.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any
+
+import attrs
+from sortedcontainers import SortedList
+
+from ..core.events import (
+    ActivityCompletedMsg, ActivityExecute, ActivityFailedMsg, ContinueAsNew, CustomStatusUpdated, HistoryEvent,
+    KeyValueCleared, KeyValuesCleared, KeyValueSet, OrchestrationStarted, QueueMessage, StartOrchestration,
+    TimerFiredMsg, WorkItem,
+)
+from ..errors import (
+    CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, InvalidInputError, LockLostError,
+    ProviderError,
+)
+from .base import (
+    Clock, DeleteInstanceResult, ExecutionInfo, ExecutionMetadata, InstanceFilter, InstanceInfo, InstanceTree,
+    KvEntry, OrchestrationItem, PruneOptions, PruneResult, QueueDepths, ScheduledActivityIdentifier, SessionConfig,
+    SystemMetrics, TagFilter, WorkItemLease,
+)
+
+__all__ = ["InMemoryProvider"]
+
+_log = logging.getLogger(__name__)
+_TERMINAL = ("Completed", "Failed", "ContinuedAsNew")
+_DEFAULT_BULK_LIMIT = 1000  # SPEC §14: default limit of the bulk delete/prune filters
+_INF = math.inf
+
+
+def _parse_semver(text: str, what: str) -> tuple[int, int, int]:
+    """``"1.2.3"`` (optionally ``-pre``/``+build``) -> ``(1, 2, 3)``; bad text -> InvalidInputError."""
+    parts = str(text).split("+", 1)[0].split("-", 1)[0].split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise InvalidInputError(f"{what} must be a semver 'major.minor.patch', got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _lock_lost(op: str, token: str, message: str, **fields: Any) -> LockLostError:
+    return LockLostError(message, operation=op, retryable=False, lock_token=token, **fields)
+
+
+@attrs.define
+class _Instance:
+    name: str
+    version: str | None
+    current_execution_id: int
+    created_at: int
+    updated_at: int
+    seq: int  # creation order: breaks created_at ties for "newest first"
+    parent_instance_id: str | None = None
+    custom_status: str | None = None
+    custom_status_version: int = 0
+
+
+@attrs.define
+class _Execution:
+    started_at: int
+    status: str = "Running"
+    output: str | None = None
+    completed_at: int | None = None
+    pin: tuple[int, int, int] | None = None  # duroxide_version of its OrchestrationStarted
+    events: list[HistoryEvent] = attrs.Factory(list)  # kept sorted by event_id
+
+
+@attrs.define
+class _OrchRow:
+    seq: int
+    item: WorkItem
+    visible_at: int
+    attempt_count: int = 0
+    # Tag: the token of the instance lock whose batch this row joined. Ack deletes exactly the
+    # tagged rows, so messages arriving during the lock survive it (SPEC §16 A3).
+    lock_token: str | None = None
+
+    @property
+    def group(self) -> str:
+        return self.item.target_instance
+
+
+@attrs.define
+class _WorkRow:
+    seq: int
+    item: ActivityExecute
+    visible_at: int
+    attempt_count: int = 0
+    lock_token: str | None = None
+    locked_until: int | None = None
+
+    @property
+    def group(self) -> tuple[str, int, int]:  # identity used by activity cancellation
+        return (self.item.instance, self.item.execution_id, self.item.id)
+
+
+@attrs.define
+class _OrchLock:
+    token: str
+    locked_until: int
+
+
+@attrs.define
+class _Session:
+    owner_id: str
+    locked_until: int
+    last_activity_at: int
+
+
+class _Queue:
+    """Rows by seq, ordered by ``(visible_at, seq)``, grouped by ``row.group`` (insertion order)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Any] = {}
+        self.order: SortedList = SortedList()
+        self.groups: dict[Hashable, dict[int, None]] = {}
+
+    def add(self, row: Any) -> None:
+        self.rows[row.seq] = row
+        self.order.add((row.visible_at, row.seq))
+        self.groups.setdefault(row.group, {})[row.seq] = None
+
+    def remove(self, row: Any) -> None:
+        del self.rows[row.seq]
+        self.order.remove((row.visible_at, row.seq))
+        seqs = self.groups[row.group]
+        del seqs[row.seq]
+        if not seqs:
+            del self.groups[row.group]
+
+    def move(self, row: Any, visible_at: int) -> None:
+        self.order.remove((row.visible_at, row.seq))
+        row.visible_at = visible_at
+        self.order.add((visible_at, row.seq))
+
+    def visible(self, now: int) -> Iterator[Any]:
+        """Rows visible at ``now``, oldest first. Lazy: callers stop at the first eligible row,
+        and must not add, remove or move rows while iterating."""
+        for _, seq in self.order.irange(maximum=(now, _INF)):
+            yield self.rows[seq]
+
+    def group(self, key: Hashable) -> list[Any]:
+        return sorted((self.rows[s] for s in self.groups.get(key, ())), key=lambda r: (r.visible_at, r.seq))
+
+    def next_visible_after(self, now: int) -> int | None:
+        i = self.order.bisect_right((now, _INF))
+        return self.order[i][0] if i < len(self.order) else None
+
+    def check(self) -> None:
+        assert list(self.order) == sorted((r.visible_at, s) for s, r in self.rows.items())
+        groups: dict[Hashable, set[int]] = {}
+        for seq, row in self.rows.items():
+            assert row.seq == seq and row.attempt_count >= 0, row
+            groups.setdefault(row.group, set()).add(seq)
+        assert groups == {k: set(v) for k, v in self.groups.items()}
+
+
+class InMemoryProvider:
+    """Provider + ManagementProvider kept in memory. See the module docstring."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock | None = clock
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[str], None]] = []
+        self._seq = 0  # queue rows and instance creation order
+        self._token_seq = 0  # lock tokens
+        self._instances: dict[str, _Instance] = {}
+        # Executions live apart from instance rows: histories may exist without a row
+        # (append_with_execution, or an ack without a name), as in the SQLite schema.
+        self._executions: dict[str, dict[int, _Execution]] = {}
+        self._kv_store: dict[str, dict[str, KvEntry]] = {}
+        self._kv_delta: dict[str, dict[str, KvEntry | None]] = {}  # None = tombstone
+        self._corrupt: dict[str, str] = {}
+        self._orch = _Queue()
+        self._orch_locks: dict[str, _OrchLock] = {}  # instance -> lock
+        self._orch_tokens: dict[str, str] = {}  # token -> instance
+        self._work = _Queue()
+        self._work_tokens: dict[str, int] = {}  # token -> row seq
+        self._sessions: dict[str, _Session] = {}
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def bind_clock(self, clock: Clock) -> None:
+        """Use ``clock`` if none was injected at construction (never replaces one)."""
+        with self._lock:
+            if self.clock is None:
+                self.clock = clock
+
+    def add_wakeup_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback("orchestrator"|"worker")`` after enqueues/acks that add work."""
+        with self._lock:
+            self._listeners.append(callback)
+
+    def _now(self) -> int:
+        if self.clock is None:
+            raise ProviderError(
+                "InMemoryProvider has no clock: pass clock= to the constructor or call bind_clock() "
+                "(the Runtime and Client do this) before using it",
+                operation="clock",
+            )
+        return int(self.clock.now_ms())
+
+    def _notify(self, kinds: Sequence[str]) -> None:
+        # Called outside the lock so a listener may call back into the provider. A failing
+        # listener must not turn a committed operation into an apparent failure.
+        for kind in dict.fromkeys(kinds):
+            for callback in list(self._listeners):
+                try:
+                    callback(kind)
+                except Exception:  # pragma: no cover - defensive
+                    _log.exception("wakeup listener failed")
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _new_token(self) -> str:
+        self._token_seq += 1
+        return f"mem-lock-{self._token_seq}"
+
+    # --- row and lock helpers ----------------------------------------------------------------
+
+    @staticmethod
+    def _check_orch_item(item: Any, op: str) -> None:
+        if not isinstance(item, WorkItem) or isinstance(item, ActivityExecute):
+            raise ProviderError(f"not an orchestrator work item: {item!r}", operation=op)
+
+    @staticmethod
+    def _check_worker_item(item: Any, op: str) -> None:
+        if not isinstance(item, ActivityExecute):
+            raise ProviderError(f"the worker queue takes ActivityExecute only, got {item!r}", operation=op)
+
+    def _remove_work_row(self, row: _WorkRow) -> None:
+        self._work.remove(row)
+        if row.lock_token is not None:
+            self._work_tokens.pop(row.lock_token, None)
+
+    def _release_orch_lock(self, instance: str) -> None:
+        lock = self._orch_locks.pop(instance, None)
+        if lock is not None:
+            del self._orch_tokens[lock.token]
+            for row in self._orch.group(instance):
+                if row.lock_token == lock.token:
+                    row.lock_token = None
+
+    def _held_orch_lock(self, token: str, now: int, op: str) -> str:
+        """Instance held by ``token`` with an unexpired lock, else LockLostError."""
+        instance = self._orch_tokens.get(token)
+        if instance is None:
+            raise _lock_lost(op, token, f"Invalid lock token {token!r}: unknown, already released, taken over "
+                             "after expiry, or its instance was deleted")
+        if self._orch_locks[instance].locked_until <= now:
+            raise _lock_lost(op, token, f"Instance lock expired for instance {instance!r} (lock token {token!r}); "
+                             "the turn must not commit", instance_id=instance)
+        return instance
+
+    def _work_row_for(self, token: str, now: int, op: str, *, need_live: bool) -> _WorkRow:
+        seq = self._work_tokens.get(token)
+        if seq is None:
+            raise _lock_lost(op, token, f"Work item lock token {token!r} is unknown: the activity was cancelled or "
+                             "deleted, already acked/abandoned, or its lock was stolen after expiry")
+        row: _WorkRow = self._work.rows[seq]
+        if need_live and row.locked_until is not None and row.locked_until <= now:
+            raise _lock_lost(op, token, f"Work item lock expired (lock token {token!r})")
+        return row
+
+    def _bump_session(self, session_id: str | None, now: int) -> None:
+        # Only while the session lock is live: never refresh a session another worker took over.
+        session = self._sessions.get(session_id) if session_id is not None else None
+        if session is not None and session.locked_until > now:
+            session.last_activity_at = now
+
+    # --- history helpers ---------------------------------------------------------------------
+
+    def _validate_events(self, instance: str, execution_id: int, events: Sequence[HistoryEvent], op: str) -> None:
+        existing = self._executions.get(instance, {}).get(execution_id)
+        seen = {e.event_id for e in existing.events} if existing else set()
+        for event in events:
+            if not isinstance(event, HistoryEvent):
+                raise ProviderError(f"not a history event: {event!r}", operation=op)
+            if event.event_id in seen:
+                raise ProviderError(
+                    f"duplicate event_id {event.event_id} in execution {execution_id} of instance {instance!r}; "
+                    "history is append-only",
+                    operation=op, instance_id=instance, event_id=event.event_id,
+                )
+            seen.add(event.event_id)
+
+    def _append(self, instance: str, execution_id: int, events: Sequence[HistoryEvent], now: int) -> _Execution:
+        execution = self._executions.setdefault(instance, {}).get(execution_id)
+        if execution is None:
+            execution = self._executions[instance][execution_id] = _Execution(started_at=now)
+        # Stored verbatim, ordered by event_id like the SQLite primary key / ORDER BY.
+        for event in events:
+            if not execution.events or event.event_id > execution.events[-1].event_id:
+                execution.events.append(event)
+            else:
+                bisect.insort(execution.events, event, key=lambda e: e.event_id)
+        return execution
+
+    def _current_execution(self, instance: str) -> tuple[int, _Execution | None] | None:
+        """(current execution id, its record) from the row, else the latest stored execution."""
+        execs = self._executions.get(instance) or {}
+        row = self._instances.get(instance)
+        if row is not None:
+            return row.current_execution_id, execs.get(row.current_execution_id)
+        return (max(execs), execs[max(execs)]) if execs else None
+
+    def _status(self, instance: str) -> str | None:
+        current = self._current_execution(instance)
+        return current[1].status if current and current[1] else None
+
+    # --- orchestrator queue ------------------------------------------------------------------
+
+    def fetch_orchestration_item(
+        self, lock_timeout_ms: int, poll_timeout_ms: int = 0, filter: tuple[str, str] | None = None
+    ) -> OrchestrationItem | None:
+        """Lock the instance of the oldest visible message and return its batch (SPEC §15.1).
+
+        Locked instances, filter-incompatible ones and orphans (SPEC §3.12, Recommend) are
+        skipped so they never block others. ``poll_timeout_ms`` is ignored (short poll).
+        """
+        with self._lock:
+            now = self._now()
+            bounds = None
+            if filter is not None:
+                bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+            considered: set[str] = set()  # membership only; the order comes from the queue
+            orphans: list[_OrchRow] = []
+            result = None
+            for row in self._orch.visible(now):
+                instance = row.group
+                if instance in considered:
+                    continue
+                considered.add(instance)
+                lock = self._orch_locks.get(instance)
+                if lock is not None and lock.locked_until > now:
+                    continue
+                if bounds is not None:
+                    current = self._current_execution(instance)
+                    pin = current[1].pin if current and current[1] else None
+                    if pin is not None and not bounds[0] <= pin <= bounds[1]:
+                        continue  # skipped before locking or reading history (SPEC §16 I30)
+                batch = [r for r in self._orch.group(instance) if r.visible_at <= now]
+                meta = self._batch_metadata(instance, batch)
+                if meta is None:
+                    # Orphan: no row, no history, no start item. QueueMessages sent before the
+                    # instance exists are dropped (SPEC §6.2); anything else may be racing its
+                    # start, so it stays queued while we move on to the next candidate.
+                    if all(isinstance(r.item, QueueMessage) for r in batch):
+                        orphans.extend(batch)  # removed after the scan, which must not see removals
+                    continue
+                result = self._lock_batch(instance, batch, meta, lock_timeout_ms, now)
+                break
+            for r in orphans:
+                self._orch.remove(r)
+            return result
+
+    def _batch_metadata(self, instance: str, batch: list[_OrchRow]) -> tuple[str, str | None, int, tuple] | None:
+        row = self._instances.get(instance)
+        if row is not None:
+            execution = self._executions.get(instance, {}).get(row.current_execution_id)
+            return row.name, row.version, row.current_execution_id, tuple(execution.events) if execution else ()
+        current = self._current_execution(instance)
+        if current is not None and current[1] is not None:  # history without a row
+            for event in current[1].events:
+                if isinstance(event, OrchestrationStarted):
+                    return event.name, event.version, current[0], tuple(current[1].events)
+        for r in batch:
+            if isinstance(r.item, (StartOrchestration, ContinueAsNew)):
+                return r.item.orchestration, r.item.version, 1, ()
+        return None
+
+    def _lock_batch(
+        self, instance: str, batch: list[_OrchRow], meta: tuple, lock_timeout_ms: int, now: int
+    ) -> OrchestrationItem:
+        old = self._orch_locks.get(instance)
+        if old is not None:  # an expired lock is taken over: its token becomes unknown
+            del self._orch_tokens[old.token]
+        token = self._new_token()
+        self._orch_locks[instance] = _OrchLock(token, now + lock_timeout_ms)
+        self._orch_tokens[token] = instance
+        for r in batch:
+            r.lock_token = token
+            r.attempt_count += 1
+        name, version, execution_id, history = meta
+        error = self._corrupt.get(instance)
+        return OrchestrationItem(
+            instance=instance, orchestration_name=name, execution_id=execution_id, version=version,
+            history=() if error is not None else history, messages=tuple(r.item for r in batch), lock_token=token,
+            attempt_count=max(r.attempt_count for r in batch), history_error=error,
+            kv_snapshot=dict(self._kv_store.get(instance, {})),
+        )
+
+    def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[HistoryEvent],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivityIdentifier] = (),
+    ) -> None:
+        """Commit one turn atomically (SPEC §15.1) and release the instance lock.
+
+        Raises LockLostError (unknown or expired token) or ProviderError (duplicate event id,
+        malformed input); in every error case nothing changes and a held lock stays held.
+        """
+        op = "ack_orchestration_item"
+        delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
+        with self._lock:
+            now = self._now()
+            instance = self._held_orch_lock(lock_token, now, op)
+            # ---- validate everything before the first mutation (all-or-nothing) ----
+            self._validate_events(instance, execution_id, delta, op)
+            pin = metadata.pinned_duroxide_version
+            pin = _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None
+            for item in workers:
+                self._check_worker_item(item, op)
+            for item in orchs:
+                self._check_orch_item(item, op)
+            # ---- mutate ----
+            for row in self._orch.group(instance):
+                if row.lock_token == lock_token:
+                    self._orch.remove(row)
+            row = self._instances.get(instance)
+            if metadata.orchestration_name is not None:
+                if row is None:
+                    row = self._instances[instance] = _Instance(
+                        name=metadata.orchestration_name, version=metadata.orchestration_version,
+                        current_execution_id=execution_id, created_at=now, updated_at=now, seq=self._next_seq(),
+                        parent_instance_id=metadata.parent_instance_id,  # immutable once created
+                    )
+                else:
+                    row.name = metadata.orchestration_name
+                    if metadata.orchestration_version is not None:  # a NULL version is filled in later
+                        row.version = metadata.orchestration_version
+            execution = self._append(instance, execution_id, delta, now)
+            if pin is not None:
+                execution.pin = pin
+            if row is not None:
+                row.current_execution_id = max(row.current_execution_id, execution_id)
+                row.updated_at = now
+            if metadata.status is not None:
+                execution.status, execution.output, execution.completed_at = metadata.status, metadata.output, now
+            statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
+            if statuses and row is not None:  # the last one wins; one version bump per ack
+                row.custom_status = statuses[-1].status
+                row.custom_status_version += 1
+            self._apply_kv(instance, delta)
+            if metadata.status in _TERMINAL:
+                self._merge_kv(instance)
+            for item in workers:
+                self._work.add(_WorkRow(self._next_seq(), item, now))
+            # Cancel AFTER inserting: schedule+cancel in one ack must leave nothing (SPEC §11.2).
+            for ident in cancelled_activities:
+                for wrow in self._work.group((ident.instance, ident.execution_id, ident.activity_id)):
+                    self._remove_work_row(wrow)
+            for item in orchs:
+                visible_at = item.fire_at_ms if isinstance(item, TimerFiredMsg) else now
+                self._orch.add(_OrchRow(self._next_seq(), item, visible_at))
+            self._release_orch_lock(instance)
+        self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []))
+
+    def _apply_kv(self, instance: str, delta: Sequence[HistoryEvent]) -> None:
+        for event in delta:
+            if isinstance(event, KeyValueSet):
+                self._kv_delta.setdefault(instance, {})[event.key] = KvEntry(event.value, event.last_updated_at_ms)
+            elif isinstance(event, KeyValueCleared):
+                self._kv_delta.setdefault(instance, {})[event.key] = None
+            elif isinstance(event, KeyValuesCleared):
+                # Tombstone every delta row and every store key, so reads hide the store too.
+                kv = self._kv_delta.setdefault(instance, {})
+                for key in list(kv) + list(self._kv_store.get(instance, {})):
+                    kv[key] = None
+
+    def _merge_kv(self, instance: str) -> None:
+        """At the end of an execution the delta folds into the store (tombstones delete)."""
+        store = self._kv_store.setdefault(instance, {})
+        for key, entry in self._kv_delta.pop(instance, {}).items():
+            if entry is None:
+                store.pop(key, None)
+            else:
+                store[key] = entry
+        if not store:
+            del self._kv_store[instance]
+
+    def abandon_orchestration_item(
+        self, lock_token: str, delay_ms: int | None = None, ignore_attempt: bool = False
+    ) -> None:
+        """Release the instance lock; optionally hide its visible messages for ``delay_ms``
+        and undo this fetch's attempt increment (``ignore_attempt``, floor 0)."""
+        with self._lock:
+            now = self._now()
+            instance = self._orch_tokens.get(lock_token)
+            if instance is None:
+                raise _lock_lost("abandon_orchestration_item", lock_token,
+                                 f"Invalid lock token {lock_token!r}: unknown or already released")
+            for row in self._orch.group(instance):
+                if ignore_attempt and row.lock_token == lock_token:
+                    row.attempt_count = max(0, row.attempt_count - 1)
+                if delay_ms is not None and row.visible_at <= now:
+                    self._orch.move(row, max(row.visible_at, now + delay_ms))
+            self._release_orch_lock(instance)
+
+    def renew_orchestration_item_lock(self, lock_token: str, extend_ms: int) -> None:
+        """Extend a held, unexpired instance lock to now + ``extend_ms``."""
+        with self._lock:
+            now = self._now()
+            instance = self._held_orch_lock(lock_token, now, "renew_orchestration_item_lock")
+            self._orch_locks[instance].locked_until = now + extend_ms
+
+    # --- worker queue ------------------------------------------------------------------------
+
+    def fetch_work_item(
+        self,
+        lock_timeout_ms: int,
+        poll_timeout_ms: int = 0,
+        session: SessionConfig | None = None,
+        tag_filter: TagFilter = TagFilter.DEFAULT_ONLY,  # type: ignore[attr-defined]
+    ) -> WorkItemLease | None:
+        """Lock the oldest visible, unlocked (or expired) activity that the tag filter and the
+        session rules allow (SPEC §15.3), claiming its session for ``session.owner_id``."""
+        with self._lock:
+            now = self._now()
+            if tag_filter.mode == "none":
+                return None
+            for row in self._work.visible(now):
+                if row.locked_until is not None and row.locked_until > now:
+                    continue
+                if not tag_filter.matches(row.item.tag):
+                    continue
+                session_id = row.item.session_id
+                if session_id is not None:
+                    if session is None:
+                        continue  # session rows go only to session-aware fetchers
+                    owner = self._sessions.get(session_id)
+                    if owner is not None and owner.locked_until > now and owner.owner_id != session.owner_id:
+                        continue  # pinned to another worker that holds a live session lock
+                    self._sessions[session_id] = _Session(session.owner_id, now + session.lock_timeout_ms, now)
+                if row.lock_token is not None:  # an expired lock is stolen: its token becomes unknown
+                    del self._work_tokens[row.lock_token]
+                row.lock_token, row.locked_until = self._new_token(), now + lock_timeout_ms
+                row.attempt_count += 1
+                self._work_tokens[row.lock_token] = row.seq
+                return WorkItemLease(item=row.item, lock_token=row.lock_token, attempt_count=row.attempt_count)
+            return None
+
+    def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
+        """Delete the locked row and enqueue ``completion`` (if any) in one step. LockLostError
+        if the row was cancelled or deleted, or its lock expired or was stolen."""
+        with self._lock:
+            now = self._now()
+            row = self._work_row_for(lock_token, now, "ack_work_item", need_live=True)
+            if completion is not None and not isinstance(completion, (ActivityCompletedMsg, ActivityFailedMsg)):
+                raise ProviderError(f"a worker ack takes ActivityCompleted/ActivityFailed, got {completion!r}",
+                                    operation="ack_work_item")
+            self._remove_work_row(row)
+            self._bump_session(row.item.session_id, now)
+            if completion is not None:
+                self._orch.add(_OrchRow(self._next_seq(), completion, now))
+        if completion is not None:
+            self._notify(["orchestrator"])
+
+    def renew_work_item_lock(self, lock_token: str, extend_ms: int) -> None:
+        """Extend a live row lock. Failure is the worker's cancellation signal."""
+        with self._lock:
+            now = self._now()
+            row = self._work_row_for(lock_token, now, "renew_work_item_lock", need_live=True)
+            row.locked_until = now + extend_ms
+            self._bump_session(row.item.session_id, now)
+
+    def abandon_work_item(self, lock_token: str, delay_ms: int | None = None, ignore_attempt: bool = False) -> None:
+        """Unlock the row; ``delay_ms`` hides it until now + delay; ``ignore_attempt`` undoes
+        the fetch's attempt increment (floor 0)."""
+        with self._lock:
+            now = self._now()
+            row = self._work_row_for(lock_token, now, "abandon_work_item", need_live=False)
+            del self._work_tokens[lock_token]
+            row.lock_token = row.locked_until = None
+            if ignore_attempt:
+                row.attempt_count = max(0, row.attempt_count - 1)
+            if delay_ms is not None:  # without a delay the row keeps its FIFO place
+                self._work.move(row, max(row.visible_at, now + delay_ms))
+
+    def renew_session_lock(self, owner_ids: Sequence[str], extend_ms: int, idle_timeout_ms: int) -> int:
+        """Extend the live, non-idle sessions owned by ``owner_ids``; return how many."""
+        with self._lock:
+            now = self._now()
+            count = 0
+            for s in self._sessions.values():
+                if s.owner_id in owner_ids and s.locked_until > now and s.last_activity_at > now - idle_timeout_ms:
+                    s.locked_until = now + extend_ms
+                    count += 1
+            return count
+
+    def cleanup_orphaned_sessions(self, idle_timeout_ms: int) -> int:
+        """Delete expired sessions that have no queued rows; return how many."""
+        with self._lock:
+            now = self._now()
+            in_use = {row.item.session_id for row in self._work.rows.values()}
+            doomed = [sid for sid, s in self._sessions.items() if s.locked_until < now and sid not in in_use]
+            for sid in doomed:
+                del self._sessions[sid]
+            return len(doomed)
+
+    # --- enqueue and reads -------------------------------------------------------------------
+
+    def enqueue_for_orchestrator(self, item: WorkItem, delay_ms: int | None = None) -> None:
+        """Queue ``item`` for its target instance, visible after ``delay_ms``. Never creates
+        an instance (its first ack does)."""
+        with self._lock:
+            now = self._now()
+            self._check_orch_item(item, "enqueue_for_orchestrator")
+            self._orch.add(_OrchRow(self._next_seq(), item, now + max(0, delay_ms or 0)))
+        self._notify(["orchestrator"])
+
+    def enqueue_for_worker(self, item: ActivityExecute) -> None:
+        """Queue an activity, visible now."""
+        with self._lock:
+            now = self._now()
+            self._check_worker_item(item, "enqueue_for_worker")
+            self._work.add(_WorkRow(self._next_seq(), item, now))
+        self._notify(["worker"])
+
+    def read(self, instance: str) -> list[HistoryEvent]:
+        """History of the latest execution; unknown instance -> []."""
+        with self._lock:
+            execs = self._executions.get(instance)
+            return list(execs[max(execs)].events) if execs else []
+
+    def read_with_execution(self, instance: str, execution_id: int) -> list[HistoryEvent]:
+        """History of one execution; unknown -> []."""
+        with self._lock:
+            execution = self._executions.get(instance, {}).get(execution_id)
+            return list(execution.events) if execution else []
+
+    def append_with_execution(self, instance: str, execution_id: int, events: Sequence[HistoryEvent]) -> None:
+        """Append events verbatim (tests, tools). Duplicate ids -> ProviderError, nothing stored."""
+        events = list(events)
+        with self._lock:
+            now = self._now()
+            self._validate_events(instance, execution_id, events, "append_with_execution")
+            self._append(instance, execution_id, events, now)
+
+    def latest_execution_id(self, instance: str) -> int | None:
+        """Current execution id, or None for an unknown instance."""
+        with self._lock:
+            current = self._current_execution(instance)
+            return current[0] if current else None
+
+    def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None:
+        """``(status, version)`` if the version moved past ``last_seen_version``, else None."""
+        with self._lock:
+            row = self._instances.get(instance)
+            if row is None or row.custom_status_version <= last_seen_version:
+                return None
+            return row.custom_status, row.custom_status_version
+
+    def get_kv_value(self, instance: str, key: str) -> str | None:
+        """The store overlaid by the current execution's delta; tombstones hide."""
+        with self._lock:
+            delta = self._kv_delta.get(instance, {})
+            entry = delta[key] if key in delta else self._kv_store.get(instance, {}).get(key)
+            return entry.value if entry is not None else None
+
+    def get_kv_all_values(self, instance: str) -> dict[str, str]:
+        """All live keys: the store overlaid by the delta; tombstones hide."""
+        with self._lock:
+            out = {k: e.value for k, e in self._kv_store.get(instance, {}).items()}
+            for key, entry in self._kv_delta.get(instance, {}).items():
+                if entry is None:
+                    out.pop(key, None)
+                else:
+                    out[key] = entry.value
+            return out
+
+    # --- management (SPEC §14) ---------------------------------------------------------------
+
+    def _row(self, instance: str) -> _Instance:
+        row = self._instances.get(instance)
+        if row is None:
+            raise InstanceNotFound(f"Instance {instance!r} not found", instance_id=instance)
+        return row
+
+    def list_instances(self) -> list[str]:
+        """All instance ids, newest first."""
+        with self._lock:
+            return sorted(self._instances, key=lambda i: (self._instances[i].created_at, self._instances[i].seq),
+                          reverse=True)
+
+    def list_instances_by_status(self, status: str) -> list[str]:
+        """Ids whose current execution has ``status``, newest first."""
+        with self._lock:
+            return [i for i in self.list_instances() if self._status(i) == status]
+
+    def get_instance_info(self, instance: str) -> InstanceInfo:
+        """The instance row joined with its current execution; unknown -> InstanceNotFound."""
+        with self._lock:
+            row = self._row(instance)
+            execution = self._executions.get(instance, {}).get(row.current_execution_id)
+            return InstanceInfo(
+                instance_id=instance, orchestration_name=row.name, orchestration_version=row.version,
+                current_execution_id=row.current_execution_id, status=execution.status if execution else "Unknown",
+                output=execution.output if execution else None, created_at=row.created_at,
+                updated_at=row.updated_at, parent_instance_id=row.parent_instance_id,
+            )
+
+    def get_execution_info(self, instance: str, execution_id: int) -> ExecutionInfo:
+        """One execution's record; unknown -> InstanceNotFound."""
+        with self._lock:
+            ex = self._executions.get(instance, {}).get(execution_id)
+            if ex is None:
+                raise InstanceNotFound(f"Execution {execution_id} not found for instance {instance!r}",
+                                       instance_id=instance)
+            return ExecutionInfo(execution_id=execution_id, status=ex.status, output=ex.output,
+                                 started_at=ex.started_at, completed_at=ex.completed_at, event_count=len(ex.events))
+
+    def list_executions(self, instance: str) -> list[int]:
+        """Execution ids in ascending order; unknown -> []."""
+        with self._lock:
+            return sorted(self._executions.get(instance, {}))
+
+    def get_system_metrics(self) -> SystemMetrics:
+        """Counts over instances (by current execution status), executions and events."""
+        with self._lock:
+            statuses = [self._status(i) for i in self._instances]
+            executions = [e for execs in self._executions.values() for e in execs.values()]
+            return SystemMetrics(
+                total_instances=len(self._instances), total_executions=len(executions),
+                running_instances=statuses.count("Running"), completed_instances=statuses.count("Completed"),
+                failed_instances=statuses.count("Failed"), total_events=sum(len(e.events) for e in executions),
+            )
+
+    def get_queue_depths(self) -> QueueDepths:
+        """Rows not under a live lock, per queue (delayed rows included, as in SQLite)."""
+        with self._lock:
+            now = self._now()
+            orch = sum(1 for r in self._orch.rows.values()
+                       if r.lock_token is None or self._orch_locks[r.group].locked_until <= now)
+            work = sum(1 for r in self._work.rows.values() if r.locked_until is None or r.locked_until <= now)
+            return QueueDepths(orchestrator_queue=orch, worker_queue=work, timer_queue=0)
+
+    def list_children(self, instance: str) -> list[str]:
+        """Direct children, in creation order; unknown -> []."""
+        with self._lock:
+            return [i for i, r in self._instances.items() if r.parent_instance_id == instance]
+
+    def get_parent_id(self, instance: str) -> str | None:
+        """Parent id, None for roots; unknown -> InstanceNotFound."""
+        with self._lock:
+            return self._row(instance).parent_instance_id
+
+    def _tree_ids(self, root: str) -> list[str]:
+        # The reference's order: depth-first, then reversed so children come before parents.
+        out: list[str] = []
+        stack = [root]
+        while stack:
+            current = stack.pop()
+            if current not in out:  # defensive: a parent cycle must not loop forever
+                out.append(current)
+                stack.extend(self.list_children(current))
+        return out[::-1]
+
+    def get_instance_tree(self, instance: str) -> InstanceTree:
+        """Root plus all descendants, children before parents; unknown -> InstanceNotFound."""
+        with self._lock:
+            self._row(instance)
+            return InstanceTree(root_id=instance, all_ids=tuple(self._tree_ids(instance)))
+
+    def delete_instances_atomic(self, ids: Sequence[str], force: bool) -> DeleteInstanceResult:
+        """Delete exactly ``ids`` (history, executions, both queues, locks, KV, rows), all or
+        nothing. Without ``force`` any Running one -> InstanceStillRunning. A child outside
+        ``ids`` that points into them (orphan race) -> ProviderError, nothing deleted."""
+        ids = list(dict.fromkeys(ids))
+        with self._lock:
+            if not force:
+                for instance in ids:
+                    if self._status(instance) == "Running":
+                        raise InstanceStillRunning(f"Instance {instance!r} is still running. Use force=True to "
+                                                   "delete anyway, or cancel it first.", instance_id=instance)
+            for child, row in self._instances.items():
+                if row.parent_instance_id in ids and child not in ids:
+                    raise ProviderError(
+                        f"Cannot delete: instance {row.parent_instance_id!r} has child {child!r} outside the delete "
+                        "set (created after the tree was read?). Re-fetch the tree and retry.",
+                        operation="delete_instances_atomic",
+                    )
+            return self._delete_ids(ids)
+
+    def _delete_ids(self, ids: list[str]) -> DeleteInstanceResult:
+        instances = executions = events = messages = 0
+        for instance in ids:
+            for execution in self._executions.pop(instance, {}).values():
+                executions += 1
+                events += len(execution.events)
+            for row in self._orch.group(instance):
+                self._orch.remove(row)
+                messages += 1
+            # Dropping the lock is what makes an in-flight turn's ack fail instead of
+            # resurrecting the instance (SPEC §16 F21).
+            lock = self._orch_locks.pop(instance, None)
+            if lock is not None:
+                del self._orch_tokens[lock.token]
+            for table in (self._kv_store, self._kv_delta, self._corrupt):
+                table.pop(instance, None)
+            instances += self._instances.pop(instance, None) is not None
+        chosen = set(ids)
+        for wrow in [r for r in self._work.rows.values() if r.item.instance in chosen]:
+            self._remove_work_row(wrow)  # a running activity then fails renew/ack harmlessly
+            messages += 1
+        return DeleteInstanceResult(instances_deleted=instances, executions_deleted=executions,
+                                    events_deleted=events, queue_messages_deleted=messages)
+
+    def delete_instance(self, instance: str, force: bool) -> DeleteInstanceResult:
+        """Delete a root with its whole tree. A child -> CannotDeleteSubOrchestration; unknown
+        -> InstanceNotFound; anything Running without ``force`` -> InstanceStillRunning."""
+        with self._lock:
+            if self._row(instance).parent_instance_id is not None:
+                raise CannotDeleteSubOrchestration(f"Cannot delete sub-orchestration {instance!r} directly; "
+                                                   "delete its root instead", instance_id=instance)
+            return self.delete_instances_atomic(self._tree_ids(instance), force)
+
+    def _select(self, filter: InstanceFilter, *, roots_terminal: bool) -> list[str]:
+        """Instances matching ``filter`` (filters AND-ed), oldest first, up to the limit."""
+        ids = filter.instance_ids
+        limit = filter.limit if filter.limit is not None else _DEFAULT_BULK_LIMIT
+        out: list[str] = []
+        for instance, row in self._instances.items():
+            if len(out) >= limit:
+                break
+            if ids is not None and instance not in ids:
+                continue  # an empty id list therefore selects nothing
+            ex = self._executions.get(instance, {}).get(row.current_execution_id)
+            if roots_terminal and (row.parent_instance_id is not None or ex is None or ex.status not in _TERMINAL):
+                continue
+            cutoff = filter.completed_before
+            if cutoff is not None and (ex is None or ex.completed_at is None or ex.completed_at >= cutoff):
+                continue
+            out.append(instance)
+        return out
+
+    def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteInstanceResult:
+        """Delete the terminal roots matching ``filter`` with their trees; Running ones are skipped."""
+        with self._lock:
+            parts = [self._delete_ids(self._tree_ids(root)) for root in self._select(filter, roots_terminal=True)]
+            return DeleteInstanceResult(**{f.name: sum(getattr(r, f.name) for r in parts)
+                                           for f in attrs.fields(DeleteInstanceResult)})
+
+    def prune_executions(self, instance: str, options: PruneOptions) -> PruneResult:
+        """Delete old executions, never the current one nor Running ones; options AND-ed. KV
+        is instance-scoped and untouched. Unknown -> InstanceNotFound."""
+        with self._lock:
+            current = self._row(instance).current_execution_id
+            execs = self._executions.get(instance, {})
+            ids = sorted(execs)
+            kept = set(ids[-options.keep_last :]) if options.keep_last else set()  # 0/None keep nothing extra
+            cutoff = options.completed_before
+            doomed = [
+                e for e in ids
+                if e != current and e not in kept and execs[e].status != "Running"
+                and (cutoff is None or (execs[e].completed_at is not None and execs[e].completed_at < cutoff))
+            ]
+            events = sum(len(execs.pop(e).events) for e in doomed)
+            return PruneResult(instances_processed=1, executions_deleted=len(doomed), events_deleted=events)
+
+    def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
+        """``prune_executions`` over every instance matching ``filter``, of any status."""
+        with self._lock:
+            parts = [self.prune_executions(i, options) for i in self._select(filter, roots_terminal=False)]
+            return PruneResult(
+                instances_processed=len(parts),
+                executions_deleted=sum(r.executions_deleted for r in parts),
+                events_deleted=sum(r.events_deleted for r in parts),
+            )
+
+    # --- simulation and test hooks -----------------------------------------------------------
+
+    def next_wakeup_ms(self) -> int | None:
+        """Earliest future time at which a queued row becomes visible or a live lock expires
+        (None if nothing is pending), so a simulated clock can jump straight to it."""
+        with self._lock:
+            now = self._now()
+            times = [self._orch.next_visible_after(now), self._work.next_visible_after(now)]
+            times = [t for t in times if t is not None]
+            times += [lock.locked_until for lock in self._orch_locks.values() if lock.locked_until > now]
+            times += [r.locked_until for r in self._work.rows.values() if r.locked_until and r.locked_until > now]
+            return min(times, default=None)
+
+    def _corrupt_history(self, instance: str, error: str | None = "injected history corruption") -> None:
+        """Test hook: fetches of ``instance`` return ``history_error`` with empty history (lock
+        held, attempts counted) until cleared with ``error=None``."""
+        with self._lock:
+            if error is None:
+                self._corrupt.pop(instance, None)
+            else:
+                self._corrupt[instance] = f"Failed to deserialize history: {error}"
+
+    def _check(self) -> None:
+        """Assert internal invariants (queue indexes, lock tokens, history order)."""
+        with self._lock:
+            self._orch.check()
+            self._work.check()
+            assert len(self._orch_tokens) == len(self._orch_locks)
+            for token, instance in self._orch_tokens.items():
+                assert self._orch_locks[instance].token == token
+            for row in self._orch.rows.values():
+                assert row.lock_token is None or self._orch_tokens.get(row.lock_token) == row.group, row
+            for wrow in self._work.rows.values():
+                assert (wrow.lock_token is None) == (wrow.locked_until is None), wrow
+                assert wrow.lock_token is None or self._work_tokens[wrow.lock_token] == wrow.seq, wrow
+            for token, seq in self._work_tokens.items():
+                assert self._work.rows[seq].lock_token == token
+            for instance, execs in self._executions.items():
+                for execution in execs.values():
+                    ids = [e.event_id for e in execution.events]
+                    assert all(a < b for a, b in zip(ids, ids[1:])), (instance, ids)
+            for instance, row in self._instances.items():
+                assert row.current_execution_id in self._executions.get(instance, {}), instance
+            for kv in self._kv_store.values():
+                assert kv and all(isinstance(e, KvEntry) for e in kv.values())
