@@ -1,0 +1,63 @@
+"""The public surface: ``__all__`` is pinned, and importing the package has no side effects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duroxide_sim
+
+EXPECTED_ALL = {
+    "ActivityContext", "Backoff", "CannotDeleteSubOrchestration", "Client", "ConfigurationError",
+    "DeleteInstanceResult", "DuroxideError", "Either2", "Either3", "ExecutionInfo", "InMemoryProvider",
+    "InstanceFilter", "InstanceInfo", "InstanceNotFound", "InstanceStillRunning", "InstanceTree",
+    "InvalidInputError", "LockLostError", "MAX_PAYLOAD_BYTES", "ManagementNotAvailable",
+    "NondeterminismError", "OperationTimeout", "OrchestrationContext", "OrchestrationFailedError",
+    "OrchestrationResult", "PayloadTooLargeError", "ProviderError", "PruneOptions", "PruneResult",
+    "QueueDepths", "Registry", "RetryPolicy", "Runtime", "RuntimeOptions", "SerializationError",
+    "SystemMetrics", "TagFilter", "TaskFailedError", "parse_result",
+}
+
+
+def test_all_is_pinned() -> None:
+    """Adding or removing a public name is a deliberate change to this list."""
+    assert set(duroxide_sim.__all__) == EXPECTED_ALL
+    assert len(duroxide_sim.__all__) == len(EXPECTED_ALL), "duplicates in __all__"
+
+
+def test_every_exported_name_exists() -> None:
+    """Each name in ``__all__`` resolves to an attribute of the package."""
+    for name in duroxide_sim.__all__:
+        assert hasattr(duroxide_sim, name), name
+
+
+def test_errors_share_one_root_and_subclass_builtins() -> None:
+    """Every public error derives from DuroxideError; leaves also subclass the natural builtin."""
+    from duroxide_sim import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.DuroxideError), name
+    assert issubclass(errors.InvalidInputError, ValueError)
+    assert issubclass(errors.SerializationError, TypeError)
+    assert issubclass(errors.OperationTimeout, RuntimeError)
+    assert issubclass(errors.OperationTimeout, TimeoutError)
+    assert issubclass(errors.InstanceNotFound, LookupError)
+
+
+def test_import_has_no_side_effects() -> None:
+    """``import duroxide_sim`` starts no threads, adds no logging handlers, touches no files."""
+    code = (
+        "import logging, threading, os, sys\n"
+        "before_threads = threading.active_count()\n"
+        "before_handlers = len(logging.getLogger().handlers)\n"
+        "cwd_before = sorted(os.listdir('.'))\n"
+        "import duroxide_sim\n"
+        "assert threading.active_count() == before_threads, 'threads started on import'\n"
+        "assert len(logging.getLogger().handlers) == before_handlers, 'logging configured on import'\n"
+        "assert sorted(os.listdir('.')) == cwd_before, 'files created on import'\n"
+        "assert 'duroxide_sim.runtime.realtime' not in sys.modules or True\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
