@@ -914,7 +914,15 @@ def _convert_new(engine: _Engine, add: Any) -> bool:
         elif isinstance(action, DequeueEvent):
             ev = add(QueueSubscribed, name=action.name)
         elif isinstance(action, StartSubOrchestration):
-            child = action.instance or f"sub::{add.peek_id()}"
+            # Auto ids are `sub::{id}` (SPEC §7). Executions after a continue-as-new reuse event
+            # ids, so they get `sub::e{execution}::{id}`: otherwise a new child would collide
+            # with the previous execution's (completed) child and never start.
+            if action.instance:
+                child = action.instance
+            elif engine.execution_id == 1:
+                child = f"sub::{add.peek_id()}"
+            else:
+                child = f"sub::e{engine.execution_id}::{add.peek_id()}"
             ev = add(SubOrchestrationScheduled, name=action.name, instance=child, input=action.input)
             engine.requested_versions[ev.event_id] = action.version
         else:

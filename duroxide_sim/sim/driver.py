@@ -64,8 +64,13 @@ class SequentialDriver:
     def sleep(self, ms: float) -> None:
         """Client-wait hook: run everything runnable now, then jump to the next deadline (however
         far: time skipping) or, when nothing is scheduled, let ``ms`` virtual ms pass so client
-        timeouts still expire. Client timeouts are in virtual time."""
-        self.run_until_idle()
+        timeouts still expire. Client timeouts are in virtual time.
+
+        If there was work to do right now, return after doing it without moving the clock, so
+        the caller observes every intermediate state (e.g. each custom status between timers)."""
+        if self._step_once():
+            self.run_until_idle()
+            return
         nxt = self._next_deadline()
         if nxt is not None and nxt > self.clock.now_ms():
             self.clock.advance_to(nxt)

@@ -1,0 +1,266 @@
+"""Property checkers for simulated runs. Each failure names the seed, the step and a repro line.
+
+1. ``determinism``    every final history replays from scratch against the code (and, when asked,
+                      the same seed run twice gives the same trace bytes);
+2. ``idempotency``    the external world after the faulty run equals the fault-free world; the
+                      message names the activity whose re-execution changed it;
+3. ``outcome``        each instance's outcome equals its fault-free outcome (fault-transparent specs);
+4. ``liveness``       after faults stop, every instance is terminal or waits only on external
+                      events / timers beyond the horizon; the run must reach quiescence;
+5. ``well_formed``    ids increase, completions match schedules of the right kind, no completion
+                      is applied twice, at most one terminal event;
+6. ``invariants``     the spec's own callables over the result;
+7. ``sandbox``        orchestration code made no clock/random/I-O calls (when the sandbox is on).
+
+:func:`run_and_check` runs a simulation (and its fault-free twin when needed) and returns the
+result with ``failures`` filled in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..core.events import (
+    SCHEDULE_EVENTS,
+    ActivityCancelRequested,
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityScheduled,
+    ExternalSubscribed,
+    ExternalSubscribedCancelled,
+    HistoryEvent,
+    KeyValueCleared,
+    KeyValuesCleared,
+    KeyValueSet,
+    OrchestrationCompleted,
+    OrchestrationContinuedAsNew,
+    OrchestrationFailed,
+    OrchestrationStarted,
+    QueueSubscribed,
+    QueueSubscriptionCancelled,
+    SubOrchestrationCancelRequested,
+    SubOrchestrationCompleted,
+    SubOrchestrationFailed,
+    SubOrchestrationScheduled,
+    TimerCreated,
+    TimerFired,
+)
+from ..core.verify import verify_execution
+from .faults import FaultPlan
+from .harness import Failure, Simulation, SimResult, _Run
+
+__all__ = ["run_and_check", "check_well_formed", "CHECKERS"]
+
+CHECKERS = ("determinism", "idempotency", "outcome", "liveness", "well_formed", "invariants", "sandbox")
+_TERMINAL = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
+_COMPLETES = {
+    ActivityCompleted: ActivityScheduled,
+    ActivityFailed: ActivityScheduled,
+    TimerFired: TimerCreated,
+    SubOrchestrationCompleted: SubOrchestrationScheduled,
+    SubOrchestrationFailed: SubOrchestrationScheduled,
+}
+_CRUMBS = (ActivityCancelRequested, SubOrchestrationCancelRequested, ExternalSubscribedCancelled, QueueSubscriptionCancelled)
+
+
+def _step_of(result: SimResult, instance: str, event_id: int | None = None) -> int | None:
+    """The trace step of the turn that wrote ``event_id`` (or the instance's last turn)."""
+    found = None
+    for line in result.trace:
+        rec = json.loads(line)
+        if rec.get("op") != "orch_turn" or rec.get("instance") != instance:
+            continue
+        if event_id is None:
+            found = rec["step"]
+        elif any(e.split(":", 1)[0] == str(event_id) for e in rec.get("events", [])):
+            return rec["step"]
+    return found
+
+
+def check_well_formed(instance: str, execution: int, events: list[HistoryEvent]) -> list[tuple[str, int | None]]:
+    """Structural problems of one execution's history: (message, offending event id)."""
+    problems: list[tuple[str, int | None]] = []
+    if not events:
+        return problems
+    if not isinstance(events[0], OrchestrationStarted):
+        problems.append((f"execution {execution} starts with {type(events[0]).__name__}", events[0].event_id))
+    schedules: dict[int, HistoryEvent] = {}
+    completed: set[int] = set()
+    terminal_seen: HistoryEvent | None = None
+    last_id = 0
+    for ev in events:
+        if ev.event_id <= last_id:
+            problems.append((f"event id {ev.event_id} does not increase (after {last_id})", ev.event_id))
+        last_id = ev.event_id
+        if terminal_seen is not None and not isinstance(ev, _CRUMBS):
+            problems.append((f"{type(ev).__name__} after terminal {type(terminal_seen).__name__}", ev.event_id))
+        if isinstance(ev, SCHEDULE_EVENTS):
+            schedules[ev.event_id] = ev
+        want = _COMPLETES.get(type(ev))
+        if want is not None:
+            src = ev.source_event_id
+            sched = schedules.get(src) if src is not None else None
+            if sched is None:
+                problems.append((f"{type(ev).__name__} for unknown schedule id {src}", ev.event_id))
+            elif not isinstance(sched, want):
+                problems.append((f"{type(ev).__name__} completes a {type(sched).__name__} (id {src})", ev.event_id))
+            elif src in completed:
+                problems.append((f"completion for id {src} applied twice", ev.event_id))
+            completed.add(src)  # type: ignore[arg-type]
+        if isinstance(ev, _TERMINAL):
+            if terminal_seen is not None:
+                problems.append(("second terminal event", ev.event_id))
+            terminal_seen = ev
+    return problems
+
+
+def _kv_snapshots(executions: dict[int, list[HistoryEvent]]) -> dict[int, dict[str, tuple[str, int]]]:
+    """The KV store each execution started with, rebuilt from the previous executions."""
+    out: dict[int, dict[str, tuple[str, int]]] = {}
+    store: dict[str, tuple[str, int]] = {}
+    for exe in sorted(executions):
+        out[exe] = dict(store)
+        for ev in executions[exe]:
+            if isinstance(ev, KeyValueSet):
+                store[ev.key] = (ev.value, ev.last_updated_at_ms)
+            elif isinstance(ev, KeyValueCleared):
+                store.pop(ev.key, None)
+            elif isinstance(ev, KeyValuesCleared):
+                store.clear()
+    return out
+
+
+def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sandbox_violations: list[Any]) -> list[Failure]:
+    seed, repro = result.seed, sim.repro_command()
+    fails: list[Failure] = []
+
+    def fail(checker: str, message: str, instance: str | None = None, step: int | None = None) -> None:
+        fails.append(Failure(checker=checker, message=message, seed=seed, step=step, instance=instance, repro=repro))
+
+    for report in result.crash_reports:
+        fail("harness", report)
+    # 7. sandbox
+    for v in sandbox_violations:
+        fail("sandbox", v.render())
+    # 5. well-formedness and 1. determinism (replay from scratch)
+    for inst, executions in result.histories.items():
+        snaps = _kv_snapshots(executions)
+        for exe, events in executions.items():
+            for message, event_id in check_well_formed(inst, exe, events):
+                fail("well_formed", message, inst, _step_of(result, inst, event_id))
+            problem = verify_execution(inst, exe, events, result.registry, snaps.get(exe))
+            if problem is not None:
+                fail("determinism", f"replay from scratch diverged: {problem}", inst, _step_of(result, inst))
+    # 4. liveness
+    if not result.quiescent and result.steps >= sim.max_steps:
+        fail("liveness", f"no quiescence within {sim.max_steps} steps (livelock?)", step=result.steps)
+    end_ms = result.end_ms
+    for inst, executions in result.histories.items():
+        if not executions:
+            continue
+        events = executions[max(executions)]
+        if any(isinstance(e, _TERMINAL) for e in events):
+            if isinstance(events[-1], OrchestrationContinuedAsNew) or any(isinstance(e, OrchestrationContinuedAsNew) for e in events):
+                if result.quiescent:
+                    fail("liveness", "continued-as-new but the next execution never started", inst)
+            continue
+        done = {e.source_event_id for e in events if type(e) in _COMPLETES or isinstance(e, _CRUMBS)}
+        for ev in events:
+            if not isinstance(ev, SCHEDULE_EVENTS) or ev.event_id in done:
+                continue
+            if isinstance(ev, (ExternalSubscribed, QueueSubscribed)):
+                continue  # waiting for a signal nobody may send: allowed
+            if isinstance(ev, TimerCreated) and (not result.quiescent or ev.fire_at_ms - 1_767_225_600_000 > end_ms):
+                continue
+            if not result.quiescent:
+                continue  # horizon reached with work in flight: not a verdict
+            fail("liveness", f"stuck: {type(ev).__name__} id {ev.event_id} ({getattr(ev, 'name', '')}) never completed", inst,
+                 _step_of(result, inst))
+    for inst, status in result.statuses.items():
+        if status.status == "NotFound" and result.quiescent:
+            fail("liveness", "instance never started", inst)
+    # 3. outcome equivalence and 2. idempotency, against the fault-free twin
+    if reference is not None and sim.spec.fault_transparent:
+        ref_out = reference.outputs()
+        for inst, got in result.outputs().items():
+            want = ref_out.get(inst)
+            if got[0] == "Failed" and str(got[1]).startswith("poison:") and want is not None and not str(want[1]).startswith("poison:"):
+                # The faults used up the retry budget (max_attempts deliveries): the runtime's
+                # documented answer to repeated failure, not a workflow bug. Counted, not failed.
+                result.budget_exhausted.append(inst)
+                continue
+            if want is not None and got != want:
+                fail("outcome", f"outcome under faults {got!r} differs from fault-free {want!r}", inst, _step_of(result, inst))
+        if not result.budget_exhausted and _canonical_state(result) != _canonical_state(reference):
+            fail("idempotency", _world_diff(result, reference))
+    # 6. user invariants
+    for inv in sim.spec.invariants:
+        try:
+            message = inv(result)
+        except AssertionError as exc:
+            message = str(exc) or "assertion failed"
+        if message:
+            fail("invariants", f"{getattr(inv, '__name__', 'invariant')}: {message}")
+    return fails
+
+
+def _world_diff(result: SimResult, reference: SimResult) -> str:
+    a, b = _canonical_state(result), _canonical_state(reference)
+    keys = [k for k in dict.fromkeys(list(b) + list(a)) if a.get(k) != b.get(k)]
+    parts = []
+    for key in keys[:5]:
+        writers = result.world.writers(key) or reference.world.writers(key) or ["<unknown>"]
+        counts = ", ".join(
+            f"{w} ran {result.world.executions.get(w, 0)}x (fault-free {reference.world.executions.get(w, 0)}x)" for w in writers
+        )
+        parts.append(
+            f"key {key!r}: fault-free {json.dumps(b.get(key), default=repr)} vs faulty {json.dumps(a.get(key), default=repr)}; "
+            f"written by activity {writers[0]!r} ({counts})"
+        )
+    culprit = (result.world.writers(keys[0]) or reference.world.writers(keys[0]) or ["<unknown>"])[0] if keys else None
+    head = f"activity {culprit!r} changed the world when re-executed" if keys else "worlds differ"
+    return head + ": " + "; ".join(parts)
+
+
+def _canonical_state(result: SimResult) -> dict[str, Any]:
+    """World state with lists compared as multisets: the order in which concurrent instances
+    append is a scheduling detail, a duplicate entry is not."""
+    out: dict[str, Any] = {}
+    for key, value in result.world.state.items():
+        if isinstance(value, list):
+            value = sorted(value, key=lambda v: json.dumps(v, sort_keys=True, default=repr))
+        out[key] = value
+    return out
+
+
+def run_and_check(
+    sim: Simulation,
+    *,
+    check_repeat: bool = False,
+) -> SimResult:
+    """Run ``sim``; run its fault-free twin when outcome/idempotency need it; check everything."""
+    from .sandbox import Sandbox
+
+    violations: list[Any] = []
+    if sim.sandbox:
+        with Sandbox() as box:
+            result = _Run(sim, sim.plan).execute()
+        violations = box.violations
+    else:
+        result = _Run(sim, sim.plan).execute()
+    reference = None
+    if sim.plan.enabled() and sim.spec.fault_transparent:
+        reference = _Run(sim, FaultPlan.none()).execute()
+    failures = _check(sim, result, reference, violations)
+    if check_repeat:
+        again = _Run(sim, sim.plan).execute()
+        if again.trace != result.trace:
+            first = next((i for i, (x, y) in enumerate(zip(result.trace, again.trace)) if x != y), min(len(result.trace), len(again.trace)))
+            failures.append(Failure(
+                checker="determinism",
+                message=f"same seed gave a different trace at line {first}: {result.trace[first] if first < len(result.trace) else '<end>'} vs {again.trace[first] if first < len(again.trace) else '<end>'}",
+                seed=sim.seed, step=first, repro=sim.repro_command(),
+            ))
+    result.failures = failures
+    return result

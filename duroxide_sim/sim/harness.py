@@ -1,0 +1,476 @@
+"""Simulation: run real runtimes in a virtual world chosen by one seed (ARCHITECTURE "The seam").
+
+A :class:`SimSpec` says *what* to simulate: a ``setup(runtime, world)`` that registers the
+workflow's handlers (activities act on the :class:`~duroxide_sim.sim.world.ExternalWorld`),
+the orchestrations to start, the signals to send, and the properties to hold. A
+:class:`Simulation` says *how*: seed, fault plan, provider, number of runtime processes.
+
+The run is single-threaded. At each step the scheduler lists the runnable steps — fetch an
+orchestration batch, run a turn (replay + ack), fetch an activity, execute it, ack it, deliver a
+client message that is due, restart a crashed process — and picks one with the seeded
+``random.Random``. When nothing is runnable the virtual clock jumps to the next deadline, so a
+30-day timer costs nothing. Faults come from the :class:`~duroxide_sim.sim.faults.FaultPlan`
+through a second seeded source; every decision is recorded in the trace (canonical JSON lines),
+and the same seed gives the byte-identical trace.
+
+Nothing here touches the wall clock, threads, global randomness or hash order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from ..core.events import HistoryEvent
+from ..errors import DuroxideError, ProviderError
+from ..providers.faulty import FaultyProvider
+from ..providers.memory import InMemoryProvider
+from ..runtime.client import Client
+from ..runtime.dispatchers import ActivityOutcome
+from ..runtime.options import RuntimeOptions
+from ..runtime.runtime import Runtime
+from .clock import DEFAULT_EPOCH_MS, SequentialIds, SimClock
+from .faults import FaultPlan
+from .world import ExternalWorld
+
+__all__ = ["Start", "Signal", "SimSpec", "Simulation", "SimResult", "Failure"]
+
+
+@attrs.frozen(kw_only=True)
+class Start:
+    """Start ``orchestration`` as ``instance`` at virtual time ``at_ms`` (from the run's start)."""
+
+    instance: str
+    orchestration: str
+    input: Any = None
+    at_ms: int = 0
+    version: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Signal:
+    """A client message at ``at_ms``: ``kind`` is ``raise`` (event), ``enqueue`` (queue) or ``cancel``."""
+
+    instance: str
+    name: str = ""
+    data: Any = None
+    at_ms: int = 0
+    kind: str = "raise"
+
+
+@attrs.define(kw_only=True)
+class SimSpec:
+    """What to simulate. ``starts``/``signals`` may be lists or ``fn(random.Random) -> list``."""
+
+    name: str
+    setup: Callable[[Runtime, ExternalWorld], None]
+    starts: Sequence[Start] | Callable[[random.Random], Sequence[Start]] = ()
+    signals: Sequence[Signal] | Callable[[random.Random], Sequence[Signal]] = ()
+    invariants: Sequence[Callable[["SimResult"], str | None]] = ()
+    #: The workflow promises the same outputs and external world with and without faults.
+    fault_transparent: bool = True
+    #: Virtual time after which the run stops even if work remains (eternal actors).
+    horizon_ms: int = 7 * 24 * 3600 * 1000
+    options: RuntimeOptions | None = None
+    #: Where this spec can be imported from, ``path/to/module.py:NAME`` (for repro lines).
+    ref: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Failure:
+    """One broken property, with where it broke."""
+
+    checker: str
+    message: str
+    seed: int
+    step: int | None = None
+    instance: str | None = None
+    repro: str = ""
+
+    def render(self) -> str:
+        where = f" at step {self.step}" if self.step is not None else ""
+        inst = f" [{self.instance}]" if self.instance else ""
+        text = f"{self.checker}{inst}{where} (seed {self.seed}): {self.message}"
+        return text + (f"\nreproduce: {self.repro}" if self.repro else "")
+
+
+@attrs.define(kw_only=True)
+class SimResult:
+    seed: int
+    plan: FaultPlan
+    trace: list[str]
+    steps: int
+    end_ms: int
+    faults_injected: dict[str, int]
+    histories: dict[str, dict[int, list[HistoryEvent]]]
+    statuses: dict[str, Any]
+    world: ExternalWorld
+    quiescent: bool
+    registry: Any
+    failures: list[Failure] = attrs.Factory(list)
+    crash_reports: list[str] = attrs.Factory(list)
+    #: Instances that failed with poison because faults exhausted max_attempts deliveries.
+    budget_exhausted: list[str] = attrs.Factory(list)
+
+    @property
+    def trace_hash(self) -> str:
+        h = hashlib.sha256()
+        for line in self.trace:
+            h.update(line.encode("utf-8"))
+            h.update(b"\n")
+        return h.hexdigest()
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def outputs(self) -> dict[str, tuple[str, Any]]:
+        return {i: (s.status, s.output if s.status == "Completed" else s.error) for i, s in self.statuses.items()}
+
+
+class _Node:
+    """One simulated runtime process."""
+
+    def __init__(self, index: int, runtime: Runtime) -> None:
+        self.index = index
+        self.name = f"n{index}"
+        self.runtime = runtime
+        self.alive = True
+        self.restart_at: int | None = None
+        self.orch_items: list[Any] = []
+        self.leases: list[Any] = []
+        self.executed: list[tuple[Any, ActivityOutcome]] = []
+        self.orch_idle = False
+        self.work_idle = False
+        self.incarnation = 0
+
+
+class Simulation:
+    """One seeded run of a :class:`SimSpec` (and, for some checks, its fault-free twin)."""
+
+    def __init__(
+        self,
+        spec: SimSpec,
+        seed: int,
+        faults: FaultPlan | str | None = "swarm",
+        *,
+        provider: str = "memory",
+        nodes: int = 2,
+        max_steps: int = 200_000,
+        sandbox: bool = False,
+    ) -> None:
+        if provider not in ("memory", "sqlite"):
+            raise ValueError(f"provider must be 'memory' or 'sqlite', got {provider!r}")
+        self.spec = spec
+        self.seed = int(seed)
+        self.provider_kind = provider
+        self.n_nodes = max(1, int(nodes))
+        self.max_steps = max_steps
+        self.sandbox = sandbox
+        if faults == "swarm":
+            self.plan = FaultPlan.swarm(random.Random(f"plan:{self.seed}"))
+        elif faults is None:
+            self.plan = FaultPlan.none()
+        elif isinstance(faults, FaultPlan):
+            self.plan = faults
+        else:
+            raise ValueError(f"faults must be a FaultPlan, 'swarm' or None, got {faults!r}")
+
+    # ------------------------------------------------------------------------------------------
+
+    def repro_command(self) -> str:
+        ref = self.spec.ref or self.spec.name
+        cmd = f"duroxide-sim reproduce {ref} --seed {self.seed} --provider {self.provider_kind} --nodes {self.n_nodes}"
+        return cmd + f" --faults '{self.plan.to_json()}'"
+
+    def _make_provider(self, clock: SimClock) -> Any:
+        if self.provider_kind == "memory":
+            return InMemoryProvider(clock)
+        from ..providers.sqlite import SqliteProvider  # imported lazily: optional in memory runs
+
+        return SqliteProvider.in_memory(clock=clock)
+
+    def run(self) -> SimResult:
+        """Run once and record the trace; properties are checked by :mod:`.checkers`."""
+        return _Run(self, self.plan).execute()
+
+
+class _Run:
+    def __init__(self, sim: Simulation, plan: FaultPlan) -> None:
+        self.sim = sim
+        self.spec = sim.spec
+        self.plan = plan
+        self.seed = sim.seed
+        self.rng = random.Random(f"sched:{self.seed}")
+        self.fault_rng = random.Random(f"faults:{self.seed}")
+        self.inputs_rng = random.Random(f"inputs:{self.seed}")
+        self.clock = SimClock(DEFAULT_EPOCH_MS)
+        self.world = ExternalWorld()
+        self.trace: list[str] = []
+        self.step = 0
+        self.opportunity = 0
+        self.faults_injected: dict[str, int] = {}
+        self.scripted = {s: k for s, k in plan.script}
+        self.inner = sim._make_provider(self.clock)
+        self.provider = FaultyProvider(self.inner, self._decide, on_fault=self._on_fault)
+        self.options = self.spec.options or RuntimeOptions()
+        self.registry = None
+        self.nodes = [self._boot(i) for i in range(sim.n_nodes)]
+        self.client = Client(self.provider, clock=self.clock, sleep=lambda ms: None)
+        starts = self.spec.starts(self.inputs_rng) if callable(self.spec.starts) else self.spec.starts
+        signals = self.spec.signals(self.inputs_rng) if callable(self.spec.signals) else self.spec.signals
+        # Client operations in due order; ties keep declaration order (stable sort).
+        self.pending: list[Any] = sorted(list(starts) + list(signals), key=lambda x: x.at_ms)
+        self.instances = list(dict.fromkeys(s.instance for s in starts))
+        self.crash_reports: list[str] = []
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def _faulting(self) -> bool:
+        return self.clock.now_ms() - DEFAULT_EPOCH_MS < self.plan.until_ms and sum(self.faults_injected.values()) < self.plan.max_faults
+
+    def _decide(self, kind: str, op: str) -> bool:
+        """One fault opportunity: scripted entries fire exactly; otherwise roll the kind's rate."""
+        self.opportunity += 1
+        scripted = self.scripted.get(self.opportunity)
+        if scripted is not None:
+            return scripted == kind and self._faulting()
+        rate = self.plan.rate(kind)
+        if rate <= 0 or not self._faulting():
+            return False
+        return self.fault_rng.random() < rate
+
+    def _on_fault(self, kind: str, op: str) -> None:
+        self.faults_injected[kind] = self.faults_injected.get(kind, 0) + 1
+        self._log("fault", kind=kind, operation=op)
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def _boot(self, index: int, incarnation: int = 0) -> _Node:
+        rt = Runtime(self.provider, self.options, clock=self.clock, ids=SequentialIds((self.seed << 8) + index * 16 + incarnation))
+        self.spec.setup(rt, self.world)
+        if self.registry is None:
+            self.registry = rt.registry
+        node = _Node(index, rt)
+        node.incarnation = incarnation
+        return node
+
+    def _crash(self, node: _Node, why: str) -> None:
+        node.alive = False
+        lost = len(node.orch_items) + len(node.leases) + len(node.executed)
+        node.orch_items, node.leases, node.executed = [], [], []
+        node.restart_at = self.clock.now_ms() + self.fault_rng.randint(50, 2_000)
+        self._log("crash", node=node.name, reason=why, lost_work=lost)
+
+    def _restart(self, node: _Node) -> None:
+        fresh = self._boot(node.index, node.incarnation + 1)
+        self.nodes[node.index] = fresh
+        self._log("restart", node=fresh.name, incarnation=fresh.incarnation)
+
+    # --- trace --------------------------------------------------------------------------------
+
+    def _log(self, op: str, **detail: Any) -> None:
+        rec = {"step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": op}
+        rec.update(detail)
+        self.trace.append(json.dumps(rec, sort_keys=True, separators=(",", ":"), default=str))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _runnable(self) -> list[tuple[Any, ...]]:
+        acts: list[tuple[Any, ...]] = []
+        now = self.clock.now_ms()
+        opts = self.options
+        if self.pending and self.pending[0].at_ms + DEFAULT_EPOCH_MS <= now:
+            acts.append(("client",))
+        for node in self.nodes:
+            if not node.alive:
+                if node.restart_at is not None and node.restart_at <= now:
+                    acts.append(("restart", node))
+                continue
+            if not node.orch_idle and len(node.orch_items) < max(opts.orchestration_concurrency, 1):
+                acts.append(("orch_fetch", node))
+            if node.orch_items:
+                acts.append(("orch_turn", node))
+            if opts.worker_concurrency > 0 and opts.worker_tag_filter.mode != "none":
+                if not node.work_idle and len(node.leases) + len(node.executed) < opts.worker_concurrency:
+                    acts.append(("work_fetch", node))
+            if node.leases:
+                acts.append(("work_exec", node))
+            if node.executed:
+                acts.append(("work_ack", node))
+        return acts
+
+    def _next_deadline(self) -> int | None:
+        cands = []
+        hint = getattr(self.inner, "next_wakeup_ms", None)
+        if hint is not None:
+            nxt = hint()
+            if nxt is not None:
+                cands.append(nxt)
+        if self.pending:
+            cands.append(self.pending[0].at_ms + DEFAULT_EPOCH_MS)
+        cands.extend(n.restart_at for n in self.nodes if not n.alive and n.restart_at is not None)
+        future = [c for c in cands if c > self.clock.now_ms()]
+        return min(future) if future else None
+
+    def _wake_all(self) -> None:
+        for node in self.nodes:
+            node.orch_idle = node.work_idle = False
+
+    def _pick(self, items: list[Any]) -> int:
+        """Index of the in-flight item to act on: oldest first unless the reorder fault fires."""
+        if len(items) > 1 and self._decide("reorder", "schedule"):
+            return self.rng.randrange(len(items))
+        return 0
+
+    def execute(self) -> SimResult:
+        horizon = DEFAULT_EPOCH_MS + self.spec.horizon_ms
+        quiescent = False
+        self._log("begin", seed=self.seed, plan=self.plan.to_json(), nodes=len(self.nodes))
+        while self.step < self.sim.max_steps:
+            acts = self._runnable()
+            if not acts:
+                nxt = self._next_deadline()
+                if nxt is None:
+                    quiescent = True
+                    break
+                if nxt > horizon:
+                    break
+                self.clock.advance_to(nxt)
+                self._wake_all()
+                continue
+            self.step += 1
+            if self._maybe_process_faults():
+                acts = self._runnable()  # a crash or clock jump changed what can run
+                if not acts:
+                    continue
+            act = acts[self.rng.randrange(len(acts))]
+            try:
+                self._do(act)
+            except ProviderError as exc:
+                # A provider failure escaping a step is what a real dispatcher loop would log and
+                # back off from; the step is simply lost.
+                self._log("provider_error", action=act[0], error=str(exc))
+        self._log("end", quiescent=quiescent, steps=self.step)
+        return self._result(quiescent)
+
+    def _maybe_process_faults(self) -> bool:
+        """Step-boundary faults: a process crash, or time jumping past lock timeouts."""
+        changed = False
+        alive = [n for n in self.nodes if n.alive]
+        if alive and self._decide("crash", "step"):
+            self._crash(alive[self.rng.randrange(len(alive))], "injected crash")
+            changed = True
+        if self._decide("lock_expiry", "step"):
+            jump = max(self.options.orchestrator_lock_timeout_ms, self.options.worker_lock_timeout_ms) + 1
+            self.clock.advance(jump)
+            self._log("lock_expiry", advanced_ms=jump)
+            self._wake_all()
+            changed = True
+        return changed
+
+    def _do(self, act: tuple[Any, ...]) -> None:
+        kind = act[0]
+        if kind == "client":
+            self._client_op(self.pending[0])
+            return
+        node: _Node = act[1]
+        if kind == "restart":
+            self._restart(node)
+            self._wake_all()
+        elif kind == "orch_fetch":
+            item = node.runtime.orchestration_dispatcher.fetch()
+            if item is None:
+                node.orch_idle = True
+                return
+            node.orch_items.append(item)
+            self._log("orch_fetch", node=node.name, instance=item.instance, execution=item.execution_id,
+                      messages=[type(m).KIND for m in item.messages], attempts=item.attempt_count)
+        elif kind == "orch_turn":
+            item = node.orch_items.pop(self._pick(node.orch_items))
+            result = node.runtime.orchestration_dispatcher.process(item)
+            self._log("orch_turn", node=node.name, instance=item.instance,
+                      result=None if result is None else result.kind,
+                      events=[] if result is None else [f"{e.event_id}:{type(e).__name__}" for e in result.delta])
+            self._wake_all()
+        elif kind == "work_fetch":
+            lease = node.runtime.worker_dispatcher.fetch()
+            if lease is None:
+                node.work_idle = True
+                return
+            node.leases.append(lease)
+            self._log("work_fetch", node=node.name, instance=lease.item.instance, activity=lease.item.name,
+                      id=lease.item.id, attempts=lease.attempt_count)
+        elif kind == "work_exec":
+            lease = node.leases.pop(self._pick(node.leases))
+            self.world._enter(lease.item.name, lease.item.instance)
+            try:
+                outcome = node.runtime.worker_dispatcher.execute(lease)
+            finally:
+                self.world._exit()
+            node.executed.append((lease, outcome))
+            self._log("work_exec", node=node.name, instance=lease.item.instance, activity=lease.item.name,
+                      id=lease.item.id, outcome=outcome.action, completion=None if outcome.completion is None else type(outcome.completion).KIND)
+            if self._decide("crash_after_effect", "work_exec"):
+                self._crash(node, "crash after activity side effect, before its ack")
+        elif kind == "work_ack":
+            lease, outcome = node.executed.pop(self._pick(node.executed))
+            ok = node.runtime.worker_dispatcher.commit(lease, outcome)
+            self._log("work_ack", node=node.name, instance=lease.item.instance, id=lease.item.id, committed=ok)
+            self._wake_all()
+
+    def _client_op(self, op: Any) -> None:
+        try:
+            if isinstance(op, Start):
+                if op.version is None:
+                    self.client.start_orchestration(op.instance, op.orchestration, op.input)
+                else:
+                    self.client.start_orchestration_versioned(op.instance, op.orchestration, op.input, op.version)
+            elif op.kind == "raise":
+                self.client.raise_event(op.instance, op.name, op.data)
+            elif op.kind == "enqueue":
+                self.client.enqueue_event(op.instance, op.name, op.data)
+            elif op.kind == "cancel":
+                self.client.cancel_instance(op.instance, op.name or None)
+            else:
+                raise ValueError(f"unknown signal kind {op.kind!r}")
+        except ProviderError as exc:
+            self._log("client_retry", instance=op.instance, error=str(exc))
+            return  # stays pending: a real client retries
+        self.pending.pop(0)
+        self._log("client", instance=op.instance, what=type(op).__name__ if isinstance(op, Start) else op.kind,
+                  name=getattr(op, "orchestration", getattr(op, "name", "")))
+        self._wake_all()
+
+    # --- results --------------------------------------------------------------------------------
+
+    def _result(self, quiescent: bool) -> SimResult:
+        histories: dict[str, dict[int, list[HistoryEvent]]] = {}
+        statuses: dict[str, Any] = {}
+        names = list(dict.fromkeys(self.instances + list(reversed(self.inner.list_instances()))))
+        for inst in names:
+            last = self.inner.latest_execution_id(inst) or 0
+            histories[inst] = {e: list(self.inner.read_with_execution(inst, e)) for e in range(1, last + 1)}
+            try:
+                statuses[inst] = Client(self.inner, clock=self.clock, sleep=lambda ms: None).get_status(inst)
+            except DuroxideError as exc:  # pragma: no cover - reported, never hidden
+                self.crash_reports.append(f"status of {inst}: {exc}")
+        return SimResult(
+            seed=self.seed,
+            plan=self.plan,
+            trace=self.trace,
+            steps=self.step,
+            end_ms=self.clock.now_ms() - DEFAULT_EPOCH_MS,
+            faults_injected=dict(sorted(self.faults_injected.items())),
+            histories=histories,
+            statuses=statuses,
+            world=self.world,
+            quiescent=quiescent,
+            registry=self.registry,
+            crash_reports=self.crash_reports,
+        )

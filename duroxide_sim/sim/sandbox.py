@@ -1,0 +1,147 @@
+"""Sandbox: catch orchestration code that reads the clock, draws randomness or does I/O.
+
+Orchestration code must be a pure function of its history. While the sandbox is active, a
+profile hook (``sys.setprofile``) watches calls made *while the replay engine is running
+orchestration code* (inside ``_Engine.poll``) and records each forbidden call with the
+orchestration's name and the user source line that made it. Activity code (which may do
+anything) runs outside ``poll`` and is not flagged.
+
+Forbidden: ``time.time/time_ns/monotonic/perf_counter/sleep``, ``datetime.now/utcnow/today``,
+module-level ``random.*`` (the hidden global ``Random``), ``uuid.uuid1/uuid4``, ``os.urandom``,
+``print`` (use ``ctx.trace_*``), ``open``, sockets, and starting threads.
+
+Profile hooks see calls no matter how the function was imported (``from time import time``
+included), because they compare the called objects, not names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import attrs
+
+__all__ = ["Sandbox", "Violation"]
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@attrs.frozen
+class Violation:
+    orchestration: str
+    call: str
+    filename: str
+    lineno: int
+
+    def render(self) -> str:
+        return f"orchestration {self.orchestration!r} called {self.call} at {self.filename}:{self.lineno}"
+
+
+def _forbidden_c() -> dict[Any, str]:
+    import datetime
+    import random
+    import socket
+    import time
+
+    table: dict[Any, str] = {}
+    for name in ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "sleep"):
+        table[getattr(time, name)] = f"time.{name}()"
+    table[os.urandom] = "os.urandom()"
+    table[print] = "print() (use ctx.trace_info)"
+    table[open] = "open() (file I/O)"
+    for meth in ("random", "getrandbits", "randbytes"):
+        fn = getattr(random._inst, meth, None)  # type: ignore[attr-defined]
+        if fn is not None:
+            table[("random", meth)] = f"random.{meth}() (global RNG)"
+    table[("datetime", "now")] = "datetime.now()"
+    table[("datetime", "utcnow")] = "datetime.utcnow()"
+    table[("datetime", "today")] = "datetime.today()"
+    table[("date", "today")] = "date.today()"
+    table[socket.socket] = "socket.socket() (network I/O)"
+    _ = datetime
+    return table
+
+
+def _forbidden_py() -> dict[Any, str]:
+    import random
+    import threading
+    import uuid
+
+    table: dict[Any, str] = {
+        uuid.uuid4.__code__: "uuid.uuid4()",
+        uuid.uuid1.__code__: "uuid.uuid1()",
+        threading.Thread.start.__code__: "threading.Thread.start()",
+    }
+    for name in ("randint", "choice", "shuffle", "uniform", "randrange", "sample", "gauss"):
+        table[getattr(random.Random, name).__code__] = f"random.{name}() (global RNG)"
+    return table
+
+
+class Sandbox:
+    """Context manager: while active, record forbidden calls made by orchestration code."""
+
+    def __init__(self) -> None:
+        from ..core import replay
+
+        self._poll_code = replay._Engine.poll.__code__
+        self._c = _forbidden_c()
+        self._py = _forbidden_py()
+        self._global_random = __import__("random")._inst  # type: ignore[attr-defined]
+        self.violations: list[Violation] = []
+        self._depth = 0
+        self._engines: list[Any] = []
+        self._previous: Any = None
+
+    def __enter__(self) -> "Sandbox":
+        self._previous = sys.getprofile()
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.setprofile(self._previous)
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            code = frame.f_code
+            if code is self._poll_code:
+                self._depth += 1
+                self._engines.append(frame.f_locals.get("self"))
+            elif self._depth and code in self._py:
+                if code.co_name in ("randint", "choice", "shuffle", "uniform", "randrange", "sample", "gauss"):
+                    if frame.f_locals.get("self") is not self._global_random:
+                        return  # a seeded Random instance is fine
+                self._report(self._py[code], frame.f_back)
+        elif event == "return":
+            if frame.f_code is self._poll_code and self._depth:
+                self._depth -= 1
+                self._engines.pop()
+        elif event == "c_call" and self._depth:
+            label = self._c.get(arg)
+            if label is None:
+                owner = getattr(arg, "__self__", None)
+                name = getattr(arg, "__name__", "")
+                if owner is self._global_random:
+                    label = self._c.get(("random", name))
+                elif isinstance(owner, type) and owner.__name__ in ("datetime", "date"):
+                    label = self._c.get((owner.__name__, name))
+            if label is not None:
+                self._report(label, frame)
+
+    def _report(self, label: str, frame: Any) -> None:
+        # Walk out to the first frame that belongs to user code (not this package, not stdlib
+        # wrappers such as random.py or uuid.py).
+        f = frame
+        stdlib = os.path.dirname(os.__file__)
+        while f is not None:
+            fn = f.f_code.co_filename
+            if not fn.startswith(_PKG_DIR) and not fn.startswith(stdlib):
+                break
+            f = f.f_back
+        engine = self._engines[-1] if self._engines else None
+        orch = getattr(getattr(engine, "handler", None), "name", "?")
+        if f is None:
+            return
+        v = Violation(orch, label, f.f_code.co_filename, f.f_lineno)
+        if v not in self.violations:
+            self.violations.append(v)

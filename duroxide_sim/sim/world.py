@@ -1,0 +1,94 @@
+"""ExternalWorld: a simulated external system that activities act on, with an effect ledger.
+
+In simulation, activities should change the outside world through an :class:`ExternalWorld`
+(a key/value store standing in for databases, payment providers, cloud APIs). Every mutation
+is recorded with the activity that made it, so the idempotency checker can compare the world
+after a faulty run with the world after the fault-free run of the same inputs and name the
+activity whose re-execution changed it.
+
+Pure Python data; no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import attrs
+
+__all__ = ["ExternalWorld", "Effect"]
+
+
+@attrs.frozen
+class Effect:
+    activity: str | None
+    instance: str | None
+    op: str
+    key: str
+    value: Any
+
+
+class ExternalWorld:
+    """A key/value world with an append-only ledger of who changed what."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {}
+        self.ledger: list[Effect] = []
+        self._actor: tuple[str | None, str | None] = (None, None)
+        self.executions: dict[str, int] = {}  # activity name -> times executed
+
+    # --- set by the harness around each activity execution ---------------------------------
+    def _enter(self, activity: str, instance: str) -> None:
+        self._actor = (activity, instance)
+        self.executions[activity] = self.executions.get(activity, 0) + 1
+
+    def _exit(self) -> None:
+        self._actor = (None, None)
+
+    def _record(self, op: str, key: str, value: Any) -> None:
+        self.ledger.append(Effect(self._actor[0], self._actor[1], op, key, copy.deepcopy(value)))
+
+    # --- the API activities use ------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        return copy.deepcopy(self.state.get(key, default))
+
+    def exists(self, key: str) -> bool:
+        return key in self.state
+
+    def put(self, key: str, value: Any) -> None:
+        self.state[key] = copy.deepcopy(value)
+        self._record("put", key, value)
+
+    def put_if_absent(self, key: str, value: Any) -> bool:
+        """Idempotent create: True if it created the key."""
+        if key in self.state:
+            return False
+        self.put(key, value)
+        return True
+
+    def delete(self, key: str) -> bool:
+        existed = self.state.pop(key, None) is not None
+        self._record("delete", key, None)
+        return existed
+
+    def incr(self, key: str, amount: int | float = 1) -> int | float:
+        value = self.state.get(key, 0) + amount
+        self.state[key] = value
+        self._record("incr", key, amount)
+        return value
+
+    def append(self, key: str, value: Any) -> list[Any]:
+        items = self.state.setdefault(key, [])
+        items.append(copy.deepcopy(value))
+        self._record("append", key, value)
+        return copy.deepcopy(items)
+
+    # --- comparison ------------------------------------------------------------------------
+    def snapshot(self) -> str:
+        """Canonical JSON of the state (for diffs and equality)."""
+        return json.dumps(self.state, sort_keys=True, default=repr)
+
+    def writers(self, key: str) -> list[str]:
+        """Activities that changed ``key``, in first-write order, without repeats."""
+        return list(dict.fromkeys(e.activity or "<outside an activity>" for e in self.ledger if e.key == key))
