@@ -717,6 +717,13 @@ _KIND_NAME = {ActivityScheduled: "activity", TimerCreated: "timer", SubOrchestra
               ExternalSubscribed: "external", QueueSubscribed: "queue", OrchestrationChained: "detached"}
 
 
+def _already_completed(source_id: int, completed: set[int]) -> bool:
+    """Duplicate filter (SPEC §3.3 step 2): a completion whose schedule already completed, in
+    history or earlier in this batch, is dropped. The duplicate-delivery fault exists to catch
+    an engine that gets this wrong."""
+    return source_id in completed
+
+
 def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
     """Run one turn (SPEC §3.1 steps 3–9). Never raises for user-code problems."""
     history = list(inp.history)
@@ -751,7 +758,7 @@ def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
     elif start is not None:
         name, version = start.orchestration, start.version
     else:
-        return TurnResult(kind="noop", execution_id=execution_id, message="no start item and no history")
+        return _corrupt(inp, execution_id, history, "corrupted history: empty")
     handler = registry.resolve(name, version)
     if handler is None:
         what = f"orchestration {name!r}" + (f" version {version}" if version else "")
@@ -788,12 +795,13 @@ def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
             exec_of = msg.parent_execution_id if isinstance(msg, (SubOrchCompletedMsg, SubOrchFailedMsg)) else msg.execution_id  # type: ignore[attr-defined]
             if exec_of != execution_id:
                 continue  # stale execution: dropped silently
-            if sid in completed:
+            if _already_completed(sid, completed):
                 continue  # duplicate (Recommend: any completion kind for an already-completed id)
             want, label = _SCHED_FOR[type(msg)]
             sched = schedules.get(sid)
             if sched is None:
-                abort = abort or ConfigurationErrorDetails(message=f"no matching schedule for completion id={sid}" if label == "activity" else f"no matching schedule for {label} id={sid}")
+                missing = {"activity": "completion", "timer": "timer", "suborchestration": "sub-orchestration"}[label]
+                abort = abort or ConfigurationErrorDetails(message=f"no matching schedule for {missing} id={sid}")
                 continue
             if not isinstance(sched, want):
                 abort = abort or ConfigurationErrorDetails(
@@ -1111,7 +1119,10 @@ def _finish(
     violation = _check_limits(engine if ran_code else None, delta)
     if violation is not None:
         cut = next((i for i, e in enumerate(delta) if isinstance(e, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew))), len(delta))
+        # Deliberate deviation (README): the violation *replaces* the turn's terminal event, so
+        # the history keeps exactly one terminal event and consecutive ids.
         del delta[cut:]
+        add.last_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
         error = ApplicationError(kind="OrchestrationFailed", message=violation)
         status, output, kind = "Failed", violation, "failed"
         add(OrchestrationFailed, details=error)

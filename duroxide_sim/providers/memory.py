@@ -365,7 +365,11 @@ class InMemoryProvider:
                     # Orphan: no row, no history, no start item. QueueMessages sent before the
                     # instance exists are dropped (SPEC §6.2); anything else may be racing its
                     # start, so it stays queued while we move on to the next candidate.
-                    if all(isinstance(r.item, QueueMessage) for r in batch):
+                    # A start item that is queued but not yet visible (abandoned with a delay
+                    # after a failed first ack) means the instance is about to exist: keep its
+                    # messages rather than drop them (found by the simulation).
+                    pending_start = any(isinstance(r.item, (StartOrchestration, ContinueAsNew)) for r in self._orch.group(instance))
+                    if not pending_start and all(isinstance(r.item, QueueMessage) for r in batch):
                         orphans.extend(batch)  # removed after the scan, which must not see removals
                     continue
                 result = self._lock_batch(instance, batch, meta, lock_timeout_ms, now)

@@ -178,13 +178,11 @@ class OrchestrationDispatcher:
             if item.history_error is not None:
                 if item.attempt_count > opts.max_attempts:
                     result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts, history_error=item.history_error)
-                    s.metrics.inc("orch_poison")
                     return self._commit(item, result)
                 provider.abandon_orchestration_item(item.lock_token, 1_000, False)
                 return None
             if item.attempt_count > opts.max_attempts:
                 result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts)
-                s.metrics.inc("orch_poison")
                 return self._commit(item, result)
             result = execute_turn(inp, s.registry)
             if result.kind == "unregistered":

@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from ..core.events import HistoryEvent
+from ..core.events import HistoryEvent, dumps
 from ..errors import DuroxideError, ProviderError
 from ..providers.faulty import FaultyProvider
 from ..providers.memory import InMemoryProvider
@@ -133,6 +133,14 @@ class SimResult:
         return {i: (s.status, s.output if s.status == "Completed" else s.error) for i, s in self.statuses.items()}
 
 
+def _digest(events: Sequence[HistoryEvent]) -> str:
+    """Short hash of the canonical JSON of events: payload changes show up in the trace."""
+    h = hashlib.sha256()
+    for ev in events:
+        h.update(dumps(ev).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
 class _Node:
     """One simulated runtime process."""
 
@@ -186,6 +194,8 @@ class Simulation:
     def repro_command(self) -> str:
         ref = self.spec.ref or self.spec.name
         cmd = f"duroxide-sim reproduce {ref} --seed {self.seed} --provider {self.provider_kind} --nodes {self.n_nodes}"
+        if self.sandbox:
+            cmd += " --sandbox"
         return cmd + f" --faults '{self.plan.to_json()}'"
 
     def _make_provider(self, clock: SimClock) -> Any:
@@ -244,6 +254,13 @@ class _Run:
         if rate <= 0 or not self._faulting():
             return False
         return self.fault_rng.random() < rate
+
+    def _fault(self, kind: str, op: str) -> bool:
+        """A harness-level fault opportunity (crash, lock expiry, reorder), recorded if taken."""
+        if self._decide(kind, op):
+            self._on_fault(kind, op)
+            return True
+        return False
 
     def _on_fault(self, kind: str, op: str) -> None:
         self.faults_injected[kind] = self.faults_injected.get(kind, 0) + 1
@@ -324,7 +341,7 @@ class _Run:
 
     def _pick(self, items: list[Any]) -> int:
         """Index of the in-flight item to act on: oldest first unless the reorder fault fires."""
-        if len(items) > 1 and self._decide("reorder", "schedule"):
+        if len(items) > 1 and self._fault("reorder", "schedule"):
             return self.rng.randrange(len(items))
         return 0
 
@@ -363,10 +380,10 @@ class _Run:
         """Step-boundary faults: a process crash, or time jumping past lock timeouts."""
         changed = False
         alive = [n for n in self.nodes if n.alive]
-        if alive and self._decide("crash", "step"):
+        if alive and self._fault("crash", "step"):
             self._crash(alive[self.rng.randrange(len(alive))], "injected crash")
             changed = True
-        if self._decide("lock_expiry", "step"):
+        if self._fault("lock_expiry", "step"):
             jump = max(self.options.orchestrator_lock_timeout_ms, self.options.worker_lock_timeout_ms) + 1
             self.clock.advance(jump)
             self._log("lock_expiry", advanced_ms=jump)
@@ -396,7 +413,8 @@ class _Run:
             result = node.runtime.orchestration_dispatcher.process(item)
             self._log("orch_turn", node=node.name, instance=item.instance,
                       result=None if result is None else result.kind,
-                      events=[] if result is None else [f"{e.event_id}:{type(e).__name__}" for e in result.delta])
+                      events=[] if result is None else [f"{e.event_id}:{type(e).__name__}" for e in result.delta],
+                      digest=None if result is None else _digest(result.delta))
             self._wake_all()
         elif kind == "work_fetch":
             lease = node.runtime.worker_dispatcher.fetch()
@@ -416,7 +434,7 @@ class _Run:
             node.executed.append((lease, outcome))
             self._log("work_exec", node=node.name, instance=lease.item.instance, activity=lease.item.name,
                       id=lease.item.id, outcome=outcome.action, completion=None if outcome.completion is None else type(outcome.completion).KIND)
-            if self._decide("crash_after_effect", "work_exec"):
+            if self._fault("crash_after_effect", "work_exec"):
                 self._crash(node, "crash after activity side effect, before its ack")
         elif kind == "work_ack":
             lease, outcome = node.executed.pop(self._pick(node.executed))

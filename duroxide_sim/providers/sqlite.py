@@ -1,0 +1,1025 @@
+"""Production SQLite provider: the Provider + ManagementProvider contract on one database file.
+
+Owns the SQLite schema of SPEC §15.2 (times as integer ms) plus a ``schema_version`` table and
+its migrations; the connection policy; the mapping of ``sqlite3`` errors to
+:class:`~duroxide_sim.errors.ProviderError`; and every queue, lock, history, KV and session
+operation. Management operations (SPEC §14) live in the :class:`SqliteAdminMixin` of
+``sqlite_admin.py``; they share this module's transaction helper.
+
+Behaviour matches :class:`~duroxide_sim.providers.memory.InMemoryProvider` (the reference
+implementation of the same contract, with the same documented deviations: orphan instances
+are skipped instead of blocking the queue, the batch is ordered by ``(visible_at, id)``,
+``poll_timeout_ms`` is ignored). The shared conformance suite (``duroxide_sim.testing.
+conformance``) runs against both.
+
+Concurrency: every operation is ONE transaction. Writes start with ``BEGIN IMMEDIATE`` (the
+write lock is taken up front, so a transaction never fails half-way with "database is
+locked"); pure reads use deferred transactions. Several processes may share one file:
+instance locks are rows of ``instance_locks`` whose ``locked_until`` is compared with the
+injected clock, so an expired lock is taken over by whoever fetches next, and the old
+holder's ack fails with ``LockLostError``. File databases use one connection per thread (WAL,
+``synchronous=NORMAL``, ``busy_timeout`` 60 s, foreign keys on); an in-process write lock
+keeps this process's threads from busy-waiting on each other. ``in_memory()`` databases use
+one connection guarded by a lock.
+
+Must not: read a wall clock (time comes only from ``self.clock.now_ms()``), use randomness or
+uuids (lock tokens are ``sql-{open id}-{counter}``, where the open id is allocated by the
+database itself, so two openers of one file never collide and a fresh database yields the
+same tokens on every run), order by anything but stored columns, or assign event ids. This is
+the only module of the package that imports ``sqlite3``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ..core.events import (
+    ActivityCompletedMsg, ActivityExecute, ActivityFailedMsg, ContinueAsNew, CustomStatusUpdated, HistoryEvent,
+    KeyValueCleared, KeyValuesCleared, KeyValueSet, QueueMessage, StartOrchestration, TimerFiredMsg, WorkItem,
+    dumps, loads,
+)
+from ..errors import InvalidInputError, LockLostError, ProviderError, SerializationError
+from .base import (
+    Clock, ExecutionMetadata, KvEntry, OrchestrationItem, ScheduledActivityIdentifier, SessionConfig, TagFilter,
+    WorkItemLease,
+)
+from .sqlite_admin import TERMINAL_STATUSES, SqliteAdminMixin
+
+__all__ = ["SqliteProvider", "SCHEMA_VERSION"]
+
+_log = logging.getLogger(__name__)
+_BUSY_TIMEOUT_MS = 60_000
+_MIN_SQLITE = (3, 25, 0)  # upsert (3.24) and window functions (3.25)
+_CORRUPT_PREFIX = "#corrupt#"  # _corrupt_history marker: never valid JSON
+
+#: The schema this code writes. Opening a database with a newer version is refused.
+SCHEMA_VERSION = 1
+
+# Each migration is a list of single statements (``executescript`` would COMMIT implicitly
+# and break the one-transaction migration). Migration N upgrades a version N-1 database.
+_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, (
+        """CREATE TABLE provider_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)""",
+        """INSERT INTO provider_meta (key, value) VALUES ('opens', 0)""",
+        """CREATE TABLE instances (
+            instance_id TEXT PRIMARY KEY,
+            orchestration_name TEXT NOT NULL,
+            orchestration_version TEXT,
+            current_execution_id INTEGER NOT NULL DEFAULT 1,
+            custom_status TEXT,
+            custom_status_version INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            parent_instance_id TEXT,
+            created_seq INTEGER NOT NULL  -- creation order: breaks created_at ties
+        )""",
+        """CREATE INDEX idx_instances_parent ON instances (parent_instance_id)""",
+        """CREATE TABLE executions (
+            instance_id TEXT NOT NULL,
+            execution_id INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'Running',
+            output TEXT,
+            duroxide_version_major INTEGER,
+            duroxide_version_minor INTEGER,
+            duroxide_version_patch INTEGER,
+            started_at INTEGER NOT NULL,
+            completed_at INTEGER,
+            PRIMARY KEY (instance_id, execution_id)
+        )""",
+        """CREATE TABLE history (
+            instance_id TEXT NOT NULL,
+            execution_id INTEGER NOT NULL,
+            event_id INTEGER NOT NULL,
+            event_type TEXT NOT NULL,
+            event_data TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (instance_id, execution_id, event_id),
+            FOREIGN KEY (instance_id, execution_id) REFERENCES executions (instance_id, execution_id)
+        )""",
+        """CREATE TABLE orchestrator_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_id TEXT NOT NULL,
+            work_item TEXT NOT NULL,
+            visible_at INTEGER NOT NULL,
+            lock_token TEXT,
+            locked_until INTEGER,  -- unused: the instance lock in instance_locks is authoritative
+            attempt_count INTEGER NOT NULL DEFAULT 0 CHECK (attempt_count >= 0),
+            created_at INTEGER NOT NULL
+        )""",
+        """CREATE INDEX idx_orch_visible ON orchestrator_queue (visible_at, id)""",
+        """CREATE INDEX idx_orch_instance ON orchestrator_queue (instance_id, visible_at, id)""",
+        """CREATE INDEX idx_orch_token ON orchestrator_queue (lock_token)""",
+        """CREATE TABLE worker_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            work_item TEXT NOT NULL,
+            visible_at INTEGER NOT NULL,
+            lock_token TEXT,
+            locked_until INTEGER,
+            attempt_count INTEGER NOT NULL DEFAULT 0 CHECK (attempt_count >= 0),
+            created_at INTEGER NOT NULL,
+            instance_id TEXT NOT NULL,
+            execution_id INTEGER NOT NULL,
+            activity_id INTEGER NOT NULL,
+            session_id TEXT,
+            tag TEXT
+        )""",
+        """CREATE INDEX idx_worker_visible ON worker_queue (visible_at, id)""",
+        """CREATE INDEX idx_worker_activity ON worker_queue (instance_id, execution_id, activity_id)""",
+        """CREATE INDEX idx_worker_token ON worker_queue (lock_token)""",
+        """CREATE TABLE instance_locks (
+            instance_id TEXT PRIMARY KEY,
+            lock_token TEXT NOT NULL UNIQUE,
+            locked_until INTEGER NOT NULL,
+            locked_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY,
+            worker_id TEXT NOT NULL,
+            locked_until INTEGER NOT NULL,
+            last_activity_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE kv_store (
+            instance_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            last_updated_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (instance_id, key)
+        )""",
+        """CREATE TABLE kv_delta (
+            instance_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT,  -- NULL = tombstone
+            last_updated_at_ms INTEGER,
+            PRIMARY KEY (instance_id, key)
+        )""",
+    )),
+)
+assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+# Oldest visible message per unlocked instance, in (visible_at, id) order: the fetch candidates.
+_ORCH_CANDIDATES = """
+    SELECT instance_id FROM (
+        SELECT instance_id, visible_at, id,
+               ROW_NUMBER() OVER (PARTITION BY instance_id ORDER BY visible_at, id) AS rn
+        FROM orchestrator_queue WHERE visible_at <= :now)
+    WHERE rn = 1 AND instance_id NOT IN (SELECT instance_id FROM instance_locks WHERE locked_until > :now)
+    ORDER BY visible_at, id
+"""
+
+
+def _parse_semver(text: str, what: str) -> tuple[int, int, int]:
+    """``"1.2.3"`` (optionally ``-pre``/``+build``) -> ``(1, 2, 3)``; bad text -> InvalidInputError."""
+    parts = str(text).split("+", 1)[0].split("-", 1)[0].split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise InvalidInputError(f"{what} must be a semver 'major.minor.patch', got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _lock_lost(op: str, token: str, message: str, **fields: Any) -> LockLostError:
+    return LockLostError(message, operation=op, retryable=False, lock_token=token, **fields)
+
+
+def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
+    """sqlite3 error -> ProviderError with ``retryable`` per SPEC §15.1: busy/locked and
+    unknown failures are retryable; constraint violations are permanent. Read-only, not-a-
+    database, corruption and misuse are permanent too (retrying cannot fix them)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    low = text.lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in low or "busy" in low:
+        return ProviderError(f"{op}: database is busy ({text}); retry", operation=op, retryable=True)
+    if isinstance(exc, sqlite3.IntegrityError) or name.startswith("SQLITE_CONSTRAINT"):
+        return ProviderError(f"{op}: constraint violated: {text}", operation=op, retryable=False)
+    if name.startswith("SQLITE_READONLY") or "readonly" in low or "read-only" in low:
+        return ProviderError(
+            f"{op}: SQLite database {where} is read-only ({text}); SqliteProvider needs write access to the "
+            "file and to its directory (for the WAL and shared-memory files)", operation=op, retryable=False)
+    if name == "SQLITE_NOTADB" or "not a database" in low:
+        return ProviderError(f"{op}: {where} is not a SQLite database ({text}); open a duroxide_sim database "
+                             "file or a new path", operation=op, retryable=False)
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in low:
+        return ProviderError(f"{op}: SQLite database {where} is corrupt ({text})", operation=op, retryable=False)
+    if isinstance(exc, sqlite3.ProgrammingError):
+        return ProviderError(f"{op}: {text}", operation=op, retryable=False)
+    return ProviderError(f"{op}: SQLite error on {where}: {text}", operation=op, retryable=True)
+
+
+class SqliteProvider(SqliteAdminMixin):
+    """Provider + ManagementProvider backed by SQLite. See the module docstring.
+
+    Build with :meth:`open` (a file, created if missing) or :meth:`in_memory`; release with
+    :meth:`close` or a ``with`` block.
+    """
+
+    def __init__(self, target: str, *, clock: Clock | None = None, memory: bool = False) -> None:
+        self.clock: Clock | None = clock
+        self.path = target
+        self._memory = memory
+        self._where = ":memory:" if memory else repr(target)
+        self._listeners: list[Callable[[str], None]] = []
+        self._listeners_lock = threading.Lock()
+        self._tokens = itertools.count(1)
+        self._closed = False
+        self._local = threading.local()
+        self._conns: list[tuple[weakref.ref, sqlite3.Connection]] = []
+        self._conns_lock = threading.Lock()
+        # In-memory: one connection, every operation under one lock. File: per-thread
+        # connections; writers of this process queue on a lock instead of busy-waiting in SQLite.
+        self._write_guard = threading.RLock()
+        self._read_guard: Any = self._write_guard if memory else contextlib.nullcontext()
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise ProviderError(f"SqliteProvider needs SQLite >= {'.'.join(map(str, _MIN_SQLITE))}, "
+                                f"found {sqlite3.sqlite_version}", operation="open")
+        if not memory:
+            self._refuse_read_only(target)
+        try:
+            conn = self._connect()
+            self._shared = conn
+            self._register(conn)
+            self._open_id = self._migrate(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, clock: Clock | None = None) -> "SqliteProvider":
+        """Open (creating if missing) the database file at ``path`` and migrate it."""
+        return cls(os.fspath(path), clock=clock)
+
+    @classmethod
+    def in_memory(cls, *, clock: Clock | None = None) -> "SqliteProvider":
+        """A private in-memory database (gone when closed)."""
+        return cls(":memory:", clock=clock, memory=True)
+
+    # --- connections and transactions ----------------------------------------------------------
+
+    @staticmethod
+    def _refuse_read_only(path: str) -> None:
+        # Checked up front (including the mode bits, which root would otherwise ignore) so the
+        # error names the cause instead of failing on the first write.
+        if os.path.exists(path) and (not os.access(path, os.W_OK) or not os.stat(path).st_mode & 0o222):
+            raise ProviderError(
+                f"SQLite database {path!r} is read-only: SqliteProvider needs write access to the file and "
+                "to its directory (for the WAL and shared-memory files)", operation="open", retryable=False)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # check_same_thread=False only so close() may close other threads' connections;
+            # each connection is used by the thread that made it (or under the lock).
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "open", self._where) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if self._memory:
+                conn.execute("PRAGMA journal_mode = MEMORY")
+                conn.execute("PRAGMA synchronous = OFF")
+            else:
+                conn.execute("PRAGMA journal_mode = WAL")  # first read of the file: "not a database" here
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _map_error(exc, "open", self._where) from exc
+        return conn
+
+    def _register(self, conn: sqlite3.Connection) -> None:
+        with self._conns_lock:
+            alive = []
+            for ref, other in self._conns:  # close connections of threads that have ended
+                thread = ref()
+                if thread is not None and thread.is_alive():
+                    alive.append((ref, other))
+                else:
+                    other.close()
+            alive.append((weakref.ref(threading.current_thread()), conn))
+            self._conns = alive
+        self._local.conn = conn
+
+    def _conn(self, op: str) -> sqlite3.Connection:
+        if self._closed:
+            raise ProviderError(f"{op}: SqliteProvider {self._where} is closed", operation=op)
+        if self._memory:
+            return self._shared
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._register(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        """Bring the schema to SCHEMA_VERSION in one transaction; return this open's id."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+                current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+                if current > SCHEMA_VERSION:
+                    raise ProviderError(
+                        f"SQLite database {self._where} has schema version {current}, but this duroxide_sim "
+                        f"supports schema version {SCHEMA_VERSION} at most; upgrade duroxide_sim to open it",
+                        operation="open", retryable=False, found_version=current, supported_version=SCHEMA_VERSION)
+                for version, statements in _MIGRATIONS:
+                    if version > current:
+                        for statement in statements:
+                            conn.execute(statement)
+                        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                conn.execute("UPDATE provider_meta SET value = value + 1 WHERE key = 'opens'")
+                open_id = conn.execute("SELECT value FROM provider_meta WHERE key = 'opens'").fetchone()[0]
+                conn.execute("COMMIT")
+                return int(open_id)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "open", self._where) from exc
+
+    @contextlib.contextmanager
+    def _tx(self, op: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: BEGIN IMMEDIATE for writes, deferred for reads; COMMIT on success,
+        ROLLBACK on any error (sqlite3 errors re-raised as ProviderError)."""
+        with self._write_guard if write else self._read_guard:
+            conn = self._conn(op)
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise _map_error(exc, op, self._where) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _map_error(exc, op, self._where) from exc
+                raise
+
+    def close(self) -> None:
+        """Close every connection. In-memory data is gone afterwards; further calls fail."""
+        self._closed = True
+        with self._conns_lock:
+            for _, conn in self._conns:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._conns = []
+
+    def __enter__(self) -> "SqliteProvider":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def bind_clock(self, clock: Clock) -> None:
+        """Use ``clock`` if none was injected at construction (never replaces one)."""
+        with self._listeners_lock:
+            if self.clock is None:
+                self.clock = clock
+
+    def add_wakeup_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback("orchestrator"|"worker")`` after commits that add work (in-process)."""
+        with self._listeners_lock:
+            self._listeners.append(callback)
+
+    def _now(self) -> int:
+        if self.clock is None:
+            raise ProviderError(
+                "SqliteProvider has no clock: pass clock= to open()/in_memory() or call bind_clock() "
+                "(the Runtime and Client do this) before using it", operation="clock")
+        return int(self.clock.now_ms())
+
+    def _notify(self, kinds: Sequence[str]) -> None:
+        # After COMMIT and outside every lock: a listener may call back into the provider, and a
+        # failing listener must not make a committed operation look failed.
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for kind in dict.fromkeys(kinds):
+            for callback in listeners:
+                try:
+                    callback(kind)
+                except Exception:  # pragma: no cover - defensive
+                    _log.exception("wakeup listener failed")
+
+    def _new_token(self) -> str:
+        return f"sql-{self._open_id}-{next(self._tokens)}"
+
+    # --- (de)serialization ---------------------------------------------------------------------
+
+    @staticmethod
+    def _load_work(text: str, op: str) -> WorkItem:
+        try:
+            return loads(text, "work")
+        except SerializationError as exc:
+            raise ProviderError(f"{op}: unreadable queued work item: {exc}", operation=op) from exc
+
+    @staticmethod
+    def _load_events(db: sqlite3.Connection, instance: str, execution_id: int) -> list[HistoryEvent]:
+        """History of one execution in event_id order; SerializationError if a row is unreadable."""
+        rows = db.execute("SELECT event_id, event_data FROM history WHERE instance_id = ? AND execution_id = ? "
+                          "ORDER BY event_id", (instance, execution_id)).fetchall()
+        out = []
+        for event_id, text in rows:
+            try:
+                out.append(loads(text, "event"))
+            except SerializationError as exc:
+                raise SerializationError(f"event {event_id} of execution {execution_id} of instance "
+                                         f"{instance!r}: {exc}") from exc
+        return out
+
+    def _read_events(self, db: sqlite3.Connection, instance: str, execution_id: int, op: str) -> list[HistoryEvent]:
+        try:
+            return self._load_events(db, instance, execution_id)
+        except SerializationError as exc:
+            raise ProviderError(f"{op}: history deserialization failed: {exc}", operation=op,
+                                instance_id=instance) from exc
+
+    @staticmethod
+    def _check_orch_item(item: Any, op: str) -> None:
+        if not isinstance(item, WorkItem) or isinstance(item, ActivityExecute):
+            raise ProviderError(f"not an orchestrator work item: {item!r}", operation=op)
+
+    @staticmethod
+    def _check_worker_item(item: Any, op: str) -> None:
+        if not isinstance(item, ActivityExecute):
+            raise ProviderError(f"the worker queue takes ActivityExecute only, got {item!r}", operation=op)
+
+    # --- row helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_orch(db: sqlite3.Connection, item: WorkItem, visible_at: int, now: int) -> None:
+        db.execute("INSERT INTO orchestrator_queue (instance_id, work_item, visible_at, attempt_count, created_at) "
+                   "VALUES (?, ?, ?, 0, ?)", (item.target_instance, dumps(item), visible_at, now))
+
+    @staticmethod
+    def _insert_work(db: sqlite3.Connection, item: ActivityExecute, now: int) -> None:
+        db.execute("INSERT INTO worker_queue (work_item, visible_at, attempt_count, created_at, instance_id, "
+                   "execution_id, activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                   (dumps(item), now, now, item.instance, item.execution_id, item.id, item.session_id, item.tag))
+
+    def _held_orch_lock(self, db: sqlite3.Connection, token: str, now: int, op: str) -> str:
+        """Instance held by ``token`` with an unexpired lock, else LockLostError."""
+        row = db.execute("SELECT instance_id, locked_until FROM instance_locks WHERE lock_token = ?",
+                         (token,)).fetchone()
+        if row is None:
+            raise _lock_lost(op, token, f"Invalid lock token {token!r}: unknown, already released, taken over "
+                             "after expiry, or its instance was deleted")
+        if row[1] <= now:
+            raise _lock_lost(op, token, f"Instance lock expired for instance {row[0]!r} (lock token {token!r}); "
+                             "the turn must not commit", instance_id=row[0])
+        return row[0]
+
+    @staticmethod
+    def _release_orch_lock(db: sqlite3.Connection, instance: str) -> None:
+        row = db.execute("SELECT lock_token FROM instance_locks WHERE instance_id = ?", (instance,)).fetchone()
+        if row is not None:
+            db.execute("UPDATE orchestrator_queue SET lock_token = NULL WHERE instance_id = ? AND lock_token = ?",
+                       (instance, row[0]))
+            db.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
+
+    @staticmethod
+    def _work_row_for(db: sqlite3.Connection, token: str, now: int, op: str, *, need_live: bool) -> tuple:
+        row = db.execute("SELECT id, locked_until, session_id, attempt_count, visible_at FROM worker_queue "
+                         "WHERE lock_token = ?", (token,)).fetchone()
+        if row is None:
+            raise _lock_lost(op, token, f"Work item lock token {token!r} is unknown: the activity was cancelled or "
+                             "deleted, already acked/abandoned, or its lock was stolen after expiry")
+        if need_live and row[1] is not None and row[1] <= now:
+            raise _lock_lost(op, token, f"Work item lock expired (lock token {token!r})")
+        return row
+
+    @staticmethod
+    def _bump_session(db: sqlite3.Connection, session_id: str | None, now: int) -> None:
+        # Only while the session lock is live: never refresh a session another worker took over.
+        if session_id is not None:
+            db.execute("UPDATE sessions SET last_activity_at = ? WHERE session_id = ? AND locked_until > ?",
+                       (now, session_id, now))
+
+    @staticmethod
+    def _current_execution_id(db: sqlite3.Connection, instance: str) -> int | None:
+        """From the instance row, else the latest stored execution, else None."""
+        row = db.execute("SELECT current_execution_id FROM instances WHERE instance_id = ?", (instance,)).fetchone()
+        if row is not None:
+            return row[0]
+        return db.execute("SELECT MAX(execution_id) FROM executions WHERE instance_id = ?", (instance,)).fetchone()[0]
+
+    # --- orchestrator queue --------------------------------------------------------------------
+
+    def fetch_orchestration_item(
+        self, lock_timeout_ms: int, poll_timeout_ms: int = 0, filter: tuple[str, str] | None = None
+    ) -> OrchestrationItem | None:
+        """Lock the instance of the oldest visible message and return its batch (SPEC §15.1).
+
+        Locked instances, filter-incompatible ones and orphans (SPEC §3.12, Recommend) are
+        skipped so they never block others. ``poll_timeout_ms`` is ignored (short poll).
+        """
+        op = "fetch_orchestration_item"
+        bounds = None
+        if filter is not None:
+            bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+        with self._tx(op) as db:
+            now = self._now()
+            orphans: list[int] = []
+            result = None
+            for (instance,) in db.execute(_ORCH_CANDIDATES, {"now": now}).fetchall():
+                if bounds is not None and not self._pin_compatible(db, instance, bounds):
+                    continue  # skipped before locking or reading history (SPEC §16 I30)
+                batch = [(rid, self._load_work(text, op)) for rid, text in db.execute(
+                    "SELECT id, work_item FROM orchestrator_queue WHERE instance_id = ? AND visible_at <= ? "
+                    "ORDER BY visible_at, id", (instance, now))]
+                meta = self._batch_metadata(db, instance, [item for _, item in batch])
+                if meta is None:
+                    # Orphan: no row, no history, no start item. QueueMessages sent before the
+                    # instance exists are dropped (SPEC §6.2); anything else may be racing its
+                    # start, so it stays queued while we move on to the next candidate.
+                    if all(isinstance(item, QueueMessage) for _, item in batch):
+                        orphans.extend(rid for rid, _ in batch)
+                    continue
+                result = self._lock_batch(db, instance, meta, lock_timeout_ms, now, op)
+                break
+            db.executemany("DELETE FROM orchestrator_queue WHERE id = ?", [(rid,) for rid in orphans])
+        return result
+
+    def _pin_compatible(self, db: sqlite3.Connection, instance: str, bounds: tuple) -> bool:
+        execution_id = self._current_execution_id(db, instance)
+        row = db.execute("SELECT duroxide_version_major, duroxide_version_minor, duroxide_version_patch "
+                         "FROM executions WHERE instance_id = ? AND execution_id = ?",
+                         (instance, execution_id)).fetchone()
+        if row is None or row[0] is None:
+            return True  # no pin yet: NULL is compatible
+        return bounds[0] <= tuple(row) <= bounds[1]
+
+    def _batch_metadata(self, db: sqlite3.Connection, instance: str, items: list[WorkItem]) -> tuple | None:
+        """(name, version, execution id, read history?, history error) or None for an orphan."""
+        row = db.execute("SELECT orchestration_name, orchestration_version, current_execution_id FROM instances "
+                         "WHERE instance_id = ?", (instance,)).fetchone()
+        if row is not None:
+            return row[0], row[1], row[2], True, None
+        execution_id = self._current_execution_id(db, instance)
+        error = None
+        if execution_id is not None:  # history without a row: metadata from OrchestrationStarted
+            started = db.execute("SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? "
+                                 "AND event_type = 'OrchestrationStarted' ORDER BY event_id LIMIT 1",
+                                 (instance, execution_id)).fetchone()
+            if started is not None:
+                try:
+                    event = loads(started[0], "event")
+                    return event.name, event.version, execution_id, True, None
+                except SerializationError as exc:
+                    error = f"Failed to deserialize history: {exc}"
+        for item in items:
+            if isinstance(item, (StartOrchestration, ContinueAsNew)):
+                return item.orchestration, item.version, 1, False, error
+        if error is not None:
+            return "", None, execution_id, False, error
+        return None
+
+    def _lock_batch(self, db: sqlite3.Connection, instance: str, meta: tuple, lock_timeout_ms: int, now: int,
+                    op: str) -> OrchestrationItem:
+        name, version, execution_id, read_history, error = meta
+        token = self._new_token()
+        # The upsert overwrites only an expired lock: the old token becomes unknown.
+        cur = db.execute(
+            "INSERT INTO instance_locks (instance_id, lock_token, locked_until, locked_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (instance_id) DO UPDATE SET lock_token = excluded.lock_token, "
+            "locked_until = excluded.locked_until, locked_at = excluded.locked_at "
+            "WHERE instance_locks.locked_until <= ?", (instance, token, now + lock_timeout_ms, now, now))
+        if cur.rowcount != 1:  # pragma: no cover - impossible under BEGIN IMMEDIATE
+            raise ProviderError(f"{op}: lost the race for instance {instance!r}", operation=op, retryable=True)
+        db.execute("UPDATE orchestrator_queue SET lock_token = ?, attempt_count = attempt_count + 1 "
+                   "WHERE instance_id = ? AND visible_at <= ?", (token, instance, now))
+        messages, attempts = [], 0
+        for text, count in db.execute("SELECT work_item, attempt_count FROM orchestrator_queue WHERE lock_token = ? "
+                                      "ORDER BY visible_at, id", (token,)):
+            messages.append(self._load_work(text, op))
+            attempts = max(attempts, count)
+        history: list[HistoryEvent] = []
+        if read_history and error is None:
+            try:
+                history = self._load_events(db, instance, execution_id)
+            except SerializationError as exc:
+                error = f"Failed to deserialize history: {exc}"  # lock held, attempts counted (SPEC §16 I31)
+        kv = {key: KvEntry(value, ts) for key, value, ts in db.execute(
+            "SELECT key, value, last_updated_at_ms FROM kv_store WHERE instance_id = ? ORDER BY key", (instance,))}
+        return OrchestrationItem(
+            instance=instance, orchestration_name=name, execution_id=execution_id, version=version,
+            history=() if error is not None else tuple(history), messages=tuple(messages), lock_token=token,
+            attempt_count=attempts, history_error=error, kv_snapshot=kv,
+        )
+
+    def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[HistoryEvent],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivityIdentifier] = (),
+    ) -> None:
+        """Commit one turn in one transaction (SPEC §15.1) and release the instance lock.
+
+        Raises LockLostError (unknown or expired token) or ProviderError (duplicate event id,
+        malformed input); the transaction then rolls back, so nothing changes and a held lock
+        stays held.
+        """
+        op = "ack_orchestration_item"
+        delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
+        with self._tx(op) as db:
+            now = self._now()
+            instance = self._held_orch_lock(db, lock_token, now, op)
+            self._validate_events(db, instance, execution_id, delta, op)
+            pin = metadata.pinned_duroxide_version
+            pin = _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None
+            for item in workers:
+                self._check_worker_item(item, op)
+            for item in orchs:
+                self._check_orch_item(item, op)
+            db.execute("DELETE FROM orchestrator_queue WHERE instance_id = ? AND lock_token = ?",
+                       (instance, lock_token))
+            has_row = self._upsert_instance(db, instance, execution_id, metadata, now)
+            self._append(db, instance, execution_id, delta, now)
+            if pin is not None:
+                db.execute("UPDATE executions SET duroxide_version_major = ?, duroxide_version_minor = ?, "
+                           "duroxide_version_patch = ? WHERE instance_id = ? AND execution_id = ?",
+                           (*pin, instance, execution_id))
+            if has_row:
+                db.execute("UPDATE instances SET current_execution_id = MAX(current_execution_id, ?), updated_at = ? "
+                           "WHERE instance_id = ?", (execution_id, now, instance))
+            if metadata.status is not None:
+                db.execute("UPDATE executions SET status = ?, output = ?, completed_at = ? "
+                           "WHERE instance_id = ? AND execution_id = ?",
+                           (metadata.status, metadata.output, now, instance, execution_id))
+            statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
+            if statuses and has_row:  # the last one wins; one version bump per ack
+                db.execute("UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
+                           "WHERE instance_id = ?", (statuses[-1].status, instance))
+            self._apply_kv(db, instance, delta)
+            if metadata.status in TERMINAL_STATUSES:
+                self._merge_kv(db, instance)
+            for item in workers:
+                self._insert_work(db, item, now)
+            # Cancel AFTER inserting: schedule+cancel in one ack must leave nothing (SPEC §11.2).
+            db.executemany("DELETE FROM worker_queue WHERE instance_id = ? AND execution_id = ? AND activity_id = ?",
+                           [(c.instance, c.execution_id, c.activity_id) for c in cancelled_activities])
+            for item in orchs:
+                self._insert_orch(db, item, item.fire_at_ms if isinstance(item, TimerFiredMsg) else now, now)
+            self._release_orch_lock(db, instance)
+        self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []))
+
+    @staticmethod
+    def _validate_events(db: sqlite3.Connection, instance: str, execution_id: int, events: list, op: str) -> None:
+        for event in events:
+            if not isinstance(event, HistoryEvent):
+                raise ProviderError(f"not a history event: {event!r}", operation=op)
+        ids = sorted({e.event_id for e in events})
+        seen: set[int] = set()
+        for start in range(0, len(ids), 500):  # stay far below SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            seen.update(r[0] for r in db.execute(
+                f"SELECT event_id FROM history WHERE instance_id = ? AND execution_id = ? AND event_id IN "
+                f"({','.join('?' * len(chunk))})", (instance, execution_id, *chunk)))
+        for event in events:
+            if event.event_id in seen:
+                raise ProviderError(
+                    f"duplicate event_id {event.event_id} in execution {execution_id} of instance {instance!r}; "
+                    "history is append-only", operation=op, instance_id=instance, event_id=event.event_id)
+            seen.add(event.event_id)
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, instance: str, execution_id: int, events: list, now: int) -> None:
+        """Create the execution if absent and store ``events`` verbatim."""
+        db.execute("INSERT OR IGNORE INTO executions (instance_id, execution_id, status, started_at) "
+                   "VALUES (?, ?, 'Running', ?)", (instance, execution_id, now))
+        db.executemany("INSERT INTO history (instance_id, execution_id, event_id, event_type, event_data, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       [(instance, execution_id, e.event_id, type(e).KIND, dumps(e), now) for e in events])
+
+    @staticmethod
+    def _upsert_instance(db: sqlite3.Connection, instance: str, execution_id: int, md: ExecutionMetadata,
+                         now: int) -> bool:
+        """Create-if-absent / update the instance row from metadata; True if a row exists after."""
+        exists = db.execute("SELECT 1 FROM instances WHERE instance_id = ?", (instance,)).fetchone() is not None
+        if md.orchestration_name is None:
+            return exists
+        if not exists:
+            db.execute(
+                "INSERT INTO instances (instance_id, orchestration_name, orchestration_version, current_execution_id, "
+                "created_at, updated_at, parent_instance_id, created_seq) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                "(SELECT COALESCE(MAX(created_seq), 0) + 1 FROM instances))",
+                (instance, md.orchestration_name, md.orchestration_version, execution_id, now, now,
+                 md.parent_instance_id))  # the parent link is immutable once created
+        else:  # a NULL version is filled in later, never cleared
+            db.execute("UPDATE instances SET orchestration_name = ?, "
+                       "orchestration_version = COALESCE(?, orchestration_version) WHERE instance_id = ?",
+                       (md.orchestration_name, md.orchestration_version, instance))
+        return True
+
+    @staticmethod
+    def _apply_kv(db: sqlite3.Connection, instance: str, delta: list) -> None:
+        upsert = ("INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (instance_id, key) DO UPDATE SET value = excluded.value, "
+                  "last_updated_at_ms = excluded.last_updated_at_ms")
+        for event in delta:
+            if isinstance(event, KeyValueSet):
+                db.execute(upsert, (instance, event.key, event.value, event.last_updated_at_ms))
+            elif isinstance(event, KeyValueCleared):
+                db.execute(upsert, (instance, event.key, None, None))
+            elif isinstance(event, KeyValuesCleared):
+                # Tombstone every delta row and every store key, so reads hide the store too.
+                db.execute("UPDATE kv_delta SET value = NULL, last_updated_at_ms = NULL WHERE instance_id = ?",
+                           (instance,))
+                db.execute("INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms) "
+                           "SELECT instance_id, key, NULL, NULL FROM kv_store WHERE instance_id = ? "
+                           "ON CONFLICT (instance_id, key) DO UPDATE SET value = NULL, last_updated_at_ms = NULL",
+                           (instance,))
+
+    @staticmethod
+    def _merge_kv(db: sqlite3.Connection, instance: str) -> None:
+        """At the end of an execution the delta folds into the store (tombstones delete)."""
+        db.execute("DELETE FROM kv_store WHERE instance_id = ? AND key IN "
+                   "(SELECT key FROM kv_delta WHERE instance_id = ? AND value IS NULL)", (instance, instance))
+        db.execute("INSERT INTO kv_store (instance_id, key, value, last_updated_at_ms) "
+                   "SELECT instance_id, key, value, last_updated_at_ms FROM kv_delta "
+                   "WHERE instance_id = ? AND value IS NOT NULL ORDER BY key "
+                   "ON CONFLICT (instance_id, key) DO UPDATE SET value = excluded.value, "
+                   "last_updated_at_ms = excluded.last_updated_at_ms", (instance,))
+        db.execute("DELETE FROM kv_delta WHERE instance_id = ?", (instance,))
+
+    def abandon_orchestration_item(
+        self, lock_token: str, delay_ms: int | None = None, ignore_attempt: bool = False
+    ) -> None:
+        """Release the instance lock; optionally hide its visible messages for ``delay_ms``
+        and undo this fetch's attempt increment (``ignore_attempt``, floor 0)."""
+        op = "abandon_orchestration_item"
+        with self._tx(op) as db:
+            now = self._now()
+            row = db.execute("SELECT instance_id FROM instance_locks WHERE lock_token = ?", (lock_token,)).fetchone()
+            if row is None:
+                raise _lock_lost(op, lock_token, f"Invalid lock token {lock_token!r}: unknown or already released")
+            instance = row[0]
+            if ignore_attempt:
+                db.execute("UPDATE orchestrator_queue SET attempt_count = MAX(0, attempt_count - 1) "
+                           "WHERE instance_id = ? AND lock_token = ?", (instance, lock_token))
+            if delay_ms is not None:
+                db.execute("UPDATE orchestrator_queue SET visible_at = MAX(visible_at, ?) "
+                           "WHERE instance_id = ? AND visible_at <= ?", (now + delay_ms, instance, now))
+            self._release_orch_lock(db, instance)
+
+    def renew_orchestration_item_lock(self, lock_token: str, extend_ms: int) -> None:
+        """Extend a held, unexpired instance lock to now + ``extend_ms``."""
+        op = "renew_orchestration_item_lock"
+        with self._tx(op) as db:
+            now = self._now()
+            instance = self._held_orch_lock(db, lock_token, now, op)
+            db.execute("UPDATE instance_locks SET locked_until = ? WHERE instance_id = ?", (now + extend_ms, instance))
+
+    # --- worker queue --------------------------------------------------------------------------
+
+    def fetch_work_item(
+        self,
+        lock_timeout_ms: int,
+        poll_timeout_ms: int = 0,
+        session: SessionConfig | None = None,
+        tag_filter: TagFilter = TagFilter.DEFAULT_ONLY,  # type: ignore[attr-defined]
+    ) -> WorkItemLease | None:
+        """Lock the oldest visible, unlocked (or expired) activity that the tag filter and the
+        session rules allow (SPEC §15.3), claiming its session for ``session.owner_id``."""
+        op = "fetch_work_item"
+        if tag_filter.mode == "none":
+            return None
+        params: dict[str, Any] = {"now": None}
+        where = ["visible_at <= :now", "(locked_until IS NULL OR locked_until <= :now)"]
+        tags = sorted(tag_filter.tag_set)
+        params.update({f"t{i}": tag for i, tag in enumerate(tags)})
+        listed = f"tag IN ({', '.join(f':t{i}' for i in range(len(tags)))})"
+        where.append({"default_only": "tag IS NULL", "tags": listed, "default_and": f"(tag IS NULL OR {listed})",
+                      "any": "1"}[tag_filter.mode])
+        if session is None:
+            where.append("session_id IS NULL")  # session rows go only to session-aware fetchers
+        else:
+            params["owner"] = session.owner_id
+            where.append("(session_id IS NULL OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = "
+                         "worker_queue.session_id AND s.locked_until > :now AND s.worker_id != :owner))")
+        query = f"SELECT id, work_item, session_id FROM worker_queue WHERE {' AND '.join(where)} " \
+                "ORDER BY visible_at, id LIMIT 1"
+        with self._tx(op) as db:
+            now = params["now"] = self._now()
+            row = db.execute(query, params).fetchone()
+            if row is None:
+                return None
+            rid, text, session_id = row
+            item = self._load_work(text, op)
+            if session_id is not None and session is not None:
+                db.execute("INSERT INTO sessions (session_id, worker_id, locked_until, last_activity_at) "
+                           "VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET worker_id = excluded.worker_id, "
+                           "locked_until = excluded.locked_until, last_activity_at = excluded.last_activity_at",
+                           (session_id, session.owner_id, now + session.lock_timeout_ms, now))
+            token = self._new_token()  # an expired lock is stolen: its token becomes unknown
+            db.execute("UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
+                       "WHERE id = ?", (token, now + lock_timeout_ms, rid))
+            attempts = db.execute("SELECT attempt_count FROM worker_queue WHERE id = ?", (rid,)).fetchone()[0]
+        assert isinstance(item, ActivityExecute)
+        return WorkItemLease(item=item, lock_token=token, attempt_count=attempts)
+
+    def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
+        """Delete the locked row and enqueue ``completion`` (if any) in one transaction.
+        LockLostError if the row was cancelled or deleted, or its lock expired or was stolen."""
+        op = "ack_work_item"
+        with self._tx(op) as db:
+            now = self._now()
+            rid, _, session_id, _, _ = self._work_row_for(db, lock_token, now, op, need_live=True)
+            if completion is not None and not isinstance(completion, (ActivityCompletedMsg, ActivityFailedMsg)):
+                raise ProviderError(f"a worker ack takes ActivityCompleted/ActivityFailed, got {completion!r}",
+                                    operation=op)
+            db.execute("DELETE FROM worker_queue WHERE id = ?", (rid,))
+            self._bump_session(db, session_id, now)
+            if completion is not None:
+                self._insert_orch(db, completion, now, now)
+        if completion is not None:
+            self._notify(["orchestrator"])
+
+    def renew_work_item_lock(self, lock_token: str, extend_ms: int) -> None:
+        """Extend a live row lock. Failure is the worker's cancellation signal."""
+        op = "renew_work_item_lock"
+        with self._tx(op) as db:
+            now = self._now()
+            rid, _, session_id, _, _ = self._work_row_for(db, lock_token, now, op, need_live=True)
+            db.execute("UPDATE worker_queue SET locked_until = ? WHERE id = ?", (now + extend_ms, rid))
+            self._bump_session(db, session_id, now)
+
+    def abandon_work_item(self, lock_token: str, delay_ms: int | None = None, ignore_attempt: bool = False) -> None:
+        """Unlock the row; ``delay_ms`` hides it until now + delay; ``ignore_attempt`` undoes
+        the fetch's attempt increment (floor 0). Without a delay the row keeps its FIFO place."""
+        op = "abandon_work_item"
+        with self._tx(op) as db:
+            now = self._now()
+            rid, _, _, attempts, visible_at = self._work_row_for(db, lock_token, now, op, need_live=False)
+            if ignore_attempt:
+                attempts = max(0, attempts - 1)
+            if delay_ms is not None:
+                visible_at = max(visible_at, now + delay_ms)
+            db.execute("UPDATE worker_queue SET lock_token = NULL, locked_until = NULL, attempt_count = ?, "
+                       "visible_at = ? WHERE id = ?", (attempts, visible_at, rid))
+
+    def renew_session_lock(self, owner_ids: Sequence[str], extend_ms: int, idle_timeout_ms: int) -> int:
+        """Extend the live, non-idle sessions owned by ``owner_ids``; return how many."""
+        owners = list(dict.fromkeys(owner_ids))
+        if not owners:
+            return 0
+        with self._tx("renew_session_lock") as db:
+            now = self._now()
+            cur = db.execute(f"UPDATE sessions SET locked_until = ? WHERE worker_id IN ({','.join('?' * len(owners))}) "
+                             "AND locked_until > ? AND last_activity_at > ?",
+                             (now + extend_ms, *owners, now, now - idle_timeout_ms))
+            return cur.rowcount
+
+    def cleanup_orphaned_sessions(self, idle_timeout_ms: int) -> int:
+        """Delete expired sessions that have no queued rows; return how many."""
+        with self._tx("cleanup_orphaned_sessions") as db:
+            now = self._now()
+            cur = db.execute("DELETE FROM sessions WHERE locked_until < ? AND session_id NOT IN "
+                             "(SELECT session_id FROM worker_queue WHERE session_id IS NOT NULL)", (now,))
+            return cur.rowcount
+
+    # --- enqueue and reads ---------------------------------------------------------------------
+
+    def enqueue_for_orchestrator(self, item: WorkItem, delay_ms: int | None = None) -> None:
+        """Queue ``item`` for its target instance, visible after ``delay_ms``. Never creates
+        an instance (its first ack does)."""
+        op = "enqueue_for_orchestrator"
+        self._check_orch_item(item, op)
+        with self._tx(op) as db:
+            now = self._now()
+            self._insert_orch(db, item, now + max(0, delay_ms or 0), now)
+        self._notify(["orchestrator"])
+
+    def enqueue_for_worker(self, item: ActivityExecute) -> None:
+        """Queue an activity, visible now."""
+        op = "enqueue_for_worker"
+        self._check_worker_item(item, op)
+        with self._tx(op) as db:
+            self._insert_work(db, item, self._now())
+        self._notify(["worker"])
+
+    def read(self, instance: str) -> list[HistoryEvent]:
+        """History of the latest execution; unknown instance -> []."""
+        with self._tx("read", write=False) as db:
+            latest = db.execute("SELECT MAX(execution_id) FROM executions WHERE instance_id = ?",
+                                (instance,)).fetchone()[0]
+            return [] if latest is None else self._read_events(db, instance, latest, "read")
+
+    def read_with_execution(self, instance: str, execution_id: int) -> list[HistoryEvent]:
+        """History of one execution; unknown -> []."""
+        with self._tx("read_with_execution", write=False) as db:
+            return self._read_events(db, instance, execution_id, "read_with_execution")
+
+    def append_with_execution(self, instance: str, execution_id: int, events: Sequence[HistoryEvent]) -> None:
+        """Append events verbatim (tests, tools). Duplicate ids -> ProviderError, nothing stored."""
+        op = "append_with_execution"
+        events = list(events)
+        with self._tx(op) as db:
+            now = self._now()
+            self._validate_events(db, instance, execution_id, events, op)
+            self._append(db, instance, execution_id, events, now)
+
+    def latest_execution_id(self, instance: str) -> int | None:
+        """Current execution id, or None for an unknown instance."""
+        with self._tx("latest_execution_id", write=False) as db:
+            return self._current_execution_id(db, instance)
+
+    def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None:
+        """``(status, version)`` if the version moved past ``last_seen_version``, else None."""
+        with self._tx("get_custom_status", write=False) as db:
+            row = db.execute("SELECT custom_status, custom_status_version FROM instances WHERE instance_id = ?",
+                             (instance,)).fetchone()
+        if row is None or row[1] <= last_seen_version:
+            return None
+        return row[0], row[1]
+
+    def get_kv_value(self, instance: str, key: str) -> str | None:
+        """The store overlaid by the current execution's delta; tombstones hide."""
+        with self._tx("get_kv_value", write=False) as db:
+            row = db.execute("SELECT value FROM kv_delta WHERE instance_id = ? AND key = ?", (instance, key)).fetchone()
+            if row is None:
+                row = db.execute("SELECT value FROM kv_store WHERE instance_id = ? AND key = ?",
+                                 (instance, key)).fetchone()
+            return row[0] if row is not None else None
+
+    def get_kv_all_values(self, instance: str) -> dict[str, str]:
+        """All live keys: the store overlaid by the delta; tombstones hide."""
+        with self._tx("get_kv_all_values", write=False) as db:
+            out = dict(db.execute("SELECT key, value FROM kv_store WHERE instance_id = ? ORDER BY key", (instance,)))
+            for key, value in db.execute("SELECT key, value FROM kv_delta WHERE instance_id = ? ORDER BY key",
+                                         (instance,)):
+                if value is None:
+                    out.pop(key, None)
+                else:
+                    out[key] = value
+            return out
+
+    # --- simulation and test hooks -------------------------------------------------------------
+
+    def next_wakeup_ms(self) -> int | None:
+        """Earliest future time at which a queued row becomes visible or a live lock expires
+        (None if nothing is pending), so a simulated clock can jump straight to it."""
+        with self._tx("next_wakeup_ms", write=False) as db:
+            now = self._now()
+            return db.execute(
+                "SELECT MIN(t) FROM ("
+                " SELECT MIN(visible_at) AS t FROM orchestrator_queue WHERE visible_at > :now"
+                " UNION ALL SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > :now"
+                " UNION ALL SELECT MIN(locked_until) FROM instance_locks WHERE locked_until > :now"
+                " UNION ALL SELECT MIN(locked_until) FROM worker_queue WHERE locked_until > :now)",
+                {"now": now}).fetchone()[0]
+
+    def _corrupt_history(self, instance: str, error: str | None = "injected history corruption") -> None:
+        """Test hook: make the current execution's history unreadable by writing invalid JSON
+        into its history rows (the original text is kept behind a marker); ``error=None``
+        restores it. Fetches then return ``history_error`` with the lock held (SPEC §16 I31)."""
+        op = "_corrupt_history"
+        with self._tx(op) as db:
+            execution_id = self._current_execution_id(db, instance)
+            rows = db.execute("SELECT event_id, event_data FROM history WHERE instance_id = ? AND execution_id = ?",
+                              (instance, execution_id)).fetchall()
+            if error is not None and not rows:
+                raise ProviderError(f"{op}: instance {instance!r} has no history to corrupt", operation=op)
+            for event_id, text in rows:
+                if error is None and text.startswith(_CORRUPT_PREFIX):
+                    text = json.loads(text[len(_CORRUPT_PREFIX):])[1]
+                elif error is not None and not text.startswith(_CORRUPT_PREFIX):
+                    text = _CORRUPT_PREFIX + json.dumps([error, text])
+                db.execute("UPDATE history SET event_data = ? WHERE instance_id = ? AND execution_id = ? "
+                           "AND event_id = ?", (text, instance, execution_id, event_id))
+
+    def _check(self) -> None:
+        """Assert the database's invariants (schema, lock tokens, queue rows, executions)."""
+        with self._tx("_check", write=False) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+            assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+            # every tagged orchestrator row belongs to the lock of its own instance
+            assert db.execute("SELECT COUNT(*) FROM orchestrator_queue q WHERE q.lock_token IS NOT NULL AND NOT EXISTS "
+                              "(SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id "
+                              "AND l.lock_token = q.lock_token)").fetchone()[0] == 0
+            assert db.execute("SELECT COUNT(*) FROM worker_queue WHERE (lock_token IS NULL) != (locked_until IS NULL)"
+                              ).fetchone()[0] == 0
+            tokens = [r[0] for r in db.execute("SELECT lock_token FROM worker_queue WHERE lock_token IS NOT NULL "
+                                               "UNION ALL SELECT lock_token FROM instance_locks")]
+            assert len(tokens) == len(set(tokens)), "lock token shared by two holders"
+            assert db.execute("SELECT COUNT(*) FROM instances i WHERE NOT EXISTS (SELECT 1 FROM executions e "
+                              "WHERE e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id)"
+                              ).fetchone()[0] == 0
+            for (text,) in db.execute("SELECT work_item FROM orchestrator_queue UNION ALL "
+                                      "SELECT work_item FROM worker_queue"):
+                loads(text, "work")
