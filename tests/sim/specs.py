@@ -232,3 +232,27 @@ SAGA_SKIPPED_COMPENSATION = SimSpec(
     invariants=[money_charged_iff_shipped_or_refunded],
     ref=f"{REF}:SAGA_SKIPPED_COMPENSATION",
 )
+
+
+# --- set-order dependence: invisible within one process, exposed across hash seeds ------------
+
+
+def _set_order_setup(rt, world):
+    @rt.register_activity("Notify::activity::send")
+    def send(ctx, channel):
+        return channel
+
+    @rt.register_orchestration("Notify::orchestration::fan_out")
+    def fan_out(ctx, _):
+        sent = []
+        for channel in {"email", "sms", "push", "slack", "pager"}:  # BUG: set order varies by process
+            sent.append((yield ctx.schedule_activity("Notify::activity::send", channel)))
+        return sent
+
+
+SET_ORDER = SimSpec(
+    name="set-order",
+    setup=_set_order_setup,
+    starts=[Start(instance="n", orchestration="Notify::orchestration::fan_out")],
+    ref=f"{REF}:SET_ORDER",
+)
