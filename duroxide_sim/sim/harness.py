@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -139,6 +140,16 @@ def _digest(events: Sequence[HistoryEvent]) -> str:
     for ev in events:
         h.update(dumps(ev).encode("utf-8"))
     return h.hexdigest()[:16]
+
+
+class _TraceLogHandler(logging.Handler):
+    def __init__(self, run: "_Run") -> None:
+        super().__init__(logging.DEBUG)
+        self.run = run
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.run._log("log", level=record.levelname, logger=record.name, message=record.getMessage(),
+                      instance=getattr(record, "instance_id", None))
 
 
 class _Node:
@@ -346,6 +357,22 @@ class _Run:
         return 0
 
     def execute(self) -> SimResult:
+        """Run with the package's log records captured into the trace (not printed): replay-safe
+        ``trace_*`` messages then show up, in order, where they happened."""
+        logger = logging.getLogger("duroxide_sim")
+        handler = _TraceLogHandler(self)
+        previous = (logger.propagate, logger.level)
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        try:
+            return self._execute()
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate, level = previous
+            logger.setLevel(level)
+
+    def _execute(self) -> SimResult:
         horizon = DEFAULT_EPOCH_MS + self.spec.horizon_ms
         quiescent = False
         self._log("begin", seed=self.seed, plan=self.plan.to_json(), nodes=len(self.nodes))
