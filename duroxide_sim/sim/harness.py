@@ -55,12 +55,15 @@ class Start:
 
 @attrs.frozen(kw_only=True)
 class Signal:
-    """A client message at ``at_ms``: ``kind`` is ``raise`` (event), ``enqueue`` (queue) or ``cancel``."""
+    """A client message at ``at_ms``: ``kind`` is ``raise`` (event), ``enqueue`` (queue) or ``cancel``.
+
+    ``at_ms=None`` means "at an arbitrary time": drawn from the run's seed within the fault
+    window, so different seeds deliver the signal at different points of the workflow."""
 
     instance: str
     name: str = ""
     data: Any = None
-    at_ms: int = 0
+    at_ms: int | None = 0
     kind: str = "raise"
 
 
@@ -182,6 +185,7 @@ class Simulation:
         nodes: int = 2,
         max_steps: int = 200_000,
         sandbox: bool = False,
+        check_invariants: bool = True,
     ) -> None:
         if provider not in ("memory", "sqlite"):
             raise ValueError(f"provider must be 'memory' or 'sqlite', got {provider!r}")
@@ -191,6 +195,7 @@ class Simulation:
         self.n_nodes = max(1, int(nodes))
         self.max_steps = max_steps
         self.sandbox = sandbox
+        self.check_invariants = check_invariants
         if faults == "swarm":
             self.plan = FaultPlan.swarm(random.Random(f"plan:{self.seed}"))
         elif faults is None:
@@ -245,10 +250,15 @@ class _Run:
         self.client = Client(self.provider, clock=self.clock, sleep=lambda ms: None)
         starts = self.spec.starts(self.inputs_rng) if callable(self.spec.starts) else self.spec.starts
         signals = self.spec.signals(self.inputs_rng) if callable(self.spec.signals) else self.spec.signals
+        signals = [
+            attrs.evolve(sig, at_ms=self.inputs_rng.randrange(max(plan.until_ms, 1))) if sig.at_ms is None else sig
+            for sig in signals
+        ]
         # Client operations in due order; ties keep declaration order (stable sort).
         self.pending: list[Any] = sorted(list(starts) + list(signals), key=lambda x: x.at_ms)
         self.instances = list(dict.fromkeys(s.instance for s in starts))
         self.crash_reports: list[str] = []
+        self.check_invariants = getattr(self.inner, "_check", None) if sim.check_invariants else None
 
     # --- faults -----------------------------------------------------------------------------
 
@@ -400,6 +410,8 @@ class _Run:
                 # A provider failure escaping a step is what a real dispatcher loop would log and
                 # back off from; the step is simply lost.
                 self._log("provider_error", action=act[0], error=str(exc))
+            if self.check_invariants is not None:
+                self.check_invariants()  # the provider's own _check(): fails loudly on corruption
         self._log("end", quiescent=quiescent, steps=self.step)
         return self._result(quiescent)
 
