@@ -1220,9 +1220,12 @@ def poison_turn(
 
     start = next((m for m in inp.messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
     execution_id = inp.execution_id
+    history = list(inp.history)
+    if isinstance(start, ContinueAsNew) and any(isinstance(e, OrchestrationContinuedAsNew) for e in history):
+        # A poisoned continue-as-new fails the *new* execution; the old one stays ContinuedAsNew.
+        execution_id, history = inp.execution_id + 1, []
     env = {"instance_id": inp.instance, "execution_id": execution_id, "timestamp_ms": inp.now_ms}
     delta: list[HistoryEvent] = []
-    history = list(inp.history)
     started: OrchestrationStarted | None = history[0] if history and isinstance(history[0], OrchestrationStarted) else None
     if history_error is not None:
         details: ErrorDetails = PoisonError(
