@@ -78,6 +78,7 @@ __all__ = [
     "ClearKeyValues",
     "TERMINAL_EVENTS",
     "SCHEDULE_EVENTS",
+    "COMPLETION_EVENTS",
     "to_dict",
     "from_dict",
     "dumps",
@@ -403,6 +404,8 @@ class KeyValuesCleared(HistoryEvent):
 
 
 TERMINAL_EVENTS = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
+#: Events that resolve a schedule (they carry its id as ``source_event_id``).
+COMPLETION_EVENTS = (ActivityCompleted, ActivityFailed, TimerFired, SubOrchestrationCompleted, SubOrchestrationFailed)
 SCHEDULE_EVENTS = (
     ActivityScheduled,
     TimerCreated,

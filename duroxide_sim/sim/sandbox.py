@@ -82,9 +82,9 @@ class Sandbox:
     """Context manager: while active, record forbidden calls made by orchestration code."""
 
     def __init__(self) -> None:
-        from ..core import replay
+        from ..core import engine
 
-        self._poll_code = replay._Engine.poll.__code__
+        self._poll_code = engine._Engine.poll.__code__
         self._c = _forbidden_c()
         self._py = _forbidden_py()
         self._global_random = __import__("random")._inst  # type: ignore[attr-defined]

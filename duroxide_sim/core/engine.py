@@ -1,0 +1,544 @@
+"""The orchestration interpreter: drives generator/coroutine code, matches its actions against
+history, delivers completions (SPEC §3.4, §3.5, §4, §6).
+
+``_Engine`` owns the state of one turn's replay: the FIFO of emitted actions, the slots of leaf
+tasks bound to schedule ids, positional and queue subscriptions, the KV view and custom status,
+dropped futures. The walk over events lives in :mod:`.replay`; the mapping of the outcome to
+events and work in :mod:`.finalize`. Pure: no clock, no I/O."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections import deque
+from typing import Any
+
+
+from . import codec
+from .context import (
+    ActivityTask,
+    AllTask,
+    ContinueAsNewTask,
+    DequeueTask,
+    DetachedStartTask,
+    DurableTask,
+    Either2,
+    Either3,
+    OrchestrationContext,
+    RaceTask,
+    RetryTask,
+    SubOrchestrationTask,
+    TimerTask,
+    WaitEventTask,
+)
+from .events import (
+    COMPLETION_EVENTS,
+    SCHEDULE_EVENTS,
+    Action,
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityScheduled,
+    ApplicationError,
+    CallActivity,
+    ClearKeyValue,
+    ClearKeyValues,
+    ContinueAsNewAction,
+    CreateTimer,
+    CustomStatusUpdated,
+    DequeueEvent,
+    ErrorDetails,
+    ExternalEvent,
+    ExternalSubscribed,
+    ExternalSubscribedCancelled,
+    HistoryEvent,
+    KeyValueCleared,
+    KeyValuesCleared,
+    KeyValueSet,
+    OrchestrationChained,
+    OrchestrationStarted,
+    QueueEventDelivered,
+    QueueSubscribed,
+    QueueSubscriptionCancelled,
+    SetKeyValue,
+    StartOrchestrationDetached,
+    StartSubOrchestration,
+    SubOrchestrationCompleted,
+    SubOrchestrationFailed,
+    SubOrchestrationScheduled,
+    TimerCreated,
+    TimerFired,
+    UpdateCustomStatus,
+    WaitExternal,
+)
+from .nondeterminism import _Divergence, describe_action, describe_event, nondeterminism_message
+from .registry import Handler
+from .turn import TurnInput
+
+__all__: list[str] = []  # internal to the core
+
+
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: SPEC §10.3 limits, checked after each turn.
+
+
+class _Slot:
+    """Engine-side state of one leaf task."""
+
+    __slots__ = (
+        "task", "kind", "action", "site", "event_id", "done", "ok", "value", "dropped",
+        "cancelled", "child", "name",
+    )
+
+    def __init__(self, task: DurableTask, kind: str, action: Action | None, site: tuple[str, int] | None) -> None:
+        self.task = task
+        self.kind = kind  # activity | timer | wait | queue | sub | detached | can
+        self.action = action
+        self.site = site
+        self.event_id: int | None = None
+        self.done = False
+        self.ok = True
+        self.value: Any = None
+        self.dropped = False
+        self.cancelled = False  # subscription cancelled (dropped or breadcrumb)
+        self.child: str | None = None
+        self.name = getattr(action, "name", None)
+
+
+_ACTION_KIND = {
+    ActivityTask: "activity",
+    TimerTask: "timer",
+    WaitEventTask: "wait",
+    DequeueTask: "queue",
+    SubOrchestrationTask: "sub",
+    DetachedStartTask: "detached",
+    ContinueAsNewTask: "can",
+}
+
+
+def _site_of(root: Any) -> tuple[str, int] | None:
+    """Deepest user (non-library) frame in the suspended generator/coroutine chain."""
+    found = None
+    obj = root
+    depth = 0
+    while obj is not None and depth < 64:
+        frame = getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None)
+        if frame is not None and not frame.f_code.co_filename.startswith(_PKG_DIR):
+            found = (frame.f_code.co_filename, frame.f_lineno)
+        obj = getattr(obj, "gi_yieldfrom", None) or getattr(obj, "cr_await", None)
+        depth += 1
+    return found
+
+
+def _format_exception(exc: BaseException) -> str:
+    """``Type: message`` plus the traceback of user frames (engine frames left out)."""
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PKG_DIR)
+    ]
+    head = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if not frames:
+        return head
+    return head + "\nTraceback (most recent call last):\n" + "".join(traceback.format_list(frames)).rstrip()
+
+
+class _Engine:
+    def __init__(self, inp: TurnInput, handler: Handler, started: OrchestrationStarted, execution_id: int) -> None:
+        self.inp = inp
+        self.handler = handler
+        self.instance = inp.instance
+        self.execution_id = execution_id
+        self.now_ms = inp.now_ms
+        self.fifo: deque[_Slot | tuple[Action, tuple[str, int] | None]] = deque()
+        self.by_id: dict[int, _Slot] = {}
+        self.by_token: dict[int, _Slot] = {}
+        self.pos_subs: dict[str, list[_Slot]] = {}
+        self.pos_arrivals: dict[str, list[str]] = {}
+        self.q_subs: dict[str, list[_Slot]] = {}
+        self.q_buffer: dict[str, list[tuple[int, str]]] = {}  # (event_id, data)
+        self.q_consumed: dict[str, int] = {}
+        self.dropped: list[_Slot] = []
+        self.can: ContinueAsNewTask | None = None
+        self.kv: dict[str, tuple[str, int]] = dict(inp.kv_snapshot)
+        self.custom_status: str | None = started.initial_custom_status
+        self.is_replaying = False
+        self.logs: list[tuple[int, str]] = []
+        self.output: tuple[bool, Any] | None = None  # (ok, encoded output | ErrorDetails)
+        self.events: list[HistoryEvent] = []
+        self.cursor = 0
+        self.stack: list[Any] = []
+        self.waiting: DurableTask | None = None
+        self.started_code = False
+        self.requested_versions: dict[int, str | None] = {}
+        self.ctx = OrchestrationContext(
+            self,
+            instance_id=inp.instance,
+            execution_id=execution_id,
+            orchestration_name=started.name,
+            orchestration_version=started.version,
+        )
+        self.input_text = started.input
+
+    # --- hooks used by OrchestrationContext -------------------------------------------------
+
+    def ctx_now(self) -> int:
+        """During replay, the time the replayed turn ran (timestamp of the next recorded
+        event), so KV timestamps replay identically; else this turn's ``now_ms``."""
+        if self.is_replaying and self.cursor < len(self.events):
+            return self.events[self.cursor].timestamp_ms
+        return self.now_ms
+
+    def emit_plain(self, action: Action, site: tuple[str, int] | None) -> None:
+        self.fifo.append((action, site))
+
+    def log(self, level: int, message: str) -> None:
+        if not self.is_replaying:
+            self.logs.append((level, message))
+
+    # --- driving the code -------------------------------------------------------------------
+
+    def _begin(self) -> Any:
+        h = self.handler
+        arg = codec.decode_typed(self.input_text, h.input_type, f"input of orchestration {h.name!r}") if h.typed else codec.decode(self.input_text)
+        args = (self.ctx, arg) if h.takes_input else (self.ctx,)
+        return h.fn(*args)
+
+    def poll(self) -> None:
+        if self.output is not None:
+            return
+        send: Any = None
+        throw: BaseException | None = None
+        if not self.started_code:
+            self.started_code = True
+            try:
+                result = self._begin()
+            except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+                self._finish_error(exc)
+                return
+            if self.handler.style == "plain" or not hasattr(result, "send"):
+                self._finish_value(result)
+                return
+            self.stack.append(result)
+        else:
+            if self.waiting is None or not self._ready(self.waiting):
+                return
+            ok, value = self._outcome(self.waiting)
+            self.waiting = None
+            if ok:
+                send = value
+            else:
+                throw = value
+        while True:
+            gen = self.stack[-1]
+            try:
+                yielded = gen.throw(throw) if throw is not None else gen.send(send)
+            except StopIteration as stop:
+                self.stack.pop()
+                send, throw = stop.value, None
+                if not self.stack:
+                    self._finish_value(send)
+                    return
+                continue
+            except BaseException as exc:  # noqa: BLE001
+                self.stack.pop()
+                if not self.stack:
+                    self._finish_error(exc)
+                    return
+                send, throw = None, exc
+                continue
+            send, throw = None, None
+            if not isinstance(yielded, DurableTask):
+                throw = TypeError(
+                    "orchestrations may only yield/await tasks from the context "
+                    f"(ctx.schedule_activity, ctx.schedule_timer, ...), got {type(yielded).__name__}; "
+                    "asyncio and other awaitables are not durable"
+                )
+                continue
+            if isinstance(yielded, RetryTask):
+                self.stack.append(yielded.body(self.ctx))
+                continue
+            try:
+                self._start(yielded)
+            except TypeError as exc:
+                throw = exc
+                continue
+            if self._ready(yielded):
+                ok, value = self._outcome(yielded)
+                if ok:
+                    send = value
+                else:
+                    throw = value
+                continue
+            self.waiting = yielded
+            return
+
+    def _finish_value(self, value: Any) -> None:
+        if isinstance(value, ContinueAsNewTask):  # `return ctx.continue_as_new(x)` is accepted too
+            self._start(value)
+            self.output = None
+            return
+        try:
+            self.output = (True, codec.encode(value, f"output of orchestration {self.handler.name!r}"))
+        except Exception as exc:  # noqa: BLE001
+            self.output = (False, ApplicationError(kind="OrchestrationFailed", message=str(exc)))
+
+    def _finish_error(self, exc: BaseException) -> None:
+        self.output = (False, ApplicationError(kind="OrchestrationFailed", message=_format_exception(exc)))
+
+    def _start(self, task: DurableTask) -> None:
+        if task._st is not None:
+            return
+        if not task.leaf:
+            if isinstance(task, RetryTask):
+                raise TypeError("retry tasks cannot be joined or raced; yield them on their own")
+            task._st = True
+            for child in task.children:  # type: ignore[attr-defined]
+                self._start(child)
+            return
+        site = _site_of(self.stack[0]) if self.stack else None
+        kind = _ACTION_KIND[type(task)]
+        action = _action_for(task, kind, self.now_ms)
+        slot = _Slot(task, kind, action, site)
+        task._st = slot
+        if kind == "detached":
+            slot.done = True
+        if kind == "can":
+            self.can = task  # type: ignore[assignment]
+            return
+        self.fifo.append(slot)
+
+    def _ready(self, task: DurableTask) -> bool:
+        if task.leaf:
+            return task._st.done
+        if isinstance(task, AllTask):
+            return all(c._st.done for c in task.children)
+        return any(c._st.done for c in task.children)  # type: ignore[attr-defined]
+
+    def _outcome(self, task: DurableTask) -> tuple[bool, Any]:
+        if task.leaf:
+            slot = task._st
+            return slot.ok, slot.value
+        if isinstance(task, AllTask):
+            entries = [_entry(c._st) for c in task.children]
+            if task.mode == "all_typed":
+                return True, [e.get("ok") if "ok" in e else e for e in entries]
+            if task.mode == "tuple":
+                return True, tuple(entries)
+            return True, entries
+        assert isinstance(task, RaceTask)
+        winner = next(i for i, c in enumerate(task.children) if c._st.done)
+        for i, child in enumerate(task.children):
+            if i != winner:
+                self._drop(child._st)
+        slot = task.children[winner]._st
+        if task.mode == "raw":
+            return True, (winner, slot.ok, slot.value)
+        if task.mode == "either":
+            cls = Either3 if len(task.children) == 3 else Either2
+            return True, cls(winner, slot.value if slot.ok else None, None if slot.ok else str(slot.value))
+        return True, {"index": winner, "value": slot.value if slot.ok else str(slot.value)}
+
+    def _drop(self, slot: _Slot) -> None:
+        if slot.done or slot.dropped:
+            return
+        slot.dropped = True
+        if slot.kind in ("wait", "queue"):
+            slot.cancelled = True
+        self.dropped.append(slot)
+
+    # --- walking history ----------------------------------------------------------------------
+
+    def diverge(self, problem: str, ev: HistoryEvent | None, actual: str | None, site: tuple[str, int] | None) -> _Divergence:
+        return _Divergence(
+            nondeterminism_message(
+                problem,
+                instance=self.instance,
+                execution_id=self.execution_id,
+                event_id=None if ev is None else ev.event_id,
+                expected=None if ev is None else describe_event(ev),
+                actual=actual,
+                site=site,
+            )
+        )
+
+    def apply(self, ev: HistoryEvent) -> bool:
+        """Apply one history event; return True if the code must be polled before the next."""
+        if isinstance(ev, SCHEDULE_EVENTS):
+            if not self.fifo:
+                label = "OrchestrationChained" if isinstance(ev, OrchestrationChained) else "schedule"
+                raise self.diverge(
+                    f"history {label} but no emitted action", ev, "nothing (it is waiting or returned)",
+                    _site_of(self.stack[0]) if self.stack else None,
+                )
+            entry = self.fifo.popleft()
+            if not isinstance(entry, _Slot) or not _matches(entry.action, ev):
+                action, site = (entry.action, entry.site) if isinstance(entry, _Slot) else entry
+                raise self.diverge(
+                    f"schedule mismatch: action={type(action).KIND} vs event={type(ev).__name__}",
+                    ev, describe_action(action), site,
+                )
+            return self._bind(entry, ev)
+        if isinstance(ev, (CustomStatusUpdated, KeyValueSet, KeyValueCleared, KeyValuesCleared)):
+            if self.fifo:
+                entry = self.fifo[0]
+                action, site = (entry.action, entry.site) if isinstance(entry, _Slot) else entry
+                problem = _plain_mismatch(action, ev)
+                if problem:
+                    raise self.diverge(problem, ev, describe_action(action), site)
+                self.fifo.popleft()
+                if isinstance(ev, KeyValueSet) and self.kv.get(ev.key, (None,))[0] == ev.value:
+                    self.kv[ev.key] = (ev.value, ev.last_updated_at_ms)  # Recommend: recorded ts
+            return False
+        if isinstance(ev, COMPLETION_EVENTS):
+            slot = self.by_id.get(ev.source_event_id)  # type: ignore[arg-type]
+            if slot is None or slot.done:
+                raise self.diverge("completion without open schedule", ev, None, None)
+            want = {ActivityCompleted: "activity", ActivityFailed: "activity", TimerFired: "timer",
+                    SubOrchestrationCompleted: "sub", SubOrchestrationFailed: "sub"}[type(ev)]
+            if slot.kind != want:
+                raise self.diverge(f"completion kind mismatch: expected {slot.kind}", ev, None, slot.site)
+            if slot.dropped:
+                slot.done = True  # late completion of a dropped future: recorded, not delivered
+                return False
+            if isinstance(ev, (ActivityFailed, SubOrchestrationFailed)):
+                self._fail(slot, ev.details)
+            elif isinstance(ev, TimerFired):
+                self._resolve(slot, None)
+            else:
+                self._resolve_text(slot, ev.result)  # type: ignore[union-attr]
+            return True
+        if isinstance(ev, ExternalEvent):
+            subs = self.pos_subs.get(ev.name, [])
+            arrivals = self.pos_arrivals.setdefault(ev.name, [])
+            active = [s for s in subs if not s.cancelled]
+            if len(active) > len(arrivals):
+                arrivals.append(ev.data)
+                self._settle_positional(ev.name)
+                return True
+            return False
+        if isinstance(ev, QueueEventDelivered):
+            self.q_buffer.setdefault(ev.name, []).append((ev.event_id, ev.data))
+            self._settle_queue(ev.name)
+            return True
+        if isinstance(ev, (ExternalSubscribedCancelled, QueueSubscriptionCancelled)):
+            slot = self.by_id.get(ev.source_event_id)  # type: ignore[arg-type]
+            if slot is not None:
+                slot.cancelled = True
+            return False
+        return False  # Started, cancel requests, breadcrumbs for activities/children
+
+    def _bind(self, slot: _Slot, ev: HistoryEvent) -> bool:
+        slot.event_id = ev.event_id
+        self.by_id[ev.event_id] = slot
+        if isinstance(ev, SubOrchestrationScheduled):
+            slot.child = ev.instance
+        elif isinstance(ev, ExternalSubscribed):
+            self.pos_subs.setdefault(ev.name, []).append(slot)
+            self._settle_positional(ev.name)
+        elif isinstance(ev, QueueSubscribed):
+            self.q_subs.setdefault(ev.name, []).append(slot)
+            self._settle_queue(ev.name)
+            return True
+        return False
+
+    def _settle_positional(self, name: str) -> None:
+        arrivals = self.pos_arrivals.get(name, [])
+        active = [s for s in self.pos_subs.get(name, []) if not s.cancelled]
+        for idx, slot in enumerate(active):
+            if idx < len(arrivals) and not slot.done:
+                self._resolve_text(slot, arrivals[idx])
+
+    def _settle_queue(self, name: str) -> None:
+        buffer = self.q_buffer.get(name, [])
+        active = [s for s in self.q_subs.get(name, []) if not s.cancelled]
+        for idx, slot in enumerate(active):
+            if idx < len(buffer) and not slot.done:
+                self._resolve_text(slot, buffer[idx][1])
+
+    def _resolve(self, slot: _Slot, value: Any) -> None:
+        slot.done, slot.ok, slot.value = True, True, value
+
+    def _resolve_text(self, slot: _Slot, text: str) -> None:
+        task = slot.task
+        try:
+            post = getattr(task, "post", None)
+            if post == "int":
+                value: Any = int(text)
+            elif post == "str":
+                value = text
+            elif post == "kv":
+                value = codec.decode(text)
+            else:
+                value = codec.decode_typed(text, getattr(task, "result_type", None), f"result of {task.describe()}")
+        except Exception as exc:  # noqa: BLE001 - a result the code cannot accept fails at its yield
+            slot.done, slot.ok, slot.value = True, False, exc
+            return
+        self._resolve(slot, value)
+
+    def _fail(self, slot: _Slot, details: ErrorDetails) -> None:
+        from ..errors import TaskFailedError
+
+        slot.done, slot.ok = True, False
+        slot.value = TaskFailedError(details.display_message(), details=details)
+
+
+def _entry(slot: _Slot) -> dict[str, Any]:
+    return {"ok": slot.value} if slot.ok else {"err": str(slot.value)}
+
+
+def _action_for(task: DurableTask, kind: str, now_ms: int) -> Action:
+    if kind == "activity":
+        return CallActivity(name=task.name, input=task.input, session_id=task.session_id, tag=task.tag)  # type: ignore[attr-defined]
+    if kind == "timer":
+        return CreateTimer(fire_at_ms=now_ms + task.delay_ms)  # type: ignore[attr-defined]
+    if kind == "wait":
+        return WaitExternal(name=task.name)  # type: ignore[attr-defined]
+    if kind == "queue":
+        return DequeueEvent(name=task.name)  # type: ignore[attr-defined]
+    if kind == "sub":
+        return StartSubOrchestration(name=task.name, instance=task.instance or "", input=task.input, version=task.version)  # type: ignore[attr-defined]
+    if kind == "detached":
+        return StartOrchestrationDetached(name=task.name, instance=task.instance, input=task.input, version=task.version)  # type: ignore[attr-defined]
+    return ContinueAsNewAction(input=task.input, version=task.version)  # type: ignore[attr-defined]
+
+
+def _matches(action: Action | None, ev: HistoryEvent) -> bool:
+    """SPEC §3.5 matching rules."""
+    if isinstance(ev, ActivityScheduled):
+        return (
+            isinstance(action, CallActivity)
+            and action.name == ev.name
+            and action.input == ev.input
+            and action.session_id == ev.session_id
+            and action.tag == ev.tag
+        )
+    if isinstance(ev, TimerCreated):
+        return isinstance(action, CreateTimer)
+    if isinstance(ev, ExternalSubscribed):
+        return isinstance(action, WaitExternal) and action.name == ev.name
+    if isinstance(ev, QueueSubscribed):
+        return isinstance(action, DequeueEvent) and action.name == ev.name
+    if isinstance(ev, SubOrchestrationScheduled):
+        return isinstance(action, StartSubOrchestration) and action.name == ev.name and action.input == ev.input
+    if isinstance(ev, OrchestrationChained):
+        return (
+            isinstance(action, StartOrchestrationDetached)
+            and action.name == ev.name
+            and action.instance == ev.instance
+            and action.input == ev.input
+        )
+    return False
+
+
+def _plain_mismatch(action: Action, ev: HistoryEvent) -> str | None:
+    if isinstance(ev, CustomStatusUpdated):
+        return None if isinstance(action, UpdateCustomStatus) else "custom status mismatch"
+    if isinstance(ev, KeyValueSet):
+        ok = isinstance(action, SetKeyValue) and action.key == ev.key and action.value == ev.value
+        return None if ok else "kv set mismatch"
+    if isinstance(ev, KeyValueCleared):
+        return None if isinstance(action, ClearKeyValue) and action.key == ev.key else "kv clear mismatch"
+    return None if isinstance(action, ClearKeyValues) else "kv clear_all mismatch"
+
+
+# ---------------------------------------------------------------------------------------------

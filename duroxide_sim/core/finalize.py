@@ -1,0 +1,351 @@
+"""Finalization: turn the replay's outcome into history events, work items and cancellations
+(SPEC §3.8–§3.10, §10.2, §10.3): dropped-future reconciliation, breadcrumbs, parent notification,
+limits, corrupt-history and poison turns. Pure: no clock, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+from .context import (
+    ContinueAsNewTask,
+)
+from .events import (
+    ActivityCancelRequested,
+    ActivityCompleted,
+    ActivityExecute,
+    ActivityFailed,
+    ActivityScheduled,
+    ApplicationError,
+    CancelInstance,
+    ConfigurationErrorDetails,
+    ContinueAsNew,
+    CustomStatusUpdated,
+    ErrorDetails,
+    ExternalSubscribedCancelled,
+    HistoryEvent,
+    KeyValueSet,
+    OrchestrationChained,
+    OrchestrationCompleted,
+    OrchestrationContinuedAsNew,
+    OrchestrationFailed,
+    OrchestrationStarted,
+    PoisonError,
+    QueueEventDelivered,
+    QueueSubscriptionCancelled,
+    StartOrchestration,
+    SubOrchCompletedMsg,
+    SubOrchestrationCancelRequested,
+    SubOrchestrationCompleted,
+    SubOrchestrationFailed,
+    SubOrchestrationScheduled,
+    SubOrchFailedMsg,
+    TimerCreated,
+    TimerFiredMsg,
+    WorkItem,
+)
+from .engine import _Engine
+from .nondeterminism import _Divergence, nondeterminism_message
+from .turn import LIMITS, TurnInput, TurnResult, child_instance_id
+
+__all__ = ["poison_turn"]
+
+
+
+def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], add: Any) -> None:
+    """SPEC §3.10: check persisted dropped-future breadcrumbs, then add missing ones."""
+    crumb_types = {
+        "activity": ActivityCancelRequested,
+        "sub": SubOrchestrationCancelRequested,
+        "wait": ExternalSubscribedCancelled,
+        "queue": QueueSubscriptionCancelled,
+    }
+    labels = {"activity": "activities", "sub": "sub-orchestrations", "wait": "external waits", "queue": "persistent waits"}
+    persisted_ids = {e.event_id for e in history}
+    if history:
+        for kind, cls in crumb_types.items():
+            b = {e.source_event_id for e in history if isinstance(e, cls) and getattr(e, "reason", "") == "dropped_future"}
+            c = {s.event_id for s in engine.dropped if s.kind == kind and s.event_id in persisted_ids}
+            if b and not b <= c:
+                raise _Divergence(
+                    nondeterminism_message(
+                        f"cancellation mismatch ({labels[kind]}): history dropped {sorted(b)}, code dropped {sorted(c)}",
+                        instance=engine.instance,
+                        execution_id=engine.execution_id,
+                    )
+                )
+    existing = {(type(e), e.source_event_id) for e in history + delta if isinstance(e, tuple(crumb_types.values()))}
+    for slot in engine.dropped:
+        cls = crumb_types.get(slot.kind)
+        if cls is None or slot.event_id is None or (cls, slot.event_id) in existing:
+            continue
+        if slot.done and slot.kind in ("activity", "sub"):
+            continue  # completed before the drop took effect: nothing to cancel
+        add(cls, source_event_id=slot.event_id, reason="dropped_future")
+        existing.add((cls, slot.event_id))
+
+
+def _open_schedules(events: list[HistoryEvent], cls: type, done_types: tuple[type, ...]) -> list[HistoryEvent]:
+    closed = {e.source_event_id for e in events if isinstance(e, done_types)}
+    return [e for e in events if isinstance(e, cls) and e.event_id not in closed]
+
+
+def _finish(
+    engine: _Engine,
+    history: list[HistoryEvent],
+    delta: list[HistoryEvent],
+    add: Any,
+    outcome: tuple[str, Any],
+    base: dict[str, Any],
+    *,
+    ran_code: bool,
+) -> TurnResult:
+    kind, value = outcome
+    inst, exe = engine.instance, engine.execution_id
+    started = (history or delta)[0]
+    assert isinstance(started, OrchestrationStarted)
+    worker: list[ActivityExecute] = []
+    orch: list[WorkItem] = []
+    cancelled: list[tuple[str, int, int]] = []
+    status: str | None = None
+    output: str | None = None
+    error: ErrorDetails | None = None
+
+    def sub_breadcrumbs() -> None:
+        if not ran_code:
+            return
+        for slot in list(engine.by_id.values()):
+            if slot.kind == "wait" and not slot.done and not slot.cancelled:
+                add(ExternalSubscribedCancelled, source_event_id=slot.event_id, reason="orchestration_terminal")
+            elif slot.kind == "queue" and not slot.done and not slot.cancelled:
+                add(QueueSubscriptionCancelled, source_event_id=slot.event_id, reason="orchestration_terminal")
+
+    def activity_breadcrumbs(reason: str) -> None:
+        events = history + delta
+        for ev in _open_schedules(events, ActivityScheduled, (ActivityCompleted, ActivityFailed, ActivityCancelRequested)):
+            add(ActivityCancelRequested, source_event_id=ev.event_id, reason=reason)
+            cancelled.append((inst, exe, ev.event_id))
+
+    def dropped_side_effects() -> None:
+        for ev in delta:
+            if isinstance(ev, ActivityCancelRequested) and ev.reason == "dropped_future":
+                cancelled.append((inst, exe, ev.source_event_id))  # type: ignore[arg-type]
+            elif isinstance(ev, SubOrchestrationCancelRequested) and ev.reason == "dropped_future":
+                sched = next(e for e in history + delta if e.event_id == ev.source_event_id)
+                orch.append(CancelInstance(instance=child_instance_id(inst, sched.instance), reason="parent dropped sub-orchestration future"))  # type: ignore[attr-defined]
+
+    def notify_parent(details: ErrorDetails | None, result: str | None) -> None:
+        if started.parent_instance is None or started.parent_id is None:
+            return
+        pexec = started.parent_execution_id or 0  # 0 = "ask the provider" (dispatcher fills it)
+        if details is None:
+            orch.append(SubOrchCompletedMsg(parent_instance=started.parent_instance, parent_execution_id=pexec, parent_id=started.parent_id, result=result or "null"))
+        else:
+            orch.append(SubOrchFailedMsg(parent_instance=started.parent_instance, parent_execution_id=pexec, parent_id=started.parent_id, details=details))
+
+    if kind == "continue":
+        for ev in delta:
+            orch_or_work = _dispatch(ev, inst, exe, started, engine.requested_versions)
+            if isinstance(orch_or_work, ActivityExecute):
+                worker.append(orch_or_work)
+            elif orch_or_work is not None:
+                orch.append(orch_or_work)
+        dropped_side_effects()
+    elif kind in ("completed", "failed"):
+        detached = [ev for ev in delta if isinstance(ev, OrchestrationChained)]
+        dropped_side_effects()
+        orch.extend(_dispatch(ev, inst, exe, started, engine.requested_versions) for ev in detached)  # type: ignore[misc]
+        sub_breadcrumbs()
+        if kind == "completed":
+            status, output = "Completed", value
+            add(OrchestrationCompleted, output=value)
+            notify_parent(None, value)
+            activity_breadcrumbs("orchestration_terminal_completed")
+        else:
+            status, error = "Failed", value
+            output = value.display_message()
+            add(OrchestrationFailed, details=value)
+            notify_parent(value, None)
+            activity_breadcrumbs("orchestration_terminal_failed")
+    elif kind == "can":
+        task: ContinueAsNewTask = value
+        carry = _carry_forward(engine, history + delta)
+        dropped_side_effects()
+        sub_breadcrumbs()
+        status, output = "ContinuedAsNew", task.input
+        add(OrchestrationContinuedAsNew, input=task.input)
+        activity_breadcrumbs("orchestration_terminal_continued_as_new")
+        orch.append(
+            ContinueAsNew(
+                instance=inst,
+                orchestration=started.name,
+                input=task.input,
+                version=task.version,
+                carry_forward_events=tuple(carry),
+                initial_custom_status=engine.custom_status,
+                parent_instance=started.parent_instance,
+                parent_id=started.parent_id,
+                parent_execution_id=started.parent_execution_id,
+                execution_id=exe,
+            )
+        )
+    else:  # cancelled
+        reason = value
+        sub_breadcrumbs()
+        error = ApplicationError(kind="Cancelled", reason=reason, message="")
+        status, output = "Failed", error.display_message()
+        add(OrchestrationFailed, details=error)
+        events = history + delta
+        for ev in _open_schedules(events, SubOrchestrationScheduled, (SubOrchestrationCompleted, SubOrchestrationFailed)):
+            orch.append(CancelInstance(instance=child_instance_id(inst, ev.instance), reason="parent canceled"))  # type: ignore[attr-defined]
+        notify_parent(error, None)
+        activity_breadcrumbs("orchestration_terminal_failed")
+        kind = "cancelled"
+
+    violation = _check_limits(engine if ran_code else None, delta)
+    if violation is not None:
+        cut = next((i for i, e in enumerate(delta) if isinstance(e, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew))), len(delta))
+        # Deliberate deviation (README): the violation *replaces* the turn's terminal event, so
+        # the history keeps exactly one terminal event and consecutive ids.
+        del delta[cut:]
+        add.last_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
+        error = ApplicationError(kind="OrchestrationFailed", message=violation)
+        status, output, kind = "Failed", violation, "failed"
+        add(OrchestrationFailed, details=error)
+        worker, orch, cancelled = [], [], []
+        notify_parent(error, None)
+        activity_breadcrumbs("orchestration_terminal_failed")
+
+    if kind == "continue":
+        result_kind = "continue"
+    elif kind == "can":
+        result_kind = "continued_as_new"
+    else:
+        result_kind = kind
+    return TurnResult(
+        kind=result_kind,
+        delta=tuple(delta),
+        worker_items=tuple(worker),
+        orchestrator_items=tuple(orch),
+        cancelled=tuple(dict.fromkeys(cancelled)),
+        status=status,
+        output=output,
+        error=error,
+        logs=tuple(engine.logs),
+        **base,
+    )
+
+
+def _dispatch(ev: HistoryEvent, inst: str, exe: int, started: OrchestrationStarted, versions: dict[int, str | None]) -> WorkItem | None:
+    """Work item for a schedule event created this turn. Requested child versions are not part
+    of history events (SPEC §2.2), so the engine keeps them beside the delta."""
+    if isinstance(ev, ActivityScheduled):
+        return ActivityExecute(
+            instance=inst, execution_id=exe, id=ev.event_id, name=ev.name, input=ev.input,
+            session_id=ev.session_id, tag=ev.tag, orchestration_name=started.name, orchestration_version=started.version,
+        )
+    if isinstance(ev, TimerCreated):
+        return TimerFiredMsg(instance=inst, execution_id=exe, id=ev.event_id, fire_at_ms=ev.fire_at_ms)
+    if isinstance(ev, SubOrchestrationScheduled):
+        return StartOrchestration(
+            instance=child_instance_id(inst, ev.instance), orchestration=ev.name, input=ev.input,
+            version=versions.get(ev.event_id), parent_instance=inst, parent_id=ev.event_id, parent_execution_id=exe,
+        )
+    if isinstance(ev, OrchestrationChained):
+        return StartOrchestration(instance=ev.instance, orchestration=ev.name, input=ev.input, version=versions.get(ev.event_id))
+    return None
+
+
+def _carry_forward(engine: _Engine, events: list[HistoryEvent]) -> list[tuple[str, str]]:
+    """Queue arrivals not consumed by active subscriptions, in history order, at most 20."""
+    skip: set[int] = set()
+    for name, buffer in engine.q_buffer.items():
+        active = [s for s in engine.q_subs.get(name, []) if not s.cancelled]
+        for event_id, _ in buffer[: len(active)]:
+            skip.add(event_id)
+    carried = [(e.name, e.data) for e in events if isinstance(e, QueueEventDelivered) and e.event_id not in skip]
+    if len(carried) > LIMITS["carry_forward"]:
+        engine.logs.append((30, f"continue-as-new: {len(carried) - LIMITS['carry_forward']} queued message(s) over the carry-forward limit of {LIMITS['carry_forward']} were dropped"))
+    return carried[: LIMITS["carry_forward"]]
+
+
+def _check_limits(engine: _Engine | None, delta: list[HistoryEvent]) -> str | None:
+    statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
+    if statuses and statuses[-1].status is not None:
+        n = len(statuses[-1].status.encode("utf-8"))
+        if n > LIMITS["custom_status_bytes"]:
+            return f"Custom status size ({n} bytes) exceeds limit ({LIMITS['custom_status_bytes']} bytes)"
+    for ev in delta:
+        if isinstance(ev, ActivityScheduled) and ev.tag is not None:
+            n = len(ev.tag.encode("utf-8"))
+            if n > LIMITS["tag_bytes"]:
+                return f"Activity '{ev.name}' tag size ({n} bytes) exceeds limit ({LIMITS['tag_bytes']} bytes)"
+        if isinstance(ev, KeyValueSet):
+            n = len(ev.value.encode("utf-8"))
+            if n > LIMITS["kv_value_bytes"]:
+                return f"KV value for key '{ev.key}' ({n} bytes) exceeds limit ({LIMITS['kv_value_bytes']} bytes)"
+    if engine is not None and len(engine.kv) > LIMITS["kv_keys"]:
+        return f"KV key count ({len(engine.kv)}) exceeds limit ({LIMITS['kv_keys']})"
+    return None
+
+
+def _corrupt(inp: TurnInput, execution_id: int, history: list[HistoryEvent], message: str) -> TurnResult:
+    details = ConfigurationErrorDetails(message=message)
+    last = history[-1].event_id if history else 0
+    ev = OrchestrationFailed(event_id=last + 1, instance_id=inp.instance, execution_id=execution_id, timestamp_ms=inp.now_ms, details=details)
+    return TurnResult(kind="failed", execution_id=execution_id, delta=(ev,), status="Failed", output=details.display_message(), error=details)
+
+
+def poison_turn(
+    inp: TurnInput, *, attempt_count: int, max_attempts: int, history_error: str | None = None
+) -> TurnResult:
+    """SPEC §10.2: fail an instance whose batch was delivered too often (or whose history cannot
+    be read). Writes ``OrchestrationStarted`` first when history is empty, so a never-started
+    instance shows as Failed, and notifies a parent."""
+    from .events import to_dict
+
+    start = next((m for m in inp.messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
+    execution_id = inp.execution_id
+    history = list(inp.history)
+    if isinstance(start, ContinueAsNew) and any(isinstance(e, OrchestrationContinuedAsNew) for e in history):
+        # A poisoned continue-as-new fails the *new* execution; the old one stays ContinuedAsNew.
+        execution_id, history = inp.execution_id + 1, []
+    env = {"instance_id": inp.instance, "execution_id": execution_id, "timestamp_ms": inp.now_ms}
+    delta: list[HistoryEvent] = []
+    started: OrchestrationStarted | None = history[0] if history and isinstance(history[0], OrchestrationStarted) else None
+    if history_error is not None:
+        details: ErrorDetails = PoisonError(
+            attempt_count=attempt_count, max_attempts=max_attempts, message_type="FailedDeserialization",
+            instance=inp.instance, execution_id=execution_id, error=history_error,
+        )
+        delta.append(OrchestrationFailed(event_id=99999, details=details, **env))
+    else:
+        batch = [to_dict(m) for m in inp.messages]
+        import json
+
+        details = PoisonError(
+            attempt_count=attempt_count, max_attempts=max_attempts, message_type="Orchestration",
+            instance=inp.instance, execution_id=execution_id, message=json.dumps(batch, sort_keys=True),
+        )
+        next_id = history[-1].event_id + 1 if history else 1
+        if not history:
+            started = OrchestrationStarted(
+                event_id=1, name=start.orchestration if start else inp.orchestration_name,
+                version=(start.version if start else inp.version) or "", input=start.input if start else "",
+                parent_instance=getattr(start, "parent_instance", None), parent_id=getattr(start, "parent_id", None),
+                parent_execution_id=getattr(start, "parent_execution_id", None), **env,
+            )
+            delta.append(started)
+            next_id = 2
+        delta.append(OrchestrationFailed(event_id=next_id, details=details, **env))
+    orch: list[WorkItem] = []
+    if started is not None and started.parent_instance is not None and started.parent_id is not None:
+        orch.append(SubOrchFailedMsg(parent_instance=started.parent_instance, parent_execution_id=started.parent_execution_id or 0, parent_id=started.parent_id, details=details))
+    return TurnResult(
+        kind="failed", execution_id=execution_id, delta=tuple(delta), orchestrator_items=tuple(orch),
+        status="Failed", output=details.display_message(), error=details,
+        orchestration_name=started.name if started else inp.orchestration_name,
+        orchestration_version=started.version if started else inp.version,
+        parent_instance=started.parent_instance if started else None,
+        pinned_version=started.duroxide_version if started else None,
+    )

@@ -1,0 +1,91 @@
+"""Turn records: what a turn takes (TurnInput) and what it returns (TurnResult), the SPEC §10.3
+limits, and the builder that stamps new events with consecutive ids. Pure data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .events import (
+    ENGINE_VERSION,
+    ActivityExecute,
+    ErrorDetails,
+    HistoryEvent,
+    WorkItem,
+)
+
+__all__ = ["TurnInput", "TurnResult", "LIMITS", "child_instance_id"]
+
+
+
+LIMITS = {
+    "custom_status_bytes": 262_144,
+    "tag_bytes": 256,
+    "kv_value_bytes": 16_384,
+    "kv_keys": 100,
+    "carry_forward": 20,
+    "quiescence_iterations": 100,
+}
+
+
+
+@attrs.frozen(kw_only=True)
+class TurnInput:
+    """Everything a turn needs, as data."""
+
+    instance: str
+    execution_id: int
+    orchestration_name: str
+    version: str | None
+    history: Sequence[HistoryEvent]
+    messages: Sequence[WorkItem]
+    now_ms: int
+    kv_snapshot: Mapping[str, tuple[str, int]] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class TurnResult:
+    """What to commit. ``kind``: continue | completed | failed | continued_as_new | cancelled |
+    noop (ack, change nothing) | unregistered (abandon with back-off, nothing executed)."""
+
+    kind: str
+    execution_id: int
+    delta: tuple[HistoryEvent, ...] = ()
+    worker_items: tuple[ActivityExecute, ...] = ()
+    orchestrator_items: tuple[WorkItem, ...] = ()
+    cancelled: tuple[tuple[str, int, int], ...] = ()
+    status: str | None = None
+    output: str | None = None
+    error: ErrorDetails | None = None
+    orchestration_name: str | None = None
+    orchestration_version: str | None = None
+    parent_instance: str | None = None
+    pinned_version: str | None = None
+    logs: tuple[tuple[int, str], ...] = ()
+    message: str = ""
+
+
+class _Builder:
+    """Appends new events to the turn delta with consecutive ids and the turn's envelope."""
+
+    def __init__(self, delta: list[HistoryEvent], last_id: int, instance: str, execution_id: int, now_ms: int) -> None:
+        self.delta = delta
+        self.last_id = last_id
+        self.env = {"instance_id": instance, "execution_id": execution_id, "timestamp_ms": now_ms, "duroxide_version": ENGINE_VERSION}
+
+    def peek_id(self) -> int:
+        return self.last_id + 1
+
+    def __call__(self, cls: type, **fields: Any) -> Any:
+        self.last_id += 1
+        ev = cls(event_id=self.last_id, **self.env, **fields)
+        self.delta.append(ev)
+        return ev
+
+
+def child_instance_id(parent: str, recorded: str) -> str:
+    """Full child id: ``{parent}::sub::{id}`` for auto ids (and ⚠ explicit ids starting with
+    ``sub::``), else the explicit id verbatim (SPEC §7)."""
+    return f"{parent}::{recorded}" if recorded.startswith("sub::") else recorded
