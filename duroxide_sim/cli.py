@@ -7,15 +7,13 @@ Commands:
   ``package.module:NAME``) and report every broken property with its step; ``--trace`` prints
   the canonical trace. Exit 1 when a property fails.
 
-* ``run PATH`` - load every scenario module in PATH (a directory of ``*.py`` files or one
-  file), run each scenario's cases end to end on the in-memory provider with the production
-  runtime, check each output, print a table. Exit codes: 0 all good, 1 a case failed,
-  2 usage or input error.
+* ``run PATH [--seeds N] [--faults all|swarm|none|JSON]`` - for every scenario module in PATH
+  (each defines ``SPEC``, a SimSpec), simulate N seeds with faults, check every property, show
+  progress, print a table; a failing scenario prints its first failure and its repro line.
+* ``explore PATH [--budget-s S]`` - keep simulating new seeds until the budget runs out or a
+  property fails.
 
-A scenario module defines ``NAME``, ``register(runtime)`` and ``CASES``: a list of
-``scenarios.Case``-like objects with ``instance``, ``orchestration``, ``input``, ``expect``
-(and optional ``events``: ``[(kind, name, data)]`` with kind ``raise`` or ``enqueue``, sent right
-after the start; queue messages are buffered, raised events need a persisted subscription).
+Exit codes everywhere: 0 all good, 1 a property failed, 2 usage or input error.
 """
 
 from __future__ import annotations
@@ -25,61 +23,139 @@ import importlib.util
 import json
 import pathlib
 import sys
-import time
 from typing import Any
 
 __all__ = ["main"]
 
 
 def _load_modules(path: pathlib.Path) -> list[Any]:
+    """Import every scenario module (``*.py`` defining ``SPEC``) under ``path``."""
     files = sorted(p for p in path.glob("*.py") if not p.name.startswith("_")) if path.is_dir() else [path]
+    root = path if path.is_dir() else path.parent
+    for entry in (str(pathlib.Path.cwd()), str(root.resolve().parent)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
     modules = []
-    root = str(path if path.is_dir() else path.parent)
-    parent = str(pathlib.Path(root).parent)
-    if parent not in sys.path:
-        sys.path.insert(0, parent)
     for file in files:
-        spec = importlib.util.spec_from_file_location(f"_duroxide_scenario_{file.stem}", file)
-        if spec is None or spec.loader is None:
-            raise ValueError(f"cannot import {file}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if hasattr(module, "register") and hasattr(module, "CASES"):
+        name = f"{root.name}.{file.stem}" if (root / "__init__.py").exists() else f"_duroxide_scenario_{file.stem}"
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            spec = importlib.util.spec_from_file_location(f"_duroxide_scenario_{file.stem}", file)
+            if spec is None or spec.loader is None:
+                raise ValueError(f"cannot import {file}") from None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        if hasattr(module, "SPEC"):
             modules.append(module)
     return modules
 
 
-def _run_module(module: Any, timeout_ms: int) -> dict[str, Any]:
-    from . import Client, InMemoryProvider, Runtime, RuntimeOptions
+def _plan(faults: str, rate: float) -> Any:
+    from .sim.faults import FaultPlan
 
-    provider = InMemoryProvider()
-    runtime = Runtime(provider, RuntimeOptions(dispatcher_poll_interval_ms=5))
-    module.register(runtime)
-    client = Client(provider)
-    started = time.perf_counter()
-    failures: list[str] = []
-    runtime.start()
-    try:
-        for case in module.CASES:
-            client.start_orchestration(case.instance, case.orchestration, case.input)
-            for kind, name, data in getattr(case, "events", ()):
-                if kind == "raise":
-                    client.raise_event(case.instance, name, data)
-                else:
-                    client.enqueue_event(case.instance, name, data)
-        for case in module.CASES:
-            status = client.wait_for_orchestration(case.instance, timeout_ms)
-            got = status.output if status.status == "Completed" else f"{status.status}: {status.error}"
-            if got != case.expect:
-                failures.append(f"{case.instance}: expected {case.expect!r}, got {got!r}")
-    finally:
-        runtime.shutdown(2000)
-    return {
-        "scenario": getattr(module, "NAME", module.__name__),
-        "cases": len(module.CASES),
-        "failures": failures,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    if faults == "all":
+        return FaultPlan.all(rate)
+    if faults == "none":
+        return None
+    if faults == "swarm":
+        return "swarm"
+    return FaultPlan.from_json(faults)
+
+
+def _targets(modules: list[Any], variants: str | None) -> list[tuple[str, Any]]:
+    out = []
+    for module in modules:
+        if variants is None:
+            out.append((module.SPEC.name, module.SPEC))
+            continue
+        for name, spec in getattr(module, "VARIANTS", {}).items():
+            if variants in ("all", name):
+                out.append((f"{module.SPEC.name}/{name}", spec))
+    return out
+
+
+def _properties(spec: Any) -> list[str]:
+    from .sim.checkers import CHECKERS
+
+    names = [c for c in CHECKERS if c not in ("invariants", "sandbox")]
+    if not spec.fault_transparent:
+        names = [c for c in names if c not in ("outcome", "idempotency")]
+    return names + [getattr(inv, "__name__", "invariant") for inv in spec.invariants]
+
+
+def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Namespace, *, stop_at_first: bool = False,
+                 budget_s: float | None = None) -> list[dict[str, Any]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .runtime.realtime import SystemClock
+    from .sim.checkers import run_and_check
+    from .sim.harness import Simulation
+
+    clock = SystemClock()
+    began = clock.now_ms()
+    rows = []
+    # A live bar on terminals; plain "scenario: k/n seeds" lines on stderr otherwise (CI logs).
+    live = sys.stderr.isatty() or args.progress
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not live, transient=False) as progress:
+        for label, spec in targets:
+            task = progress.add_task(label, total=len(seeds))
+            row: dict[str, Any] = {"scenario": label, "seeds": 0, "faults_injected": 0, "fault_kinds": set(),
+                                   "properties": _properties(spec), "failures": 0, "first_failure": None,
+                                   "budget_exhausted": 0, "seconds": 0.0}
+            t0 = clock.now_ms()
+            for seed in seeds:
+                sim = Simulation(spec, seed, _plan(args.faults, args.rate), provider=args.provider, nodes=args.nodes,
+                                 sandbox=args.sandbox)
+                result = run_and_check(sim)
+                row["seeds"] += 1
+                row["faults_injected"] += sum(result.faults_injected.values())
+                row["fault_kinds"].update(result.faults_injected)
+                row["budget_exhausted"] += len(result.budget_exhausted)
+                if result.failures:
+                    row["failures"] += 1
+                    if row["first_failure"] is None:
+                        row["first_failure"] = result.failures[0].render()
+                progress.advance(task)
+                if not live and (row["seeds"] % max(len(seeds) // 4, 1) == 0 or result.failures and row["failures"] == 1):
+                    print(f"{label}: {row['seeds']}/{len(seeds) if len(seeds) < 10**8 else '?'} seeds, "
+                          f"{row['failures']} failing", file=sys.stderr, flush=True)
+                if stop_at_first and result.failures:
+                    break
+                if budget_s is not None and (clock.now_ms() - began) / 1000 >= budget_s:
+                    break
+            row["seconds"] = round((clock.now_ms() - t0) / 1000, 2)
+            row["fault_kinds"] = sorted(row["fault_kinds"])
+            rows.append(row)
+            if stop_at_first and row["failures"]:
+                break
+    return rows
+
+
+def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    failed = any(r["failures"] for r in rows)
+    if args.json:
+        print(json.dumps({"ok": not failed, "scenarios": rows}, indent=2, sort_keys=True))
+        return 1 if failed else 0
+    console = Console(highlight=False, width=max(Console().width, 150))
+    table = Table(title="duroxide-sim: scenario properties under faults")
+    for col in ("scenario", "seeds", "faults injected", "fault kinds", "properties checked", "failures", "seconds"):
+        table.add_column(col, justify="right" if col in ("seeds", "faults injected", "failures", "seconds") else "left")
+    for r in rows:
+        table.add_row(r["scenario"], str(r["seeds"]), str(r["faults_injected"]), str(len(r["fault_kinds"])),
+                      ", ".join(r["properties"]), str(r["failures"]), f"{r['seconds']:.2f}")
+    console.print(table)
+    for r in rows:
+        if r["first_failure"]:
+            console.print(f"\n[bold red]FAILED[/] {r['scenario']}: {r['failures']} of {r['seeds']} seeds broke a property; first:")
+            console.print(r["first_failure"], markup=False)
+    if not failed:
+        console.print("all properties held")
+    return 1 if failed else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -89,23 +165,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     try:
         modules = _load_modules(path)
+        _plan(args.faults, args.rate)
     except Exception as exc:  # noqa: BLE001 - report import problems as input errors
         print(f"duroxide-sim: cannot load scenarios from {path}: {exc}", file=sys.stderr)
         return 2
-    if not modules:
-        print(f"duroxide-sim: no scenario modules (with register() and CASES) in {path}", file=sys.stderr)
+    targets = _targets(modules, args.variants)
+    if not targets:
+        print(f"duroxide-sim: no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}", file=sys.stderr)
         return 2
-    results = [_run_module(m, args.timeout_ms) for m in modules]
-    if args.json:
-        print(json.dumps(results, indent=2))
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if args.command == "explore":
+        rows = _run_targets(targets, range(args.first_seed, args.first_seed + 10**9), args, stop_at_first=True,
+                            budget_s=args.budget_s)
     else:
-        width = max(len(r["scenario"]) for r in results)
-        print(f"{'scenario':<{width}}  cases  failures  seconds")
-        for r in results:
-            print(f"{r['scenario']:<{width}}  {r['cases']:>5}  {len(r['failures']):>8}  {r['seconds']:>7.3f}")
-            for failure in r["failures"]:
-                print(f"  FAILED {failure}")
-    return 1 if any(r["failures"] for r in results) else 0
+        rows = _run_targets(targets, seeds, args)
+    return _report(rows, args)
 
 
 def load_spec(ref: str) -> Any:
@@ -184,11 +258,22 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="duroxide-sim", description="Durable workflows: run, test and simulate.")
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run scenario modules end to end and check their outputs")
-    run.add_argument("path", help="a directory of scenario modules, or one module file")
-    run.add_argument("--timeout-ms", type=int, default=30_000, help="per-instance wait (default 30000)")
-    run.add_argument("--json", action="store_true", help="print results as JSON")
-    run.set_defaults(func=_cmd_run)
+    for command, help_text in (("run", "run scenario specs over many seeds and check their properties"),
+                               ("explore", "keep running seeds until a time budget runs out or a property fails")):
+        run = sub.add_parser(command, help=help_text)
+        run.add_argument("path", help="a directory of scenario modules (each defining SPEC), or one module file")
+        run.add_argument("--seeds", type=int, default=100, help="seeds per scenario (run; default 100)")
+        run.add_argument("--first-seed", type=int, default=0)
+        run.add_argument("--budget-s", type=float, default=60.0, help="time budget in seconds (explore; default 60)")
+        run.add_argument("--faults", default="all", help="'all' (default), 'swarm', 'none' or a fault plan as JSON")
+        run.add_argument("--rate", type=float, default=0.05, help="per-opportunity fault rate for --faults all")
+        run.add_argument("--variants", default=None, help="run planted-bug variants: a name or 'all'")
+        run.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
+        run.add_argument("--nodes", type=int, default=2)
+        run.add_argument("--sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
+        run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+        run.add_argument("--json", action="store_true", help="print results as JSON")
+        run.set_defaults(func=_cmd_run)
     rep = sub.add_parser("reproduce", help="re-run one simulated seed and report its failures")
     rep.add_argument("ref", help="the SimSpec: path/to/file.py:NAME or package.module:NAME")
     rep.add_argument("--seed", type=int, required=True)

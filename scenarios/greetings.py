@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from scenarios import Case
+from duroxide_sim.sim.harness import SimSpec, Start
 
 
 class Names:
@@ -17,10 +17,7 @@ class Names:
         FANOUT = "greetings::orchestration::fanout"
 
 
-NAME = "greetings"
-
-
-def register(rt):
+def setup(rt, world):
     @rt.register_activity(Names.Activities.GREET)
     def greet(ctx, name):
         return f"Hello, {name}!"
@@ -47,8 +44,23 @@ def register(rt):
         return sum(results)
 
 
-CASES = [
-    Case("greet-1", Names.Orchestrations.HELLO, "World", "Hello, World!"),
-    Case("chain-1", Names.Orchestrations.CHAIN, 20, 20),
-    Case("fanout-1", Names.Orchestrations.FANOUT, 50, sum(range(1, 51))),
-]
+def expected_outputs(result):
+    want = {"greet-1": "Hello, World!", "chain-1": 10, "fanout-1": sum(range(1, 21))}
+    for instance, output in want.items():
+        status = result.statuses[instance]
+        if status.status == "Completed" and status.output != output:
+            return f"{instance} returned {status.output!r}, expected {output!r}"
+    return None
+
+
+SPEC = SimSpec(
+    name="greetings",
+    setup=setup,
+    starts=[
+        Start(instance="greet-1", orchestration=Names.Orchestrations.HELLO, input="World"),
+        Start(instance="chain-1", orchestration=Names.Orchestrations.CHAIN, input=10),
+        Start(instance="fanout-1", orchestration=Names.Orchestrations.FANOUT, input=20),
+    ],
+    invariants=[expected_outputs],
+    ref="scenarios/greetings.py:SPEC",
+)
