@@ -13,7 +13,18 @@ Commands:
 * ``explore PATH [--budget-s S]`` - keep simulating new seeds until the budget runs out or a
   property fails.
 
-Exit codes everywhere: 0 all good, 1 a property failed, 2 usage or input error.
+* ``export DB --out PATH [--instance ID ...]`` - write the JSON histories of a SQLite database
+  (one file per instance in a directory, or one ``.json`` file).
+* ``import PATH --db DB`` - load exported histories into a SQLite database (never overwrites).
+* ``replay SOURCE --app REF [--latest]`` - replay exported histories (file/directory) or a SQLite
+  database against the current code (REF = ``path/to/file.py:NAME``: a SimSpec or a
+  ``register(runtime)`` function); every divergence is listed with instance, execution, event
+  id, recorded vs current call and source line. ``--latest`` replays in-flight instances with
+  the latest registered version (will an upgrade break them?).
+* ``show SOURCE [--instance ID]`` - an instance's history as a readable timeline, from a SQLite
+  database, an export, or a trace file (``reproduce --trace`` output).
+
+Exit codes everywhere: 0 all good, 1 a property failed / a divergence, 2 usage or input error.
 """
 
 from __future__ import annotations
@@ -255,6 +266,113 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
+def _open_db(path: str, *, must_exist: bool) -> Any:
+    from .providers.sqlite import SqliteProvider
+    from .runtime.realtime import SystemClock
+
+    if must_exist and not pathlib.Path(path).is_file():
+        raise ValueError(f"no such database file: {path}")
+    return SqliteProvider.open(path, clock=SystemClock())
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .errors import DuroxideError
+    from .runtime.history_io import export_to_path
+
+    try:
+        provider = _open_db(args.db, must_exist=True)
+        written = export_to_path(provider, args.out, args.instance or None)
+    except (ValueError, DuroxideError) as exc:
+        print(f"duroxide-sim: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {len(written)} file(s) to {args.out}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .errors import DuroxideError
+    from .runtime.history_io import import_documents, load_documents
+
+    try:
+        docs = load_documents(args.path)
+        provider = _open_db(args.db, must_exist=False)
+        count = import_documents(provider, docs)
+    except (ValueError, DuroxideError) as exc:
+        print(f"duroxide-sim: {exc}", file=sys.stderr)
+        return 2
+    print(f"imported {len(docs)} instance(s), {count} execution(s) into {args.db}")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .errors import DuroxideError
+    from .testing.replay import load_app, replay_source
+
+    try:
+        app = load_app(args.app)
+        divergences = replay_source(args.source, app, latest=args.latest)
+    except (ValueError, TypeError, ImportError, DuroxideError) as exc:
+        print(f"duroxide-sim: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{"instance": d.instance, "execution": d.execution_id, "in_flight": d.in_flight, "message": d.message}
+                          for d in divergences], indent=2))
+    elif divergences:
+        what = "in-flight instance(s) would break on upgrade" if args.latest else "execution(s) diverge from the current code"
+        print(f"{len(divergences)} {what}:")
+        for d in divergences:
+            print(f"  {d.render()}")
+    else:
+        print("every history replays cleanly" if not args.latest else "no in-flight instance would break")
+    return 1 if divergences else 0
+
+
+def _event_line(ev: Any, t0: int) -> str:
+    from .core.events import to_dict
+
+    data = {k: v for k, v in to_dict(ev).items()
+            if k not in ("kind", "event_id", "source_event_id", "timestamp_ms", "instance_id", "execution_id", "duroxide_version")}
+    src = f" <- #{ev.source_event_id}" if ev.source_event_id is not None else ""
+    detail = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)[:80]}" for k, v in data.items())
+    return f"  #{ev.event_id:<4} +{ev.timestamp_ms - t0:>9} ms  {type(ev).__name__}{src}  {detail}"
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .errors import DuroxideError
+    from .runtime.history_io import document_events, export_instance, load_documents
+
+    source = pathlib.Path(args.source)
+    try:
+        if source.is_file() and source.suffix in (".jsonl", ".trace", ".txt"):
+            lines = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.startswith("{")]
+            for rec in lines:
+                if args.instance and rec.get("instance") not in (args.instance, None):
+                    continue
+                rest = {k: v for k, v in rec.items() if k not in ("step", "t", "op")}
+                print(f"step {rec.get('step'):>6}  t={rec.get('t'):>10} ms  {rec.get('op'):<14} {json.dumps(rest, sort_keys=True)[:160]}")
+            return 0
+        if source.is_file() and source.suffix != ".json":
+            provider = _open_db(str(source), must_exist=True)
+            ids = [args.instance] if args.instance else list(reversed(provider.list_instances()))
+            docs = [export_instance(provider, i) for i in ids]
+        else:
+            docs = [d for d in load_documents(source) if not args.instance or d["instance_id"] == args.instance]
+    except (ValueError, DuroxideError) as exc:
+        print(f"duroxide-sim: {exc}", file=sys.stderr)
+        return 2
+    if not docs:
+        print(f"duroxide-sim: no instance {args.instance!r} in {source}", file=sys.stderr)
+        return 2
+    for doc in docs:
+        print(f"{doc['instance_id']}  ({doc.get('orchestration_name')} {doc.get('orchestration_version')})")
+        for execution_id, events in document_events(doc).items():
+            print(f" execution {execution_id}")
+            t0 = events[0].timestamp_ms if events else 0
+            for ev in events:
+                print(_event_line(ev, t0))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="duroxide-sim", description="Durable workflows: run, test and simulate.")
     sub = parser.add_subparsers(dest="command")
@@ -274,6 +392,25 @@ def main(argv: list[str] | None = None) -> int:
         run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
         run.add_argument("--json", action="store_true", help="print results as JSON")
         run.set_defaults(func=_cmd_run)
+    exp = sub.add_parser("export", help="write the JSON histories of a SQLite database")
+    exp.add_argument("db")
+    exp.add_argument("--out", required=True, help="a directory, or a .json file")
+    exp.add_argument("--instance", action="append", help="only these instances (repeatable)")
+    exp.set_defaults(func=_cmd_export)
+    imp = sub.add_parser("import", help="load exported histories into a SQLite database")
+    imp.add_argument("path")
+    imp.add_argument("--db", required=True)
+    imp.set_defaults(func=_cmd_import)
+    rpl = sub.add_parser("replay", help="replay recorded histories against the current code")
+    rpl.add_argument("source", help="an export (file or directory) or a SQLite database")
+    rpl.add_argument("--app", required=True, help="path/to/file.py:NAME (a SimSpec or a register(runtime) function)")
+    rpl.add_argument("--latest", action="store_true", help="replay in-flight instances with the latest version")
+    rpl.add_argument("--json", action="store_true")
+    rpl.set_defaults(func=_cmd_replay)
+    shw = sub.add_parser("show", help="print an instance's history as a timeline")
+    shw.add_argument("source", help="a SQLite database, an export, or a trace file (.jsonl)")
+    shw.add_argument("--instance")
+    shw.set_defaults(func=_cmd_show)
     rep = sub.add_parser("reproduce", help="re-run one simulated seed and report its failures")
     rep.add_argument("ref", help="the SimSpec: path/to/file.py:NAME or package.module:NAME")
     rep.add_argument("--seed", type=int, required=True)

@@ -74,7 +74,7 @@ def verify_execution(
     if result.kind == "failed" and isinstance(result.error, ConfigurationErrorDetails):
         recorded = terminal.details.display_message() if isinstance(terminal, OrchestrationFailed) else None
         if recorded != result.error.display_message():
-            return f"{where}: {result.error.display_message()}"
+            return result.error.display_message()  # already names instance, execution, event, line
         return None
     if terminal is None:
         new_work = [e for e in result.delta if isinstance(e, SCHEDULE_EVENTS)]

@@ -1,0 +1,159 @@
+"""Nondeterminism detection for CI: replay recorded histories against the current code.
+
+Histories come from the export format (:mod:`duroxide_sim.runtime.history_io`) or straight from
+a SQLite database. Each execution is replayed from scratch (``core.verify.verify_execution``);
+every divergence is reported with instance, execution, event id, the recorded call, the call the
+code makes now, and the source line of its yield/await.
+
+``latest=True`` answers the upgrade question: "if I deploy version N+1 and it picks up the
+in-flight instances recorded under version N, which ones break?" Each history is replayed with
+the *latest* registered version instead of its pinned one; only in-flight (non-terminal)
+instances are judged, since finished ones will never replay again.
+
+Use from pytest::
+
+    from duroxide_sim.testing.replay import assert_replays
+    def test_histories_still_replay():
+        assert_replays("tests/fixtures/histories", "myapp/workflows.py:register")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..core.events import OrchestrationCompleted, OrchestrationContinuedAsNew, OrchestrationFailed
+from ..core.registry import Registry
+from ..core.verify import verify_execution
+from ..runtime.history_io import document_events, export_instance, load_documents
+
+__all__ = ["Divergence", "load_app", "build_registry", "replay_documents", "replay_source", "assert_replays"]
+
+
+@attrs.frozen
+class Divergence:
+    instance: str
+    execution_id: int
+    message: str
+    in_flight: bool
+
+    def render(self) -> str:
+        state = "in-flight" if self.in_flight else "finished"
+        return f"{self.instance} (execution {self.execution_id}, {state}): {self.message}"
+
+
+class _LatestRegistry(Registry):
+    """Resolves every lookup to the latest registered version (the upgrade check)."""
+
+    def __init__(self, inner: Registry) -> None:
+        self.__dict__.update(inner.__dict__)
+
+    def resolve(self, name: str, version: str | None = None):  # type: ignore[override]
+        return super().resolve(name, None)
+
+
+def build_registry(app: Any) -> Registry:
+    """A Registry from a SimSpec, a ``fn(runtime)`` that registers handlers, or a Registry."""
+    from ..providers.memory import InMemoryProvider
+    from ..runtime.runtime import Runtime
+    from ..sim.clock import SimClock
+    from ..sim.harness import SimSpec
+    from ..sim.world import ExternalWorld
+
+    if isinstance(app, Registry):
+        return app
+    clock = SimClock()
+    rt = Runtime(InMemoryProvider(clock), clock=clock)
+    if isinstance(app, SimSpec):
+        app.setup(rt, ExternalWorld())
+    elif callable(app):
+        app(rt)
+    else:
+        raise TypeError(f"app must be a SimSpec, a callable(runtime) or a Registry, got {type(app).__name__}")
+    return rt.registry
+
+
+def load_app(ref: str) -> Any:
+    """Resolve ``path/to/file.py:NAME`` or ``package.module:NAME``."""
+    import importlib
+    import importlib.util
+    import pathlib
+    import sys
+
+    if ":" not in ref:
+        raise ValueError(f"app reference {ref!r} must look like path/to/file.py:NAME or package.module:NAME")
+    where, name = ref.rsplit(":", 1)
+    if where.endswith(".py"):
+        path = pathlib.Path(where)
+        if not path.exists():
+            raise ValueError(f"no such file: {where}")
+        if str(pathlib.Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(pathlib.Path.cwd()))
+        dotted = ".".join(path.with_suffix("").parts) if not path.is_absolute() else ""
+        module = None
+        if dotted:
+            try:
+                module = importlib.import_module(dotted)
+            except ImportError:
+                module = None
+        if module is None:
+            spec = importlib.util.spec_from_file_location(f"_duroxide_app_{path.stem}", path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    if not hasattr(module, name):
+        raise ValueError(f"{where} has no attribute {name!r}")
+    return getattr(module, name)
+
+
+def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: bool = False) -> list[Divergence]:
+    reg: Registry = _LatestRegistry(registry) if latest else registry
+    out: list[Divergence] = []
+    for doc in docs:
+        executions = document_events(doc)
+        if not executions:
+            continue
+        last = max(executions)
+        for execution_id, events in executions.items():
+            terminal = any(isinstance(e, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)) for e in events)
+            in_flight = execution_id == last and not terminal
+            if latest and not in_flight:
+                continue
+            problem = verify_execution(doc["instance_id"], execution_id, events, reg)
+            if problem is not None:
+                out.append(Divergence(doc["instance_id"], execution_id, problem, in_flight))
+    return out
+
+
+def _documents_from(source: str) -> list[dict[str, Any]]:
+    import pathlib
+
+    path = pathlib.Path(source)
+    if path.is_file() and path.suffix not in (".json",):
+        from ..providers.sqlite import SqliteProvider
+
+        provider = SqliteProvider.open_existing(str(path)) if hasattr(SqliteProvider, "open_existing") else SqliteProvider.open(str(path))
+        try:
+            return [export_instance(provider, i) for i in reversed(provider.list_instances())]
+        finally:
+            getattr(provider, "close", lambda: None)()
+    return load_documents(path)
+
+
+def replay_source(source: str, app: Any, *, latest: bool = False) -> list[Divergence]:
+    """Replay an export (file or directory) or a SQLite database against ``app``."""
+    return replay_documents(_documents_from(source), build_registry(app), latest=latest)
+
+
+def assert_replays(source: str, app: Any | str, *, latest: bool = False) -> None:
+    """pytest helper: fail with every divergence listed (one per line)."""
+    target: Callable[..., Any] | Any = load_app(app) if isinstance(app, str) else app
+    divergences = replay_source(source, target, latest=latest)
+    if divergences:
+        raise AssertionError(
+            f"{len(divergences)} recorded execution(s) no longer replay:\n" + "\n".join(d.render() for d in divergences)
+        )
