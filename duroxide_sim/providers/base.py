@@ -40,6 +40,7 @@ __all__ = [
     "PruneResult",
     "Provider",
     "ManagementProvider",
+    "SimulationHooks",
 ]
 
 
@@ -253,6 +254,11 @@ class Provider(Protocol):
 
     Errors: :class:`~duroxide_sim.errors.ProviderError` with ``retryable``; lock problems raise
     :class:`~duroxide_sim.errors.LockLostError` (its message mentions the lock token).
+
+    Optional extras, looked up with ``getattr`` and never required: the simulation hook
+    :meth:`SimulationHooks.next_wakeup_ms`, and the test hooks ``_corrupt_history(instance,
+    error)`` and ``_check()`` used by the conformance suite (``duroxide_sim.testing.conformance``),
+    which checks any provider against this contract.
     """
 
     clock: Clock | None
@@ -327,6 +333,23 @@ class Provider(Protocol):
     def renew_session_lock(self, owner_ids: Sequence[str], extend_ms: int, idle_timeout_ms: int) -> int: ...
 
     def cleanup_orphaned_sessions(self, idle_timeout_ms: int) -> int: ...
+
+
+class SimulationHooks(Protocol):
+    """Optional provider extras (SPEC §18). Callers use ``getattr(provider, name, None)``, so a
+    provider without them still satisfies :class:`Provider`."""
+
+    def next_wakeup_ms(self) -> int | None:
+        """Earliest future time (ms, by the provider's clock) at which a queued message becomes
+        visible or a live lock expires; None if nothing is pending. Lets a simulated clock jump
+        straight to the next deadline instead of polling."""
+
+    def _corrupt_history(self, instance: str, error: str | None = ...) -> None:
+        """Test hook: make the current execution's history of ``instance`` undeserializable
+        (fetches then return ``history_error``); ``error=None`` repairs it."""
+
+    def _check(self) -> None:
+        """Test hook: assert the provider's internal invariants (raises AssertionError)."""
 
 
 class ManagementProvider(Provider, Protocol):

@@ -1,7 +1,7 @@
 """Production SQLite provider: the Provider + ManagementProvider contract on one database file.
 
-Owns the SQLite schema of SPEC §15.2 (times as integer ms) plus a ``schema_version`` table and
-its migrations; the connection policy; the mapping of ``sqlite3`` errors to
+Owns the connection policy; applying the schema (SPEC §15.2, times as integer ms; the DDL and
+migrations are data in ``sqlite_schema.py``) on open; the mapping of ``sqlite3`` errors to
 :class:`~duroxide_sim.errors.ProviderError`; and every queue, lock, history, KV and session
 operation. Management operations (SPEC §14) live in the :class:`SqliteAdminMixin` of
 ``sqlite_admin.py``; they share this module's transaction helper.
@@ -52,7 +52,9 @@ from .base import (
     Clock, ExecutionMetadata, KvEntry, OrchestrationItem, ScheduledActivityIdentifier, SessionConfig, TagFilter,
     WorkItemLease,
 )
+from . import sqlite_schema
 from .sqlite_admin import TERMINAL_STATUSES, SqliteAdminMixin
+from .sqlite_schema import SCHEMA_VERSION
 
 __all__ = ["SqliteProvider", "SCHEMA_VERSION"]
 
@@ -60,110 +62,6 @@ _log = logging.getLogger(__name__)
 _BUSY_TIMEOUT_MS = 60_000
 _MIN_SQLITE = (3, 25, 0)  # upsert (3.24) and window functions (3.25)
 _CORRUPT_PREFIX = "#corrupt#"  # _corrupt_history marker: never valid JSON
-
-#: The schema this code writes. Opening a database with a newer version is refused.
-SCHEMA_VERSION = 1
-
-# Each migration is a list of single statements (``executescript`` would COMMIT implicitly
-# and break the one-transaction migration). Migration N upgrades a version N-1 database.
-_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (1, (
-        """CREATE TABLE provider_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)""",
-        """INSERT INTO provider_meta (key, value) VALUES ('opens', 0)""",
-        """CREATE TABLE instances (
-            instance_id TEXT PRIMARY KEY,
-            orchestration_name TEXT NOT NULL,
-            orchestration_version TEXT,
-            current_execution_id INTEGER NOT NULL DEFAULT 1,
-            custom_status TEXT,
-            custom_status_version INTEGER NOT NULL DEFAULT 0,
-            created_at INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL,
-            parent_instance_id TEXT,
-            created_seq INTEGER NOT NULL  -- creation order: breaks created_at ties
-        )""",
-        """CREATE INDEX idx_instances_parent ON instances (parent_instance_id)""",
-        """CREATE TABLE executions (
-            instance_id TEXT NOT NULL,
-            execution_id INTEGER NOT NULL,
-            status TEXT NOT NULL DEFAULT 'Running',
-            output TEXT,
-            duroxide_version_major INTEGER,
-            duroxide_version_minor INTEGER,
-            duroxide_version_patch INTEGER,
-            started_at INTEGER NOT NULL,
-            completed_at INTEGER,
-            PRIMARY KEY (instance_id, execution_id)
-        )""",
-        """CREATE TABLE history (
-            instance_id TEXT NOT NULL,
-            execution_id INTEGER NOT NULL,
-            event_id INTEGER NOT NULL,
-            event_type TEXT NOT NULL,
-            event_data TEXT NOT NULL,
-            created_at INTEGER NOT NULL,
-            PRIMARY KEY (instance_id, execution_id, event_id),
-            FOREIGN KEY (instance_id, execution_id) REFERENCES executions (instance_id, execution_id)
-        )""",
-        """CREATE TABLE orchestrator_queue (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            instance_id TEXT NOT NULL,
-            work_item TEXT NOT NULL,
-            visible_at INTEGER NOT NULL,
-            lock_token TEXT,
-            locked_until INTEGER,  -- unused: the instance lock in instance_locks is authoritative
-            attempt_count INTEGER NOT NULL DEFAULT 0 CHECK (attempt_count >= 0),
-            created_at INTEGER NOT NULL
-        )""",
-        """CREATE INDEX idx_orch_visible ON orchestrator_queue (visible_at, id)""",
-        """CREATE INDEX idx_orch_instance ON orchestrator_queue (instance_id, visible_at, id)""",
-        """CREATE INDEX idx_orch_token ON orchestrator_queue (lock_token)""",
-        """CREATE TABLE worker_queue (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            work_item TEXT NOT NULL,
-            visible_at INTEGER NOT NULL,
-            lock_token TEXT,
-            locked_until INTEGER,
-            attempt_count INTEGER NOT NULL DEFAULT 0 CHECK (attempt_count >= 0),
-            created_at INTEGER NOT NULL,
-            instance_id TEXT NOT NULL,
-            execution_id INTEGER NOT NULL,
-            activity_id INTEGER NOT NULL,
-            session_id TEXT,
-            tag TEXT
-        )""",
-        """CREATE INDEX idx_worker_visible ON worker_queue (visible_at, id)""",
-        """CREATE INDEX idx_worker_activity ON worker_queue (instance_id, execution_id, activity_id)""",
-        """CREATE INDEX idx_worker_token ON worker_queue (lock_token)""",
-        """CREATE TABLE instance_locks (
-            instance_id TEXT PRIMARY KEY,
-            lock_token TEXT NOT NULL UNIQUE,
-            locked_until INTEGER NOT NULL,
-            locked_at INTEGER NOT NULL
-        )""",
-        """CREATE TABLE sessions (
-            session_id TEXT PRIMARY KEY,
-            worker_id TEXT NOT NULL,
-            locked_until INTEGER NOT NULL,
-            last_activity_at INTEGER NOT NULL
-        )""",
-        """CREATE TABLE kv_store (
-            instance_id TEXT NOT NULL,
-            key TEXT NOT NULL,
-            value TEXT NOT NULL,
-            last_updated_at_ms INTEGER NOT NULL,
-            PRIMARY KEY (instance_id, key)
-        )""",
-        """CREATE TABLE kv_delta (
-            instance_id TEXT NOT NULL,
-            key TEXT NOT NULL,
-            value TEXT,  -- NULL = tombstone
-            last_updated_at_ms INTEGER,
-            PRIMARY KEY (instance_id, key)
-        )""",
-    )),
-)
-assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 # Oldest visible message per unlocked instance, in (visible_at, id) order: the fetch candidates.
 _ORCH_CANDIDATES = """
@@ -195,10 +93,11 @@ def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc)
     low = text.lower()
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in low or "busy" in low:
-        return ProviderError(f"{op}: database is busy ({text}); retry", operation=op, retryable=True)
+    # Constraint first: its messages name columns such as "locked_until".
     if isinstance(exc, sqlite3.IntegrityError) or name.startswith("SQLITE_CONSTRAINT"):
         return ProviderError(f"{op}: constraint violated: {text}", operation=op, retryable=False)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or " is locked" in low or "busy" in low:
+        return ProviderError(f"{op}: database is busy ({text}); retry", operation=op, retryable=True)
     if name.startswith("SQLITE_READONLY") or "readonly" in low or "read-only" in low:
         return ProviderError(
             f"{op}: SQLite database {where} is read-only ({text}); SqliteProvider needs write access to the "
@@ -252,8 +151,12 @@ class SqliteProvider(SqliteAdminMixin):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, clock: Clock | None = None) -> "SqliteProvider":
-        """Open (creating if missing) the database file at ``path`` and migrate it."""
-        return cls(os.fspath(path), clock=clock)
+        """Open (creating if missing) the database file at ``path`` and migrate it.
+        ``":memory:"`` gives the same as :meth:`in_memory`."""
+        target = os.fspath(path)
+        if target == ":memory:":  # per-thread connections would each see a different database
+            return cls.in_memory(clock=clock)
+        return cls(target, clock=clock)
 
     @classmethod
     def in_memory(cls, *, clock: Clock | None = None) -> "SqliteProvider":
@@ -318,18 +221,19 @@ class SqliteProvider(SqliteAdminMixin):
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
-        """Bring the schema to SCHEMA_VERSION in one transaction; return this open's id."""
+        """Bring the schema to the latest version in one transaction; return this open's id."""
+        latest = sqlite_schema.SCHEMA_VERSION  # read at call time: tests plant extra migrations
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
                 current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-                if current > SCHEMA_VERSION:
+                if current > latest:
                     raise ProviderError(
                         f"SQLite database {self._where} has schema version {current}, but this duroxide_sim "
-                        f"supports schema version {SCHEMA_VERSION} at most; upgrade duroxide_sim to open it",
-                        operation="open", retryable=False, found_version=current, supported_version=SCHEMA_VERSION)
-                for version, statements in _MIGRATIONS:
+                        f"supports schema version {latest} at most; upgrade duroxide_sim to open it",
+                        operation="open", retryable=False, found_version=current, supported_version=latest)
+                for version, statements in sqlite_schema.MIGRATIONS:
                     if version > current:
                         for statement in statements:
                             conn.execute(statement)
@@ -339,7 +243,8 @@ class SqliteProvider(SqliteAdminMixin):
                 conn.execute("COMMIT")
                 return int(open_id)
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise _map_error(exc, "open", self._where) from exc
@@ -542,7 +447,15 @@ class SqliteProvider(SqliteAdminMixin):
                     # Orphan: no row, no history, no start item. QueueMessages sent before the
                     # instance exists are dropped (SPEC §6.2); anything else may be racing its
                     # start, so it stays queued while we move on to the next candidate.
-                    if all(isinstance(item, QueueMessage) for _, item in batch):
+                    # A start item that is queued but not yet visible (abandoned with a delay
+                    # after a failed first ack) means the instance is about to exist: keep its
+                    # messages rather than drop them (found by the simulation).
+                    pending_start = db.execute(
+                        "SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND "
+                        "json_extract(work_item, '$.kind') IN ('StartOrchestration', 'ContinueAsNew') LIMIT 1",
+                        (instance,),
+                    ).fetchone()
+                    if pending_start is None and all(isinstance(item, QueueMessage) for _, item in batch):
                         orphans.extend(rid for rid, _ in batch)
                     continue
                 result = self._lock_batch(db, instance, meta, lock_timeout_ms, now, op)
@@ -1007,7 +920,7 @@ class SqliteProvider(SqliteAdminMixin):
         with self._tx("_check", write=False) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
-            assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+            assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
             # every tagged orchestrator row belongs to the lock of its own instance
             assert db.execute("SELECT COUNT(*) FROM orchestrator_queue q WHERE q.lock_token IS NOT NULL AND NOT EXISTS "
                               "(SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id "

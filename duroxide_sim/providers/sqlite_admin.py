@@ -25,7 +25,8 @@ __all__ = ["SqliteAdminMixin", "TERMINAL_STATUSES"]
 TERMINAL_STATUSES = ("Completed", "Failed", "ContinuedAsNew")
 _DEFAULT_BULK_LIMIT = 1000  # SPEC §14: default limit of the bulk delete/prune filters
 _NEWEST_FIRST = "ORDER BY i.created_at DESC, i.created_seq DESC"
-_CURRENT_EXECUTION = "LEFT JOIN executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id"
+_CURRENT_EXECUTION = ("LEFT JOIN executions e "
+                      "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id")
 
 
 class SqliteAdminMixin:

@@ -55,17 +55,18 @@ class FaultPlan:
     rates: dict[str, float] = attrs.field(factory=dict, validator=_check_rates)
     until_ms: int = 10 * 60_000  # faults only during the first 10 virtual minutes
     max_faults: int = 1_000
-    #: Scripted faults: (opportunity number, kind) pairs injected exactly, in addition to the
-    #: random rates. Opportunity numbers count fault decisions in order, so a shrinker can
-    #: remove entries or move them earlier and the run stays meaningful.
+    #: Scripted faults: ``(n, kind)`` = inject ``kind`` at the n-th opportunity for that kind
+    #: (1-based; e.g. the 3rd activity execution for ``crash_after_effect``), in addition to the
+    #: random rates. Counting per kind keeps entries meaningful when a shrinker removes others
+    #: or moves one earlier.
     script: tuple[tuple[int, str], ...] = ()
 
     def __attrs_post_init__(self) -> None:
         for step, kind in self.script:
             if kind not in FAULT_KINDS:
                 raise ValueError(f"unknown scripted fault kind {kind!r}")
-            if step < 0:
-                raise ValueError(f"scripted fault step must be >= 0, got {step}")
+            if step < 1:
+                raise ValueError(f"scripted fault opportunity numbers start at 1, got {step}")
 
     @classmethod
     def none(cls) -> "FaultPlan":

@@ -241,7 +241,8 @@ class _Run:
         self.step = 0
         self.opportunity = 0
         self.faults_injected: dict[str, int] = {}
-        self.scripted = {s: k for s, k in plan.script}
+        self.scripted = set(plan.script)
+        self.kind_opportunities: dict[str, int] = {}
         self.inner = sim._make_provider(self.clock)
         self.provider = FaultyProvider(self.inner, self._decide, on_fault=self._on_fault)
         self.options = self.spec.options or RuntimeOptions()
@@ -266,11 +267,13 @@ class _Run:
         return self.clock.now_ms() - DEFAULT_EPOCH_MS < self.plan.until_ms and sum(self.faults_injected.values()) < self.plan.max_faults
 
     def _decide(self, kind: str, op: str) -> bool:
-        """One fault opportunity: scripted entries fire exactly; otherwise roll the kind's rate."""
+        """One fault opportunity. Scripted faults name the n-th opportunity *of their kind*
+        (so a shrinker moving an entry earlier stays meaningful); otherwise roll the rate."""
         self.opportunity += 1
-        scripted = self.scripted.get(self.opportunity)
-        if scripted is not None:
-            return scripted == kind and self._faulting()
+        n = self.kind_opportunities.get(kind, 0) + 1
+        self.kind_opportunities[kind] = n
+        if (n, kind) in self.scripted:
+            return self._faulting()
         rate = self.plan.rate(kind)
         if rate <= 0 or not self._faulting():
             return False

@@ -256,3 +256,54 @@ SET_ORDER = SimSpec(
     starts=[Start(instance="n", orchestration="Notify::orchestration::fan_out")],
     ref=f"{REF}:SET_ORDER",
 )
+
+
+# --- a bug that needs two faults: a rate-limited API plus a compensation -----------------------
+
+
+def _two_fault_setup(rt, world):
+    @rt.register_activity("Ship::activity::reserve_carrier")
+    def reserve(ctx, oid):
+        world.put_if_absent(f"reserved:{oid}", True)
+        return True
+
+    @rt.register_activity("Ship::activity::ship")
+    def ship(ctx, oid):
+        # The carrier API rejects a third call for the same parcel (rate limit). The ship itself
+        # is idempotent, so one re-delivery is harmless - it takes two to trip the limit.
+        if ctx.attempt >= 3:
+            raise RuntimeError("carrier: too many requests for this parcel")
+        world.put_if_absent(f"shipped:{oid}", True)
+        return "shipped"
+
+    @rt.register_activity("Ship::activity::refund")
+    def refund(ctx, oid):
+        world.put_if_absent(f"refunded:{oid}", True)
+        return "refunded"
+
+    @rt.register_orchestration("Ship::orchestration::order")
+    def order(ctx, oid):
+        yield ctx.schedule_activity("Ship::activity::reserve_carrier", oid)
+        try:
+            return (yield ctx.schedule_activity("Ship::activity::ship", oid))
+        except Exception:  # noqa: BLE001
+            # BUG: assumes a failed ship means nothing was shipped.
+            return (yield ctx.schedule_activity("Ship::activity::refund", oid))
+
+
+def shipped_xor_refunded(result):
+    state = result.world.state
+    for key in state:
+        if key.startswith("shipped:") and state.get("refunded:" + key.split(":", 1)[1]):
+            return f"order {key.split(':', 1)[1]} was both shipped and refunded"
+    return None
+
+
+TWO_FAULT_BUG = SimSpec(
+    name="two-fault-bug",
+    setup=_two_fault_setup,
+    starts=[Start(instance=f"t{i}", orchestration="Ship::orchestration::order", input=i) for i in range(2)],
+    invariants=[shipped_xor_refunded],
+    fault_transparent=False,
+    ref=f"{REF}:TWO_FAULT_BUG",
+)

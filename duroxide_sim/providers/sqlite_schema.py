@@ -1,0 +1,117 @@
+"""The SQLite provider's schema (SPEC §15.2, times as integer ms) and its migrations.
+
+Pure data: ``SCHEMA_VERSION`` and ``MIGRATIONS``, a tuple of ``(version, statements)`` where
+migration N upgrades a version N-1 database. ``sqlite.py`` applies them on open, in one
+transaction, and records each applied version in ``schema_version``. To change the schema,
+append a migration and bump ``SCHEMA_VERSION``; never edit a released migration.
+
+Must not import ``sqlite3`` (only ``sqlite.py`` does) or execute anything itself.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCHEMA_VERSION", "MIGRATIONS"]
+
+#: The schema this code writes. Opening a database with a newer version is refused.
+SCHEMA_VERSION = 1
+
+# Each migration is a list of single statements (``executescript`` would COMMIT implicitly
+# and break the one-transaction migration). Migration N upgrades a version N-1 database.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, (
+        """CREATE TABLE provider_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)""",
+        """INSERT INTO provider_meta (key, value) VALUES ('opens', 0)""",
+        """CREATE TABLE instances (
+            instance_id TEXT PRIMARY KEY,
+            orchestration_name TEXT NOT NULL,
+            orchestration_version TEXT,
+            current_execution_id INTEGER NOT NULL DEFAULT 1,
+            custom_status TEXT,
+            custom_status_version INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            parent_instance_id TEXT,
+            created_seq INTEGER NOT NULL  -- creation order: breaks created_at ties
+        )""",
+        """CREATE INDEX idx_instances_parent ON instances (parent_instance_id)""",
+        """CREATE TABLE executions (
+            instance_id TEXT NOT NULL,
+            execution_id INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'Running',
+            output TEXT,
+            duroxide_version_major INTEGER,
+            duroxide_version_minor INTEGER,
+            duroxide_version_patch INTEGER,
+            started_at INTEGER NOT NULL,
+            completed_at INTEGER,
+            PRIMARY KEY (instance_id, execution_id)
+        )""",
+        """CREATE TABLE history (
+            instance_id TEXT NOT NULL,
+            execution_id INTEGER NOT NULL,
+            event_id INTEGER NOT NULL,
+            event_type TEXT NOT NULL,
+            event_data TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (instance_id, execution_id, event_id),
+            FOREIGN KEY (instance_id, execution_id) REFERENCES executions (instance_id, execution_id)
+        )""",
+        """CREATE TABLE orchestrator_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_id TEXT NOT NULL,
+            work_item TEXT NOT NULL,
+            visible_at INTEGER NOT NULL,
+            lock_token TEXT,
+            locked_until INTEGER,  -- unused: the instance lock in instance_locks is authoritative
+            attempt_count INTEGER NOT NULL DEFAULT 0 CHECK (attempt_count >= 0),
+            created_at INTEGER NOT NULL
+        )""",
+        """CREATE INDEX idx_orch_visible ON orchestrator_queue (visible_at, id)""",
+        """CREATE INDEX idx_orch_instance ON orchestrator_queue (instance_id, visible_at, id)""",
+        """CREATE INDEX idx_orch_token ON orchestrator_queue (lock_token)""",
+        """CREATE TABLE worker_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            work_item TEXT NOT NULL,
+            visible_at INTEGER NOT NULL,
+            lock_token TEXT,
+            locked_until INTEGER,
+            attempt_count INTEGER NOT NULL DEFAULT 0 CHECK (attempt_count >= 0),
+            created_at INTEGER NOT NULL,
+            instance_id TEXT NOT NULL,
+            execution_id INTEGER NOT NULL,
+            activity_id INTEGER NOT NULL,
+            session_id TEXT,
+            tag TEXT
+        )""",
+        """CREATE INDEX idx_worker_visible ON worker_queue (visible_at, id)""",
+        """CREATE INDEX idx_worker_activity ON worker_queue (instance_id, execution_id, activity_id)""",
+        """CREATE INDEX idx_worker_token ON worker_queue (lock_token)""",
+        """CREATE TABLE instance_locks (
+            instance_id TEXT PRIMARY KEY,
+            lock_token TEXT NOT NULL UNIQUE,
+            locked_until INTEGER NOT NULL,
+            locked_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY,
+            worker_id TEXT NOT NULL,
+            locked_until INTEGER NOT NULL,
+            last_activity_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE kv_store (
+            instance_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            last_updated_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (instance_id, key)
+        )""",
+        """CREATE TABLE kv_delta (
+            instance_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT,  -- NULL = tombstone
+            last_updated_at_ms INTEGER,
+            PRIMARY KEY (instance_id, key)
+        )""",
+    )),
+)
+assert MIGRATIONS[-1][0] == SCHEMA_VERSION
