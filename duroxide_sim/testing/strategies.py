@@ -63,6 +63,7 @@ def simulation_test(
     max_faults: int = 6,
     max_opportunity: int = 40,
     max_examples: int | None = None,
+    hypothesis_settings: settings | None = None,
     **sim_kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``@simulation_test(SPEC)`` over a function ``f(result)`` (extra assertions; may be a no-op).
@@ -78,7 +79,9 @@ def simulation_test(
         # Not functools.wraps: pytest and Hypothesis must see (seed, plan), not fn's signature.
         run.__name__, run.__qualname__, run.__doc__, run.__module__ = fn.__name__, fn.__qualname__, fn.__doc__, fn.__module__
         test = given(seed=seeds(2**16), plan=fault_plans(kinds, max_faults=max_faults, max_opportunity=max_opportunity))(run)
-        if max_examples is not None:
+        if hypothesis_settings is not None:
+            test = hypothesis_settings(test)
+        elif max_examples is not None:
             test = settings(max_examples=max_examples)(test)
         return test
 

@@ -42,11 +42,11 @@ def test_two_fault_bug_is_found_and_shrunk_to_at_most_two_faults() -> None:
 def test_simulation_test_decorator_fails_with_the_report() -> None:
     """@simulation_test turns a spec into a property test whose failure carries the repro line."""
 
-    @simulation_test(specs.TWO_FAULT_BUG, kinds=("crash_after_effect",), max_faults=3, max_opportunity=6, max_examples=200)
+    @simulation_test(specs.TWO_FAULT_BUG, kinds=("crash_after_effect",), max_faults=3, max_opportunity=6,
+                     hypothesis_settings=settings(max_examples=200, derandomize=True, database=None))
     def test_inner(result) -> None:
         pass
 
-    test_inner = settings(derandomize=True, database=None)(test_inner)
     with pytest.raises(AssertionError) as err:
         test_inner()
     assert "shipped_xor_refunded" in str(err.value)
