@@ -2,10 +2,11 @@
 
 Commands:
 
-* ``reproduce REF --seed N [--faults JSON] [--provider memory|sqlite] [--nodes K] [--trace]`` -
-  re-run one simulated seed of the spec at REF (``path/to/file.py:NAME`` or
+* ``reproduce REF --seed N [--faults JSON] [--provider memory|sqlite] [--nodes K] [--trace]
+  [--timeline PATH]`` - re-run one simulated seed of the spec at REF (``path/to/file.py:NAME`` or
   ``package.module:NAME``) and report every broken property with its step; ``--trace`` prints
-  the canonical trace. Exit 1 when a property fails.
+  the canonical trace; ``--timeline`` writes the run as a self-contained HTML timeline (lanes per
+  instance and node over virtual time) and prints its path. Exit 1 when a property fails.
 
 * ``run PATH [--seeds N] [--faults all|swarm|none|JSON]`` - for every scenario module in PATH
   (each defines ``SPEC``, a SimSpec), simulate N seeds with faults, check every property, show
@@ -255,6 +256,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         "faults_injected": result.faults_injected,
         "failures": [{"checker": f.checker, "instance": f.instance, "step": f.step, "message": f.message} for f in result.failures],
     }
+    timeline = None
+    if args.timeline:
+        from .sim.timeline import write_timeline
+
+        timeline = write_timeline(result, args.timeline, spec_name=spec.name, repro=sim.repro_command())
+        summary["timeline"] = str(timeline)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
@@ -263,6 +270,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             print(f.render())
         if not result.failures:
             print("all properties hold")
+        if timeline is not None:
+            print(f"timeline: {timeline}")
     return 1 if result.failures else 0
 
 
@@ -420,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
     rep.add_argument("--trace", action="store_true", help="print the canonical trace")
     rep.add_argument("--json", action="store_true", help="print a JSON summary")
+    rep.add_argument("--timeline", metavar="PATH", default=None, help="write an HTML timeline of the run to PATH")
     rep.set_defaults(func=_cmd_reproduce)
     try:
         args = parser.parse_args(argv)

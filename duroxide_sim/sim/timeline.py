@@ -209,7 +209,7 @@ def _turn_writes(result: SimResult, records: list[dict[str, Any]]) -> dict[str, 
             if not by_id:
                 continue
             found = [by_id.get(ident) if ident is not None else None for ident, _ in wanted]
-            if all(ev is not None and type(ev).__name__ == kind for ev, (_, kind) in zip(found, wanted)):
+            if all(ev is not None and type(ev).__name__ == kind for ev, (_, kind) in zip(found, wanted, strict=True)):
                 events = [ev for ev in found if ev is not None]
                 verified = _digest(events) == rec.get("digest")
                 if not entry["found"] or verified:
@@ -366,7 +366,7 @@ def render_timeline(
         pill = f' <span class="st st-{_cls(state)}">{_e(state)}</span>' if state else ""
         indent = f' style="padding-left:{6 + 14 * depth}px"' if depth else ""
         rows.append(f'<div class="lane lane-instance" data-lane="instance:{_e(inst)}">'
-                    f'<div class="lane-label"{indent} title="{_e(inst)}">{_e(inst)}{pill}</div>'
+                    f'<div class="lane-label"{indent} title="{_e(inst)}"><span class="nm">{_e(inst)}</span>{pill}</div>'
                     f'<div class="track">{"".join(lanes[f"instance:{inst}"])}</div></div>')
 
     data = {
@@ -464,6 +464,8 @@ ol.failures a{color:#c53030;font-weight:700}
 .lane:hover{background:rgba(66,153,225,.06)}
 .lane-label{position:sticky;left:0;z-index:3;flex:0 0 var(--label-w);width:var(--label-w);box-sizing:border-box;padding:0 6px;
  line-height:var(--lane-h);white-space:nowrap;overflow:hidden;text-overflow:ellipsis;background:#fff;border-right:1px solid #cbd5e0}
+.lane-instance .lane-label{display:flex;align-items:center;gap:4px}
+.nm{overflow:hidden;text-overflow:ellipsis;min-width:0;flex:0 1 auto}.st{flex:none}
 .lane-global .lane-label{font-weight:700;background:#fffaf0}
 .lane-node .lane-label{background:#f0fff4;font-weight:600}
 .lane.axis{position:sticky;top:0;z-index:4;background:#fff;border-bottom:1px solid #a0aec0}
@@ -473,7 +475,7 @@ ol.failures a{color:#c53030;font-weight:700}
  font-size:11px;line-height:var(--lane-h);color:#4a5568;white-space:nowrap}
 .tick.hid{display:none}
 .note{color:#c53030;font-weight:400;font-size:11px}
-.st{font-size:10px;font-weight:600;padding:0 4px;border-radius:6px;background:#e2e8f0;color:#4a5568}
+.st{font-size:10px;line-height:14px;font-weight:600;padding:0 4px;border-radius:6px;background:#e2e8f0;color:#4a5568}
 .st-Completed{background:#c6f6d5;color:#22543d}.st-Failed{background:#fed7d7;color:#822727}.st-Running{background:#bee3f8;color:#2a4365}
 .vlines{position:absolute;top:0;bottom:0;left:var(--label-w);pointer-events:none;z-index:0}
 .vl{position:absolute;top:0;bottom:0;left:calc(var(--x) * var(--col) + var(--col) / 2);border-left:1px dashed #e53e3e;opacity:.45}
