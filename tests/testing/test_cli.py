@@ -1,0 +1,111 @@
+"""The duroxide-sim command line: run / explore / reproduce, progress, tables, exit codes."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from duroxide_sim.cli import main as cli
+
+GOOD = textwrap.dedent('''
+    from duroxide_sim.sim.harness import SimSpec, Start
+
+    def setup(rt, world):
+        @rt.register_activity("Pay::activity::charge")
+        def charge(ctx, oid):
+            world.put_if_absent(f"charged:{oid}", True)
+            return "ok"
+
+        @rt.register_orchestration("Pay::orchestration::pay")
+        def pay(ctx, oid):
+            yield ctx.schedule_timer(1000)
+            return (yield ctx.schedule_activity("Pay::activity::charge", oid))
+
+    SPEC = SimSpec(name="payments", setup=setup, ref=__file__ + ":SPEC",
+                   starts=[Start(instance=f"p{i}", orchestration="Pay::orchestration::pay", input=i) for i in range(3)])
+''')
+
+BUGGY = GOOD.replace('world.put_if_absent(f"charged:{oid}", True)', 'world.incr("charges")').replace('"payments"', '"payments-buggy"')
+
+
+def _write(tmp_path: pathlib.Path, **files: str) -> pathlib.Path:
+    d = tmp_path / "scen"
+    d.mkdir()
+    for name, text in files.items():
+        (d / f"{name}.py").write_text(text)
+    return d
+
+
+def _run(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "duroxide_sim", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_run_shows_progress_table_and_exits_0(tmp_path: pathlib.Path) -> None:
+    d = _write(tmp_path, good=GOOD)
+    proc = _run("run", str(d), "--seeds", "40", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "payments: 40/40 seeds, 0 failing" in proc.stderr  # progress (not a terminal: plain lines)
+    assert "scenario properties under faults" in proc.stdout
+    assert "payments" in proc.stdout and "determinism" in proc.stdout
+    assert "all properties held" in proc.stdout
+
+
+def test_run_with_a_planted_bug_exits_1_and_prints_the_repro(tmp_path: pathlib.Path) -> None:
+    d = _write(tmp_path, good=GOOD, buggy=BUGGY)
+    proc = _run("run", str(d), "--seeds", "40", "--faults", '{"rates": {"crash_after_effect": 0.3}}', cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "FAILED payments-buggy" in proc.stdout
+    repro = next(line for line in proc.stdout.splitlines() if line.startswith("reproduce: "))
+    assert "duroxide-sim reproduce" in repro and "--seed" in repro
+
+
+def test_run_json_output(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = _write(tmp_path, good=GOOD)
+    assert cli(["run", str(d), "--seeds", "5", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True
+    assert data["scenarios"][0]["scenario"] == "payments" and data["scenarios"][0]["seeds"] == 5
+
+
+def test_explore_stops_at_the_first_failure(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = _write(tmp_path, buggy=BUGGY)
+    code = cli(["explore", str(d), "--budget-s", "60", "--faults", '{"rates": {"crash_after_effect": 0.3}}', "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1
+    row = data["scenarios"][0]
+    assert row["failures"] == 1 and row["seeds"] < 1000
+    assert "idempotency" in row["first_failure"]
+
+
+def test_explore_respects_the_time_budget(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = _write(tmp_path, good=GOOD)
+    assert cli(["explore", str(d), "--budget-s", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["scenarios"][0]["seeds"] >= 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "no/such/dir"],
+        ["run", "."],  # a directory with no scenario modules
+        ["run", "scen", "--faults", "{not json"],
+        ["reproduce", "nocolon", "--seed", "1"],
+        ["reproduce", "scen/good.py:MISSING", "--seed", "1"],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: pathlib.Path, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, good=GOOD)
+    monkeypatch.chdir(tmp_path)
+    assert cli(argv) == 2
+
+
+def test_python_dash_m_entry_point(tmp_path: pathlib.Path) -> None:
+    proc = _run("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "reproduce" in proc.stdout and "replay" in proc.stdout
