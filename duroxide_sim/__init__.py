@@ -42,6 +42,7 @@ from .providers.base import (
     TagFilter,
 )
 from .providers.memory import InMemoryProvider
+from .providers.sqlite import SqliteProvider
 from .runtime.activity import ActivityContext
 from .runtime.client import Client, OrchestrationResult
 from .runtime.options import RuntimeOptions
@@ -99,6 +100,7 @@ __all__ = [
     "Runtime",
     "RuntimeOptions",
     "SerializationError",
+    "SqliteProvider",
     "SystemMetrics",
     "TagFilter",
     "TaskFailedError",

@@ -14,7 +14,7 @@ EXPECTED_ALL = {
     "InvalidInputError", "LockLostError", "MAX_PAYLOAD_BYTES", "ManagementNotAvailable",
     "NondeterminismError", "OperationTimeout", "OrchestrationContext", "OrchestrationFailedError",
     "OrchestrationResult", "PayloadTooLargeError", "ProviderError", "PruneOptions", "PruneResult",
-    "QueueDepths", "Registry", "RetryPolicy", "Runtime", "RuntimeOptions", "SerializationError",
+    "QueueDepths", "Registry", "RetryPolicy", "Runtime", "RuntimeOptions", "SerializationError", "SqliteProvider",
     "SystemMetrics", "TagFilter", "TaskFailedError", "parse_result",
 }
 
