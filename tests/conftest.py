@@ -54,6 +54,14 @@ def world() -> World:
 
 
 @pytest.fixture
+def replay_world() -> World:
+    """Like ``world`` but without the instance cache: every turn re-runs the code from scratch."""
+    w = make_world(RuntimeOptions(instance_cache_size=0))
+    yield w
+    w.provider._check()
+
+
+@pytest.fixture
 def live_world() -> Iterator[World]:
     provider = InMemoryProvider()
     runtime = Runtime(provider, RuntimeOptions(dispatcher_poll_interval_ms=5, worker_lock_timeout_ms=2_000, session_idle_timeout_ms=60_000))

@@ -13,7 +13,6 @@ import traceback
 from collections import deque
 from typing import Any
 
-
 from . import codec
 from .context import (
     ActivityTask,
@@ -35,6 +34,7 @@ from .events import (
     COMPLETION_EVENTS,
     SCHEDULE_EVENTS,
     Action,
+    ActivityCancelRequested,
     ActivityCompleted,
     ActivityFailed,
     ActivityScheduled,
@@ -54,6 +54,7 @@ from .events import (
     KeyValueCleared,
     KeyValuesCleared,
     KeyValueSet,
+    OrchestrationCancelRequested,
     OrchestrationChained,
     OrchestrationStarted,
     QueueEventDelivered,
@@ -62,6 +63,7 @@ from .events import (
     SetKeyValue,
     StartOrchestrationDetached,
     StartSubOrchestration,
+    SubOrchestrationCancelRequested,
     SubOrchestrationCompleted,
     SubOrchestrationFailed,
     SubOrchestrationScheduled,
@@ -88,7 +90,7 @@ class _Slot:
 
     __slots__ = (
         "task", "kind", "action", "site", "event_id", "done", "ok", "value", "dropped",
-        "cancelled", "child", "name",
+        "cancelled", "child", "name", "parents",
     )
 
     def __init__(self, task: DurableTask, kind: str, action: Action | None, site: tuple[str, int] | None) -> None:
@@ -104,6 +106,25 @@ class _Slot:
         self.cancelled = False  # subscription cancelled (dropped or breadcrumb)
         self.child: str | None = None
         self.name = getattr(action, "name", None)
+        self.parents: list[_Comp] = []  # joins/races waiting on this task
+
+    def finish(self, ok: bool, value: Any) -> None:
+        """Mark done exactly once and tell the waiting joins/races (O(1) readiness)."""
+        if self.done:
+            return
+        self.done, self.ok, self.value = True, ok, value
+        for parent in self.parents:
+            parent.pending -= 1
+
+
+class _Comp:
+    """Engine-side state of a join/race: how many children are still pending."""
+
+    __slots__ = ("pending", "total")
+
+    def __init__(self, total: int) -> None:
+        self.pending = total
+        self.total = total
 
 
 _ACTION_KIND = {
@@ -158,6 +179,14 @@ class _Engine:
         self.q_buffer: dict[str, list[tuple[int, str]]] = {}  # (event_id, data)
         self.q_consumed: dict[str, int] = {}
         self.dropped: list[_Slot] = []
+        # Incremental views of the history walked so far, so a cached engine can take the next
+        # turn without rescanning history (see replay.EngineCache).
+        self.schedules: dict[int, HistoryEvent] = {}
+        self.completed: set[int] = set()  # membership only
+        self.crumbs: set[tuple[type, int | None]] = set()  # (breadcrumb type, source id); membership only
+        self.cancel_reason: str | None = None
+        self.last_event_id = 0
+        self.history_len = 0
         self.can: ContinueAsNewTask | None = None
         self.kv: dict[str, tuple[str, int]] = dict(inp.kv_snapshot)
         self.custom_status: str | None = started.initial_custom_status
@@ -178,6 +207,15 @@ class _Engine:
             orchestration_version=started.version,
         )
         self.input_text = started.input
+
+    def begin_turn(self, inp: TurnInput) -> None:
+        """Reuse this engine (cached, settled) for the next turn of the same execution."""
+        self.inp = inp
+        self.now_ms = inp.now_ms
+        self.logs = []
+        self.dropped = []
+        self.requested_versions = {}
+        self.is_replaying = False
 
     # --- hooks used by OrchestrationContext -------------------------------------------------
 
@@ -291,9 +329,16 @@ class _Engine:
         if not task.leaf:
             if isinstance(task, RetryTask):
                 raise TypeError("retry tasks cannot be joined or raced; yield them on their own")
-            task._st = True
-            for child in task.children:  # type: ignore[attr-defined]
+            children = task.children  # type: ignore[attr-defined]
+            for child in children:
                 self._start(child)
+            comp = _Comp(len(children))
+            for child in children:
+                if child._st.done:
+                    comp.pending -= 1
+                else:
+                    child._st.parents.append(comp)
+            task._st = comp
             return
         site = _site_of(self.stack[0]) if self.stack else None
         kind = _ACTION_KIND[type(task)]
@@ -301,18 +346,19 @@ class _Engine:
         slot = _Slot(task, kind, action, site)
         task._st = slot
         if kind == "detached":
-            slot.done = True
+            slot.finish(True, None)
         if kind == "can":
             self.can = task  # type: ignore[assignment]
             return
         self.fifo.append(slot)
 
     def _ready(self, task: DurableTask) -> bool:
+        st = task._st
         if task.leaf:
-            return task._st.done
+            return st.done
         if isinstance(task, AllTask):
-            return all(c._st.done for c in task.children)
-        return any(c._st.done for c in task.children)  # type: ignore[attr-defined]
+            return st.pending == 0
+        return st.pending < st.total
 
     def _outcome(self, task: DurableTask) -> tuple[bool, Any]:
         if task.leaf:
@@ -397,8 +443,9 @@ class _Engine:
                     SubOrchestrationCompleted: "sub", SubOrchestrationFailed: "sub"}[type(ev)]
             if slot.kind != want:
                 raise self.diverge(f"completion kind mismatch: expected {slot.kind}", ev, None, slot.site)
+            self.completed.add(ev.source_event_id)  # type: ignore[arg-type]
             if slot.dropped:
-                slot.done = True  # late completion of a dropped future: recorded, not delivered
+                slot.finish(True, None)  # late completion of a dropped future: recorded, not delivered
                 return False
             if isinstance(ev, (ActivityFailed, SubOrchestrationFailed)):
                 self._fail(slot, ev.details)
@@ -421,15 +468,21 @@ class _Engine:
             self._settle_queue(ev.name)
             return True
         if isinstance(ev, (ExternalSubscribedCancelled, QueueSubscriptionCancelled)):
+            self.crumbs.add((type(ev), ev.source_event_id))
             slot = self.by_id.get(ev.source_event_id)  # type: ignore[arg-type]
             if slot is not None:
                 slot.cancelled = True
             return False
-        return False  # Started, cancel requests, breadcrumbs for activities/children
+        if isinstance(ev, (ActivityCancelRequested, SubOrchestrationCancelRequested)):
+            self.crumbs.add((type(ev), ev.source_event_id))
+        elif isinstance(ev, OrchestrationCancelRequested):
+            self.cancel_reason = ev.reason
+        return False  # Started and the rest: no effect on the code
 
     def _bind(self, slot: _Slot, ev: HistoryEvent) -> bool:
         slot.event_id = ev.event_id
         self.by_id[ev.event_id] = slot
+        self.schedules[ev.event_id] = ev
         if isinstance(ev, SubOrchestrationScheduled):
             slot.child = ev.instance
         elif isinstance(ev, ExternalSubscribed):
@@ -456,7 +509,7 @@ class _Engine:
                 self._resolve_text(slot, buffer[idx][1])
 
     def _resolve(self, slot: _Slot, value: Any) -> None:
-        slot.done, slot.ok, slot.value = True, True, value
+        slot.finish(True, value)
 
     def _resolve_text(self, slot: _Slot, text: str) -> None:
         task = slot.task
@@ -471,15 +524,14 @@ class _Engine:
             else:
                 value = codec.decode_typed(text, getattr(task, "result_type", None), f"result of {task.describe()}")
         except Exception as exc:  # noqa: BLE001 - a result the code cannot accept fails at its yield
-            slot.done, slot.ok, slot.value = True, False, exc
+            slot.finish(False, exc)
             return
         self._resolve(slot, value)
 
     def _fail(self, slot: _Slot, details: ErrorDetails) -> None:
         from ..errors import TaskFailedError
 
-        slot.done, slot.ok = True, False
-        slot.value = TaskFailedError(details.display_message(), details=details)
+        slot.finish(False, TaskFailedError(details.display_message(), details=details))
 
 
 def _entry(slot: _Slot) -> dict[str, Any]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from .context import (
     ContinueAsNewTask,
 )
+from .engine import _Engine
 from .events import (
     ActivityCancelRequested,
     ActivityCompleted,
@@ -44,7 +44,6 @@ from .events import (
     TimerFiredMsg,
     WorkItem,
 )
-from .engine import _Engine
 from .nondeterminism import _Divergence, nondeterminism_message
 from .turn import LIMITS, TurnInput, TurnResult, child_instance_id
 
@@ -52,8 +51,11 @@ __all__ = ["poison_turn"]
 
 
 
-def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], add: Any) -> None:
-    """SPEC §3.10: check persisted dropped-future breadcrumbs, then add missing ones."""
+def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], add: Any, *, warm: bool = False) -> None:
+    """SPEC §3.10: check persisted dropped-future breadcrumbs, then add missing ones.
+
+    A *warm* engine (cached from the previous turn) already checked the persisted breadcrumbs
+    when it walked them, and knows every breadcrumb written so far (``engine.crumbs``)."""
     crumb_types = {
         "activity": ActivityCancelRequested,
         "sub": SubOrchestrationCancelRequested,
@@ -61,8 +63,8 @@ def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list
         "queue": QueueSubscriptionCancelled,
     }
     labels = {"activity": "activities", "sub": "sub-orchestrations", "wait": "external waits", "queue": "persistent waits"}
-    persisted_ids = {e.event_id for e in history}
-    if history:
+    if history and not warm:
+        persisted_ids = {e.event_id for e in history}
         for kind, cls in crumb_types.items():
             b = {e.source_event_id for e in history if isinstance(e, cls) and getattr(e, "reason", "") == "dropped_future"}
             c = {s.event_id for s in engine.dropped if s.kind == kind and s.event_id in persisted_ids}
@@ -74,7 +76,11 @@ def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list
                         execution_id=engine.execution_id,
                     )
                 )
-    existing = {(type(e), e.source_event_id) for e in history + delta if isinstance(e, tuple(crumb_types.values()))}
+    crumb_classes = tuple(crumb_types.values())
+    if warm:
+        existing = set(engine.crumbs) | {(type(e), e.source_event_id) for e in delta if isinstance(e, crumb_classes)}
+    else:
+        existing = {(type(e), e.source_event_id) for e in [*history, *delta] if isinstance(e, crumb_classes)}
     for slot in engine.dropped:
         cls = crumb_types.get(slot.kind)
         if cls is None or slot.event_id is None or (cls, slot.event_id) in existing:
@@ -83,6 +89,7 @@ def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list
             continue  # completed before the drop took effect: nothing to cancel
         add(cls, source_event_id=slot.event_id, reason="dropped_future")
         existing.add((cls, slot.event_id))
+        engine.crumbs.add((cls, slot.event_id))
 
 
 def _open_schedules(events: list[HistoryEvent], cls: type, done_types: tuple[type, ...]) -> list[HistoryEvent]:
@@ -121,7 +128,7 @@ def _finish(
                 add(QueueSubscriptionCancelled, source_event_id=slot.event_id, reason="orchestration_terminal")
 
     def activity_breadcrumbs(reason: str) -> None:
-        events = history + delta
+        events = [*history, *delta]
         for ev in _open_schedules(events, ActivityScheduled, (ActivityCompleted, ActivityFailed, ActivityCancelRequested)):
             add(ActivityCancelRequested, source_event_id=ev.event_id, reason=reason)
             cancelled.append((inst, exe, ev.event_id))
@@ -131,7 +138,7 @@ def _finish(
             if isinstance(ev, ActivityCancelRequested) and ev.reason == "dropped_future":
                 cancelled.append((inst, exe, ev.source_event_id))  # type: ignore[arg-type]
             elif isinstance(ev, SubOrchestrationCancelRequested) and ev.reason == "dropped_future":
-                sched = next(e for e in history + delta if e.event_id == ev.source_event_id)
+                sched = next(e for e in [*history, *delta] if e.event_id == ev.source_event_id)
                 orch.append(CancelInstance(instance=child_instance_id(inst, sched.instance), reason="parent dropped sub-orchestration future"))  # type: ignore[attr-defined]
 
     def notify_parent(details: ErrorDetails | None, result: str | None) -> None:
@@ -169,7 +176,7 @@ def _finish(
             activity_breadcrumbs("orchestration_terminal_failed")
     elif kind == "can":
         task: ContinueAsNewTask = value
-        carry = _carry_forward(engine, history + delta)
+        carry = _carry_forward(engine, [*history, *delta])
         dropped_side_effects()
         sub_breadcrumbs()
         status, output = "ContinuedAsNew", task.input
@@ -195,7 +202,7 @@ def _finish(
         error = ApplicationError(kind="Cancelled", reason=reason, message="")
         status, output = "Failed", error.display_message()
         add(OrchestrationFailed, details=error)
-        events = history + delta
+        events = [*history, *delta]
         for ev in _open_schedules(events, SubOrchestrationScheduled, (SubOrchestrationCompleted, SubOrchestrationFailed)):
             orch.append(CancelInstance(instance=child_instance_id(inst, ev.instance), reason="parent canceled"))  # type: ignore[attr-defined]
         notify_parent(error, None)
@@ -232,6 +239,7 @@ def _finish(
         output=output,
         error=error,
         logs=tuple(engine.logs),
+        engine=engine if result_kind == "continue" and ran_code else None,
         **base,
     )
 

@@ -7,8 +7,6 @@ instance and execution."""
 
 from __future__ import annotations
 
-
-
 from .events import (
     Action,
     HistoryEvent,

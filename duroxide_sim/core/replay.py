@@ -25,9 +25,12 @@ and work; :mod:`.turn` holds the records; :mod:`.nondeterminism` builds the mess
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
-
+from .engine import _Engine
 from .events import (
     COMPLETION_EVENTS,
     SCHEDULE_EVENTS,
@@ -79,7 +82,6 @@ from .events import (
     WaitExternal,
     WorkItem,
 )
-from .engine import _Engine
 from .finalize import _corrupt, _finish, _reconcile_dropped, poison_turn
 from .nondeterminism import _Divergence, describe_action, describe_event, nondeterminism_message
 from .registry import Registry
@@ -90,6 +92,7 @@ __all__ = [
     "TurnResult",
     "LIMITS",
     "execute_turn",
+    "EngineCache",
     "poison_turn",
     "nondeterminism_message",
     "describe_event",
@@ -122,16 +125,105 @@ _KIND_NAME = {ActivityScheduled: "activity", TimerCreated: "timer", SubOrchestra
               ExternalSubscribed: "external", QueueSubscribed: "queue", OrchestrationChained: "detached"}
 
 
-def _already_completed(source_id: int, completed: set[int]) -> bool:
+class _Completed:
+    """Source ids already completed: in history (shared, never mutated here) or in this batch."""
+
+    __slots__ = ("persisted", "batch")
+
+    def __init__(self, persisted: set[int]) -> None:
+        self.persisted = persisted
+        self.batch: set[int] = set()
+
+    def __contains__(self, source_id: object) -> bool:
+        return source_id in self.batch or source_id in self.persisted
+
+    def add(self, source_id: int) -> None:
+        self.batch.add(source_id)
+
+
+_TERMINAL = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
+
+
+def _already_completed(source_id: int, completed: Any) -> bool:
     """Duplicate filter (SPEC §3.3 step 2): a completion whose schedule already completed, in
     history or earlier in this batch, is dropped. The duplicate-delivery fault exists to catch
     an engine that gets this wrong."""
     return source_id in completed
 
 
-def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
-    """Run one turn (SPEC §3.1 steps 3–9). Never raises for user-code problems."""
-    history = list(inp.history)
+class EngineCache:
+    """Live orchestration engines kept between turns of the same execution.
+
+    After a ``continue`` turn commits, the dispatcher puts the turn's engine here. The next turn
+    of that execution then resumes the live generator/coroutine and applies only the new events,
+    instead of re-running the code over the whole history: a turn costs its new events, not the
+    history length. An engine is reused only when the fetched history is exactly the one it
+    produced (same execution, same length, same last event id) and the handler is the same
+    object; anything else (another process took a turn, a crash, a redeploy) falls back to a
+    full replay. Bounded: the least recently used engine is dropped beyond ``capacity``.
+    """
+
+    def __init__(self, capacity: int = 1024, lock: Any = None) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, _Engine] = OrderedDict()
+        self._lock = lock if lock is not None else contextlib.nullcontext()  # injected: core has no threads
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def vouches(self, instance: str, execution_id: int, history: Sequence[HistoryEvent]) -> bool:
+        """True when a cached engine produced exactly this history (so it is not terminal)."""
+        with self._lock:
+            engine = self._items.get(instance)
+        return (
+            engine is not None
+            and engine.execution_id == execution_id
+            and engine.history_len == len(history)
+            and bool(history)
+            and engine.last_event_id == history[-1].event_id
+        )
+
+    def take(self, instance: str, execution_id: int, history: Sequence[HistoryEvent], handler: Any) -> _Engine | None:
+        """Remove and return the engine for this exact history, or None."""
+        with self._lock:
+            engine = self._items.pop(instance, None)
+        if (
+            engine is None
+            or engine.execution_id != execution_id
+            or engine.handler is not handler
+            or engine.history_len != len(history)
+            or not history
+            or engine.last_event_id != history[-1].event_id
+        ):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return engine
+
+    def put(self, instance: str, engine: _Engine) -> None:
+        with self._lock:
+            self._items[instance] = engine
+            self._items.move_to_end(instance)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def evict(self, instance: str) -> None:
+        with self._lock:
+            self._items.pop(instance, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None = None) -> TurnResult:
+    """Run one turn (SPEC §3.1 steps 3–9). Never raises for user-code problems.
+
+    With a ``cache``, a live engine from the previous turn of this execution is resumed when
+    the history matches it (see :class:`EngineCache`); the result is the same either way."""
+    history: Sequence[HistoryEvent] = inp.history
     start: StartOrchestration | ContinueAsNew | None = None
     rest: list[WorkItem] = []
     for msg in inp.messages:
@@ -141,7 +233,10 @@ def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
             continue  # later start items are ignored (SPEC §3.2)
         rest.append(msg)
 
-    terminal = next((e for e in history if isinstance(e, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew))), None)
+    # A history the cache vouches for was produced by a committed non-terminal turn of ours, so
+    # the O(history) scan for a terminal event can be skipped.
+    vouched = cache is not None and cache.vouches(inp.instance, inp.execution_id, history)
+    terminal = None if vouched else next((e for e in history if isinstance(e, _TERMINAL)), None)
     is_can = isinstance(start, ContinueAsNew)
     if terminal is not None and not (is_can and isinstance(terminal, OrchestrationContinuedAsNew)):
         return TurnResult(kind="noop", execution_id=inp.execution_id, message="instance is already terminal")
@@ -171,6 +266,7 @@ def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
 
     delta: list[HistoryEvent] = []
     add = _Builder(delta, history[-1].event_id if history else 0, inp.instance, execution_id, inp.now_ms)
+    warm = cache.take(inp.instance, execution_id, history, handler) if cache is not None and history else None
 
     if history:
         started = history[0]
@@ -191,9 +287,14 @@ def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
 
     # --- prep: messages -> events (SPEC §3.3) ---------------------------------------------
     abort: ErrorDetails | None = None
-    schedules = {e.event_id: e for e in history if isinstance(e, SCHEDULE_EVENTS)}
-    completed = {e.source_event_id for e in history if isinstance(e, COMPLETION_EVENTS)}
-    cancel_seen = any(isinstance(e, OrchestrationCancelRequested) for e in history)
+    if warm is not None:
+        # The cached engine tracked these while walking the history it produced.
+        schedules, cancel_seen = warm.schedules, warm.cancel_reason is not None
+        completed = _Completed(warm.completed)
+    else:
+        schedules = {e.event_id: e for e in history if isinstance(e, SCHEDULE_EVENTS)}
+        completed = _Completed({e.source_event_id for e in history if isinstance(e, COMPLETION_EVENTS)})
+        cancel_seen = any(isinstance(e, OrchestrationCancelRequested) for e in history)
     for msg in rest:
         sid = _completion_id(msg)
         if sid is not None:
@@ -238,7 +339,11 @@ def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
                 cancel_seen = True
                 add(OrchestrationCancelRequested, reason=msg.reason)
 
-    engine = _Engine(inp, handler, started, execution_id)
+    if warm is not None:
+        engine = warm
+        engine.begin_turn(inp)
+    else:
+        engine = _Engine(inp, handler, started, execution_id)
     base = dict(
         execution_id=execution_id,
         orchestration_name=started.name,
@@ -250,11 +355,13 @@ def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
         return _finish(engine, history, delta, add, ("failed", abort), base, ran_code=False)
 
     # --- replay loop (SPEC §3.4) -------------------------------------------------------------
-    events = history + delta
+    # A warm engine already stands where the previous turn left it (settled, nothing to poll):
+    # only this turn's events are walked. A cold one re-runs the code over the whole history.
+    events = delta if warm is not None else list(history) + delta
     engine.events = events
-    persisted = len(history)
+    persisted = 0 if warm is not None else len(history)
     engine.is_replaying = persisted > 0
-    must_poll = True
+    must_poll = warm is None
     try:
         for i, ev in enumerate(events):
             engine.cursor = i
@@ -286,11 +393,15 @@ def execute_turn(inp: TurnInput, registry: Registry) -> TurnResult:
         return _finish(engine, history, delta, add, ("failed", ConfigurationErrorDetails(message=str(div))), base, ran_code=False)
 
     # --- finalization precedence (SPEC §3.8) ---------------------------------------------
-    cancel = next((e for e in history + delta if isinstance(e, OrchestrationCancelRequested)), None)
+    engine.last_event_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
+    engine.history_len = len(history) + len(delta)
+    cancel = next((e for e in (delta if warm is not None else events) if isinstance(e, OrchestrationCancelRequested)), None)
+    if cancel is None and warm is not None and engine.cancel_reason is not None:
+        cancel = OrchestrationCancelRequested(event_id=0, reason=engine.cancel_reason)
     if cancel is not None:
         return _finish(engine, history, delta, add, ("cancelled", cancel.reason), base, ran_code=True)  # type: ignore[attr-defined]
     try:
-        _reconcile_dropped(engine, history, delta, add)
+        _reconcile_dropped(engine, history, delta, add, warm=warm is not None)
     except _Divergence as div:
         return _finish(engine, history, delta, add, ("failed", ConfigurationErrorDetails(message=str(div))), base, ran_code=False)
     if engine.can is not None:

@@ -65,6 +65,8 @@ class TurnResult:
     pinned_version: str | None = None
     logs: tuple[tuple[int, str], ...] = ()
     message: str = ""
+    #: The live engine after a ``continue`` turn, for :class:`~duroxide_sim.core.replay.EngineCache`.
+    engine: Any = attrs.field(default=None, eq=False, repr=False)
 
 
 class _Builder:

@@ -672,6 +672,16 @@ class InMemoryProvider:
             current = self._current_execution(instance)
             return current[0] if current else None
 
+    def read_status(self, instance: str) -> tuple[str, str | None, str | None, int] | None:
+        """Cheap status read for clients: ``(execution status, output, custom status, version)``
+        of the current execution; None when there is no instance row (read history instead)."""
+        with self._lock:
+            row = self._instances.get(instance)
+            execution = self._executions.get(instance, {}).get(row.current_execution_id) if row is not None else None
+            if row is None or execution is None:
+                return None
+            return execution.status, execution.output, row.custom_status, row.custom_status_version
+
     def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None:
         """``(status, version)`` if the version moved past ``last_seen_version``, else None."""
         with self._lock:

@@ -39,6 +39,7 @@ import os
 import sqlite3
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -61,6 +62,7 @@ __all__ = ["SqliteProvider", "SCHEMA_VERSION"]
 _log = logging.getLogger(__name__)
 _BUSY_TIMEOUT_MS = 60_000
 _MIN_SQLITE = (3, 25, 0)  # upsert (3.24) and window functions (3.25)
+_HISTORY_CACHE_SIZE = 1024  # instances whose decoded current history is kept (LRU)
 _CORRUPT_PREFIX = "#corrupt#"  # _corrupt_history marker: never valid JSON
 
 # Oldest visible message per unlocked instance, in (visible_at, id) order: the fetch candidates.
@@ -134,6 +136,8 @@ class SqliteProvider(SqliteAdminMixin):
         # In-memory: one connection, every operation under one lock. File: per-thread
         # connections; writers of this process queue on a lock instead of busy-waiting in SQLite.
         self._write_guard = threading.RLock()
+        self._hcache: OrderedDict[str, tuple[int, int, list[HistoryEvent]]] = OrderedDict()
+        self._hcache_lock = threading.RLock()
         self._read_guard: Any = self._write_guard if memory else contextlib.nullcontext()
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ProviderError(f"SqliteProvider needs SQLite >= {'.'.join(map(str, _MIN_SQLITE))}, "
@@ -328,11 +332,38 @@ class SqliteProvider(SqliteAdminMixin):
         except SerializationError as exc:
             raise ProviderError(f"{op}: unreadable queued work item: {exc}", operation=op) from exc
 
+    def _load_events(self, db: sqlite3.Connection, instance: str, execution_id: int) -> list[HistoryEvent]:
+        """History of one execution in event_id order; SerializationError if a row is unreadable.
+
+        Histories are append-only, so decoded events are kept (per instance, bounded LRU) and
+        only rows newer than the last cached event id are read and decoded on later calls. A
+        cache entry is keyed by the instance row's ``created_seq`` and the execution id, so a
+        deleted-and-recreated instance or a new execution never reuses stale events."""
+        with self._hcache_lock:
+            row = db.execute("SELECT created_seq FROM instances WHERE instance_id = ?", (instance,)).fetchone()
+            seq = row[0] if row is not None else None
+            entry = self._hcache.get(instance)
+            if seq is None or entry is None or entry[0] != seq or entry[1] != execution_id:
+                entry = None
+            after = entry[2][-1].event_id if entry is not None and entry[2] else 0
+            fresh = self._decode_rows(db, instance, execution_id, after)
+            if entry is None:
+                events = fresh
+                if seq is not None:
+                    self._hcache[instance] = (seq, execution_id, list(fresh))
+            else:
+                entry[2].extend(fresh)
+                events = list(entry[2])
+            if seq is not None:
+                self._hcache.move_to_end(instance)
+                while len(self._hcache) > _HISTORY_CACHE_SIZE:
+                    self._hcache.popitem(last=False)
+            return events
+
     @staticmethod
-    def _load_events(db: sqlite3.Connection, instance: str, execution_id: int) -> list[HistoryEvent]:
-        """History of one execution in event_id order; SerializationError if a row is unreadable."""
+    def _decode_rows(db: sqlite3.Connection, instance: str, execution_id: int, after: int) -> list[HistoryEvent]:
         rows = db.execute("SELECT event_id, event_data FROM history WHERE instance_id = ? AND execution_id = ? "
-                          "ORDER BY event_id", (instance, execution_id)).fetchall()
+                          "AND event_id > ? ORDER BY event_id", (instance, execution_id, after)).fetchall()
         out = []
         for event_id, text in rows:
             try:
@@ -851,6 +882,17 @@ class SqliteProvider(SqliteAdminMixin):
         with self._tx("latest_execution_id", write=False) as db:
             return self._current_execution_id(db, instance)
 
+    def read_status(self, instance: str) -> tuple[str, str | None, str | None, int] | None:
+        """Cheap status read for clients: ``(execution status, output, custom status, version)``
+        of the current execution, from the instance and execution rows (no history decoding).
+        None when there is no instance row (the client then reads history)."""
+        with self._tx("read_status", write=False) as db:
+            row = db.execute(
+                "SELECT e.status, e.output, i.custom_status, i.custom_status_version FROM instances i "
+                "JOIN executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
+                "WHERE i.instance_id = ?", (instance,)).fetchone()
+        return None if row is None else (row[0], row[1], row[2], row[3])
+
     def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None:
         """``(status, version)`` if the version moved past ``last_seen_version``, else None."""
         with self._tx("get_custom_status", write=False) as db:
@@ -901,6 +943,8 @@ class SqliteProvider(SqliteAdminMixin):
         into its history rows (the original text is kept behind a marker); ``error=None``
         restores it. Fetches then return ``history_error`` with the lock held (SPEC §16 I31)."""
         op = "_corrupt_history"
+        with self._hcache_lock:
+            self._hcache.pop(instance, None)
         with self._tx(op) as db:
             execution_id = self._current_execution_id(db, instance)
             rows = db.execute("SELECT event_id, event_data FROM history WHERE instance_id = ? AND execution_id = ?",

@@ -158,6 +158,16 @@ class Client:
 
     def get_status(self, instance_id: str) -> OrchestrationResult:
         _check_id(instance_id)
+        fast = getattr(self.provider, "read_status", None)
+        row = fast(instance_id) if fast is not None else None
+        if row is not None:
+            # The execution row mirrors the terminal event (SPEC §2.6 metadata): no history read.
+            status, text, custom, version = row
+            if status == "Completed":
+                return OrchestrationResult("Completed", codec.decode(text), None, custom, version)
+            if status == "Failed":
+                return OrchestrationResult("Failed", None, text, custom, version)
+            return OrchestrationResult("Running", None, None, custom, version)
         history = self.provider.read(instance_id)
         cs = self.provider.get_custom_status(instance_id, 0)
         custom, version = cs if cs is not None else (None, 0)

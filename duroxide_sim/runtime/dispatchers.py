@@ -37,8 +37,8 @@ from ..core.events import (
     WorkItem,
 )
 from ..core.registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW, Registry
-from ..core.replay import TurnInput, TurnResult, execute_turn, poison_turn
-from ..errors import LockLostError, ProviderError
+from ..core.replay import EngineCache, TurnInput, TurnResult, execute_turn, poison_turn
+from ..errors import LockLostError, NondeterminismError, ProviderError
 from ..providers.base import (
     Clock,
     ExecutionMetadata,
@@ -129,6 +129,9 @@ class Services:
     run_coroutine: Callable[[Any], Any] | None = None
     client_factory: Callable[[], Any] = lambda: None
     worker_id: str = "worker"
+    #: Re-run every cached (warm) turn from scratch too and fail loudly if they differ. The
+    #: simulation turns this on; production leaves it off.
+    verify_cache: bool = False
 
 
 class OrchestrationDispatcher:
@@ -138,6 +141,8 @@ class OrchestrationDispatcher:
         self.s = services
         opts = services.options
         self.filter = opts.supported_versions or ("0.0.0", ENGINE_VERSION)
+        size = opts.instance_cache_size
+        self.cache = EngineCache(size, threading.Lock()) if size > 0 else None
 
     def fetch(self) -> OrchestrationItem | None:
         item = self.s.provider.fetch_orchestration_item(self.s.options.orchestrator_lock_timeout_ms, 0, self.filter)
@@ -184,7 +189,10 @@ class OrchestrationDispatcher:
             if item.attempt_count > opts.max_attempts:
                 result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts)
                 return self._commit(item, result)
-            result = execute_turn(inp, s.registry)
+            hits = self.cache.hits if self.cache is not None else 0
+            result = execute_turn(inp, s.registry, self.cache)
+            if s.verify_cache and self.cache is not None and self.cache.hits > hits:
+                _verify_warm_turn(inp, s.registry, result)
             if result.kind == "unregistered":
                 delay = opts.unregistered_backoff_ms(item.attempt_count)
                 _log.warning("%s (instance %r); retrying in %d ms", result.message, item.instance, delay)
@@ -234,6 +242,8 @@ class OrchestrationDispatcher:
                 self._abandon_quietly(item.lock_token, 50)
                 return None
             return self._commit_infrastructure_failure(item, exc)
+        if self.cache is not None and result.engine is not None:
+            self.cache.put(item.instance, result.engine)  # committed: the next turn may resume it
         self._record(result)
         return result
 
@@ -281,6 +291,31 @@ class OrchestrationDispatcher:
             m.inc("orch_continue_as_new")
         for level, message in result.logs:
             _orch_log.log(level, "%s", message, extra={"instance_id": result.delta[0].instance_id if result.delta else ""})
+
+
+def _verify_warm_turn(inp: TurnInput, registry: Registry, warm: TurnResult) -> None:
+    """The instance cache must be invisible: a full replay must produce the same turn."""
+    cold = execute_turn(inp, registry)
+    if cold.kind == "failed" and getattr(cold.error, "category", "") == "configuration" and warm.kind != "failed":
+        raise NondeterminismError(
+            f"replay from scratch diverged from the live turn of {inp.instance!r}: {cold.error.display_message()}",  # type: ignore[union-attr]
+            instance_id=inp.instance,
+        )
+    fields = ("kind", "delta", "worker_items", "orchestrator_items", "cancelled", "status", "output", "error")
+    for name in fields:
+        if getattr(cold, name) != getattr(warm, name):
+            # Either the cache is wrong or the orchestration code is not deterministic (a full
+            # replay of the same history behaves differently from the live code).
+            raise NondeterminismError(
+                f"a full replay of {inp.instance!r} differs from its live (cached) turn in {name}: "
+                f"live {_short(getattr(warm, name))} vs replayed {_short(getattr(cold, name))}",
+                instance_id=inp.instance,
+            )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 @attrs.define

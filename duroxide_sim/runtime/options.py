@@ -55,6 +55,9 @@ class RuntimeOptions:
     worker_node_id: str | None = None
     worker_tag_filter: TagFilter = attrs.field(factory=TagFilter.default_only, validator=_tag_filter)
     supported_versions: tuple[str, str] | None = None
+    #: Live orchestration engines kept between turns (0 disables): a turn then costs its new
+    #: events instead of a replay of the whole history.
+    instance_cache_size: int = attrs.field(default=1024, validator=_non_negative)
     log_format: str | None = None
     log_level: str | None = None
     service_name: str | None = None

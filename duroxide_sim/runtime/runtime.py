@@ -34,6 +34,7 @@ class Runtime:
         clock: Clock | None = None,
         ids: IdSource | None = None,
         registry: Registry | None = None,
+        verify_cache: bool = False,
     ) -> None:
         from . import realtime
 
@@ -55,6 +56,7 @@ class Runtime:
             run_coroutine=realtime.run_coroutine,
             client_factory=lambda: Client(provider, clock=self.clock),
             worker_id=self.runtime_id,
+            verify_cache=verify_cache,
         )
         self.orchestration_dispatcher = OrchestrationDispatcher(self._services)
         self.worker_dispatcher = WorkerDispatcher(self._services)

@@ -140,6 +140,8 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
 
     for report in result.crash_reports:
         fail("harness", report)
+    for step, instance, message in result.divergences[:5]:
+        fail("determinism", message, instance, step)
     # 7. sandbox
     for v in sandbox_violations:
         fail("sandbox", v.render())

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from ..core.events import HistoryEvent, dumps
-from ..errors import DuroxideError, ProviderError
+from ..errors import DuroxideError, NondeterminismError, ProviderError
 from ..providers.faulty import FaultyProvider
 from ..providers.memory import InMemoryProvider
 from ..runtime.client import Client
@@ -120,6 +120,8 @@ class SimResult:
     crash_reports: list[str] = attrs.Factory(list)
     #: Instances that failed with poison because faults exhausted max_attempts deliveries.
     budget_exhausted: list[str] = attrs.Factory(list)
+    #: (step, instance, message): live turns that a from-scratch replay did not reproduce.
+    divergences: list[tuple[int, str | None, str]] = attrs.Factory(list)
 
     @property
     def trace_hash(self) -> str:
@@ -186,6 +188,7 @@ class Simulation:
         max_steps: int = 200_000,
         sandbox: bool = False,
         check_invariants: bool = True,
+        verify_cache: bool = True,
     ) -> None:
         if provider not in ("memory", "sqlite"):
             raise ValueError(f"provider must be 'memory' or 'sqlite', got {provider!r}")
@@ -196,6 +199,8 @@ class Simulation:
         self.max_steps = max_steps
         self.sandbox = sandbox
         self.check_invariants = check_invariants
+        #: Re-run every cached turn from scratch and compare (the instance cache must be invisible).
+        self.verify_cache = verify_cache
         if faults == "swarm":
             self.plan = FaultPlan.swarm(random.Random(f"plan:{self.seed}"))
         elif faults is None:
@@ -259,6 +264,7 @@ class _Run:
         self.pending: list[Any] = sorted(list(starts) + list(signals), key=lambda x: x.at_ms)
         self.instances = list(dict.fromkeys(s.instance for s in starts))
         self.crash_reports: list[str] = []
+        self.divergences: list[tuple[int, str | None, str]] = []
         self.check_invariants = getattr(self.inner, "_check", None) if sim.check_invariants else None
 
     # --- faults -----------------------------------------------------------------------------
@@ -293,7 +299,8 @@ class _Run:
     # --- processes ----------------------------------------------------------------------------
 
     def _boot(self, index: int, incarnation: int = 0) -> _Node:
-        rt = Runtime(self.provider, self.options, clock=self.clock, ids=SequentialIds((self.seed << 8) + index * 16 + incarnation))
+        rt = Runtime(self.provider, self.options, clock=self.clock, ids=SequentialIds((self.seed << 8) + index * 16 + incarnation),
+                     verify_cache=self.sim.verify_cache)
         self.spec.setup(rt, self.world)
         if self.registry is None:
             self.registry = rt.registry
@@ -409,6 +416,11 @@ class _Run:
             act = acts[self.rng.randrange(len(acts))]
             try:
                 self._do(act)
+            except NondeterminismError as exc:
+                # The live turn and a from-scratch replay of it disagree (verify_cache): the
+                # turn is not committed; its lock expires and it is retried.
+                self.divergences.append((self.step, getattr(exc, "instance_id", None), str(exc)))
+                self._log("replay_divergence", instance=getattr(exc, "instance_id", None), error=str(exc)[:300])
             except ProviderError as exc:
                 # A provider failure escaping a step is what a real dispatcher loop would log and
                 # back off from; the step is simply lost.
@@ -533,4 +545,5 @@ class _Run:
             quiescent=quiescent,
             registry=self.registry,
             crash_reports=self.crash_reports,
+            divergences=self.divergences,
         )

@@ -397,3 +397,41 @@ def test_duplicate_client_start_while_running_is_absorbed(app):
     world.run()
     world.client.raise_event("t", "go", 1)
     assert world.result("t").output == ["first", 1]
+
+
+class _NoFastStatus:
+    """The same provider without its read_status shortcut (forces the history-based status)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        if name == "read_status":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_fast_status_read_agrees_with_history(world):
+    """The row-based status shortcut gives exactly what reading the history gives, in every state."""
+    from duroxide_sim import Client
+
+    @world.runtime.register_orchestration("S")
+    def s(ctx, mode):
+        ctx.set_custom_status(f"mode {mode}")
+        if mode == "fail":
+            raise ValueError("no")
+        if mode == "wait":
+            yield ctx.wait_for_event("never")
+        if mode == "can":
+            yield ctx.continue_as_new("done")
+        yield ctx.schedule_timer(10)
+        return {"mode": mode}
+
+    for mode in ("ok", "fail", "wait", "can", "cancel"):
+        world.client.start_orchestration(mode, "S", "wait" if mode == "cancel" else mode)
+    world.run()
+    world.client.cancel_instance("cancel", "stop")
+    world.run()
+    slow = Client(_NoFastStatus(world.provider), clock=world.clock, sleep=world.driver.sleep)
+    for inst in ("ok", "fail", "wait", "can", "cancel", "missing"):
+        assert world.client.get_status(inst) == slow.get_status(inst), inst

@@ -119,8 +119,9 @@ def test_invalid_timer_delay_fails_orchestration(world, delay):
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_utc_now_is_deterministic_across_replay(world, style):
+def test_utc_now_is_deterministic_across_replay(replay_world, style):
     """utc_now returns the clock at first execution and the same value on every later replay."""
+    world = replay_world  # the instance cache is off: every turn replays from scratch
     seen = []
 
     def gen(ctx, _):
@@ -157,8 +158,9 @@ def test_utc_now_is_deterministic_across_replay(world, style):
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_new_guid_is_deterministic_across_replay(world, style):
+def test_new_guid_is_deterministic_across_replay(replay_world, style):
     """new_guid returns distinct UUID-shaped strings, each stable across replays."""
+    world = replay_world  # the instance cache is off: every turn replays from scratch
     seen = []
 
     def gen(ctx, _):
@@ -245,8 +247,9 @@ def test_trace_with_level_and_debug(world, caplog):
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_is_replaying_true_only_on_replayed_steps(world, style):
+def test_is_replaying_true_only_on_replayed_steps(replay_world, style):
     """is_replaying() is False on the first turn, True while re-executing recorded steps."""
+    world = replay_world  # the instance cache is off: every turn replays from scratch
     observed = []
 
     def gen(ctx, _):
