@@ -197,35 +197,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def load_spec(ref: str) -> Any:
     """Resolve ``path/to/file.py:NAME`` or ``package.module:NAME`` to a SimSpec."""
     from .sim.harness import SimSpec
+    from .testing.replay import load_app
 
-    if ":" not in ref:
-        raise ValueError(f"spec reference {ref!r} must look like path/to/file.py:NAME or package.module:NAME")
-    where, name = ref.rsplit(":", 1)
-    if where.endswith(".py"):
-        path = pathlib.Path(where)
-        if not path.exists():
-            raise ValueError(f"no such file: {where}")
-        cwd = str(pathlib.Path.cwd())
-        if cwd not in sys.path:
-            sys.path.insert(0, cwd)
-        dotted = ".".join(path.with_suffix("").parts) if not path.is_absolute() else None
-        module = None
-        if dotted:
-            try:
-                module = importlib.import_module(dotted)
-            except ImportError:
-                module = None
-        if module is None:
-            spec = importlib.util.spec_from_file_location(f"_duroxide_spec_{path.stem}", path)
-            if spec is None or spec.loader is None:
-                raise ValueError(f"cannot import {where}")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
-    obj = getattr(module, name, None)
-    if obj is None:
-        raise ValueError(f"{where} has no attribute {name!r}")
+    obj = load_app(ref)
     if not isinstance(obj, SimSpec):
         raise ValueError(f"{ref} is a {type(obj).__name__}, not a SimSpec")
     return obj

@@ -31,9 +31,10 @@ from ..core.events import (
     TimerFiredMsg, WorkItem,
 )
 from ..errors import (
-    CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, InvalidInputError, LockLostError,
-    ProviderError,
+    CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ProviderError,
 )
+from ._shared import lock_lost as _lock_lost
+from ._shared import parse_semver as _parse_semver
 from .base import (
     Clock, DeleteInstanceResult, ExecutionInfo, ExecutionMetadata, InstanceFilter, InstanceInfo, InstanceTree,
     KvEntry, OrchestrationItem, PruneOptions, PruneResult, QueueDepths, ScheduledActivityIdentifier, SessionConfig,
@@ -46,18 +47,6 @@ _log = logging.getLogger(__name__)
 _TERMINAL = ("Completed", "Failed", "ContinuedAsNew")
 _DEFAULT_BULK_LIMIT = 1000  # SPEC §14: default limit of the bulk delete/prune filters
 _INF = math.inf
-
-
-def _parse_semver(text: str, what: str) -> tuple[int, int, int]:
-    """``"1.2.3"`` (optionally ``-pre``/``+build``) -> ``(1, 2, 3)``; bad text -> InvalidInputError."""
-    parts = str(text).split("+", 1)[0].split("-", 1)[0].split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise InvalidInputError(f"{what} must be a semver 'major.minor.patch', got {text!r}")
-    return int(parts[0]), int(parts[1]), int(parts[2])
-
-
-def _lock_lost(op: str, token: str, message: str, **fields: Any) -> LockLostError:
-    return LockLostError(message, operation=op, retryable=False, lock_token=token, **fields)
 
 
 @attrs.define

@@ -48,7 +48,9 @@ from ..core.events import (
     KeyValueCleared, KeyValuesCleared, KeyValueSet, QueueMessage, StartOrchestration, TimerFiredMsg, WorkItem,
     dumps, loads,
 )
-from ..errors import InvalidInputError, LockLostError, ProviderError, SerializationError
+from ..errors import ProviderError, SerializationError
+from ._shared import lock_lost as _lock_lost
+from ._shared import parse_semver as _parse_semver
 from .base import (
     Clock, ExecutionMetadata, KvEntry, OrchestrationItem, ScheduledActivityIdentifier, SessionConfig, TagFilter,
     WorkItemLease,
@@ -74,18 +76,6 @@ _ORCH_CANDIDATES = """
     WHERE rn = 1 AND instance_id NOT IN (SELECT instance_id FROM instance_locks WHERE locked_until > :now)
     ORDER BY visible_at, id
 """
-
-
-def _parse_semver(text: str, what: str) -> tuple[int, int, int]:
-    """``"1.2.3"`` (optionally ``-pre``/``+build``) -> ``(1, 2, 3)``; bad text -> InvalidInputError."""
-    parts = str(text).split("+", 1)[0].split("-", 1)[0].split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise InvalidInputError(f"{what} must be a semver 'major.minor.patch', got {text!r}")
-    return int(parts[0]), int(parts[1]), int(parts[2])
-
-
-def _lock_lost(op: str, token: str, message: str, **fields: Any) -> LockLostError:
-    return LockLostError(message, operation=op, retryable=False, lock_token=token, **fields)
 
 
 def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
