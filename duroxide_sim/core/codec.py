@@ -47,9 +47,10 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def _default(value: Any) -> Any:
-    """json.dumps fallback: unstructure attrs classes, dataclasses, enums, sets."""
+    """json.dumps fallback: unstructure attrs classes, dataclasses, enums. Sets are refused
+    like any other non-JSON value (cattrs returns them as sets, which would recurse forever)."""
     unstructured = converter.unstructure(value)
-    if unstructured is value:
+    if unstructured is value or isinstance(unstructured, (set, frozenset)):
         raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
     return unstructured
 

@@ -294,6 +294,10 @@ def _check_limits(engine: _Engine | None, delta: list[HistoryEvent]) -> str | No
                 return f"KV value for key '{ev.key}' ({n} bytes) exceeds limit ({LIMITS['kv_value_bytes']} bytes)"
     if engine is not None and len(engine.kv) > LIMITS["kv_keys"]:
         return f"KV key count ({len(engine.kv)}) exceeds limit ({LIMITS['kv_keys']})"
+    # Event ids are consecutive from 1, so the last new id is the execution's size after the turn.
+    if delta and delta[-1].event_id > LIMITS["history_events"]:
+        return (f"history size ({delta[-1].event_id} events) exceeds limit ({LIMITS['history_events']} events); "
+                "use continue-as-new to bound history")
     return None
 
 

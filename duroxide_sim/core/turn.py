@@ -27,6 +27,7 @@ LIMITS = {
     "kv_keys": 100,
     "carry_forward": 20,
     "quiescence_iterations": 100,
+    "history_events": 100_000,  # per execution; a turn that would exceed it fails the orchestration
 }
 
 

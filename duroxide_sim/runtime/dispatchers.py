@@ -132,6 +132,8 @@ class Services:
     #: Re-run every cached (warm) turn from scratch too and fail loudly if they differ. The
     #: simulation turns this on; production leaves it off.
     verify_cache: bool = False
+    #: With ``verify_cache``: check one warm turn in this many (deterministically, by count).
+    verify_cache_every: int = 3
 
 
 class OrchestrationDispatcher:
@@ -191,7 +193,7 @@ class OrchestrationDispatcher:
                 return self._commit(item, result)
             hits = self.cache.hits if self.cache is not None else 0
             result = execute_turn(inp, s.registry, self.cache)
-            if s.verify_cache and self.cache is not None and self.cache.hits > hits:
+            if s.verify_cache and self.cache is not None and self.cache.hits > hits and self.cache.hits % s.verify_cache_every == 0:
                 _verify_warm_turn(inp, s.registry, result)
             if result.kind == "unregistered":
                 delay = opts.unregistered_backoff_ms(item.attempt_count)
