@@ -936,7 +936,7 @@ class InMemoryProvider:
             for instance, execs in self._executions.items():
                 for execution in execs.values():
                     ids = [e.event_id for e in execution.events]
-                    assert all(a < b for a, b in zip(ids, ids[1:])), (instance, ids)
+                    assert all(a < b for a, b in zip(ids, ids[1:], strict=False)), (instance, ids)
             for instance, row in self._instances.items():
                 assert row.current_execution_id in self._executions.get(instance, {}), instance
             for kv in self._kv_store.values():

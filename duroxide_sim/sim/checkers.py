@@ -261,7 +261,7 @@ def run_and_check(
     if check_repeat:
         again = _Run(sim, sim.plan).execute()
         if again.trace != result.trace:
-            first = next((i for i, (x, y) in enumerate(zip(result.trace, again.trace)) if x != y), min(len(result.trace), len(again.trace)))
+            first = next((i for i, (x, y) in enumerate(zip(result.trace, again.trace, strict=False)) if x != y), min(len(result.trace), len(again.trace)))
             failures.append(Failure(
                 checker="determinism",
                 message=f"same seed gave a different trace at line {first}: {result.trace[first] if first < len(result.trace) else '<end>'} vs {again.trace[first] if first < len(again.trace) else '<end>'}",
