@@ -68,14 +68,6 @@ _HISTORY_CACHE_SIZE = 1024  # instances whose decoded current history is kept (L
 _CORRUPT_PREFIX = "#corrupt#"  # _corrupt_history marker: never valid JSON
 
 # Oldest visible message per unlocked instance, in (visible_at, id) order: the fetch candidates.
-_ORCH_CANDIDATES = """
-    SELECT instance_id FROM (
-        SELECT instance_id, visible_at, id,
-               ROW_NUMBER() OVER (PARTITION BY instance_id ORDER BY visible_at, id) AS rn
-        FROM orchestrator_queue WHERE visible_at <= :now)
-    WHERE rn = 1 AND instance_id NOT IN (SELECT instance_id FROM instance_locks WHERE locked_until > :now)
-    ORDER BY visible_at, id
-"""
 
 
 def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
@@ -459,7 +451,15 @@ class SqliteProvider(SqliteAdminMixin):
             now = self._now()
             orphans: list[int] = []
             result = None
-            for (instance,) in db.execute(_ORCH_CANDIDATES, {"now": now}).fetchall():
+            # Walk visible rows oldest first (index on visible_at, id) and stop at the first
+            # eligible instance: the cost is the rows skipped, not the queue length.
+            locked = {r[0] for r in db.execute("SELECT instance_id FROM instance_locks WHERE locked_until > ?", (now,))}
+            considered: set[str] = set()  # membership only; order comes from the queue
+            for (instance,) in db.execute(
+                    "SELECT instance_id FROM orchestrator_queue WHERE visible_at <= ? ORDER BY visible_at, id", (now,)):
+                if instance in considered or instance in locked:
+                    continue
+                considered.add(instance)
                 if bounds is not None and not self._pin_compatible(db, instance, bounds):
                     continue  # skipped before locking or reading history (SPEC §16 I30)
                 batch = [(rid, self._load_work(text, op)) for rid, text in db.execute(
