@@ -67,8 +67,6 @@ _MIN_SQLITE = (3, 25, 0)  # upsert (3.24) and window functions (3.25)
 _HISTORY_CACHE_SIZE = 1024  # instances whose decoded current history is kept (LRU)
 _CORRUPT_PREFIX = "#corrupt#"  # _corrupt_history marker: never valid JSON
 
-# Oldest visible message per unlocked instance, in (visible_at, id) order: the fetch candidates.
-
 
 def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
     """sqlite3 error -> ProviderError with ``retryable`` per SPEC §15.1: busy/locked and
@@ -89,6 +87,10 @@ def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
     if name == "SQLITE_NOTADB" or "not a database" in low:
         return ProviderError(f"{op}: {where} is not a SQLite database ({text}); open a duroxide_sim database "
                              "file or a new path", operation=op, retryable=False)
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open database file" in low:
+        return ProviderError(
+            f"{op}: cannot open SQLite database {where} ({text}): check that the directory exists, that the "
+            "path is a file (not a directory) and that it is writable", operation=op, retryable=False)
     if name.startswith("SQLITE_CORRUPT") or "malformed" in low:
         return ProviderError(f"{op}: SQLite database {where} is corrupt ({text})", operation=op, retryable=False)
     if isinstance(exc, sqlite3.ProgrammingError):

@@ -38,10 +38,13 @@ from ..errors import (
 )
 from ..providers.base import Clock, InstanceFilter, PruneOptions
 
-__all__ = ["Client", "OrchestrationResult", "event_to_public_dict", "MAX_INSTANCE_ID_BYTES"]
+__all__ = ["Client", "OrchestrationResult", "event_to_public_dict", "MAX_INSTANCE_ID_BYTES", "MAX_ANY_INSTANCE_ID_BYTES"]
 
-#: Longest instance id accepted (UTF-8 bytes).
+#: Longest instance id a client may start (UTF-8 bytes).
 MAX_INSTANCE_ID_BYTES = 16_384
+#: Longest id accepted by every other call: sub-orchestration ids derive from their parent's id
+#: (``{parent}::sub::N``), so they may run a little past the start limit and must stay reachable.
+MAX_ANY_INSTANCE_ID_BYTES = MAX_INSTANCE_ID_BYTES + 1_024
 
 
 @attrs.define
@@ -74,13 +77,13 @@ def event_to_public_dict(ev: HistoryEvent) -> dict[str, Any]:
     }
 
 
-def _check_id(instance_id: Any) -> str:
+def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
     if not isinstance(instance_id, str):
         raise InvalidInputError(f"instance_id must be a string, got {type(instance_id).__name__}")
     if not instance_id:
         raise InvalidInputError("instance_id must not be empty")
-    if len(instance_id.encode("utf-8")) > MAX_INSTANCE_ID_BYTES:
-        raise InvalidInputError(f"instance_id is longer than {MAX_INSTANCE_ID_BYTES} bytes")
+    if len(instance_id.encode("utf-8")) > limit:
+        raise InvalidInputError(f"instance_id is longer than {limit} bytes")
     if "\x00" in instance_id:
         raise InvalidInputError("instance_id must not contain NUL characters")
     return instance_id
@@ -107,7 +110,7 @@ class Client:
     # --- starting and signalling ------------------------------------------------------------
 
     def _start(self, instance_id: str, name: str, input_text: str, version: str | None) -> None:
-        _check_id(instance_id)
+        _check_id(instance_id, MAX_INSTANCE_ID_BYTES)
         _check_name(name, "orchestration name")
         if version is not None:
             from ..core.registry import parse_semver

@@ -1,0 +1,1 @@
+"""Worker-process entry points and the workflows they run, for the multi-process SQLite tests."""
