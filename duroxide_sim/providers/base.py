@@ -268,7 +268,8 @@ class Provider(Protocol):
 
     def add_wakeup_listener(self, callback: Callable[[str], None]) -> None:
         """Call ``callback("orchestrator"|"worker")`` after new work becomes visible
-        in-process (enqueue, ack). Lets the driver wake at once instead of polling."""
+        in-process (enqueue, ack), and ``callback("committed")`` after every orchestration ack.
+        Lets the driver, and clients waiting for a status, wake at once instead of polling."""
 
     # orchestrator queue
     def fetch_orchestration_item(

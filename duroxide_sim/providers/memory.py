@@ -472,7 +472,8 @@ class InMemoryProvider:
                 visible_at = item.fire_at_ms if isinstance(item, TimerFiredMsg) else now
                 self._orch.add(_OrchRow(self._next_seq(), item, visible_at))
             self._release_orch_lock(instance)
-        self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []))
+        # "committed" lets in-process clients waiting on an instance look again at once.
+        self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"])
 
     def _apply_kv(self, instance: str, delta: Sequence[HistoryEvent]) -> None:
         for event in delta:

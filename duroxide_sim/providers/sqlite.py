@@ -613,7 +613,8 @@ class SqliteProvider(SqliteAdminMixin):
             for item in orchs:
                 self._insert_orch(db, item, item.fire_at_ms if isinstance(item, TimerFiredMsg) else now, now)
             self._release_orch_lock(db, instance)
-        self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []))
+        # "committed" lets in-process clients waiting on an instance look again at once.
+        self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"])
 
     @staticmethod
     def _validate_events(db: sqlite3.Connection, instance: str, execution_id: int, events: list, op: str) -> None:

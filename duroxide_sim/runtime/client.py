@@ -105,7 +105,7 @@ class Client:
         self.clock = clock or getattr(provider, "clock", None) or realtime.SystemClock()
         if hasattr(provider, "bind_clock"):
             provider.bind_clock(self.clock)
-        self._sleep = sleep or realtime.sleep_ms
+        self._sleep = sleep or realtime.CommitWaiter(provider)
 
     # --- starting and signalling ------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import LockLostError, ProviderError
 from .options import renewal_period_ms
 
-__all__ = ["SystemClock", "UuidIds", "ThreadRenewer", "ThreadDriver", "run_coroutine", "sleep_ms", "new_runtime_id"]
+__all__ = ["SystemClock", "UuidIds", "ThreadRenewer", "ThreadDriver", "CommitWaiter", "run_coroutine", "sleep_ms", "new_runtime_id"]
 
 _log = logging.getLogger("duroxide_sim.runtime")
 
@@ -47,6 +47,29 @@ def new_runtime_id() -> str:
 
 def sleep_ms(ms: float) -> None:
     time.sleep(max(ms, 0) / 1000.0)
+
+
+class CommitWaiter:
+    """A client's sleep that ends early when the provider reports a commit in this process.
+
+    ``sleep(ms)`` returns after ``ms`` or as soon as an orchestration ack commits, whichever
+    comes first, so a waiting client sees a completion within microseconds instead of its next
+    poll. Work committed by other processes is still seen by polling."""
+
+    def __init__(self, provider: Any) -> None:
+        self._event = threading.Event()
+        self._generation = 0
+        add = getattr(provider, "add_wakeup_listener", None)
+        if add is not None:
+            add(self._on_commit)
+
+    def _on_commit(self, kind: str) -> None:
+        if kind == "committed":
+            self._event.set()
+
+    def __call__(self, ms: float) -> None:
+        self._event.wait(max(ms, 0) / 1000.0)
+        self._event.clear()
 
 
 _loops = threading.local()

@@ -339,21 +339,22 @@ class TestConformancePlumbing:
         assert seen == ["orchestrator"]
         item = fetch(p)
         ack(p, item, [started("a")], worker=[act("a", 2)], orch=[start_item("b")], md=meta())
-        assert sorted(seen[1:]) == ["orchestrator", "worker"]
+        assert sorted(seen[1:]) == ["committed", "orchestrator", "worker"]
         lease = wfetch(p)
         p.ack_work_item(lease.lock_token, act_done("a", 2))
-        assert seen[3:] == ["orchestrator"]
+        assert seen[4:] == ["orchestrator"]
         p.enqueue_for_worker(act("a", 3))
-        assert seen[4:] == ["worker"]
+        assert seen[5:] == ["worker"]
 
-    def test_ack_without_new_items_does_not_notify(self, conformance_provider):
-        """§15.1: an ack that adds no work wakes nobody."""
+    def test_ack_without_new_items_wakes_only_waiting_clients(self, conformance_provider):
+        """§15.1: an ack that adds no work wakes no dispatcher; it still reports "committed"
+        so in-process clients waiting for a status look again at once."""
         p = conformance_provider
         seen: list[str] = []
         p.enqueue_for_orchestrator(start_item("a"))
         p.add_wakeup_listener(seen.append)
         ack(p, fetch(p), [started("a")], md=meta())
-        assert seen == []
+        assert seen == ["committed"]
 
     def test_listener_runs_after_commit_outside_locks(self, conformance_provider):
         """§15.1: a listener may use the provider from another thread (no lock held, work committed)."""

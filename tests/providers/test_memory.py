@@ -260,19 +260,19 @@ class TestWakeupListeners:
         assert seen == ["orchestrator"]
         item = fetch(p)
         ack(p, item, [started("a")], worker=[act("a", 2)], orch=[start_item("b")], md=meta())
-        assert seen[1:] == ["orchestrator", "worker"]
+        assert seen[1:] == ["orchestrator", "worker", "committed"]
         lease = wfetch(p)
         p.ack_work_item(lease.lock_token, act_done("a", 2))
-        assert seen[3:] == ["orchestrator"]
+        assert seen[4:] == ["orchestrator"]
         p.enqueue_for_worker(act("a", 3))
-        assert seen[4:] == ["worker"]
+        assert seen[5:] == ["worker"]
 
-    def test_ack_without_new_items_does_not_notify(self, p):
+    def test_ack_without_new_items_only_reports_the_commit(self, p):
         seen = []
         p.enqueue_for_orchestrator(start_item("a"))
         p.add_wakeup_listener(seen.append)
         ack(p, fetch(p), [started("a")], md=meta())
-        assert seen == []
+        assert seen == ["committed"]
 
     def test_listener_runs_outside_the_lock(self, p):
         results = []
