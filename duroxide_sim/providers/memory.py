@@ -350,6 +350,8 @@ class InMemoryProvider:
                         continue  # skipped before locking or reading history (SPEC §16 I30)
                 batch = [r for r in self._orch.group(instance) if r.visible_at <= now]
                 meta = self._batch_metadata(instance, batch)
+                if meta is not None and self._continue_as_new_pending(instance, batch):
+                    continue
                 if meta is None:
                     # Orphan: no row, no history, no start item. QueueMessages sent before the
                     # instance exists are dropped (SPEC §6.2); anything else may be racing its
@@ -366,6 +368,19 @@ class InMemoryProvider:
             for r in orphans:
                 self._orch.remove(r)
             return result
+
+    def _continue_as_new_pending(self, instance: str, batch: list[_OrchRow]) -> bool:
+        """True when the instance's current execution continued-as-new and its ContinueAsNew item
+        is queued but not in this batch (not yet visible, e.g. abandoned with a delay). Fetching
+        now would hand the engine messages without the item that starts the next execution, and
+        SPEC §3.1 step 3 would discard them; waiting for the item keeps them (found by the
+        simulation's mailbox scenario)."""
+        current = self._current_execution(instance)
+        if current is None or current[1] is None or current[1].status != "ContinuedAsNew":
+            return False
+        if any(isinstance(r.item, ContinueAsNew) for r in batch):
+            return False
+        return any(isinstance(r.item, ContinueAsNew) for r in self._orch.group(instance))
 
     def _batch_metadata(self, instance: str, batch: list[_OrchRow]) -> tuple[str, str | None, int, tuple] | None:
         row = self._instances.get(instance)

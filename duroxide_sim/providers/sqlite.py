@@ -468,6 +468,8 @@ class SqliteProvider(SqliteAdminMixin):
                     "SELECT id, work_item FROM orchestrator_queue WHERE instance_id = ? AND visible_at <= ? "
                     "ORDER BY visible_at, id", (instance, now))]
                 meta = self._batch_metadata(db, instance, [item for _, item in batch])
+                if meta is not None and self._continue_as_new_pending(db, instance, [item for _, item in batch]):
+                    continue
                 if meta is None:
                     # Orphan: no row, no history, no start item. QueueMessages sent before the
                     # instance exists are dropped (SPEC §6.2); anything else may be racing its
@@ -496,6 +498,21 @@ class SqliteProvider(SqliteAdminMixin):
         if row is None or row[0] is None:
             return True  # no pin yet: NULL is compatible
         return bounds[0] <= tuple(row) <= bounds[1]
+
+    def _continue_as_new_pending(self, db: sqlite3.Connection, instance: str, items: list[WorkItem]) -> bool:
+        """True when the current execution continued-as-new and its ContinueAsNew item is queued
+        but not in this batch: wait for it instead of letting SPEC §3.1 step 3 discard the
+        batch's messages (see InMemoryProvider._continue_as_new_pending)."""
+        if any(isinstance(item, ContinueAsNew) for item in items):
+            return False
+        row = db.execute(
+            "SELECT e.status FROM instances i JOIN executions e ON e.instance_id = i.instance_id "
+            "AND e.execution_id = i.current_execution_id WHERE i.instance_id = ?", (instance,)).fetchone()
+        if row is None or row[0] != "ContinuedAsNew":
+            return False
+        return db.execute(
+            "SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND json_extract(work_item, '$.kind') = 'ContinueAsNew' "
+            "LIMIT 1", (instance,)).fetchone() is not None
 
     def _batch_metadata(self, db: sqlite3.Connection, instance: str, items: list[WorkItem]) -> tuple | None:
         """(name, version, execution id, read history?, history error) or None for an orphan."""

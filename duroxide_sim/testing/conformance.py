@@ -844,6 +844,25 @@ class TestConformanceQueues:
         item = fetch(p)
         assert sorted(type(m).__name__ for m in item.messages) == ["QueueMessage", "StartOrchestration"]
 
+    def test_messages_wait_for_a_pending_continue_as_new(self, conformance_provider, conformance_clock):
+        """B12: (refinement) after a continue-as-new, while its ContinueAsNew item is queued but
+        not yet visible, the instance's other messages are not fetched without it (they would
+        be discarded); they come together once the item is visible."""
+        p, clock = conformance_provider, conformance_clock
+        p.enqueue_for_orchestrator(start_item("c"))
+        item = fetch(p)
+        can = ContinueAsNew(instance="c", orchestration="O", input='"next"')
+        ack(p, item, [started("c"), OrchestrationContinuedAsNew(event_id=2, instance_id="c", input='"next"')],
+            orch=[can], md=meta(status="ContinuedAsNew", output='"next"'))
+        second = fetch(p)
+        assert [type(m).__name__ for m in second.messages] == ["ContinueAsNew"]
+        p.abandon_orchestration_item(second.lock_token, 1_000)  # the item is hidden for 1 s
+        p.enqueue_for_orchestrator(qmsg("c", "mail"))
+        assert fetch(p) is None  # not fetched (and so not discarded) without the item
+        clock.advance(1_000)
+        together = fetch(p)
+        assert sorted(type(m).__name__ for m in together.messages) == ["ContinueAsNew", "QueueMessage"]
+
     def test_queue_messages_for_existing_instance_are_delivered(self, conformance_provider):
         """B12: QueueMessages for an existing instance are delivered."""
         p = conformance_provider
