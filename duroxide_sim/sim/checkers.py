@@ -210,9 +210,17 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
 def _world_diff(result: SimResult, reference: SimResult) -> str:
     a, b = _canonical_state(result), _canonical_state(reference)
     keys = [k for k in dict.fromkeys(list(b) + list(a)) if a.get(k) != b.get(k)]
+
+    def writers_of(key: str) -> list[str]:
+        # Activities only (setup may have seeded the key), the one that ran more often than in
+        # the fault-free run first: that re-execution is what changed the world.
+        names = [w for w in dict.fromkeys(result.world.writers(key) + reference.world.writers(key))
+                 if w != "<outside an activity>"] or ["<unknown>"]
+        return sorted(names, key=lambda w: result.world.executions.get(w, 0) == reference.world.executions.get(w, 0))
+
     parts = []
     for key in keys[:5]:
-        writers = result.world.writers(key) or reference.world.writers(key) or ["<unknown>"]
+        writers = writers_of(key)
         counts = ", ".join(
             f"{w} ran {result.world.executions.get(w, 0)}x (fault-free {reference.world.executions.get(w, 0)}x)" for w in writers
         )
@@ -220,8 +228,7 @@ def _world_diff(result: SimResult, reference: SimResult) -> str:
             f"key {key!r}: fault-free {json.dumps(b.get(key), default=repr)} vs faulty {json.dumps(a.get(key), default=repr)}; "
             f"written by activity {writers[0]!r} ({counts})"
         )
-    culprit = (result.world.writers(keys[0]) or reference.world.writers(keys[0]) or ["<unknown>"])[0] if keys else None
-    head = f"activity {culprit!r} changed the world when re-executed" if keys else "worlds differ"
+    head = f"activity {writers_of(keys[0])[0]!r} changed the world when re-executed" if keys else "worlds differ"
     return head + ": " + "; ".join(parts)
 
 

@@ -95,3 +95,25 @@ def test_failure_report_ends_with_a_repro_that_reproduces_it(capsys: pytest.Capt
     assert out["trace_sha256"] == result.trace_hash
     again = [f for f in out["failures"] if f["checker"] == "idempotency"]
     assert again and again[0]["message"] == failure.message and again[0]["step"] == failure.step
+
+
+def test_idempotency_names_the_activity_even_when_setup_seeded_the_key() -> None:
+    """A key pre-populated by setup is blamed on the activity whose re-execution changed it."""
+    from duroxide_sim.sim.harness import SimSpec, Start
+
+    def setup(rt, world):
+        if not world.exists("pool:free"):
+            world.put("pool:free", ["10.0.0.1"])
+
+        @rt.register_activity("Ip::activity::release")
+        def release(ctx, addr):
+            world.append("pool:free", addr)  # BUG: releases again on every delivery
+            return True
+
+        @rt.register_orchestration("Ip::orchestration::free")
+        def free(ctx, addr):
+            return (yield ctx.schedule_activity("Ip::activity::release", addr))
+
+    spec = SimSpec(name="ip", setup=setup, starts=[Start(instance="f", orchestration="Ip::orchestration::free", input="10.0.0.2")])
+    seed, failure, _ = _first(spec, FaultPlan.only("crash_after_effect", rate=0.5), 30, "idempotency")
+    assert failure.message.startswith("activity 'Ip::activity::release' changed the world when re-executed")
