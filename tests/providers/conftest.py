@@ -1,0 +1,52 @@
+"""Fixtures for the PostgreSQL provider tests (``test_postgres*.py``).
+
+``pg_url``: ``$DUROXIDE_PG_URL`` when set (``.ci/run`` starts a server and exports it), else a
+private server this test process starts on first use (``tests/pg_server.py``), so
+``python -m pytest`` works locally with nothing set up. ``pg_schema``: a fresh, unique schema
+name per call; every schema handed out is dropped at teardown. The other provider tests never
+request these fixtures, so they start nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests import pg_server
+
+_RUN = uuid.uuid4().hex[:6]
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    return pg_server.shared_url()
+
+
+def drop_schemas(url: str, schemas: list[str]) -> None:
+    import psycopg
+    from psycopg import sql
+
+    if not schemas:
+        return
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        for schema in schemas:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def pg_schema(pg_url: str) -> Iterator[Callable[[str], str]]:
+    """``pg_schema(prefix)`` -> a new unique schema name (dropped after the test)."""
+    made: list[str] = []
+
+    def make(prefix: str = "t") -> str:
+        name = f"dx_{prefix}_{os.getpid()}_{_RUN}_{next(_counter)}"
+        made.append(name)
+        return name
+
+    yield make
+    drop_schemas(pg_url, made)
