@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The realistic scenario modules (``scenarios/<name>.py``), each with SPEC, PRODUCTION, VARIANTS.
 SCENARIOS = ("provisioning", "instance_actor", "deletion", "order_saga", "approval", "batch_fanout", "mailbox")
 
-#: scenario -> (seeds, seconds), filled by test_correct_scenarios, printed by conftest.py.
-TIMINGS: dict[str, tuple[int, float]] = {}
+#: scenario -> (seeds, wall seconds, CPU seconds), filled by test_correct_scenarios, printed by conftest.py.
+TIMINGS: dict[str, tuple[int, float, float]] = {}
 
 
 def scenario(name: str) -> Any:
