@@ -63,10 +63,23 @@ def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list
         "queue": QueueSubscriptionCancelled,
     }
     labels = {"activity": "activities", "sub": "sub-orchestrations", "wait": "external waits", "queue": "persistent waits"}
-    if history and not warm:
+    crumb_classes = tuple(crumb_types.values())
+    # Breadcrumbs already written (one pass over the events this engine did not walk before).
+    existing: set[tuple[type, int | None]] = set(engine.crumbs) if warm else set()
+    persisted_dropped: dict[type, set[int]] = {}
+    if not warm:
+        for e in history:
+            if isinstance(e, crumb_classes):
+                existing.add((type(e), e.source_event_id))
+                if e.reason == "dropped_future":  # type: ignore[attr-defined]
+                    persisted_dropped.setdefault(type(e), set()).add(e.source_event_id)  # type: ignore[arg-type]
+    for e in delta:
+        if isinstance(e, crumb_classes):
+            existing.add((type(e), e.source_event_id))
+    if persisted_dropped:
         persisted_ids = {e.event_id for e in history}
         for kind, cls in crumb_types.items():
-            b = {e.source_event_id for e in history if isinstance(e, cls) and getattr(e, "reason", "") == "dropped_future"}
+            b = persisted_dropped.get(cls, set())
             c = {s.event_id for s in engine.dropped if s.kind == kind and s.event_id in persisted_ids}
             if b and not b <= c:
                 raise _Divergence(
@@ -76,11 +89,6 @@ def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list
                         execution_id=engine.execution_id,
                     )
                 )
-    crumb_classes = tuple(crumb_types.values())
-    if warm:
-        existing = set(engine.crumbs) | {(type(e), e.source_event_id) for e in delta if isinstance(e, crumb_classes)}
-    else:
-        existing = {(type(e), e.source_event_id) for e in [*history, *delta] if isinstance(e, crumb_classes)}
     for slot in engine.dropped:
         cls = crumb_types.get(slot.kind)
         if cls is None or slot.event_id is None or (cls, slot.event_id) in existing:

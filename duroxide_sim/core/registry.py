@@ -82,11 +82,31 @@ class Handler:
     takes_input: bool = True
 
 
-def _make_handler(name: str, fn: Callable[..., Any], *, version: str, typed: bool, activity: bool) -> Handler:
-    if not callable(fn):
-        raise ConfigurationError(f"handler for {name!r} must be callable, got {type(fn).__name__}")
-    if inspect.isasyncgenfunction(fn):
-        raise ConfigurationError(f"{name!r}: async generators are not supported; use async def or a generator")
+#: Introspection results by (code object, annotations): a simulation re-registers the same
+#: functions on every simulated process restart, and ``inspect``/``get_type_hints`` dominate that.
+_SHAPES: dict[Any, tuple[str, int, Any]] = {}
+_SHAPES_MAX = 4096
+
+
+def _shape(fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str, int, Any]:
+    """(style, parameter count, input type) of a handler function, cached by its code."""
+    key = None
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        try:
+            key = (code, typed, activity, tuple(getattr(fn, "__annotations__", {}).items()))
+            hit = _SHAPES.get(key)
+        except TypeError:  # an unhashable annotation: just do not cache
+            key = hit = None
+        if hit is not None:
+            return hit
+    shape = _inspect_shape(fn, typed=typed, activity=activity)
+    if key is not None and len(_SHAPES) < _SHAPES_MAX:
+        _SHAPES[key] = shape
+    return shape
+
+
+def _inspect_shape(fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str, int, Any]:
     if inspect.iscoroutinefunction(fn):
         style = "async" if activity else "coroutine"
     elif activity:
@@ -97,13 +117,22 @@ def _make_handler(name: str, fn: Callable[..., Any], *, version: str, typed: boo
         nparams = len(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         nparams = 2
+    return style, nparams, _input_type(fn) if typed else None
+
+
+def _make_handler(name: str, fn: Callable[..., Any], *, version: str, typed: bool, activity: bool) -> Handler:
+    if not callable(fn):
+        raise ConfigurationError(f"handler for {name!r} must be callable, got {type(fn).__name__}")
+    if inspect.isasyncgenfunction(fn):
+        raise ConfigurationError(f"{name!r}: async generators are not supported; use async def or a generator")
+    style, nparams, input_type = _shape(fn, typed=typed, activity=activity)
     return Handler(
         name=name,
         fn=fn,
         version=version,
         style=style,
         typed=typed,
-        input_type=_input_type(fn) if typed else None,
+        input_type=input_type,
         takes_input=nparams >= 2,
     )
 

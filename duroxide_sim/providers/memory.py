@@ -934,8 +934,10 @@ class InMemoryProvider:
             else:
                 self._corrupt[instance] = f"Failed to deserialize history: {error}"
 
-    def _check(self) -> None:
-        """Assert internal invariants (queue indexes, lock tokens, history order)."""
+    def _check(self) -> int:
+        """Assert internal invariants (queue indexes, lock tokens, history order). Returns how
+        many rows and events it walked (callers use it to pace the checks)."""
+        walked = 0
         with self._lock:
             self._orch.check()
             self._work.check()
@@ -949,11 +951,15 @@ class InMemoryProvider:
                 assert wrow.lock_token is None or self._work_tokens[wrow.lock_token] == wrow.seq, wrow
             for token, seq in self._work_tokens.items():
                 assert self._work.rows[seq].lock_token == token
+            walked += len(self._orch.rows) + len(self._work.rows)
             for instance, execs in self._executions.items():
                 for execution in execs.values():
                     ids = [e.event_id for e in execution.events]
+                    walked += len(ids)
                     assert all(a < b for a, b in zip(ids, ids[1:], strict=False)), (instance, ids)
             for instance, row in self._instances.items():
                 assert row.current_execution_id in self._executions.get(instance, {}), instance
             for kv in self._kv_store.values():
                 assert kv and all(isinstance(e, KvEntry) for e in kv.values())
+            walked += len(self._instances) + len(self._kv_store)
+        return walked

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from ..core.events import HistoryEvent, dumps
+from ..core.events import HistoryEvent
 from ..errors import DuroxideError, NondeterminismError, ProviderError
 from ..providers.faulty import FaultyProvider
 from ..providers.memory import InMemoryProvider
@@ -41,8 +41,17 @@ from .world import ExternalWorld
 
 __all__ = ["Start", "Signal", "SimSpec", "Simulation", "SimResult", "Failure"]
 
-#: The provider's structural ``_check()`` runs every this many steps and at the end of a run.
+#: The provider's structural ``_check()`` runs at least this many steps apart, and at the end of
+#: a run. When the check reports how many rows/events it walked, the next one waits as many steps
+#: more, so the amortized cost per step stays constant as the state grows.
 _INVARIANT_EVERY = 16
+_INVARIANT_WORK_PER_STEP = 1
+
+#: Canonical trace lines: compact separators, keys in the (fixed) order the logging code uses.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+#: Fault kinds injected by the storage wrapper (``FaultyProvider``); the others are decided here.
+_STORAGE_FAULTS = ("transient", "commit_lost", "duplicate", "delay")
 
 
 @attrs.frozen(kw_only=True)
@@ -125,6 +134,8 @@ class SimResult:
     budget_exhausted: list[str] = attrs.Factory(list)
     #: (step, instance, message): live turns that a from-scratch replay did not reproduce.
     divergences: list[tuple[int, str | None, str]] = attrs.Factory(list)
+    #: The client operations (starts, signals) as realized for this seed.
+    realized: tuple[list[Any], list[Any]] = ([], [])
 
     @property
     def trace_hash(self) -> str:
@@ -143,11 +154,12 @@ class SimResult:
 
 
 def _digest(events: Sequence[HistoryEvent]) -> str:
-    """Short hash of the canonical JSON of events: payload changes show up in the trace."""
-    h = hashlib.sha256()
-    for ev in events:
-        h.update(dumps(ev).encode("utf-8"))
-    return h.hexdigest()[:16]
+    """Short hash of the events' field values, so payload changes show up in the trace.
+
+    Hashes ``repr``: events are frozen attrs records of strings, numbers, tuples and nested
+    records, whose repr lists every field in declaration order, is the same in every process,
+    and survives a storage round trip unchanged; it costs a fifth of canonical JSON."""
+    return hashlib.sha256("\x1e".join(map(repr, events)).encode("utf-8")).hexdigest()[:16]
 
 
 class _TraceLogHandler(logging.Handler):
@@ -235,12 +247,20 @@ class Simulation:
 
 
 class _Run:
-    def __init__(self, sim: Simulation, plan: FaultPlan) -> None:
+    """One execution of a simulation.
+
+    ``twin_of``: run as the fault-free *reference* for another run: the same client operations
+    (``inputs``, as that run realized them from its seed) under a canonical schedule and id
+    source that do not depend on the seed, so the reference is a function of the inputs alone
+    and can be shared by every seed that draws the same inputs (see ``checkers``)."""
+
+    def __init__(self, sim: Simulation, plan: FaultPlan, *, twin_of: tuple[list[Any], list[Any]] | None = None) -> None:
         self.sim = sim
         self.spec = sim.spec
         self.plan = plan
         self.seed = sim.seed
-        self.rng = random.Random(f"sched:{self.seed}")
+        self.is_twin = twin_of is not None
+        self.rng = random.Random("sched:twin" if self.is_twin else f"sched:{self.seed}")
         self.fault_rng = random.Random(f"faults:{self.seed}")
         self.inputs_rng = random.Random(f"inputs:{self.seed}")
         self.clock = SimClock(DEFAULT_EPOCH_MS)
@@ -251,24 +271,39 @@ class _Run:
         self.faults_injected: dict[str, int] = {}
         self.scripted = set(plan.script)
         self.kind_opportunities: dict[str, int] = {}
+        # Kinds that can fire at all (a rate above 0 or a scripted entry): opportunities of the
+        # other kinds are neither counted nor rolled, which changes nothing observable.
+        self.active_kinds = frozenset(k for k in plan.enabled())
         self.inner = sim._make_provider(self.clock)
-        self.provider = FaultyProvider(self.inner, self._decide, on_fault=self._on_fault)
+        if self.active_kinds.intersection(_STORAGE_FAULTS):
+            self.provider = FaultyProvider(self.inner, self._decide, on_fault=self._on_fault)
+        else:
+            self.provider = self.inner  # no storage fault can fire: skip the wrapper
         self.options = self.spec.options or RuntimeOptions()
         self.registry = None
         self.nodes = [self._boot(i) for i in range(sim.n_nodes)]
         self.client = Client(self.provider, clock=self.clock, sleep=lambda ms: None)
-        starts = self.spec.starts(self.inputs_rng) if callable(self.spec.starts) else self.spec.starts
-        signals = self.spec.signals(self.inputs_rng) if callable(self.spec.signals) else self.spec.signals
-        signals = [
-            attrs.evolve(sig, at_ms=self.inputs_rng.randrange(max(plan.until_ms, 1))) if sig.at_ms is None else sig
-            for sig in signals
-        ]
+        if twin_of is not None:
+            starts, signals = twin_of
+        else:
+            starts = self.spec.starts(self.inputs_rng) if callable(self.spec.starts) else self.spec.starts
+            signals = self.spec.signals(self.inputs_rng) if callable(self.spec.signals) else self.spec.signals
+            signals = [
+                attrs.evolve(sig, at_ms=self.inputs_rng.randrange(max(plan.until_ms, 1))) if sig.at_ms is None else sig
+                for sig in signals
+            ]
+        #: The client operations as realized for this seed (what a twin must replay).
+        self.realized: tuple[list[Any], list[Any]] = (list(starts), list(signals))
         # Client operations in due order; ties keep declaration order (stable sort).
         self.pending: list[Any] = sorted(list(starts) + list(signals), key=lambda x: x.at_ms)
         self.instances = list(dict.fromkeys(s.instance for s in starts))
         self.crash_reports: list[str] = []
         self.divergences: list[tuple[int, str | None, str]] = []
         self.check_invariants = getattr(self.inner, "_check", None) if sim.check_invariants else None
+        self.next_invariant_check = _INVARIANT_EVERY
+        opts = self.options
+        self.orch_slots = max(opts.orchestration_concurrency, 1)
+        self.work_slots = opts.worker_concurrency if opts.worker_tag_filter.mode != "none" else 0
 
     # --- faults -----------------------------------------------------------------------------
 
@@ -278,6 +313,8 @@ class _Run:
     def _decide(self, kind: str, op: str) -> bool:
         """One fault opportunity. Scripted faults name the n-th opportunity *of their kind*
         (so a shrinker moving an entry earlier stays meaningful); otherwise roll the rate."""
+        if kind not in self.active_kinds:
+            return False
         self.opportunity += 1
         n = self.kind_opportunities.get(kind, 0) + 1
         self.kind_opportunities[kind] = n
@@ -302,7 +339,8 @@ class _Run:
     # --- processes ----------------------------------------------------------------------------
 
     def _boot(self, index: int, incarnation: int = 0) -> _Node:
-        rt = Runtime(self.provider, self.options, clock=self.clock, ids=SequentialIds((self.seed << 8) + index * 16 + incarnation),
+        namespace = (0xFFFFFF << 8 if self.is_twin else self.seed << 8) + index * 16 + incarnation
+        rt = Runtime(self.provider, self.options, clock=self.clock, ids=SequentialIds(namespace),
                      verify_cache=self.sim.verify_cache)
         self.spec.setup(rt, self.world)
         if self.registry is None:
@@ -330,27 +368,27 @@ class _Run:
         rec.update(detail)
         # Keys keep their insertion order (fixed by the code that logs), so the line is canonical
         # without the cost of sorting.
-        self.trace.append(json.dumps(rec, separators=(",", ":"), default=str))
+        self.trace.append(_ENCODE(rec))
 
     # --- the loop -------------------------------------------------------------------------------
 
     def _runnable(self) -> list[tuple[Any, ...]]:
         acts: list[tuple[Any, ...]] = []
         now = self.clock.now_ms()
-        opts = self.options
         if self.pending and self.pending[0].at_ms + DEFAULT_EPOCH_MS <= now:
             acts.append(("client",))
+        orch_slots, work_slots = self.orch_slots, self.work_slots
         for node in self.nodes:
             if not node.alive:
                 if node.restart_at is not None and node.restart_at <= now:
                     acts.append(("restart", node))
                 continue
-            if not node.orch_idle and len(node.orch_items) < max(opts.orchestration_concurrency, 1):
+            if not node.orch_idle and len(node.orch_items) < orch_slots:
                 acts.append(("orch_fetch", node))
             if node.orch_items:
                 acts.append(("orch_turn", node))
-            if opts.worker_concurrency > 0 and opts.worker_tag_filter.mode != "none":
-                if not node.work_idle and len(node.leases) + len(node.executed) < opts.worker_concurrency:
+            if work_slots > 0:
+                if not node.work_idle and len(node.leases) + len(node.executed) < work_slots:
                     acts.append(("work_fetch", node))
             if node.leases:
                 acts.append(("work_exec", node))
@@ -430,8 +468,10 @@ class _Run:
                 # A provider failure escaping a step is what a real dispatcher loop would log and
                 # back off from; the step is simply lost.
                 self._log("provider_error", action=act[0], error=str(exc))
-            if self.check_invariants is not None and self.step % _INVARIANT_EVERY == 0:
-                self.check_invariants()  # the provider's own _check(): fails loudly on corruption
+            if self.check_invariants is not None and self.step >= self.next_invariant_check:
+                walked = self.check_invariants()  # the provider's own _check(): fails loudly on corruption
+                extra = walked // _INVARIANT_WORK_PER_STEP if isinstance(walked, int) else 0
+                self.next_invariant_check = self.step + max(_INVARIANT_EVERY, extra)
         if self.check_invariants is not None:
             self.check_invariants()
         self._log("end", quiescent=quiescent, steps=self.step)
@@ -440,11 +480,13 @@ class _Run:
     def _maybe_process_faults(self) -> bool:
         """Step-boundary faults: a process crash, or time jumping past lock timeouts."""
         changed = False
-        alive = [n for n in self.nodes if n.alive]
-        if alive and self._fault("crash", "step"):
-            self._crash(alive[self.rng.randrange(len(alive))], "injected crash")
-            changed = True
-        if self._fault("lock_expiry", "step"):
+        active = self.active_kinds
+        if "crash" in active:
+            alive = [n for n in self.nodes if n.alive]
+            if alive and self._fault("crash", "step"):
+                self._crash(alive[self.rng.randrange(len(alive))], "injected crash")
+                changed = True
+        if "lock_expiry" in active and self._fault("lock_expiry", "step"):
             jump = max(self.options.orchestrator_lock_timeout_ms, self.options.worker_lock_timeout_ms) + 1
             self.clock.advance(jump)
             self._log("lock_expiry", advanced_ms=jump)
@@ -553,4 +595,5 @@ class _Run:
             registry=self.registry,
             crash_reports=self.crash_reports,
             divergences=self.divergences,
+            realized=self.realized,
         )
