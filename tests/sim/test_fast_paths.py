@@ -155,3 +155,13 @@ def test_twin_inputs_that_the_codec_refuses_are_not_shared():
     )
     key = checkers._twin_key(Simulation(spec, 0, FaultPlan.only("transient")), ([spec.starts[0]], []))
     assert key is None
+
+
+def test_trace_encoder_writes_the_same_bytes_as_json_dumps():
+    import json
+
+    from duroxide_sim.sim.harness import _ENCODE
+
+    rec = {"step": 3, "t": 0, "op": "orch_turn", "instance": '<img src=x onerror=alert(1)>"\u00fc\u2713\n',
+           "events": ["1:OrchestrationStarted"], "n": [1, 2.5, None, True, False], "nested": {"k": "v"}}
+    assert _ENCODE(rec) == json.dumps(rec, separators=(",", ":"), default=str)
