@@ -178,6 +178,7 @@ class InMemoryProvider:
         self._kv_store: dict[str, dict[str, KvEntry]] = {}
         self._kv_delta: dict[str, dict[str, KvEntry | None]] = {}  # None = tombstone
         self._corrupt: dict[str, str] = {}
+        self._filter_bounds: dict[tuple[str, str], tuple[Any, Any]] = {}  # parsed version filters
         self._orch = _Queue()
         self._orch_locks: dict[str, _OrchLock] = {}  # instance -> lock
         self._orch_tokens: dict[str, str] = {}  # token -> instance
@@ -331,7 +332,12 @@ class InMemoryProvider:
             now = self._now()
             bounds = None
             if filter is not None:
-                bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+                key = tuple(filter)
+                bounds = self._filter_bounds.get(key)
+                if bounds is None:
+                    bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+                    if len(self._filter_bounds) < 64:
+                        self._filter_bounds[key] = bounds
             considered: set[str] = set()  # membership only; the order comes from the queue
             orphans: list[_OrchRow] = []
             result = None

@@ -275,8 +275,10 @@ class _Run:
         self.world = ExternalWorld()
         self.trace: list[str] = []
         self.step = 0
-        self.opportunity = 0
         self.faults_injected: dict[str, int] = {}
+        self.total_faults = 0
+        self.rates = dict(plan.rates)
+        self.fault_until_ms = DEFAULT_EPOCH_MS + plan.until_ms
         self.scripted = set(plan.script)
         self.kind_opportunities: dict[str, int] = {}
         # Kinds that can fire at all (a rate above 0 or a scripted entry): opportunities of the
@@ -316,20 +318,19 @@ class _Run:
     # --- faults -----------------------------------------------------------------------------
 
     def _faulting(self) -> bool:
-        return self.clock.now_ms() - DEFAULT_EPOCH_MS < self.plan.until_ms and sum(self.faults_injected.values()) < self.plan.max_faults
+        return self.clock.now_ms() < self.fault_until_ms and self.total_faults < self.plan.max_faults
 
     def _decide(self, kind: str, op: str) -> bool:
         """One fault opportunity. Scripted faults name the n-th opportunity *of their kind*
         (so a shrinker moving an entry earlier stays meaningful); otherwise roll the rate."""
         if kind not in self.active_kinds:
             return False
-        self.opportunity += 1
         n = self.kind_opportunities.get(kind, 0) + 1
         self.kind_opportunities[kind] = n
-        if (n, kind) in self.scripted:
+        if self.scripted and (n, kind) in self.scripted:
             return self._faulting()
-        rate = self.plan.rate(kind)
-        if rate <= 0 or not self._faulting():
+        rate = self.rates.get(kind, 0.0)
+        if rate <= 0.0 or not self._faulting():
             return False
         return self.fault_rng.random() < rate
 
@@ -342,6 +343,7 @@ class _Run:
 
     def _on_fault(self, kind: str, op: str) -> None:
         self.faults_injected[kind] = self.faults_injected.get(kind, 0) + 1
+        self.total_faults += 1
         self._log("fault", kind=kind, operation=op)
 
     # --- processes ----------------------------------------------------------------------------
