@@ -35,7 +35,7 @@ def test_twin_is_shared_by_seeds_with_the_same_inputs():
     (spec, reference), = checkers._TWINS.values()
     assert spec is ORDERS_OK
     # The shared reference is what a fresh twin of either seed computes.
-    fresh = _Run(Simulation(ORDERS_OK, 2, FaultPlan.none(), check_invariants=False, verify_cache=False),
+    fresh = _Run(Simulation(ORDERS_OK, 2, FaultPlan.none(), nodes=1, check_invariants=False, verify_cache=False),
                  FaultPlan.none(), twin_of=b.realized).execute()
     assert fresh.trace[1:] == reference.trace[1:]  # line 0 names the seed it was computed for
     assert fresh.outputs() == reference.outputs()
