@@ -67,13 +67,28 @@ def check_size(text: str, what: str) -> str:
     return text
 
 
+#: ``json.dumps`` of a str / int / None without building an encoder per call (same bytes).
+_encode_str = json.encoder.encode_basestring_ascii
+_JSON = json.JSONEncoder(default=_default, allow_nan=False)
+_LITERALS = {None: "null", True: "true", False: "false"}
+
+
 def encode(value: Any, what: str = "payload") -> str:
     """Plain encoding: always JSON (``None`` -> ``"null"``, ``"a"`` -> ``'"a"'``)."""
-    if type(value) in _SCALARS and not isinstance(value, float):
+    t = type(value)
+    if t is int:
+        text = int.__repr__(value)
+        if len(text) > 4300:  # Python's int->str digit limit applies to json.dumps as well
+            text = json.dumps(value)
+    elif t is str:
+        text = _encode_str(value)
+    elif t is bool or value is None:
+        text = _LITERALS[value]
+    elif t in _SCALARS and t is not float:
         text = json.dumps(value)
     else:
         try:
-            text = json.dumps(value, default=_default, allow_nan=False)
+            text = _JSON.encode(value)
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"{what} cannot be encoded as JSON: {exc} (value of type {type(value).__name__})",
@@ -93,6 +108,8 @@ def decode(text: str | None) -> Any:
     """Plain decoding: JSON when it parses, else the raw string; ``None`` stays ``None``."""
     if text is None:
         return None
+    if text.isdigit() and text.isascii() and (len(text) == 1 or text[0] != "0") and len(text) < 19:
+        return int(text)  # the common small non-negative integer, exactly as json.loads reads it
     try:
         return json.loads(text)
     except (ValueError, TypeError):

@@ -116,6 +116,10 @@ def _finish(
     ran_code: bool,
 ) -> TurnResult:
     kind, value = outcome
+    if kind == "continue":
+        fast = _finish_continue(engine, history, delta, base, ran_code=ran_code)
+        if fast is not None:
+            return fast
     inst, exe = engine.instance, engine.execution_id
     started = (history or delta)[0]
     assert isinstance(started, OrchestrationStarted)
@@ -248,6 +252,43 @@ def _finish(
         error=error,
         logs=tuple(engine.logs),
         engine=engine if result_kind == "continue" and ran_code else None,
+        **base,
+    )
+
+
+_DROPPED_CRUMBS = (ActivityCancelRequested, SubOrchestrationCancelRequested)
+
+
+def _finish_continue(
+    engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], base: dict[str, Any], *, ran_code: bool
+) -> TurnResult | None:
+    """The common turn - the code is still waiting - without the terminal machinery: dispatch
+    the new schedules, nothing else. None when the general path is needed (a dropped future's
+    side effects, or a limit violation that fails the instance instead)."""
+    started = (history or delta)[0]
+    inst, exe = engine.instance, engine.execution_id
+    worker: list[ActivityExecute] = []
+    orch: list[WorkItem] = []
+    versions = engine.requested_versions
+    for ev in delta:
+        if isinstance(ev, _DROPPED_CRUMBS):
+            return None
+        item = _dispatch(ev, inst, exe, started, versions)  # type: ignore[arg-type]
+        if item is None:
+            continue
+        if type(item) is ActivityExecute:
+            worker.append(item)
+        else:
+            orch.append(item)
+    if _check_limits(engine if ran_code else None, delta) is not None:
+        return None
+    return TurnResult(
+        kind="continue",
+        delta=tuple(delta),
+        worker_items=tuple(worker),
+        orchestrator_items=tuple(orch),
+        logs=tuple(engine.logs),
+        engine=engine if ran_code else None,
         **base,
     )
 

@@ -234,9 +234,13 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
         rest.append(msg)
 
     # A history the cache vouches for was produced by a committed non-terminal turn of ours, so
-    # the O(history) scan for a terminal event can be skipped.
+    # the O(history) scan for a terminal event can be skipped. Otherwise one pass over the
+    # history collects everything the prep step needs (terminal, schedules, completions, cancel).
     vouched = cache is not None and cache.vouches(inp.instance, inp.execution_id, history)
-    terminal = None if vouched else next((e for e in history if isinstance(e, _TERMINAL)), None)
+    terminal = None
+    scan: tuple[dict[int, HistoryEvent], set[int], bool] | None = None
+    if not vouched:
+        terminal, scan = _scan_history(history)
     is_can = isinstance(start, ContinueAsNew)
     if terminal is not None and not (is_can and isinstance(terminal, OrchestrationContinuedAsNew)):
         return TurnResult(kind="noop", execution_id=inp.execution_id, message="instance is already terminal")
@@ -291,10 +295,12 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
         # The cached engine tracked these while walking the history it produced.
         schedules, cancel_seen = warm.schedules, warm.cancel_reason is not None
         completed = _Completed(warm.completed)
+    elif scan is not None and history is inp.history:
+        schedules, persisted_done, cancel_seen = scan
+        completed = _Completed(persisted_done)
     else:
-        schedules = {e.event_id: e for e in history if isinstance(e, SCHEDULE_EVENTS)}
-        completed = _Completed({e.source_event_id for e in history if isinstance(e, COMPLETION_EVENTS)})
-        cancel_seen = any(isinstance(e, OrchestrationCancelRequested) for e in history)
+        _, (schedules, persisted_done, cancel_seen) = _scan_history(history)
+        completed = _Completed(persisted_done)
     for msg in rest:
         sid = _completion_id(msg)
         if sid is not None:
@@ -395,7 +401,9 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
     # --- finalization precedence (SPEC §3.8) ---------------------------------------------
     engine.last_event_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
     engine.history_len = len(history) + len(delta)
-    cancel = next((e for e in (delta if warm is not None else events) if isinstance(e, OrchestrationCancelRequested)), None)
+    cancel = None
+    if cancel_seen:  # a cancel request in the history walked or in this turn's new events
+        cancel = next((e for e in (delta if warm is not None else events) if isinstance(e, OrchestrationCancelRequested)), None)
     if cancel is None and warm is not None and engine.cancel_reason is not None:
         cancel = OrchestrationCancelRequested(event_id=0, reason=engine.cancel_reason)
     if cancel is not None:
@@ -410,6 +418,38 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
         ok, value = engine.output
         return _finish(engine, history, delta, add, ("completed", value) if ok else ("failed", value), base, ran_code=True)
     return _finish(engine, history, delta, add, ("continue", None), base, ran_code=True)
+
+
+#: Event class -> role in the prep step's single history pass (exact classes: events are final).
+_ROLE: dict[type, int] = {
+    **dict.fromkeys(SCHEDULE_EVENTS, 1),
+    **dict.fromkeys(COMPLETION_EVENTS, 2),
+    **dict.fromkeys(_TERMINAL, 3),
+    OrchestrationCancelRequested: 4,
+}
+
+
+def _scan_history(history: Sequence[HistoryEvent]) -> tuple[HistoryEvent | None, tuple[dict[int, HistoryEvent], set[int], bool]]:
+    """(first terminal event, (schedules by id, completed source ids, cancel requested))."""
+    terminal = None
+    schedules: dict[int, HistoryEvent] = {}
+    completed: set[int] = set()
+    cancel_seen = False
+    role = _ROLE.get
+    for e in history:
+        r = role(type(e))
+        if r is None:
+            continue
+        if r == 1:
+            schedules[e.event_id] = e
+        elif r == 2:
+            completed.add(e.source_event_id)  # type: ignore[attr-defined]
+        elif r == 3:
+            if terminal is None:
+                terminal = e
+        else:
+            cancel_seen = True
+    return terminal, (schedules, completed, cancel_seen)
 
 
 def _convert_new(engine: _Engine, add: Any) -> bool:
