@@ -77,9 +77,7 @@ def encode(value: Any, what: str = "payload") -> str:
     """Plain encoding: always JSON (``None`` -> ``"null"``, ``"a"`` -> ``'"a"'``)."""
     t = type(value)
     if t is int:
-        text = int.__repr__(value)
-        if len(text) > 4300:  # Python's int->str digit limit applies to json.dumps as well
-            text = json.dumps(value)
+        text = int.__repr__(value)  # what json.dumps writes (and the same digit-limit error)
     elif t is str:
         text = _encode_str(value)
     elif t is bool or value is None:
