@@ -49,6 +49,10 @@ _DEFAULT_BULK_LIMIT = 1000  # SPEC §14: default limit of the bulk delete/prune 
 _INF = math.inf
 
 
+def _event_id(event: HistoryEvent) -> int:
+    return event.event_id
+
+
 @attrs.define
 class _Instance:
     name: str
@@ -179,6 +183,7 @@ class InMemoryProvider:
         self._kv_delta: dict[str, dict[str, KvEntry | None]] = {}  # None = tombstone
         self._corrupt: dict[str, str] = {}
         self._filter_bounds: dict[tuple[str, str], tuple[Any, Any]] = {}  # parsed version filters
+        self._pins: dict[str, tuple[int, int, int]] = {}  # parsed pinned versions
         self._orch = _Queue()
         self._orch_locks: dict[str, _OrchLock] = {}  # instance -> lock
         self._orch_tokens: dict[str, str] = {}  # token -> instance
@@ -282,17 +287,24 @@ class InMemoryProvider:
 
     def _validate_events(self, instance: str, execution_id: int, events: Sequence[HistoryEvent], op: str) -> None:
         existing = self._executions.get(instance, {}).get(execution_id)
-        seen = {e.event_id for e in existing.events} if existing else set()
+        stored = existing.events if existing else []
+        last = stored[-1].event_id if stored else None
+        seen: set[int] = set()  # ids of this batch; stored ids are looked up (sorted list)
         for event in events:
             if not isinstance(event, HistoryEvent):
                 raise ProviderError(f"not a history event: {event!r}", operation=op)
-            if event.event_id in seen:
+            eid = event.event_id
+            duplicate = eid in seen
+            if not duplicate and last is not None and eid <= last:
+                at = bisect.bisect_left(stored, eid, key=_event_id)
+                duplicate = at < len(stored) and stored[at].event_id == eid
+            if duplicate:
                 raise ProviderError(
                     f"duplicate event_id {event.event_id} in execution {execution_id} of instance {instance!r}; "
                     "history is append-only",
                     operation=op, instance_id=instance, event_id=event.event_id,
                 )
-            seen.add(event.event_id)
+            seen.add(eid)
 
     def _append(self, instance: str, execution_id: int, events: Sequence[HistoryEvent], now: int) -> _Execution:
         execution = self._executions.setdefault(instance, {}).get(execution_id)
@@ -303,7 +315,7 @@ class InMemoryProvider:
             if not execution.events or event.event_id > execution.events[-1].event_id:
                 execution.events.append(event)
             else:
-                bisect.insort(execution.events, event, key=lambda e: e.event_id)
+                bisect.insort(execution.events, event, key=_event_id)
         return execution
 
     def _current_execution(self, instance: str) -> tuple[int, _Execution | None] | None:
@@ -447,7 +459,12 @@ class InMemoryProvider:
             # ---- validate everything before the first mutation (all-or-nothing) ----
             self._validate_events(instance, execution_id, delta, op)
             pin = metadata.pinned_duroxide_version
-            pin = _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None
+            if pin is not None:
+                text, pin = pin, self._pins.get(pin) if type(pin) is str else None
+                if pin is None:
+                    pin = _parse_semver(text, "pinned_duroxide_version")
+                    if len(self._pins) < 64 and type(text) is str:
+                        self._pins[text] = pin
             for item in workers:
                 self._check_worker_item(item, op)
             for item in orchs:
