@@ -127,7 +127,7 @@ class Failure:
 class SimResult:
     seed: int
     plan: FaultPlan
-    trace: list[str]
+    trace: Trace
     steps: int
     end_ms: int
     faults_injected: dict[str, int]
@@ -159,6 +159,51 @@ class SimResult:
 
     def outputs(self) -> dict[str, tuple[str, Any]]:
         return {i: (s.status, s.output if s.status == "Completed" else s.error) for i, s in self.statuses.items()}
+
+
+class Trace(Sequence[str]):
+    """The run's trace: one canonical JSON line per record, encoded when first read.
+
+    The harness appends records (fresh dicts, never changed afterwards) and a passing run whose
+    trace nobody reads never pays for the encoding; reading any line encodes them all, once.
+    Behaves as a read-only list of strings (indexing, slicing, ``len``, iteration, equality
+    with lists and other traces)."""
+
+    __slots__ = ("_records", "_lines")
+
+    def __init__(self, lines: Sequence[str] = ()) -> None:
+        self._records: list[dict[str, Any]] = []
+        self._lines: list[str] = list(lines)
+
+    def _record(self, rec: dict[str, Any]) -> None:
+        self._records.append(rec)
+
+    def _materialize(self) -> list[str]:
+        if self._records:
+            self._lines.extend(map(_ENCODE, self._records))
+            self._records = []
+        return self._lines
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._materialize()[index]
+
+    def __len__(self) -> int:
+        return len(self._lines) + len(self._records)
+
+    def __iter__(self) -> Any:
+        return iter(self._materialize())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Trace):
+            return self._materialize() == other._materialize()
+        if isinstance(other, list):
+            return self._materialize() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Trace({len(self)} lines)"
 
 
 def _digest(events: Sequence[HistoryEvent]) -> str:
@@ -273,7 +318,7 @@ class _Run:
         self.inputs_rng = random.Random(f"inputs:{self.seed}")
         self.clock = SimClock(DEFAULT_EPOCH_MS)
         self.world = ExternalWorld()
-        self.trace: list[str] = []
+        self.trace = Trace()
         self.step = 0
         self.faults_injected: dict[str, int] = {}
         self.total_faults = 0
@@ -377,8 +422,8 @@ class _Run:
         rec = {"step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": op}
         rec.update(detail)
         # Keys keep their insertion order (fixed by the code that logs), so the line is canonical
-        # without the cost of sorting.
-        self.trace.append(_ENCODE(rec))
+        # without the cost of sorting; it is encoded when the trace is first read.
+        self.trace._record(rec)
 
     # --- the loop -------------------------------------------------------------------------------
 

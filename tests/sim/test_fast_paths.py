@@ -165,3 +165,16 @@ def test_trace_encoder_writes_the_same_bytes_as_json_dumps():
     rec = {"step": 3, "t": 0, "op": "orch_turn", "instance": '<img src=x onerror=alert(1)>"\u00fc\u2713\n',
            "events": ["1:OrchestrationStarted"], "n": [1, 2.5, None, True, False], "nested": {"k": "v"}}
     assert _ENCODE(rec) == json.dumps(rec, separators=(",", ":"), default=str)
+
+
+def test_trace_is_encoded_when_first_read_and_reads_like_a_list():
+    result = Simulation(ORDERS_OK, 3, FaultPlan.only("crash", rate=0.1)).run()
+    trace = result.trace
+    n = len(trace)
+    assert trace._records and not trace._lines  # nothing encoded yet
+    lines = list(trace)
+    assert len(lines) == n and trace == lines and trace[0] == lines[0] and trace[-2:] == lines[-2:]
+    assert not trace._records  # encoded once, kept
+    again = Simulation(ORDERS_OK, 3, FaultPlan.only("crash", rate=0.1)).run()
+    assert again.trace == trace and again.trace_hash == result.trace_hash
+    assert trace != lines[:-1]
