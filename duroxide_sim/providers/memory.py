@@ -53,6 +53,10 @@ def _event_id(event: HistoryEvent) -> int:
     return event.event_id
 
 
+def _row_order(row: Any) -> tuple[int, int]:
+    return (row.visible_at, row.seq)
+
+
 @attrs.define
 class _Instance:
     name: str
@@ -151,7 +155,13 @@ class _Queue:
             yield self.rows[seq]
 
     def group(self, key: Hashable) -> list[Any]:
-        return sorted((self.rows[s] for s in self.groups.get(key, ())), key=lambda r: (r.visible_at, r.seq))
+        seqs = self.groups.get(key)
+        if not seqs:
+            return []
+        rows = self.rows
+        if len(seqs) == 1:
+            return [rows[s] for s in seqs]
+        return sorted((rows[s] for s in seqs), key=_row_order)
 
     def next_visible_after(self, now: int) -> int | None:
         i = self.order.bisect_right((now, _INF))

@@ -49,10 +49,24 @@ _INVARIANT_WORK_PER_STEP = 1
 
 #: Canonical trace lines: compact separators, keys in the (fixed) order the logging code uses.
 #: The C encoder is built once (``JSONEncoder.encode`` builds one per call); same bytes.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+class _Later:
+    """A trace value computed when the line is encoded (from immutable inputs, so the bytes are
+    the same as computing it at once): turn digests and event lists cost nothing until read."""
+
+    __slots__ = ("fn", "arg")
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn, self.arg = fn, arg
+
+
+def _trace_default(value: Any) -> Any:
+    return value.fn(value.arg) if type(value) is _Later else str(value)
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=_trace_default).encode
 if json.encoder.c_make_encoder is not None:  # pragma: no branch - CPython has it
     _C_ENCODER = json.encoder.c_make_encoder(
-        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+        None, _trace_default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
     )
 
     def _ENCODE(rec: dict[str, Any]) -> str:  # noqa: N802 - a drop-in for the encoder above
@@ -204,6 +218,14 @@ class Trace(Sequence[str]):
 
     def __repr__(self) -> str:
         return f"Trace({len(self)} lines)"
+
+
+def _kinds(messages: Sequence[Any]) -> list[str]:
+    return [type(m).KIND for m in messages]
+
+
+def _event_labels(events: Sequence[HistoryEvent]) -> list[str]:
+    return [f"{e.event_id}:{type(e).__name__}" for e in events]
 
 
 def _digest(events: Sequence[HistoryEvent]) -> str:
@@ -565,14 +587,14 @@ class _Run:
                 return
             node.orch_items.append(item)
             self._log("orch_fetch", node=node.name, instance=item.instance, execution=item.execution_id,
-                      messages=[type(m).KIND for m in item.messages], attempts=item.attempt_count)
+                      messages=_Later(_kinds, item.messages), attempts=item.attempt_count)
         elif kind == "orch_turn":
             item = node.orch_items.pop(self._pick(node.orch_items))
             result = node.runtime.orchestration_dispatcher.process(item)
             self._log("orch_turn", node=node.name, instance=item.instance,
                       result=None if result is None else result.kind,
-                      events=[] if result is None else [f"{e.event_id}:{type(e).__name__}" for e in result.delta],
-                      digest=None if result is None else _digest(result.delta))
+                      events=[] if result is None else _Later(_event_labels, result.delta),
+                      digest=None if result is None else _Later(_digest, result.delta))
             self._wake_all()
         elif kind == "work_fetch":
             lease = node.runtime.worker_dispatcher.fetch()
