@@ -138,6 +138,29 @@ _ACTION_KIND = {
 }
 
 
+#: code object -> True when it is user code (not this package); membership/lookup only.
+_USER_CODE: dict[Any, bool] = {}
+
+
+def _is_user_code(code: Any) -> bool:
+    user = _USER_CODE.get(code)
+    if user is None:
+        user = not code.co_filename.startswith(_PKG_DIR)
+        if len(_USER_CODE) < 65_536:
+            _USER_CODE[code] = user
+    return user
+
+
+_COMPLETION_KIND = {ActivityCompleted: "activity", ActivityFailed: "activity", TimerFired: "timer",
+                    SubOrchestrationCompleted: "sub", SubOrchestrationFailed: "sub"}
+#: Event class -> 1 schedule, 2 plain (status / KV), 3 completion, 0 other (exact classes).
+_APPLY_ROLE: dict[type, int] = {
+    **dict.fromkeys(SCHEDULE_EVENTS, 1),
+    **dict.fromkeys((CustomStatusUpdated, KeyValueSet, KeyValueCleared, KeyValuesCleared), 2),
+    **dict.fromkeys(COMPLETION_EVENTS, 3),
+}
+
+
 def _site_of(root: Any) -> tuple[str, int] | None:
     """Deepest user (non-library) frame in the suspended generator/coroutine chain."""
     found = None
@@ -145,7 +168,7 @@ def _site_of(root: Any) -> tuple[str, int] | None:
     depth = 0
     while obj is not None and depth < 64:
         frame = getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None)
-        if frame is not None and not frame.f_code.co_filename.startswith(_PKG_DIR):
+        if frame is not None and _is_user_code(frame.f_code):
             found = (frame.f_code.co_filename, frame.f_lineno)
         obj = getattr(obj, "gi_yieldfrom", None) or getattr(obj, "cr_await", None)
         depth += 1
@@ -409,7 +432,26 @@ class _Engine:
 
     def apply(self, ev: HistoryEvent) -> bool:
         """Apply one history event; return True if the code must be polled before the next."""
-        if isinstance(ev, SCHEDULE_EVENTS):
+        role = _APPLY_ROLE.get(type(ev), 0)
+        if role == 3:  # completions first: the most frequent kind in a replayed history
+            slot = self.by_id.get(ev.source_event_id)  # type: ignore[attr-defined]
+            if slot is None or slot.done:
+                raise self.diverge("completion without open schedule", ev, None, None)
+            if slot.kind != _COMPLETION_KIND[type(ev)]:
+                raise self.diverge(f"completion kind mismatch: expected {slot.kind}", ev, None, slot.site)
+            self.completed.add(ev.source_event_id)  # type: ignore[attr-defined]
+            if slot.dropped:
+                slot.finish(True, None)  # late completion of a dropped future: recorded, not delivered
+                return False
+            t = type(ev)
+            if t is ActivityCompleted or t is SubOrchestrationCompleted:
+                self._resolve_text(slot, ev.result)  # type: ignore[attr-defined]
+            elif t is TimerFired:
+                self._resolve(slot, None)
+            else:
+                self._fail(slot, ev.details)  # type: ignore[attr-defined]
+            return True
+        if role == 1:
             if not self.fifo:
                 label = "OrchestrationChained" if isinstance(ev, OrchestrationChained) else "schedule"
                 raise self.diverge(
@@ -424,7 +466,7 @@ class _Engine:
                     ev, describe_action(action), site,
                 )
             return self._bind(entry, ev)
-        if isinstance(ev, (CustomStatusUpdated, KeyValueSet, KeyValueCleared, KeyValuesCleared)):
+        if role == 2:
             if self.fifo:
                 entry = self.fifo[0]
                 action, site = (entry.action, entry.site) if isinstance(entry, _Slot) else entry
@@ -435,25 +477,6 @@ class _Engine:
                 if isinstance(ev, KeyValueSet) and self.kv.get(ev.key, (None,))[0] == ev.value:
                     self.kv[ev.key] = (ev.value, ev.last_updated_at_ms)  # Recommend: recorded ts
             return False
-        if isinstance(ev, COMPLETION_EVENTS):
-            slot = self.by_id.get(ev.source_event_id)  # type: ignore[arg-type]
-            if slot is None or slot.done:
-                raise self.diverge("completion without open schedule", ev, None, None)
-            want = {ActivityCompleted: "activity", ActivityFailed: "activity", TimerFired: "timer",
-                    SubOrchestrationCompleted: "sub", SubOrchestrationFailed: "sub"}[type(ev)]
-            if slot.kind != want:
-                raise self.diverge(f"completion kind mismatch: expected {slot.kind}", ev, None, slot.site)
-            self.completed.add(ev.source_event_id)  # type: ignore[arg-type]
-            if slot.dropped:
-                slot.finish(True, None)  # late completion of a dropped future: recorded, not delivered
-                return False
-            if isinstance(ev, (ActivityFailed, SubOrchestrationFailed)):
-                self._fail(slot, ev.details)
-            elif isinstance(ev, TimerFired):
-                self._resolve(slot, None)
-            else:
-                self._resolve_text(slot, ev.result)  # type: ignore[union-attr]
-            return True
         if isinstance(ev, ExternalEvent):
             subs = self.pos_subs.get(ev.name, [])
             arrivals = self.pos_arrivals.setdefault(ev.name, [])
