@@ -65,7 +65,31 @@ _log = logging.getLogger(__name__)
 _BUSY_TIMEOUT_MS = 60_000
 _MIN_SQLITE = (3, 25, 0)  # upsert (3.24) and window functions (3.25)
 _HISTORY_CACHE_SIZE = 1024  # instances whose decoded current history is kept (LRU)
+# Short histories (decoding them again is cheap) are cached only while few are: thousands of
+# concurrent small instances would otherwise keep every decoded event alive.
+_FEW_HISTORIES = 16
+_LONG_HISTORY = 32
 _CORRUPT_PREFIX = "#corrupt#"  # _corrupt_history marker: never valid JSON
+_INSERT_EVENT = ("INSERT INTO history (instance_id, execution_id, event_id, event_type, event_data, created_at) "
+                 "VALUES (?, ?, ?, ?, ?, ?)")
+_FEW_EVENTS = 16  # acks with at most this many events detect duplicate ids while inserting
+
+
+def _serialize_ack(delta: list, workers: list, orchs: list) -> tuple[list[str], list[str], list[str]] | None:
+    """JSON of an ack's rows, computed before the write transaction. None when anything does
+    not serialize: the ack then serializes in the transaction and reports it in its own order."""
+    try:
+        return [dumps(e) for e in delta], [dumps(w) for w in workers], [dumps(o) for o in orchs]
+    except Exception:  # noqa: BLE001 - reported by the ack itself
+        return None
+
+
+_UNKNOWN: Any = object()  # "not read yet" (``created_seq`` may legitimately be None)
+# The instance row and its current execution in one lookup (fetch: pin, metadata, continue-as-new).
+_INSTANCE_INFO = ("SELECT i.orchestration_name, i.orchestration_version, i.current_execution_id, i.created_seq, "
+                  "e.status, e.duroxide_version_major, e.duroxide_version_minor, e.duroxide_version_patch "
+                  "FROM instances i LEFT JOIN executions e ON e.instance_id = i.instance_id "
+                  "AND e.execution_id = i.current_execution_id WHERE i.instance_id = ?")
 
 
 def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
@@ -111,6 +135,7 @@ class SqliteProvider(SqliteAdminMixin):
         self._memory = memory
         self._where = ":memory:" if memory else repr(target)
         self._listeners: list[Callable[[str], None]] = []
+        self._commit_listeners: list[Callable[[str], None]] = []
         self._listeners_lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._closed = False
@@ -130,8 +155,12 @@ class SqliteProvider(SqliteAdminMixin):
             self._refuse_read_only(target)
         try:
             conn = self._connect()
+            # The writer: every write transaction of this process runs on this one connection
+            # under ``_write_guard`` (in-memory: every operation). Writes are serialized anyway,
+            # and one connection keeps its page cache across them; with one connection per
+            # thread each commit invalidated every other connection's cache, so pages were
+            # re-read from the WAL on every operation. Reads use per-thread connections.
             self._shared = conn
-            self._register(conn)
             self._open_id = self._migrate(conn)
         except BaseException:
             self.close()
@@ -199,11 +228,11 @@ class SqliteProvider(SqliteAdminMixin):
             self._conns = alive
         self._local.conn = conn
 
-    def _conn(self, op: str) -> sqlite3.Connection:
+    def _conn(self, op: str, write: bool = False) -> sqlite3.Connection:
         if self._closed:
             raise ProviderError(f"{op}: SqliteProvider {self._where} is closed", operation=op)
-        if self._memory:
-            return self._shared
+        if self._memory or write:
+            return self._shared  # callers hold _write_guard
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -244,7 +273,7 @@ class SqliteProvider(SqliteAdminMixin):
         """One transaction: BEGIN IMMEDIATE for writes, deferred for reads; COMMIT on success,
         ROLLBACK on any error (sqlite3 errors re-raised as ProviderError)."""
         with self._write_guard if write else self._read_guard:
-            conn = self._conn(op)
+            conn = self._conn(op, write)
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as exc:
@@ -262,6 +291,10 @@ class SqliteProvider(SqliteAdminMixin):
     def close(self) -> None:
         """Close every connection. In-memory data is gone afterwards; further calls fail."""
         self._closed = True
+        shared = getattr(self, "_shared", None)
+        if shared is not None:
+            with self._write_guard, contextlib.suppress(sqlite3.Error):
+                shared.close()
         with self._conns_lock:
             for _, conn in self._conns:
                 with contextlib.suppress(sqlite3.Error):
@@ -287,6 +320,12 @@ class SqliteProvider(SqliteAdminMixin):
         with self._listeners_lock:
             self._listeners.append(callback)
 
+    def add_commit_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(instance_id)`` after each orchestration ack of that instance commits
+        (in-process), so a client waiting for one instance wakes for that instance only."""
+        with self._listeners_lock:
+            self._commit_listeners.append(callback)
+
     def _now(self) -> int:
         if self.clock is None:
             raise ProviderError(
@@ -294,11 +333,17 @@ class SqliteProvider(SqliteAdminMixin):
                 "(the Runtime and Client do this) before using it", operation="clock")
         return int(self.clock.now_ms())
 
-    def _notify(self, kinds: Sequence[str]) -> None:
+    def _notify(self, kinds: Sequence[str], instance: str | None = None) -> None:
         # After COMMIT and outside every lock: a listener may call back into the provider, and a
         # failing listener must not make a committed operation look failed.
         with self._listeners_lock:
             listeners = list(self._listeners)
+            committers = list(self._commit_listeners) if instance is not None else []
+        for callback in committers:
+            try:
+                callback(instance)
+            except Exception:  # pragma: no cover - defensive
+                _log.exception("commit listener failed")
         for kind in dict.fromkeys(kinds):
             for callback in listeners:
                 try:
@@ -318,33 +363,39 @@ class SqliteProvider(SqliteAdminMixin):
         except SerializationError as exc:
             raise ProviderError(f"{op}: unreadable queued work item: {exc}", operation=op) from exc
 
-    def _load_events(self, db: sqlite3.Connection, instance: str, execution_id: int) -> list[HistoryEvent]:
+    def _load_events(self, db: sqlite3.Connection, instance: str, execution_id: int,
+                     seq: Any = _UNKNOWN) -> tuple[HistoryEvent, ...]:
         """History of one execution in event_id order; SerializationError if a row is unreadable.
 
         Histories are append-only, so decoded events are kept (per instance, bounded LRU) and
         only rows newer than the last cached event id are read and decoded on later calls. A
-        cache entry is keyed by the instance row's ``created_seq`` and the execution id, so a
-        deleted-and-recreated instance or a new execution never reuses stale events."""
+        cache entry is keyed by the instance row's ``created_seq`` (pass ``seq`` when already
+        read) and the execution id, so a deleted-and-recreated instance or a new execution never
+        reuses stale events. Entries are immutable tuples: a hit costs one concatenation."""
         with self._hcache_lock:
-            row = db.execute("SELECT created_seq FROM instances WHERE instance_id = ?", (instance,)).fetchone()
-            seq = row[0] if row is not None else None
+            if seq is _UNKNOWN:
+                row = db.execute("SELECT created_seq FROM instances WHERE instance_id = ?", (instance,)).fetchone()
+                seq = row[0] if row is not None else None
             entry = self._hcache.get(instance)
-            if seq is None or entry is None or entry[0] != seq or entry[1] != execution_id:
-                entry = None
-            after = entry[2][-1].event_id if entry is not None and entry[2] else 0
+            cached: tuple[HistoryEvent, ...] = ()
+            if seq is not None and entry is not None and entry[0] == seq and entry[1] == execution_id:
+                cached = entry[2]
+            after = cached[-1].event_id if cached else 0
             fresh = self._decode_rows(db, instance, execution_id, after)
-            if entry is None:
-                events = fresh
-                if seq is not None:
-                    self._hcache[instance] = (seq, execution_id, list(fresh))
-            else:
-                entry[2].extend(fresh)
-                events = list(entry[2])
-            if seq is not None:
+            events = cached + tuple(fresh) if fresh else cached
+            if seq is not None and (len(events) >= _LONG_HISTORY or len(self._hcache) < _FEW_HISTORIES
+                                    or instance in self._hcache):
+                self._hcache[instance] = (seq, execution_id, events)
                 self._hcache.move_to_end(instance)
                 while len(self._hcache) > _HISTORY_CACHE_SIZE:
                     self._hcache.popitem(last=False)
             return events
+
+    def _forget_history(self, instance: str) -> None:
+        """Drop the decoded history of an instance that reached a terminal state: it is read
+        again only by management calls, which decode it from the rows."""
+        with self._hcache_lock:
+            self._hcache.pop(instance, None)
 
     @staticmethod
     def _decode_rows(db: sqlite3.Connection, instance: str, execution_id: int, after: int) -> list[HistoryEvent]:
@@ -361,7 +412,7 @@ class SqliteProvider(SqliteAdminMixin):
 
     def _read_events(self, db: sqlite3.Connection, instance: str, execution_id: int, op: str) -> list[HistoryEvent]:
         try:
-            return self._load_events(db, instance, execution_id)
+            return list(self._load_events(db, instance, execution_id))
         except SerializationError as exc:
             raise ProviderError(f"{op}: history deserialization failed: {exc}", operation=op,
                                 instance_id=instance) from exc
@@ -379,15 +430,16 @@ class SqliteProvider(SqliteAdminMixin):
     # --- row helpers ---------------------------------------------------------------------------
 
     @staticmethod
-    def _insert_orch(db: sqlite3.Connection, item: WorkItem, visible_at: int, now: int) -> None:
+    def _insert_orch(db: sqlite3.Connection, item: WorkItem, visible_at: int, now: int, text: str | None = None) -> None:
         db.execute("INSERT INTO orchestrator_queue (instance_id, work_item, visible_at, attempt_count, created_at) "
-                   "VALUES (?, ?, ?, 0, ?)", (item.target_instance, dumps(item), visible_at, now))
+                   "VALUES (?, ?, ?, 0, ?)", (item.target_instance, text or dumps(item), visible_at, now))
 
     @staticmethod
-    def _insert_work(db: sqlite3.Connection, item: ActivityExecute, now: int) -> None:
+    def _insert_work(db: sqlite3.Connection, item: ActivityExecute, now: int, text: str | None = None) -> None:
         db.execute("INSERT INTO worker_queue (work_item, visible_at, attempt_count, created_at, instance_id, "
                    "execution_id, activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
-                   (dumps(item), now, now, item.instance, item.execution_id, item.id, item.session_id, item.tag))
+                   (text or dumps(item), now, now, item.instance, item.execution_id, item.id, item.session_id,
+                    item.tag))
 
     def _held_orch_lock(self, db: sqlite3.Connection, token: str, now: int, op: str) -> str:
         """Instance held by ``token`` with an unexpired lock, else LockLostError."""
@@ -446,47 +498,65 @@ class SqliteProvider(SqliteAdminMixin):
         skipped so they never block others. ``poll_timeout_ms`` is ignored (short poll).
         """
         op = "fetch_orchestration_item"
-        bounds = None
-        if filter is not None:
-            bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+        bounds = self._filter_bounds(filter)
         with self._tx(op) as db:
-            now = self._now()
-            orphans: list[int] = []
-            result = None
-            # Walk visible rows oldest first (index on visible_at, id) and stop at the first
-            # eligible instance: the cost is the rows skipped, not the queue length.
-            locked = {r[0] for r in db.execute("SELECT instance_id FROM instance_locks WHERE locked_until > ?", (now,))}
-            considered: set[str] = set()  # membership only; order comes from the queue
-            for (instance,) in db.execute(
-                    "SELECT instance_id FROM orchestrator_queue WHERE visible_at <= ? ORDER BY visible_at, id", (now,)):
-                if instance in considered or instance in locked:
-                    continue
-                considered.add(instance)
-                if bounds is not None and not self._pin_compatible(db, instance, bounds):
+            return self._fetch_orch(db, self._now(), lock_timeout_ms, bounds, op)
+
+    @staticmethod
+    def _filter_bounds(filter: tuple[str, str] | None) -> tuple | None:
+        if filter is None:
+            return None
+        return _parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum")
+
+    def _fetch_orch(self, db: sqlite3.Connection, now: int, lock_timeout_ms: int, bounds: tuple | None,
+                    op: str) -> OrchestrationItem | None:
+        """The body of :meth:`fetch_orchestration_item`, inside the caller's write transaction."""
+        orphans: list[int] = []
+        result = None
+        # Walk visible rows oldest first (index on visible_at, id) and stop at the first
+        # eligible instance: the cost is the rows skipped, not the queue length.
+        locked = {r[0] for r in db.execute("SELECT instance_id FROM instance_locks WHERE locked_until > ?", (now,))}
+        considered: set[str] = set()  # membership only; order comes from the queue
+        for (instance,) in db.execute(
+                "SELECT instance_id FROM orchestrator_queue WHERE visible_at <= ? ORDER BY visible_at, id", (now,)):
+            if instance in considered or instance in locked:
+                continue
+            considered.add(instance)
+            info = db.execute(_INSTANCE_INFO, (instance,)).fetchone()
+            if bounds is not None:
+                if info is not None:
+                    compatible = info[5] is None or bounds[0] <= tuple(info[5:8]) <= bounds[1]
+                else:
+                    compatible = self._pin_compatible(db, instance, bounds)
+                if not compatible:
                     continue  # skipped before locking or reading history (SPEC §16 I30)
-                batch = [(rid, self._load_work(text, op)) for rid, text in db.execute(
-                    "SELECT id, work_item FROM orchestrator_queue WHERE instance_id = ? AND visible_at <= ? "
-                    "ORDER BY visible_at, id", (instance, now))]
-                meta = self._batch_metadata(db, instance, [item for _, item in batch])
-                if meta is not None and self._continue_as_new_pending(db, instance, [item for _, item in batch]):
-                    continue
-                if meta is None:
-                    # Orphan: no row, no history, no start item. QueueMessages sent before the
-                    # instance exists are dropped (SPEC §6.2); anything else may be racing its
-                    # start, so it stays queued while we move on to the next candidate.
-                    # A start item that is queued but not yet visible (abandoned with a delay
-                    # after a failed first ack) means the instance is about to exist: keep its
-                    # messages rather than drop them (found by the simulation).
-                    pending_start = db.execute(
-                        "SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND "
-                        "json_extract(work_item, '$.kind') IN ('StartOrchestration', 'ContinueAsNew') LIMIT 1",
-                        (instance,),
-                    ).fetchone()
-                    if pending_start is None and all(isinstance(item, QueueMessage) for _, item in batch):
-                        orphans.extend(rid for rid, _ in batch)
-                    continue
-                result = self._lock_batch(db, instance, meta, lock_timeout_ms, now, op)
-                break
+            rows = db.execute("SELECT id, work_item, attempt_count FROM orchestrator_queue WHERE instance_id = ? "
+                              "AND visible_at <= ? ORDER BY visible_at, id", (instance, now)).fetchall()
+            batch = [(rid, self._load_work(text, op)) for rid, text, _ in rows]
+            items = [item for _, item in batch]
+            meta = (info[0], info[1], info[2], True, None) if info is not None else self._batch_metadata(db, instance, items)
+            if info is not None and info[4] == "ContinuedAsNew" and self._continue_as_new_pending(db, instance, items):
+                continue
+            if meta is None:
+                # Orphan: no row, no history, no start item. QueueMessages sent before the
+                # instance exists are dropped (SPEC §6.2); anything else may be racing its
+                # start, so it stays queued while we move on to the next candidate.
+                # A start item that is queued but not yet visible (abandoned with a delay
+                # after a failed first ack) means the instance is about to exist: keep its
+                # messages rather than drop them (found by the simulation).
+                pending_start = db.execute(
+                    "SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND "
+                    "json_extract(work_item, '$.kind') IN ('StartOrchestration', 'ContinueAsNew') LIMIT 1",
+                    (instance,),
+                ).fetchone()
+                if pending_start is None and all(isinstance(item, QueueMessage) for _, item in batch):
+                    orphans.extend(rid for rid, _ in batch)
+                continue
+            attempts = max(count for _, _, count in rows) + 1
+            seq = info[3] if info is not None else None
+            result = self._lock_batch(db, instance, meta, lock_timeout_ms, now, op, items, attempts, seq)
+            break
+        if orphans:
             db.executemany("DELETE FROM orchestrator_queue WHERE id = ?", [(rid,) for rid in orphans])
         return result
 
@@ -540,7 +610,9 @@ class SqliteProvider(SqliteAdminMixin):
         return None
 
     def _lock_batch(self, db: sqlite3.Connection, instance: str, meta: tuple, lock_timeout_ms: int, now: int,
-                    op: str) -> OrchestrationItem:
+                    op: str, messages: list[WorkItem], attempts: int, seq: int | None) -> OrchestrationItem:
+        """Lock ``instance`` and tag its visible rows: exactly the batch the caller read in this
+        transaction (``messages``, in order; ``attempts`` = their highest count after this fetch)."""
         name, version, execution_id, read_history, error = meta
         token = self._new_token()
         # The upsert overwrites only an expired lock: the old token becomes unknown.
@@ -553,22 +625,17 @@ class SqliteProvider(SqliteAdminMixin):
             raise ProviderError(f"{op}: lost the race for instance {instance!r}", operation=op, retryable=True)
         db.execute("UPDATE orchestrator_queue SET lock_token = ?, attempt_count = attempt_count + 1 "
                    "WHERE instance_id = ? AND visible_at <= ?", (token, instance, now))
-        messages, attempts = [], 0
-        for text, count in db.execute("SELECT work_item, attempt_count FROM orchestrator_queue WHERE lock_token = ? "
-                                      "ORDER BY visible_at, id", (token,)):
-            messages.append(self._load_work(text, op))
-            attempts = max(attempts, count)
-        history: list[HistoryEvent] = []
+        history: tuple[HistoryEvent, ...] = ()
         if read_history and error is None:
             try:
-                history = self._load_events(db, instance, execution_id)
+                history = self._load_events(db, instance, execution_id, seq)
             except SerializationError as exc:
                 error = f"Failed to deserialize history: {exc}"  # lock held, attempts counted (SPEC §16 I31)
         kv = {key: KvEntry(value, ts) for key, value, ts in db.execute(
             "SELECT key, value, last_updated_at_ms FROM kv_store WHERE instance_id = ? ORDER BY key", (instance,))}
         return OrchestrationItem(
             instance=instance, orchestration_name=name, execution_id=execution_id, version=version,
-            history=() if error is not None else tuple(history), messages=tuple(messages), lock_token=token,
+            history=() if error is not None else history, messages=tuple(messages), lock_token=token,
             attempt_count=attempts, history_error=error, kv_snapshot=kv,
         )
 
@@ -590,48 +657,151 @@ class SqliteProvider(SqliteAdminMixin):
         """
         op = "ack_orchestration_item"
         delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
+        texts = _serialize_ack(delta, workers, orchs)
+        with self._tx(op) as db:
+            instance = self._ack_orch(db, self._now(), lock_token, execution_id, delta, workers, orchs, metadata,
+                                      cancelled_activities, op, texts)
+        self._notify_ack(workers, orchs, instance)
+
+    def ack_orchestration_item_and_fetch(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[HistoryEvent],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivityIdentifier] = (),
+        *,
+        lock_timeout_ms: int,
+        filter: tuple[str, str] | None = None,
+    ) -> OrchestrationItem | None:
+        """:meth:`ack_orchestration_item`, then :meth:`fetch_orchestration_item` in the SAME
+        transaction (one commit instead of two; a dispatcher that just finished a turn looks
+        for the next one anyway). The ack behaves exactly as the plain ack (same errors, all or
+        nothing); the fetch part runs in a savepoint and any failure there is rolled back to
+        it and reported as "nothing fetched", so it can never make the ack fail.
+
+        A subclass that overrides the plain ack or fetch gets exactly those two calls instead
+        (its overrides keep seeing every ack and fetch)."""
+        if not self._not_overridden("ack_orchestration_item", "fetch_orchestration_item"):
+            self.ack_orchestration_item(lock_token, execution_id, history_delta, worker_items, orchestrator_items,
+                                        metadata, cancelled_activities)
+            return self._fetch_after_ack(lambda: self.fetch_orchestration_item(lock_timeout_ms, 0, filter))
+        op = "ack_orchestration_item"
+        bounds = self._filter_bounds(filter)
+        delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
+        texts = _serialize_ack(delta, workers, orchs)
         with self._tx(op) as db:
             now = self._now()
-            instance = self._held_orch_lock(db, lock_token, now, op)
+            instance = self._ack_orch(db, now, lock_token, execution_id, delta, workers, orchs, metadata,
+                                      cancelled_activities, op, texts)
+            nxt = self._chained_fetch(
+                db, lambda: self._fetch_orch(db, now, lock_timeout_ms, bounds, "fetch_orchestration_item"))
+        if nxt is not None and all(item.target_instance == nxt.instance for item in orchs):
+            # Everything this ack queued is for the instance the caller just fetched (e.g. its own
+            # continue-as-new): waking another dispatcher would only find it locked.
+            self._notify((["worker"] if workers else []) + ["committed"], instance)
+        else:
+            self._notify_ack(workers, orchs, instance)
+        return nxt
+
+    def _not_overridden(self, *names: str) -> bool:
+        cls = type(self)
+        return all(getattr(cls, name) is getattr(SqliteProvider, name) for name in names)
+
+    @staticmethod
+    def _fetch_after_ack(fetch: Callable[[], Any]) -> Any:
+        try:
+            return fetch()
+        except ProviderError as exc:  # the ack is committed; the next plain fetch reports it
+            _log.debug("fetch after ack failed: %s", exc)
+            return None
+
+    @staticmethod
+    def _chained_fetch(db: sqlite3.Connection, fetch: Callable[[], Any]) -> Any:
+        db.execute("SAVEPOINT chained_fetch")
+        try:
+            result = fetch()
+        except Exception as exc:  # noqa: BLE001 - the plain fetch will report it
+            _log.debug("fetch after ack failed (rolled back to the ack): %s", exc)
+            db.execute("ROLLBACK TO chained_fetch")
+            result = None
+        db.execute("RELEASE chained_fetch")
+        return result
+
+    def _notify_ack(self, workers: list, orchs: list, instance: str) -> None:
+        # "committed" (and the commit listeners) let in-process clients waiting on an instance
+        # look again at once.
+        self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"],
+                     instance)
+
+    def _ack_orch(self, db: sqlite3.Connection, now: int, lock_token: str, execution_id: int, delta: list,
+                  workers: list, orchs: list, metadata: ExecutionMetadata,
+                  cancelled_activities: Sequence[ScheduledActivityIdentifier], op: str,
+                  texts: tuple[list[str], list[str], list[str]] | None = None) -> str:
+        """The body of :meth:`ack_orchestration_item`, inside the caller's write transaction.
+        ``texts``: the JSON of the delta, worker and orchestrator items, serialized before the
+        transaction (:func:`_serialize_ack`) so the write lock is not held for it."""
+        instance = self._held_orch_lock(db, lock_token, now, op)
+        few = len(delta) <= _FEW_EVENTS
+        if few:  # duplicates are then detected by the primary key as each row is inserted
+            for event in delta:
+                if not isinstance(event, HistoryEvent):
+                    raise ProviderError(f"not a history event: {event!r}", operation=op)
+        else:
             self._validate_events(db, instance, execution_id, delta, op)
-            pin = metadata.pinned_duroxide_version
-            pin = _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None
-            for item in workers:
-                self._check_worker_item(item, op)
-            for item in orchs:
-                self._check_orch_item(item, op)
-            db.execute("DELETE FROM orchestrator_queue WHERE instance_id = ? AND lock_token = ?",
-                       (instance, lock_token))
-            has_row = self._upsert_instance(db, instance, execution_id, metadata, now)
-            self._append(db, instance, execution_id, delta, now)
-            if pin is not None:
-                db.execute("UPDATE executions SET duroxide_version_major = ?, duroxide_version_minor = ?, "
-                           "duroxide_version_patch = ? WHERE instance_id = ? AND execution_id = ?",
-                           (*pin, instance, execution_id))
-            if has_row:
-                db.execute("UPDATE instances SET current_execution_id = MAX(current_execution_id, ?), updated_at = ? "
-                           "WHERE instance_id = ?", (execution_id, now, instance))
-            if metadata.status is not None:
-                db.execute("UPDATE executions SET status = ?, output = ?, completed_at = ? "
-                           "WHERE instance_id = ? AND execution_id = ?",
-                           (metadata.status, metadata.output, now, instance, execution_id))
-            statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
-            if statuses and has_row:  # the last one wins; one version bump per ack
-                db.execute("UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
-                           "WHERE instance_id = ?", (statuses[-1].status, instance))
-            self._apply_kv(db, instance, delta)
-            if metadata.status in TERMINAL_STATUSES:
-                self._merge_kv(db, instance)
-            for item in workers:
-                self._insert_work(db, item, now)
-            # Cancel AFTER inserting: schedule+cancel in one ack must leave nothing (SPEC §11.2).
-            db.executemany("DELETE FROM worker_queue WHERE instance_id = ? AND execution_id = ? AND activity_id = ?",
+        event_texts, worker_texts, orch_texts = texts if texts is not None else (None, None, None)
+        pin = metadata.pinned_duroxide_version
+        pin = _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None
+        for item in workers:
+            self._check_worker_item(item, op)
+        for item in orchs:
+            self._check_orch_item(item, op)
+        # Every row of the batch carries this token (fetch tagged them), so deleting them
+        # leaves no row tagged with it: releasing the lock is deleting its row (at the end).
+        db.execute("DELETE FROM orchestrator_queue WHERE instance_id = ? AND lock_token = ?",
+                   (instance, lock_token))
+        has_row = self._upsert_instance(db, instance, execution_id, metadata, now)
+        sets, args = [], []
+        if pin is not None:
+            sets.append("duroxide_version_major = ?, duroxide_version_minor = ?, duroxide_version_patch = ?")
+            args.extend(pin)
+        if metadata.status is not None:
+            sets.append("status = ?, output = ?, completed_at = ?")
+            args.extend((metadata.status, metadata.output, now))
+        update = f"UPDATE executions SET {', '.join(sets)} WHERE instance_id = ? AND execution_id = ?"
+        # The execution row is created by its first ack; later acks only update it.
+        if not sets or db.execute(update, (*args, instance, execution_id)).rowcount == 0:
+            db.execute("INSERT OR IGNORE INTO executions (instance_id, execution_id, status, started_at) "
+                       "VALUES (?, ?, 'Running', ?)", (instance, execution_id, now))
+            if sets:
+                db.execute(update, (*args, instance, execution_id))
+        if few:
+            self._insert_events_checked(db, instance, execution_id, delta, now, event_texts, op)
+        else:
+            self._insert_events(db, instance, execution_id, delta, now, event_texts)
+        statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
+        if statuses and has_row:  # the last one wins; one version bump per ack
+            db.execute("UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
+                       "WHERE instance_id = ?", (statuses[-1].status, instance))
+        self._apply_kv(db, instance, delta)
+        if metadata.status in TERMINAL_STATUSES:
+            self._merge_kv(db, instance)
+        for i, item in enumerate(workers):
+            self._insert_work(db, item, now, worker_texts[i] if worker_texts is not None else None)
+        # Cancel AFTER inserting: schedule+cancel in one ack must leave nothing (SPEC §11.2).
+        if cancelled_activities:
+            db.executemany("DELETE FROM worker_queue WHERE instance_id = ? AND execution_id = ? "
+                           "AND activity_id = ?",
                            [(c.instance, c.execution_id, c.activity_id) for c in cancelled_activities])
-            for item in orchs:
-                self._insert_orch(db, item, item.fire_at_ms if isinstance(item, TimerFiredMsg) else now, now)
-            self._release_orch_lock(db, instance)
-        # "committed" lets in-process clients waiting on an instance look again at once.
-        self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"])
+        for i, item in enumerate(orchs):
+            self._insert_orch(db, item, item.fire_at_ms if isinstance(item, TimerFiredMsg) else now, now,
+                              orch_texts[i] if orch_texts is not None else None)
+        db.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
+        if metadata.status in TERMINAL_STATUSES:
+            self._forget_history(instance)
+        return instance
 
     @staticmethod
     def _validate_events(db: sqlite3.Connection, instance: str, execution_id: int, events: list, op: str) -> None:
@@ -652,33 +822,56 @@ class SqliteProvider(SqliteAdminMixin):
                     "history is append-only", operation=op, instance_id=instance, event_id=event.event_id)
             seen.add(event.event_id)
 
-    @staticmethod
-    def _append(db: sqlite3.Connection, instance: str, execution_id: int, events: list, now: int) -> None:
+    @classmethod
+    def _append(cls, db: sqlite3.Connection, instance: str, execution_id: int, events: list, now: int) -> None:
         """Create the execution if absent and store ``events`` verbatim."""
         db.execute("INSERT OR IGNORE INTO executions (instance_id, execution_id, status, started_at) "
                    "VALUES (?, ?, 'Running', ?)", (instance, execution_id, now))
-        db.executemany("INSERT INTO history (instance_id, execution_id, event_id, event_type, event_data, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)",
-                       [(instance, execution_id, e.event_id, type(e).KIND, dumps(e), now) for e in events])
+        cls._insert_events(db, instance, execution_id, events, now)
+
+    @staticmethod
+    def _insert_events(db: sqlite3.Connection, instance: str, execution_id: int, events: list, now: int,
+                       texts: list[str] | None = None) -> None:
+        db.executemany(_INSERT_EVENT, [(instance, execution_id, e.event_id, type(e).KIND,
+                                        texts[i] if texts is not None else dumps(e), now)
+                                       for i, e in enumerate(events)])
+
+    @staticmethod
+    def _insert_events_checked(db: sqlite3.Connection, instance: str, execution_id: int, events: list, now: int,
+                               texts: list[str] | None, op: str) -> None:
+        """Insert row by row; the first event whose id is taken (stored before, or earlier in
+        ``events``) raises the same error as :meth:`_validate_events` (nothing is kept: the
+        caller's transaction rolls back)."""
+        for i, e in enumerate(events):
+            try:
+                db.execute(_INSERT_EVENT, (instance, execution_id, e.event_id, type(e).KIND,
+                                           texts[i] if texts is not None else dumps(e), now))
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc) and "PRIMARY KEY" not in str(exc):
+                    raise
+                raise ProviderError(
+                    f"duplicate event_id {e.event_id} in execution {execution_id} of instance {instance!r}; "
+                    "history is append-only", operation=op, instance_id=instance, event_id=e.event_id) from None
 
     @staticmethod
     def _upsert_instance(db: sqlite3.Connection, instance: str, execution_id: int, md: ExecutionMetadata,
                          now: int) -> bool:
-        """Create-if-absent / update the instance row from metadata; True if a row exists after."""
-        exists = db.execute("SELECT 1 FROM instances WHERE instance_id = ?", (instance,)).fetchone() is not None
+        """Create-if-absent / update the instance row from metadata and move its current
+        execution forward to ``execution_id``; True if a row exists after."""
         if md.orchestration_name is None:
-            return exists
-        if not exists:
+            return db.execute("UPDATE instances SET current_execution_id = MAX(current_execution_id, ?), "
+                              "updated_at = ? WHERE instance_id = ?", (execution_id, now, instance)).rowcount == 1
+        # A NULL version is filled in later, never cleared.
+        if db.execute("UPDATE instances SET orchestration_name = ?, orchestration_version = COALESCE(?, "
+                      "orchestration_version), current_execution_id = MAX(current_execution_id, ?), updated_at = ? "
+                      "WHERE instance_id = ?", (md.orchestration_name, md.orchestration_version, execution_id, now,
+                                                instance)).rowcount == 0:
             db.execute(
                 "INSERT INTO instances (instance_id, orchestration_name, orchestration_version, current_execution_id, "
                 "created_at, updated_at, parent_instance_id, created_seq) VALUES (?, ?, ?, ?, ?, ?, ?, "
                 "(SELECT COALESCE(MAX(created_seq), 0) + 1 FROM instances))",
                 (instance, md.orchestration_name, md.orchestration_version, execution_id, now, now,
                  md.parent_instance_id))  # the parent link is immutable once created
-        else:  # a NULL version is filled in later, never cleared
-            db.execute("UPDATE instances SET orchestration_name = ?, "
-                       "orchestration_version = COALESCE(?, orchestration_version) WHERE instance_id = ?",
-                       (md.orchestration_name, md.orchestration_version, instance))
         return True
 
     @staticmethod
@@ -754,6 +947,12 @@ class SqliteProvider(SqliteAdminMixin):
         op = "fetch_work_item"
         if tag_filter.mode == "none":
             return None
+        query, params = self._work_query(session, tag_filter)
+        with self._tx(op) as db:
+            return self._fetch_work(db, self._now(), lock_timeout_ms, session, query, params, op)
+
+    @staticmethod
+    def _work_query(session: SessionConfig | None, tag_filter: TagFilter) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {"now": None}
         where = ["visible_at <= :now", "(locked_until IS NULL OR locked_until <= :now)"]
         tags = sorted(tag_filter.tag_set)
@@ -767,43 +966,78 @@ class SqliteProvider(SqliteAdminMixin):
             params["owner"] = session.owner_id
             where.append("(session_id IS NULL OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = "
                          "worker_queue.session_id AND s.locked_until > :now AND s.worker_id != :owner))")
-        query = f"SELECT id, work_item, session_id FROM worker_queue WHERE {' AND '.join(where)} " \
+        query = f"SELECT id, work_item, session_id, attempt_count FROM worker_queue WHERE {' AND '.join(where)} " \
                 "ORDER BY visible_at, id LIMIT 1"
-        with self._tx(op) as db:
-            now = params["now"] = self._now()
-            row = db.execute(query, params).fetchone()
-            if row is None:
-                return None
-            rid, text, session_id = row
-            item = self._load_work(text, op)
-            if session_id is not None and session is not None:
-                db.execute("INSERT INTO sessions (session_id, worker_id, locked_until, last_activity_at) "
-                           "VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET worker_id = excluded.worker_id, "
-                           "locked_until = excluded.locked_until, last_activity_at = excluded.last_activity_at",
-                           (session_id, session.owner_id, now + session.lock_timeout_ms, now))
-            token = self._new_token()  # an expired lock is stolen: its token becomes unknown
-            db.execute("UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
-                       "WHERE id = ?", (token, now + lock_timeout_ms, rid))
-            attempts = db.execute("SELECT attempt_count FROM worker_queue WHERE id = ?", (rid,)).fetchone()[0]
+        return query, params
+
+    def _fetch_work(self, db: sqlite3.Connection, now: int, lock_timeout_ms: int, session: SessionConfig | None,
+                    query: str, params: dict[str, Any], op: str) -> WorkItemLease | None:
+        """The body of :meth:`fetch_work_item`, inside the caller's write transaction."""
+        params["now"] = now
+        row = db.execute(query, params).fetchone()
+        if row is None:
+            return None
+        rid, text, session_id, attempts = row
+        item = self._load_work(text, op)
+        if session_id is not None and session is not None:
+            db.execute("INSERT INTO sessions (session_id, worker_id, locked_until, last_activity_at) "
+                       "VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET worker_id = excluded.worker_id, "
+                       "locked_until = excluded.locked_until, last_activity_at = excluded.last_activity_at",
+                       (session_id, session.owner_id, now + session.lock_timeout_ms, now))
+        token = self._new_token()  # an expired lock is stolen: its token becomes unknown
+        db.execute("UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
+                   "WHERE id = ?", (token, now + lock_timeout_ms, rid))
         assert isinstance(item, ActivityExecute)
-        return WorkItemLease(item=item, lock_token=token, attempt_count=attempts)
+        return WorkItemLease(item=item, lock_token=token, attempt_count=attempts + 1)
 
     def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
         """Delete the locked row and enqueue ``completion`` (if any) in one transaction.
         LockLostError if the row was cancelled or deleted, or its lock expired or was stolen."""
         op = "ack_work_item"
         with self._tx(op) as db:
-            now = self._now()
-            rid, _, session_id, _, _ = self._work_row_for(db, lock_token, now, op, need_live=True)
-            if completion is not None and not isinstance(completion, (ActivityCompletedMsg, ActivityFailedMsg)):
-                raise ProviderError(f"a worker ack takes ActivityCompleted/ActivityFailed, got {completion!r}",
-                                    operation=op)
-            db.execute("DELETE FROM worker_queue WHERE id = ?", (rid,))
-            self._bump_session(db, session_id, now)
-            if completion is not None:
-                self._insert_orch(db, completion, now, now)
+            self._ack_work(db, self._now(), lock_token, completion, op)
         if completion is not None:
             self._notify(["orchestrator"])
+
+    def ack_work_item_and_fetch(
+        self,
+        lock_token: str,
+        completion: WorkItem | None,
+        *,
+        lock_timeout_ms: int,
+        session: SessionConfig | None = None,
+        tag_filter: TagFilter = TagFilter.DEFAULT_ONLY,  # type: ignore[attr-defined]
+    ) -> WorkItemLease | None:
+        """:meth:`ack_work_item`, then :meth:`fetch_work_item` in the SAME transaction (see
+        :meth:`ack_orchestration_item_and_fetch`: the ack is unchanged, a failing fetch part is
+        rolled back to a savepoint and reported as "nothing fetched"; a subclass overriding
+        the plain ack or fetch gets those two calls instead)."""
+        if not self._not_overridden("ack_work_item", "fetch_work_item"):
+            self.ack_work_item(lock_token, completion)
+            return self._fetch_after_ack(lambda: self.fetch_work_item(lock_timeout_ms, 0, session, tag_filter))
+        op = "ack_work_item"
+        with self._tx(op) as db:
+            now = self._now()
+            self._ack_work(db, now, lock_token, completion, op)
+            nxt = None
+            if tag_filter.mode != "none":
+                query, params = self._work_query(session, tag_filter)
+                nxt = self._chained_fetch(
+                    db, lambda: self._fetch_work(db, now, lock_timeout_ms, session, query, params, "fetch_work_item"))
+        if completion is not None:
+            self._notify(["orchestrator"])
+        return nxt
+
+    def _ack_work(self, db: sqlite3.Connection, now: int, lock_token: str, completion: WorkItem | None,
+                  op: str) -> None:
+        rid, _, session_id, _, _ = self._work_row_for(db, lock_token, now, op, need_live=True)
+        if completion is not None and not isinstance(completion, (ActivityCompletedMsg, ActivityFailedMsg)):
+            raise ProviderError(f"a worker ack takes ActivityCompleted/ActivityFailed, got {completion!r}",
+                                operation=op)
+        db.execute("DELETE FROM worker_queue WHERE id = ?", (rid,))
+        self._bump_session(db, session_id, now)
+        if completion is not None:
+            self._insert_orch(db, completion, now, now)
 
     def renew_work_item_lock(self, lock_token: str, extend_ms: int) -> None:
         """Extend a live row lock. Failure is the worker's cancellation signal."""

@@ -190,20 +190,30 @@ class Client:
 
     get_orchestration_status = get_status
 
-    def _wait(self, check: Callable[[], Any], timeout_ms: int) -> Any:
+    def _wait(self, check: Callable[[], Any], timeout_ms: int, instance: str | None = None) -> Any:
         if not isinstance(timeout_ms, int) or timeout_ms < 0:
             raise InvalidInputError(f"timeout_ms must be a non-negative integer, got {timeout_ms!r}")
         deadline = self.clock.now_ms() + timeout_ms
         delay = 1
-        while True:
-            found = check()
-            if found is not None:
-                return found
-            remaining = deadline - self.clock.now_ms()
-            if remaining <= 0:
-                raise OperationTimeout("Operation timed out")
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, 50)
+        # A sleeper that can wake for one instance's commits (the in-process CommitWaiter).
+        wait_for = getattr(self._sleep, "wait_for", None) if instance is not None else None
+        try:
+            while True:
+                found = check()
+                if found is not None:
+                    return found
+                remaining = deadline - self.clock.now_ms()
+                if remaining <= 0:
+                    raise OperationTimeout("Operation timed out")
+                if wait_for is not None:
+                    wait_for(min(delay, remaining), instance)
+                else:
+                    self._sleep(min(delay, remaining))
+                delay = min(delay * 2, 50)
+        finally:
+            done = getattr(self._sleep, "done", None) if wait_for is not None else None
+            if done is not None:
+                done()
 
     def wait_for_orchestration(self, instance_id: str, timeout_ms: int = 30_000) -> OrchestrationResult:
         """Wait until the instance is Completed or Failed (a continue-as-new is not final)."""
@@ -212,7 +222,7 @@ class Client:
             st = self.get_status(instance_id)
             return st if st.is_terminal else None
 
-        return self._wait(check, timeout_ms)
+        return self._wait(check, timeout_ms, instance_id)
 
     def wait_for_orchestration_typed(self, instance_id: str, timeout_ms: int = 30_000, result_type: Any = None) -> Any:
         """The output of a completed instance (structured into ``result_type`` if given);
@@ -233,7 +243,7 @@ class Client:
             st = self.get_status(instance_id)
             return st if st.custom_status_version > last_seen_version or st.is_terminal else None
 
-        return self._wait(check, timeout_ms)
+        return self._wait(check, timeout_ms, instance_id)
 
     # --- KV ---------------------------------------------------------------------------------
 
@@ -249,7 +259,7 @@ class Client:
 
     def wait_for_kv_value(self, instance_id: str, key: str, timeout_ms: int = 30_000) -> str:
         try:
-            return self._wait(lambda: self.get_kv_value(instance_id, key), timeout_ms)
+            return self._wait(lambda: self.get_kv_value(instance_id, key), timeout_ms, instance_id)
         except OperationTimeout:
             raise OperationTimeout(f"Timed out waiting for value '{key}' on instance '{instance_id}'") from None
 

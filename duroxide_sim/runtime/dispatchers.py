@@ -63,6 +63,12 @@ __all__ = [
 ]
 
 _orch_log = logging.getLogger(ORCHESTRATION_LOGGER)
+
+#: Engine cache admission: engines of short histories (replaying them costs little) are kept
+#: only while the cache holds fewer than _FEW_ENGINES engines, so thousands of concurrent small
+#: instances do not each pin a live generator (~9 KiB); long histories are always kept.
+_FEW_ENGINES = 16
+_LONG_HISTORY = 32
 _log = logging.getLogger("duroxide_sim.runtime")
 
 
@@ -136,8 +142,18 @@ class Services:
     verify_cache_every: int = 3
 
 
+def _chain(provider: Any, name: str, carry: dict | None) -> Any:
+    """The provider's ack-and-fetch-next method ``name``, if it has one and the caller (the
+    production driver) passed a ``carry``; else None (plain ack; the simulation's path)."""
+    return getattr(provider, name, None) if carry is not None else None
+
+
 class OrchestrationDispatcher:
-    """fetch -> replay turn -> ack, for one instance batch at a time."""
+    """fetch -> replay turn -> ack, for one instance batch at a time.
+
+    ``step(carry)``: with a per-thread ``carry`` dict (production driver) and a provider that
+    has ``ack_orchestration_item_and_fetch``, the ack also fetches the thread's next item in the
+    same transaction and leaves it in ``carry["item"]`` (see ``realtime.ThreadDriver``)."""
 
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -152,16 +168,27 @@ class OrchestrationDispatcher:
             self.s.metrics.inc("orch_dispatcher_items_fetched")
         return item
 
-    def step(self) -> bool:
-        try:
-            item = self.fetch()
-        except ProviderError:
-            self.s.metrics.inc("provider_errors")
-            raise
+    def step(self, carry: dict | None = None) -> bool:
+        item = carry.pop("item", None) if carry is not None else None
         if item is None:
-            return False
-        self.process(item)
+            try:
+                item = self.fetch()
+            except ProviderError:
+                self.s.metrics.inc("provider_errors")
+                raise
+            if item is None:
+                return False
+        self.process(item, carry)
         return True
+
+    def release(self, carry: dict) -> None:
+        """Give back a prefetched item (the thread stops): unlock it, attempt not counted."""
+        item = carry.pop("item", None)
+        if item is not None:
+            try:
+                self.s.provider.abandon_orchestration_item(item.lock_token, None, True)
+            except ProviderError:
+                pass  # lock expiry re-exposes the item anyway
 
     def turn_input(self, item: OrchestrationItem) -> TurnInput:
         return TurnInput(
@@ -175,7 +202,7 @@ class OrchestrationDispatcher:
             kv_snapshot={k: (e.value, e.last_updated_at_ms) for k, e in item.kv_snapshot.items()},
         )
 
-    def process(self, item: OrchestrationItem) -> TurnResult | None:
+    def process(self, item: OrchestrationItem, carry: dict | None = None) -> TurnResult | None:
         """Run the turn for a fetched item and commit it. Returns what was committed."""
         s, opts = self.s, self.s.options
         provider = s.provider
@@ -185,12 +212,12 @@ class OrchestrationDispatcher:
             if item.history_error is not None:
                 if item.attempt_count > opts.max_attempts:
                     result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts, history_error=item.history_error)
-                    return self._commit(item, result)
+                    return self._commit(item, result, carry)
                 provider.abandon_orchestration_item(item.lock_token, 1_000, False)
                 return None
             if item.attempt_count > opts.max_attempts:
                 result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts)
-                return self._commit(item, result)
+                return self._commit(item, result, carry)
             hits = self.cache.hits if self.cache is not None else 0
             result = execute_turn(inp, s.registry, self.cache)
             if s.verify_cache and self.cache is not None and self.cache.hits > hits and self.cache.hits % s.verify_cache_every == 0:
@@ -200,7 +227,7 @@ class OrchestrationDispatcher:
                 _log.warning("%s (instance %r); retrying in %d ms", result.message, item.instance, delay)
                 provider.abandon_orchestration_item(item.lock_token, delay, False)
                 return None
-            return self._commit(item, result)
+            return self._commit(item, result, carry)
         finally:
             s.renewer.unwatch(item.lock_token)
 
@@ -214,7 +241,7 @@ class OrchestrationDispatcher:
             out.append(wi)
         return out
 
-    def _commit(self, item: OrchestrationItem, result: TurnResult) -> TurnResult | None:
+    def _commit(self, item: OrchestrationItem, result: TurnResult, carry: dict | None = None) -> TurnResult | None:
         s = self.s
         metadata = ExecutionMetadata(
             status=result.status,
@@ -225,16 +252,21 @@ class OrchestrationDispatcher:
             pinned_duroxide_version=result.pinned_version,
         )
         cancelled = [ScheduledActivityIdentifier(i, e, a) for i, e, a in result.cancelled]
+        chain = _chain(s.provider, "ack_orchestration_item_and_fetch", carry)
         try:
-            s.provider.ack_orchestration_item(
-                item.lock_token,
-                result.execution_id,
-                result.delta,
-                result.worker_items,
-                self._fill_parent_execution(result.orchestrator_items),
-                metadata,
-                cancelled,
-            )
+            args = (item.lock_token, result.execution_id, result.delta, result.worker_items,
+                    self._fill_parent_execution(result.orchestrator_items), metadata, cancelled)
+            if chain is None:
+                s.provider.ack_orchestration_item(*args)
+            else:
+                assert carry is not None
+                nxt = chain(*args, lock_timeout_ms=s.options.orchestrator_lock_timeout_ms, filter=self.filter)
+                if nxt is None:
+                    carry["empty"] = True
+                else:
+                    s.metrics.inc("orch_dispatcher_items_fetched")
+                    carry["item"] = nxt
+                    carry["backlog"] = nxt.instance != item.instance
         except LockLostError:
             s.metrics.inc("provider_errors")
             return None  # the lock expired or was taken: another dispatcher owns this turn now
@@ -244,8 +276,10 @@ class OrchestrationDispatcher:
                 self._abandon_quietly(item.lock_token, 50)
                 return None
             return self._commit_infrastructure_failure(item, exc)
-        if self.cache is not None and result.engine is not None:
-            self.cache.put(item.instance, result.engine)  # committed: the next turn may resume it
+        cache = self.cache
+        if cache is not None and result.engine is not None and (
+                len(cache) < _FEW_ENGINES or result.engine.history_len >= _LONG_HISTORY):
+            cache.put(item.instance, result.engine)  # committed: the next turn may resume it
         self._record(result)
         return result
 
@@ -347,10 +381,18 @@ class WorkerDispatcher:
 
     def fetch(self) -> WorkItemLease | None:
         opts = self.s.options
+        session = self._session_config()
+        return self._accept(self.s.provider.fetch_work_item(opts.worker_lock_timeout_ms, 0, session, opts.worker_tag_filter))
+
+    def _session_config(self) -> SessionConfig | None:
+        opts = self.s.options
         with self._lock:
             at_cap = len([k for k, v in self._sessions.items() if v > 0]) >= opts.max_sessions_per_runtime
-        session = None if at_cap else SessionConfig(owner_id=self.owner_id, lock_timeout_ms=opts.session_lock_timeout_ms)
-        lease = self.s.provider.fetch_work_item(opts.worker_lock_timeout_ms, 0, session, opts.worker_tag_filter)
+        return None if at_cap else SessionConfig(owner_id=self.owner_id, lock_timeout_ms=opts.session_lock_timeout_ms)
+
+    def _accept(self, lease: WorkItemLease | None) -> WorkItemLease | None:
+        """Count a fetched lease and claim its session slot (abandon it when over the cap)."""
+        opts = self.s.options
         if lease is None:
             return None
         self.s.metrics.inc("worker_dispatcher_items_fetched")
@@ -365,13 +407,30 @@ class WorkerDispatcher:
                 return None
         return lease
 
-    def step(self) -> bool:
-        lease = self.fetch()
-        if lease is None:
-            return False
+    def step(self, carry: dict | None = None) -> bool:
+        """fetch -> execute -> commit. With a ``carry`` (production driver) the ack may fetch
+        the next lease in the same transaction (see :class:`OrchestrationDispatcher`)."""
+        lease = carry.pop("item", None) if carry is not None else None
+        if lease is not None:
+            lease = self._accept(lease)
+            if lease is None:
+                return True  # given back (session cap); look again
+        else:
+            lease = self.fetch()
+            if lease is None:
+                return False
         outcome = self.execute(lease)
-        self.commit(lease, outcome)
+        self.commit(lease, outcome, carry)
         return True
+
+    def release(self, carry: dict) -> None:
+        """Give back a prefetched lease (the thread stops): unlock it, attempt not counted."""
+        lease = carry.pop("item", None)
+        if lease is not None:
+            try:
+                self.s.provider.abandon_work_item(lease.lock_token, None, True)
+            except ProviderError:
+                pass  # lock expiry re-exposes the item anyway
 
     def make_context(self, lease: WorkItemLease) -> ActivityContext:
         item = lease.item
@@ -440,14 +499,26 @@ class WorkerDispatcher:
             text = codec.encode(value)
         return ActivityCompletedMsg(instance=item.instance, execution_id=item.execution_id, id=item.id, result=text)
 
-    def commit(self, lease: WorkItemLease, outcome: ActivityOutcome) -> bool:
+    def commit(self, lease: WorkItemLease, outcome: ActivityOutcome, carry: dict | None = None) -> bool:
         """Ack or abandon. False when the lock was lost (the activity was cancelled or stolen)."""
         provider = self.s.provider
         try:
             if outcome.action == "abandon":
                 provider.abandon_work_item(lease.lock_token, outcome.delay_ms, False)
-            else:
+                return True
+            chain = _chain(provider, "ack_work_item_and_fetch", carry)
+            if chain is None:
                 provider.ack_work_item(lease.lock_token, outcome.completion)
+                return True
+            assert carry is not None
+            opts = self.s.options
+            nxt = chain(lease.lock_token, outcome.completion, lock_timeout_ms=opts.worker_lock_timeout_ms,
+                        session=self._session_config(), tag_filter=opts.worker_tag_filter)
+            if nxt is None:
+                carry["empty"] = True
+            else:
+                carry["item"] = nxt
+                carry["backlog"] = True
             return True
         except LockLostError:
             self.s.metrics.inc("activity_infra_errors")

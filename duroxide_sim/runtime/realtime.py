@@ -7,13 +7,15 @@
 * :class:`ThreadDriver` - runs dispatcher ``step()``s on ``orchestration_concurrency`` +
   ``worker_concurrency`` threads. Idle threads sleep until the next poll interval **or** until
   the provider reports new in-process work (wake-up listener), so work started in the same
-  process begins immediately instead of after a poll.
+  process begins immediately instead of after a poll. A report wakes ONE idle thread of its
+  queue (waking all made the others race for the same item and poll an empty queue); a
+  thread whose ack fetched the next item for a different instance or activity wakes one
+  more, so a backlog spreads over the threads.
 * :func:`run_coroutine` - runs an ``async def`` activity on a per-thread event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -54,22 +56,58 @@ class CommitWaiter:
 
     ``sleep(ms)`` returns after ``ms`` or as soon as an orchestration ack commits, whichever
     comes first, so a waiting client sees a completion within microseconds instead of its next
-    poll. Work committed by other processes is still seen by polling."""
+    poll. ``wait_for(ms, instance)`` wakes only for commits of that instance when the provider
+    names them (``add_commit_listener``); otherwise for every commit. Work committed by other
+    processes is still seen by polling.
+
+    Each waiting thread has its own event, registered with the instance it waits for until
+    ``done()``: a commit that lands between the caller's check and its next sleep is not lost."""
 
     def __init__(self, provider: Any) -> None:
-        self._event = threading.Event()
-        self._generation = 0
-        add = getattr(provider, "add_wakeup_listener", None)
-        if add is not None:
-            add(self._on_commit)
+        self._lock = threading.Lock()
+        self._waiters: dict[threading.Event, str | None] = {}
+        self._local = threading.local()
+        add_commit = getattr(provider, "add_commit_listener", None)
+        if add_commit is not None:
+            add_commit(self._wake)
+        else:
+            add = getattr(provider, "add_wakeup_listener", None)
+            if add is not None:
+                add(self._on_commit)
 
     def _on_commit(self, kind: str) -> None:
         if kind == "committed":
-            self._event.set()
+            self._wake(None)
+
+    def _wake(self, instance: str | None) -> None:
+        with self._lock:
+            for event, watching in self._waiters.items():
+                if instance is None or watching is None or watching == instance:
+                    event.set()
+
+    def _event(self, instance: str | None) -> threading.Event:
+        event = getattr(self._local, "event", None)
+        if event is None:
+            event = self._local.event = threading.Event()
+        with self._lock:
+            if self._waiters.get(event, "") != instance:
+                self._waiters[event] = instance
+        return event
+
+    def wait_for(self, ms: float, instance: str | None) -> None:
+        event = self._event(instance)
+        event.wait(max(ms, 0) / 1000.0)
+        event.clear()
 
     def __call__(self, ms: float) -> None:
-        self._event.wait(max(ms, 0) / 1000.0)
-        self._event.clear()
+        self.wait_for(ms, None)
+
+    def done(self) -> None:
+        """The calling thread stopped waiting: forget its registration."""
+        event = getattr(self._local, "event", None)
+        if event is not None:
+            with self._lock:
+                self._waiters.pop(event, None)
 
 
 _loops = threading.local()
@@ -79,6 +117,8 @@ def run_coroutine(coro: Any) -> Any:
     """Run a coroutine to completion on this thread's private event loop."""
     loop = getattr(_loops, "loop", None)
     if loop is None or loop.is_closed():
+        import asyncio  # on first use: asyncio (with ssl) costs ~8 MiB of RSS and ~25 ms to import
+
         loop = asyncio.new_event_loop()
         _loops.loop = loop
     return loop.run_until_complete(coro)
@@ -138,94 +178,181 @@ class ThreadRenewer:
                         self._watched[token][3] = now + period
 
 
+#: Idle threads other than a queue's poller look at the queue this many poll intervals apart
+#: (at most _MAX_SLOW_POLL_S, never less often than every poll interval).
+_SLOW_POLL_FACTOR = 20
+_MAX_SLOW_POLL_S = 1.0
+
+
+class _Lane:
+    """The idle threads of one queue. ``wake()`` wakes exactly one of them; with none idle it
+    leaves a mark so the next thread about to park looks once more instead (no lost wake-up:
+    a report either reaches an idle thread, which then fetches, or a busy one, which fetches
+    before parking).
+
+    Polling (for work that reports nothing in-process: other processes, timers coming due) is
+    done by one idle thread per queue at the poll interval; the other idle threads look only
+    every ``_SLOW_POLL_FACTOR`` intervals, so an idle runtime does not hammer the database with
+    empty fetches from every thread. Work found by polling spreads through ``wake_helper``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[threading.Event] = []
+        self._pending = False
+        self._poller: threading.Event | None = None
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle.pop().set()
+            else:
+                self._pending = True
+
+    def wake_helper(self) -> None:
+        """Wake one idle thread if there is one (no mark otherwise: the caller is busy)."""
+        with self._lock:
+            if self._idle:
+                self._idle.pop().set()
+
+    def park(self, event: threading.Event, poll_s: float) -> None:
+        with self._lock:
+            if self._pending:
+                self._pending = False
+                return
+            event.clear()
+            self._idle.append(event)
+            if self._poller is None:
+                self._poller = event
+                timeout_s = poll_s
+            else:
+                timeout_s = max(poll_s, min(poll_s * _SLOW_POLL_FACTOR, _MAX_SLOW_POLL_S))
+        event.wait(timeout_s)
+        with self._lock:
+            if event in self._idle:
+                self._idle.remove(event)
+            if self._poller is event:
+                self._poller = None
+
+    def wake_all(self) -> None:
+        with self._lock:
+            for event in self._idle:
+                event.set()
+            self._idle.clear()
+            self._pending = True
+
+
 class ThreadDriver:
-    """Runs dispatcher steps on threads until ``stop()``."""
+    """Runs dispatcher steps on threads until ``stop()``.
+
+    ``step(carry)`` gets a per-thread dict (see ``dispatchers.Carry``): a dispatcher that acks
+    and fetches the next item in one provider call leaves that item in ``carry["item"]`` for
+    the thread's next step, sets ``carry["empty"]`` when that fetch found nothing (the thread
+    then parks at once, as after an empty poll) and ``carry["backlog"]`` when it found work for
+    another instance or activity (one more idle thread is woken). ``release(carry)`` gives back
+    a prefetched item when the thread stops."""
 
     def __init__(
         self,
         *,
-        orchestration_step: Callable[[], bool],
-        worker_step: Callable[[], bool],
+        orchestration_step: Callable[[dict], bool],
+        worker_step: Callable[[dict], bool],
         orchestration_threads: int,
         worker_threads: int,
         poll_interval_ms: int,
         maintenance: Callable[[], None] | None = None,
         maintenance_interval_ms: int = 1_000,
+        orchestration_release: Callable[[dict], None] | None = None,
+        worker_release: Callable[[dict], None] | None = None,
     ) -> None:
         self._orch_step = orchestration_step
         self._worker_step = worker_step
+        self._orch_release = orchestration_release
+        self._worker_release = worker_release
         self._n_orch = orchestration_threads
         self._n_worker = worker_threads
         self._poll = poll_interval_ms / 1000.0
         self._maintenance = maintenance
         self._maintenance_interval = maintenance_interval_ms / 1000.0
         self._stop = threading.Event()
-        self._wake = {"orchestrator": threading.Event(), "worker": threading.Event()}
+        self._lanes = {"orchestrator": _Lane(), "worker": _Lane()}
         self._threads: list[threading.Thread] = []
-        self._busy = 0
-        self._busy_lock = threading.Lock()
 
     def wake(self, queue: str) -> None:
-        event = self._wake.get(queue)
-        if event is not None:
-            event.set()
+        lane = self._lanes.get(queue)
+        if lane is not None:
+            lane.wake()
 
     def start(self) -> None:
         for i in range(self._n_orch):
-            self._spawn(f"duroxide-orch-{i}", self._orch_step, self._wake["orchestrator"])
+            self._spawn(f"duroxide-orch-{i}", self._orch_step, self._orch_release, self._lanes["orchestrator"])
         for i in range(self._n_worker):
-            self._spawn(f"duroxide-worker-{i}", self._worker_step, self._wake["worker"])
+            self._spawn(f"duroxide-worker-{i}", self._worker_step, self._worker_release, self._lanes["worker"])
         if self._maintenance is not None:
             t = threading.Thread(target=self._maintain, name="duroxide-maintenance", daemon=True)
             t.start()
             self._threads.append(t)
 
-    def _spawn(self, name: str, step: Callable[[], bool], wake: threading.Event) -> None:
-        t = threading.Thread(target=self._loop, args=(step, wake), name=name, daemon=True)
+    def _spawn(self, name: str, step: Callable[[dict], bool], release: Callable[[dict], None] | None,
+               lane: _Lane) -> None:
+        t = threading.Thread(target=self._loop, args=(step, release, lane), name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
-    def _loop(self, step: Callable[[], bool], wake: threading.Event) -> None:
+    def _loop(self, step: Callable[[dict], bool], release: Callable[[dict], None] | None, lane: _Lane) -> None:
         failures = 0
-        while not self._stop.is_set():
-            wake.clear()
-            try:
-                with self._busy_lock:
-                    self._busy += 1
+        event = threading.Event()
+        carry: dict[str, Any] = {}
+        try:
+            while not self._stop.is_set():
                 try:
-                    did = step()
-                finally:
-                    with self._busy_lock:
-                        self._busy -= 1
-                failures = 0
-            except ProviderError as exc:
-                # SPEC §14: fetch errors back off min(100*2^n, 3000) ms when retryable, else 100 ms.
-                failures += 1
-                delay = min(100 * 2 ** min(failures, 5), 3000) if exc.retryable else 100
-                _log.warning("dispatcher provider error (backing off %d ms): %s", delay, exc)
-                self._stop.wait(delay / 1000.0)
-                continue
-            except Exception:  # noqa: BLE001 - keep the dispatcher alive; report loudly
-                _log.exception("dispatcher step crashed; continuing")
-                self._stop.wait(0.1)
-                continue
-            if not did:
-                wake.wait(self._poll)
+                    did = step(carry)
+                    failures = 0
+                except ProviderError as exc:
+                    # SPEC §14: fetch errors back off min(100*2^n, 3000) ms when retryable, else 100 ms.
+                    failures += 1
+                    delay = min(100 * 2 ** min(failures, 5), 3000) if exc.retryable else 100
+                    _log.warning("dispatcher provider error (backing off %d ms): %s", delay, exc)
+                    self._stop.wait(delay / 1000.0)
+                    continue
+                except Exception:  # noqa: BLE001 - keep the dispatcher alive; report loudly
+                    _log.exception("dispatcher step crashed; continuing")
+                    self._stop.wait(0.1)
+                    continue
+                if carry.pop("backlog", False):
+                    lane.wake_helper()  # more work than this thread: let one more idle thread in
+                if not did or carry.pop("empty", False):
+                    lane.park(event, self._poll)
+        finally:
+            if carry.get("item") is not None and release is not None:
+                try:
+                    release(carry)
+                except Exception:  # noqa: BLE001 - the lock expires anyway
+                    _log.warning("could not give back a prefetched item on stop", exc_info=True)
 
     def _maintain(self) -> None:
-        while not self._stop.wait(self._maintenance_interval):
+        failing = False
+        while not self._stop.wait(self._maintenance_interval * (5 if failing else 1)):
             try:
                 assert self._maintenance is not None
                 self._maintenance()
-            except Exception:  # noqa: BLE001
-                _log.exception("maintenance task failed")
+            except Exception as exc:  # noqa: BLE001
+                # One report per outage (with the traceback), then quiet until it works again.
+                if not failing:
+                    _log.exception("maintenance task failed (further failures are not logged until it succeeds)")
+                else:
+                    _log.debug("maintenance task still failing: %s", exc)
+                failing = True
+                continue
+            if failing:
+                _log.warning("maintenance task works again")
+                failing = False
 
     def stop(self, timeout_ms: int | None = None) -> bool:
         """Signal threads to stop after their current step; wait up to ``timeout_ms``.
         Returns True when every thread finished."""
         self._stop.set()
-        for event in self._wake.values():
-            event.set()
+        for lane in self._lanes.values():
+            lane.wake_all()
         deadline = time.monotonic() + (1.0 if timeout_ms is None else timeout_ms / 1000.0)
         for t in self._threads:
             t.join(timeout=max(deadline - time.monotonic(), 0))

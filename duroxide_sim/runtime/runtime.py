@@ -120,6 +120,8 @@ class Runtime:
         self._driver = realtime.ThreadDriver(
             orchestration_step=self.orchestration_dispatcher.step,
             worker_step=self.worker_dispatcher.step,
+            orchestration_release=self.orchestration_dispatcher.release,
+            worker_release=self.worker_dispatcher.release,
             orchestration_threads=opts.orchestration_concurrency,
             worker_threads=0 if opts.worker_tag_filter.mode == "none" else opts.worker_concurrency,
             poll_interval_ms=opts.dispatcher_poll_interval_ms,
