@@ -9,9 +9,8 @@ configuration, no I/O.
 
 from __future__ import annotations
 
-from .core.codec import MAX_PAYLOAD_BYTES
-from .core.context import Backoff, Either2, Either3, OrchestrationContext, RetryPolicy
-from .core.registry import Registry
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CannotDeleteSubOrchestration,
     ConfigurationError,
@@ -29,24 +28,65 @@ from .errors import (
     SerializationError,
     TaskFailedError,
 )
-from .providers.base import (
-    DeleteInstanceResult,
-    ExecutionInfo,
-    InstanceFilter,
-    InstanceInfo,
-    InstanceTree,
-    PruneOptions,
-    PruneResult,
-    QueueDepths,
-    SystemMetrics,
-    TagFilter,
-)
-from .providers.memory import InMemoryProvider
-from .providers.sqlite import SqliteProvider
-from .runtime.activity import ActivityContext
-from .runtime.client import Client, OrchestrationResult
-from .runtime.options import RuntimeOptions
-from .runtime.runtime import Runtime
+
+if TYPE_CHECKING:  # the names below are imported on first use (see __getattr__)
+    from .core.codec import MAX_PAYLOAD_BYTES
+    from .core.context import Backoff, Either2, Either3, OrchestrationContext, RetryPolicy
+    from .core.registry import Registry
+    from .providers.base import (
+        DeleteInstanceResult,
+        ExecutionInfo,
+        InstanceFilter,
+        InstanceInfo,
+        InstanceTree,
+        PruneOptions,
+        PruneResult,
+        QueueDepths,
+        SystemMetrics,
+        TagFilter,
+    )
+    from .providers.memory import InMemoryProvider
+    from .providers.sqlite import SqliteProvider
+    from .runtime.activity import ActivityContext
+    from .runtime.client import Client, OrchestrationResult
+    from .runtime.options import RuntimeOptions
+    from .runtime.runtime import Runtime
+
+# Public name -> defining module. Imported lazily (PEP 562) so that ``import duroxide_sim``
+# stays cheap and a program loads only what it uses (e.g. not the in-memory provider or the
+# typed codec's cattrs when it never touches them).
+_LAZY = {
+    "MAX_PAYLOAD_BYTES": ".core.codec",
+    "Backoff": ".core.context", "Either2": ".core.context", "Either3": ".core.context",
+    "OrchestrationContext": ".core.context", "RetryPolicy": ".core.context",
+    "Registry": ".core.registry",
+    "DeleteInstanceResult": ".providers.base", "ExecutionInfo": ".providers.base", "InstanceFilter": ".providers.base",
+    "InstanceInfo": ".providers.base", "InstanceTree": ".providers.base", "PruneOptions": ".providers.base",
+    "PruneResult": ".providers.base", "QueueDepths": ".providers.base", "SystemMetrics": ".providers.base",
+    "TagFilter": ".providers.base",
+    "InMemoryProvider": ".providers.memory",
+    "SqliteProvider": ".providers.sqlite",
+    "ActivityContext": ".runtime.activity",
+    "Client": ".runtime.client", "OrchestrationResult": ".runtime.client",
+    "RuntimeOptions": ".runtime.options",
+    "Runtime": ".runtime.runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
