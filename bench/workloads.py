@@ -56,6 +56,10 @@ def _import_engine(engine: str):
         import duroxide as dx
     else:  # pragma: no cover - argparse restricts the choices
         raise SystemExit(f"unknown engine {engine!r}")
+    # Resolve every name the workloads use here, so that ``import_s`` covers the engine's
+    # import even when the package loads its modules lazily on first attribute access.
+    for name in ("Runtime", "RuntimeOptions", "Client", "SqliteProvider"):
+        getattr(dx, name)
     return dx
 
 
