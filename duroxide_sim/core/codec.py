@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import cattrs
-
 from ..errors import PayloadTooLargeError, SerializationError
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
-    "converter",
+    "converter",  # noqa: F822 - provided by the module __getattr__ (built on first use)
+    "get_converter",
     "encode",
     "encode_typed",
     "decode",
@@ -40,8 +39,24 @@ __all__ = [
 #: cap; we set one so a runaway value fails loudly at its source instead of bloating history.
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 
-#: The cattrs converter used for typed I/O. Users may register hooks on it for custom types.
-converter = cattrs.Converter()
+_converter: Any = None
+
+
+def get_converter() -> Any:
+    """The cattrs converter used for typed I/O (``codec.converter``), created on first use so a
+    program that never passes records does not import cattrs. Users may register hooks on it."""
+    global _converter
+    if _converter is None:
+        import cattrs
+
+        _converter = cattrs.Converter()
+    return _converter
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: ``codec.converter`` is the lazily built converter
+    if name == "converter":
+        return get_converter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -49,7 +64,7 @@ _SCALARS = (str, int, float, bool, type(None))
 def _default(value: Any) -> Any:
     """json.dumps fallback: unstructure attrs classes, dataclasses, enums. Sets are refused
     like any other non-JSON value (cattrs returns them as sets, which would recurse forever)."""
-    unstructured = converter.unstructure(value)
+    unstructured = get_converter().unstructure(value)
     if unstructured is value or isinstance(unstructured, (set, frozenset)):
         raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
     return unstructured
@@ -122,7 +137,7 @@ def decode_typed(text: str | None, result_type: Any = None, what: str = "payload
     if result_type is str and isinstance(value, str):
         return value
     try:
-        return converter.structure(value, result_type)
+        return get_converter().structure(value, result_type)
     except Exception as exc:  # cattrs raises several classes (ClassValidationError, ...)
         name = getattr(result_type, "__name__", repr(result_type))
         raise SerializationError(
