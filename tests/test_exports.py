@@ -61,3 +61,25 @@ def test_import_has_no_side_effects() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_plain_sqlite_program_does_not_load_the_heavy_optional_modules() -> None:
+    """Import weight is part of the RSS budget (issue 7): the public names load lazily, the
+    typed codec builds its cattrs converter on first use, the CLI imports rich itself."""
+    code = (
+        "import sys\n"
+        "from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider\n"
+        "p = SqliteProvider.in_memory(); rt = Runtime(p, RuntimeOptions())\n"
+        "rt.register_activity('inc', lambda ctx, x: x + 1)\n"
+        "def hello(ctx, x):\n"
+        "    r = yield ctx.schedule_activity('inc', x)\n"
+        "    return r\n"
+        "rt.register_orchestration('Hello', hello)\n"
+        "rt.start(); c = Client(p); c.start_orchestration('h', 'Hello', 1)\n"
+        "st = c.wait_for_orchestration('h', 10_000); rt.shutdown()\n"
+        "assert st.output == 2, st\n"
+        "print(sorted(m for m in ('cattrs', 'rich', 'duroxide_sim.providers.memory', 'duroxide_sim.sim.harness') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
