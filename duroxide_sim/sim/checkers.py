@@ -248,8 +248,26 @@ def _canonical_state(result: SimResult) -> dict[str, Any]:
 #: Fault-free twins by (spec, provider, max_steps, realized client operations), most
 #: recently used last. A twin runs the inputs under a canonical schedule (``_Run(twin_of=...)``),
 #: so it is a pure function of that key: seeds that draw the same inputs share it.
-_TWINS: OrderedDict[tuple[Any, ...], tuple[SimSpec, SimResult]] = OrderedDict()
+_TWINS: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], SimResult]] = OrderedDict()
 _TWINS_MAX = 16
+
+
+class _Same:
+    """Compares by identity (``is``), whatever the wrapped object's own ``__eq__`` says."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _spec_identity(spec: SimSpec) -> tuple[Any, ...]:
+    return (_Same(spec), _Same(spec.setup), _Same(spec.options), spec.horizon_ms)
 
 
 def _twin_key(sim: Simulation, realized: tuple[list[Any], list[Any]]) -> tuple[Any, ...] | None:
@@ -274,8 +292,9 @@ def fault_free_twin(sim: Simulation, realized: tuple[list[Any], list[Any]]) -> S
     key = _twin_key(sim, realized)
     if key is not None:
         hit = _TWINS.get(key)
-        # The entry holds the spec itself, so its id() cannot be reused while the entry lives.
-        if hit is not None and hit[0] is sim.spec:
+        # The entry holds the spec itself, so its id() cannot be reused while the entry lives;
+        # a spec edited in place since (another setup, options or horizon) misses.
+        if hit is not None and hit[0] == _spec_identity(sim.spec):
             _TWINS.move_to_end(key)
             return hit[1]
     # One process: the simplest execution of the inputs is the best yardstick, and its instance
@@ -284,7 +303,7 @@ def fault_free_twin(sim: Simulation, realized: tuple[list[Any], list[Any]]) -> S
                       max_steps=sim.max_steps, check_invariants=False, verify_cache=False)
     reference = _Run(twin, twin.plan, twin_of=realized).execute()
     if key is not None:
-        _TWINS[key] = (sim.spec, reference)
+        _TWINS[key] = (_spec_identity(sim.spec), reference)
         while len(_TWINS) > _TWINS_MAX:
             _TWINS.popitem(last=False)
     return reference

@@ -32,8 +32,8 @@ def test_twin_is_shared_by_seeds_with_the_same_inputs():
     b = run_and_check(Simulation(ORDERS_OK, 2, plan))
     assert a.ok and b.ok
     assert len(checkers._TWINS) == 1  # the second seed reused the first seed's reference
-    (spec, reference), = checkers._TWINS.values()
-    assert spec is ORDERS_OK
+    (identity, reference), = checkers._TWINS.values()
+    assert identity[0].obj is ORDERS_OK
     # The shared reference is what a fresh twin of either seed computes.
     fresh = _Run(Simulation(ORDERS_OK, 2, FaultPlan.none(), nodes=1, check_invariants=False, verify_cache=False),
                  FaultPlan.none(), twin_of=b.realized).execute()
@@ -178,3 +178,14 @@ def test_trace_is_encoded_when_first_read_and_reads_like_a_list():
     again = Simulation(ORDERS_OK, 3, FaultPlan.only("crash", rate=0.1)).run()
     assert again.trace == trace and again.trace_hash == result.trace_hash
     assert trace != lines[:-1]
+
+
+def test_a_spec_edited_in_place_does_not_reuse_its_old_twin():
+    checkers._TWINS.clear()
+    spec = attrs.evolve(ORDERS_OK)
+    plan = FaultPlan.only("transient", rate=0.1)
+    assert run_and_check(Simulation(spec, 1, plan)).ok
+    spec.setup = ORDERS_NON_IDEMPOTENT.setup  # same object, other code
+    run_and_check(Simulation(spec, 2, plan))
+    (identity, _), = checkers._TWINS.values()  # same key: the stale entry was replaced ...
+    assert identity[1].obj is ORDERS_NON_IDEMPOTENT.setup  # ... by a reference of the new code
