@@ -31,6 +31,7 @@ the only module of the package that imports ``sqlite3``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -84,12 +85,38 @@ def _serialize_ack(delta: list, workers: list, orchs: list) -> tuple[list[str], 
         return None
 
 
+#: Most writes one group commit runs in one transaction (see SqliteProvider._group_write).
+_GROUP_MAX = 32
+_gc_local = threading.local()  # per thread: the Event a waiting writer sleeps on
+
+
+class _Write:
+    """One write waiting for (or run by) a group commit."""
+
+    __slots__ = ("op", "fn", "result", "error", "done", "event")
+
+    def __init__(self, op: str, fn: Callable[[sqlite3.Connection], Any], event: threading.Event) -> None:
+        self.op = op
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.event = event
+
+
 _UNKNOWN: Any = object()  # "not read yet" (``created_seq`` may legitimately be None)
 # The instance row and its current execution in one lookup (fetch: pin, metadata, continue-as-new).
 _INSTANCE_INFO = ("SELECT i.orchestration_name, i.orchestration_version, i.current_execution_id, i.created_seq, "
-                  "e.status, e.duroxide_version_major, e.duroxide_version_minor, e.duroxide_version_patch "
+                  "e.status, e.duroxide_version_major, e.duroxide_version_minor, e.duroxide_version_patch, "
+                  "EXISTS (SELECT 1 FROM kv_store k WHERE k.instance_id = i.instance_id) "
                   "FROM instances i LEFT JOIN executions e ON e.instance_id = i.instance_id "
                   "AND e.execution_id = i.current_execution_id WHERE i.instance_id = ?")
+
+
+# Visible rows oldest first (index on visible_at, id) of instances without a live lock.
+_CANDIDATES = ("SELECT q.instance_id FROM orchestrator_queue q WHERE q.visible_at <= ? AND NOT EXISTS "
+               "(SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?) "
+               "ORDER BY q.visible_at, q.id")
 
 
 def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
@@ -122,6 +149,12 @@ def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
     return ProviderError(f"{op}: SQLite error on {where}: {text}", operation=op, retryable=True)
 
 
+def _mapped(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
+    err = _map_error(exc, op, where)
+    err.__cause__ = exc
+    return err
+
+
 class SqliteProvider(SqliteAdminMixin):
     """Provider + ManagementProvider backed by SQLite. See the module docstring.
 
@@ -145,6 +178,9 @@ class SqliteProvider(SqliteAdminMixin):
         # In-memory: one connection, every operation under one lock. File: per-thread
         # connections; writers of this process queue on a lock instead of busy-waiting in SQLite.
         self._write_guard = threading.RLock()
+        # Group commit (see _group_write): writes waiting for the writer, oldest first.
+        self._gc_lock = threading.Lock()
+        self._gc_queue: collections.deque[_Write] = collections.deque()
         self._hcache: OrderedDict[str, tuple[int, int, list[HistoryEvent]]] = OrderedDict()
         self._hcache_lock = threading.RLock()
         self._read_guard: Any = self._write_guard if memory else contextlib.nullcontext()
@@ -287,6 +323,109 @@ class SqliteProvider(SqliteAdminMixin):
                 if isinstance(exc, sqlite3.Error):
                     raise _map_error(exc, op, self._where) from exc
                 raise
+
+    def _group_write(self, op: str, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(db)`` in a write transaction and return its result (errors as :meth:`_tx`).
+
+        Group commit: writes of several threads that queue up while another write holds the
+        writer are run by ONE thread (the leader) in ONE transaction and committed together
+        (one BEGIN and one COMMIT, one WAL append, for the group). Each write stays all or
+        nothing: a write that fails reports its error alone and leaves nothing behind (the
+        transaction is rolled back and the group's other writes run again without it, see
+        :meth:`_run_group`); if the COMMIT fails, every write of the group reports that error
+        and nothing of the group is stored. Lock checks are unchanged: each write runs its own
+        checks, in queue order, against everything committed or written before it. A write
+        alone runs exactly as in :meth:`_tx`. Callers get their result only after the commit,
+        so nothing uncommitted is ever handed out."""
+        event = getattr(_gc_local, "event", None)
+        if event is None:
+            event = _gc_local.event = threading.Event()
+        req = _Write(op, fn, event)
+        queue = self._gc_queue
+        with self._gc_lock:
+            queue.append(req)
+            lead = queue[0] is req
+            if not lead:
+                event.clear()
+        while not lead:
+            event.wait()
+            with self._gc_lock:
+                if req.done:
+                    break
+                lead = queue[0] is req
+                if not lead:
+                    event.clear()
+        if lead:
+            with self._gc_lock:
+                batch = [queue[i] for i in range(min(len(queue), _GROUP_MAX))]
+            try:
+                self._run_group(batch)
+            finally:
+                with self._gc_lock:
+                    for done in batch:
+                        queue.popleft()
+                        done.done = True
+                        if done is not req:
+                            done.event.set()
+                    if queue:
+                        queue[0].event.set()  # the next leader
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def _run_group(self, batch: list[_Write]) -> None:
+        """The leader's part of :meth:`_group_write`: one transaction for ``batch``.
+
+        The writes run one after the other without savepoints (a savepoint per write costs two
+        statements and keeps a journal of every page it touches). When one raises, the whole
+        transaction is rolled back, that write reports its error, and the others run again
+        from the start in a new transaction: a write that has not committed has reported
+        nothing, so running it again later is the same as running it alone later."""
+        pending = batch
+        with self._write_guard:
+            while pending:
+                failed: _Write | None = None
+                ok: list[_Write] = []
+                try:
+                    conn = self._conn(pending[0].op, True)
+                    conn.execute("BEGIN IMMEDIATE")
+                    for req in pending:
+                        try:
+                            req.result = req.fn(conn)
+                        except Exception as exc:  # noqa: BLE001 - reported to the write's own caller
+                            req.error = _mapped(exc, req.op, self._where) if isinstance(exc, sqlite3.Error) else exc
+                            failed = req
+                            break
+                        ok.append(req)
+                    if failed is None:
+                        conn.execute("COMMIT")
+                        return
+                except BaseException as exc:  # BEGIN or COMMIT failed, or interrupted
+                    self._rollback_group(ok)
+                    self._group_lost([req for req in pending if req.error is None], exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    return
+                self._rollback_group(ok)
+                pending = [req for req in pending if req is not failed]
+                for req in pending:
+                    req.result = None
+
+    def _rollback_group(self, ran: list[_Write]) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self._shared.in_transaction:
+                self._shared.execute("ROLLBACK")
+        if ran:  # history decoded in the lost transaction may include rolled-back events
+            with self._hcache_lock:
+                self._hcache.clear()
+
+    def _group_lost(self, lost: list[_Write], exc: BaseException) -> None:
+        """``lost`` writes were rolled back with their group (or never ran): report ``exc``."""
+        for req in lost:
+            req.result = None
+            req.error = (_mapped(exc, req.op, self._where) if isinstance(exc, sqlite3.Error) else
+                         exc if isinstance(exc, ProviderError) else
+                         ProviderError(f"{req.op}: group commit failed: {exc!r}", operation=req.op))
 
     def close(self) -> None:
         """Close every connection. In-memory data is gone afterwards; further calls fail."""
@@ -499,8 +638,7 @@ class SqliteProvider(SqliteAdminMixin):
         """
         op = "fetch_orchestration_item"
         bounds = self._filter_bounds(filter)
-        with self._tx(op) as db:
-            return self._fetch_orch(db, self._now(), lock_timeout_ms, bounds, op)
+        return self._group_write(op, lambda db: self._fetch_orch(db, self._now(), lock_timeout_ms, bounds, op))
 
     @staticmethod
     def _filter_bounds(filter: tuple[str, str] | None) -> tuple | None:
@@ -515,11 +653,9 @@ class SqliteProvider(SqliteAdminMixin):
         result = None
         # Walk visible rows oldest first (index on visible_at, id) and stop at the first
         # eligible instance: the cost is the rows skipped, not the queue length.
-        locked = {r[0] for r in db.execute("SELECT instance_id FROM instance_locks WHERE locked_until > ?", (now,))}
         considered: set[str] = set()  # membership only; order comes from the queue
-        for (instance,) in db.execute(
-                "SELECT instance_id FROM orchestrator_queue WHERE visible_at <= ? ORDER BY visible_at, id", (now,)):
-            if instance in considered or instance in locked:
+        for (instance,) in db.execute(_CANDIDATES, (now, now)):
+            if instance in considered:
                 continue
             considered.add(instance)
             info = db.execute(_INSTANCE_INFO, (instance,)).fetchone()
@@ -554,7 +690,8 @@ class SqliteProvider(SqliteAdminMixin):
                 continue
             attempts = max(count for _, _, count in rows) + 1
             seq = info[3] if info is not None else None
-            result = self._lock_batch(db, instance, meta, lock_timeout_ms, now, op, items, attempts, seq)
+            has_kv = bool(info[8]) if info is not None else True
+            result = self._lock_batch(db, instance, meta, lock_timeout_ms, now, op, items, attempts, seq, has_kv)
             break
         if orphans:
             db.executemany("DELETE FROM orchestrator_queue WHERE id = ?", [(rid,) for rid in orphans])
@@ -610,7 +747,8 @@ class SqliteProvider(SqliteAdminMixin):
         return None
 
     def _lock_batch(self, db: sqlite3.Connection, instance: str, meta: tuple, lock_timeout_ms: int, now: int,
-                    op: str, messages: list[WorkItem], attempts: int, seq: int | None) -> OrchestrationItem:
+                    op: str, messages: list[WorkItem], attempts: int, seq: int | None,
+                    has_kv: bool = True) -> OrchestrationItem:
         """Lock ``instance`` and tag its visible rows: exactly the batch the caller read in this
         transaction (``messages``, in order; ``attempts`` = their highest count after this fetch)."""
         name, version, execution_id, read_history, error = meta
@@ -632,7 +770,8 @@ class SqliteProvider(SqliteAdminMixin):
             except SerializationError as exc:
                 error = f"Failed to deserialize history: {exc}"  # lock held, attempts counted (SPEC §16 I31)
         kv = {key: KvEntry(value, ts) for key, value, ts in db.execute(
-            "SELECT key, value, last_updated_at_ms FROM kv_store WHERE instance_id = ? ORDER BY key", (instance,))}
+            "SELECT key, value, last_updated_at_ms FROM kv_store WHERE instance_id = ? ORDER BY key",
+            (instance,))} if has_kv else {}
         return OrchestrationItem(
             instance=instance, orchestration_name=name, execution_id=execution_id, version=version,
             history=() if error is not None else history, messages=tuple(messages), lock_token=token,
@@ -658,9 +797,9 @@ class SqliteProvider(SqliteAdminMixin):
         op = "ack_orchestration_item"
         delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
         texts = _serialize_ack(delta, workers, orchs)
-        with self._tx(op) as db:
-            instance = self._ack_orch(db, self._now(), lock_token, execution_id, delta, workers, orchs, metadata,
-                                      cancelled_activities, op, texts)
+        instance = self._group_write(op, lambda db: self._ack_orch(
+            db, self._now(), lock_token, execution_id, delta, workers, orchs, metadata, cancelled_activities, op,
+            texts))
         self._notify_ack(workers, orchs, instance)
 
     def ack_orchestration_item_and_fetch(
@@ -692,12 +831,14 @@ class SqliteProvider(SqliteAdminMixin):
         bounds = self._filter_bounds(filter)
         delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
         texts = _serialize_ack(delta, workers, orchs)
-        with self._tx(op) as db:
+        def body(db: sqlite3.Connection) -> tuple[str, OrchestrationItem | None]:
             now = self._now()
             instance = self._ack_orch(db, now, lock_token, execution_id, delta, workers, orchs, metadata,
                                       cancelled_activities, op, texts)
-            nxt = self._chained_fetch(
+            return instance, self._chained_fetch(
                 db, lambda: self._fetch_orch(db, now, lock_timeout_ms, bounds, "fetch_orchestration_item"))
+
+        instance, nxt = self._group_write(op, body)
         if nxt is not None and all(item.target_instance == nxt.instance for item in orchs):
             # Everything this ack queued is for the instance the caller just fetched (e.g. its own
             # continue-as-new): waking another dispatcher would only find it locked.
@@ -948,8 +1089,8 @@ class SqliteProvider(SqliteAdminMixin):
         if tag_filter.mode == "none":
             return None
         query, params = self._work_query(session, tag_filter)
-        with self._tx(op) as db:
-            return self._fetch_work(db, self._now(), lock_timeout_ms, session, query, params, op)
+        return self._group_write(op, lambda db: self._fetch_work(db, self._now(), lock_timeout_ms, session, query, params,
+                                                           op))
 
     @staticmethod
     def _work_query(session: SessionConfig | None, tag_filter: TagFilter) -> tuple[str, dict[str, Any]]:
@@ -994,8 +1135,7 @@ class SqliteProvider(SqliteAdminMixin):
         """Delete the locked row and enqueue ``completion`` (if any) in one transaction.
         LockLostError if the row was cancelled or deleted, or its lock expired or was stolen."""
         op = "ack_work_item"
-        with self._tx(op) as db:
-            self._ack_work(db, self._now(), lock_token, completion, op)
+        self._group_write(op, lambda db: self._ack_work(db, self._now(), lock_token, completion, op))
         if completion is not None:
             self._notify(["orchestrator"])
 
@@ -1016,14 +1156,17 @@ class SqliteProvider(SqliteAdminMixin):
             self.ack_work_item(lock_token, completion)
             return self._fetch_after_ack(lambda: self.fetch_work_item(lock_timeout_ms, 0, session, tag_filter))
         op = "ack_work_item"
-        with self._tx(op) as db:
+        query, params = self._work_query(session, tag_filter) if tag_filter.mode != "none" else ("", {})
+
+        def body(db: sqlite3.Connection) -> WorkItemLease | None:
             now = self._now()
             self._ack_work(db, now, lock_token, completion, op)
-            nxt = None
-            if tag_filter.mode != "none":
-                query, params = self._work_query(session, tag_filter)
-                nxt = self._chained_fetch(
-                    db, lambda: self._fetch_work(db, now, lock_timeout_ms, session, query, params, "fetch_work_item"))
+            if not query:
+                return None
+            return self._chained_fetch(
+                db, lambda: self._fetch_work(db, now, lock_timeout_ms, session, query, params, "fetch_work_item"))
+
+        nxt = self._group_write(op, body)
         if completion is not None:
             self._notify(["orchestrator"])
         return nxt
@@ -1089,17 +1232,19 @@ class SqliteProvider(SqliteAdminMixin):
         an instance (its first ack does)."""
         op = "enqueue_for_orchestrator"
         self._check_orch_item(item, op)
+        text = dumps(item)  # serialized before taking the writer
+
         with self._tx(op) as db:
             now = self._now()
-            self._insert_orch(db, item, now + max(0, delay_ms or 0), now)
+            self._insert_orch(db, item, now + max(0, delay_ms or 0), now, text)
         self._notify(["orchestrator"])
 
     def enqueue_for_worker(self, item: ActivityExecute) -> None:
         """Queue an activity, visible now."""
         op = "enqueue_for_worker"
         self._check_worker_item(item, op)
-        with self._tx(op) as db:
-            self._insert_work(db, item, self._now())
+        text = dumps(item)
+        self._group_write(op, lambda db: self._insert_work(db, item, self._now(), text))
         self._notify(["worker"])
 
     def read(self, instance: str) -> list[HistoryEvent]:
