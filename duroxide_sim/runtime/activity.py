@@ -18,6 +18,7 @@ __all__ = ["ActivityContext", "ACTIVITY_LOGGER"]
 
 ACTIVITY_LOGGER = "duroxide_sim.activity"
 _log = logging.getLogger(ACTIVITY_LOGGER)
+_event_lock = threading.Lock()  # creates ActivityContext cancellation events on first use
 
 
 class ActivityContext:
@@ -49,21 +50,32 @@ class ActivityContext:
         self.attempt = attempt
         self._tag = tag
         self._client_factory = client_factory
-        self._cancelled = threading.Event()
+        # Created on first use: most activities never look at cancellation.
+        self._cancelled: threading.Event | None = None
+        self._cancel_flag = False
 
     def tag(self) -> str | None:
         return self._tag
 
     def is_cancelled(self) -> bool:
         """True once the orchestration has given up on this activity; stop work early."""
-        return self._cancelled.is_set()
+        return self._cancel_flag
+
+    def _event(self) -> threading.Event:
+        with _event_lock:
+            if self._cancelled is None:
+                self._cancelled = threading.Event()
+                if self._cancel_flag:
+                    self._cancelled.set()
+            return self._cancelled
 
     def _cancel(self) -> None:
-        self._cancelled.set()
+        self._cancel_flag = True
+        self._event().set()  # rare: creating the event here costs nothing on the common path
 
     def wait_cancelled(self, timeout_s: float | None = None) -> bool:
         """Block until cancelled (or timeout); returns whether it was cancelled."""
-        return self._cancelled.wait(timeout_s)
+        return self._event().wait(timeout_s)
 
     def get_client(self) -> Any:
         """A :class:`~duroxide_sim.runtime.client.Client` on the same provider."""

@@ -131,6 +131,7 @@ class ThreadRenewer:
         self._provider = provider
         self._clock = clock
         self._buffers = {"orchestration": orch_buffer_ms, "worker": worker_buffer_ms}
+        self._periods: dict[tuple[str, int], int] = {}  # (kind, timeout) -> renewal period
         self._tick = tick_ms / 1000.0
         self._lock = threading.Lock()
         # token -> [kind, timeout_ms, period_ms, next_due_ms, on_lost]
@@ -148,7 +149,9 @@ class ThreadRenewer:
             self._thread.join(timeout=2)
 
     def watch(self, kind: str, token: str, timeout_ms: int, on_lost: Callable[[], None]) -> None:
-        period = renewal_period_ms(timeout_ms, self._buffers[kind])
+        period = self._periods.get((kind, timeout_ms))
+        if period is None:
+            period = self._periods[(kind, timeout_ms)] = renewal_period_ms(timeout_ms, self._buffers[kind])
         with self._lock:
             self._watched[token] = [kind, timeout_ms, period, self._clock.now_ms() + period, on_lost]
 
