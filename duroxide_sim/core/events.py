@@ -683,27 +683,71 @@ def from_dict(data: dict[str, Any], family: str = "event") -> Any:
     if not isinstance(data, dict):
         raise SerializationError(f"expected a JSON object for a record, got {type(data).__name__}")
     tag_key = "type" if family == "error" else "kind"
-    kind = data.get(tag_key)
+    kwargs: dict[str, Any] = dict(data)
+    kind = kwargs.pop(tag_key, None)
     cls = _KINDS.get((family, kind)) if isinstance(kind, str) else None
     if cls is None:
         raise SerializationError(f"unknown {family} kind {kind!r}")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == tag_key:
-            continue
-        if key == "details":
-            value = from_dict(value, "error")
-        elif key == "carry_forward_events" and value is not None:
-            value = tuple((str(n), str(d)) for n, d in value)
-        kwargs[key] = value
+    if "details" in kwargs:
+        kwargs["details"] = from_dict(kwargs["details"], "error")
+    carry = kwargs.get("carry_forward_events")
+    if carry is not None:
+        kwargs["carry_forward_events"] = tuple((str(n), str(d)) for n, d in carry)
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise SerializationError(f"malformed {kind} record: {exc}") from exc
 
 
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+#: Compact, non-ASCII-escaping JSON encoder built once. Records are flat (or hold one nested
+#: error record), so no circular-reference bookkeeping is needed.
+_ENCODE_RECORD = (
+    json.encoder.c_make_encoder(None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    if json.encoder.c_make_encoder is not None
+    else None
+)
+#: Per record class: (tag key, kind, field names) with the names in sorted key order and the
+#: tag key's place among them marked by ``None``.
+_SORTED_PLAN: dict[type, tuple[str, str, tuple[str | None, ...]]] = {}
+
+
+def _sorted_plan(cls: type) -> tuple[str, str, tuple[str | None, ...]]:
+    plan = _SORTED_PLAN.get(cls)
+    if plan is None:
+        tag = "type" if cls.FAMILY == "error" else "kind"  # type: ignore[attr-defined]
+        order = sorted([*_fields(cls), tag])
+        plan = (tag, cls.KIND, tuple(None if n == tag else n for n in order))  # type: ignore[attr-defined]
+        _SORTED_PLAN[cls] = plan
+    return plan
+
+
+def _sorted_dict(record: Any) -> dict[str, Any]:
+    """:func:`to_dict` with the keys already in sorted order (what ``sort_keys`` would give)."""
+    tag, kind, order = _sorted_plan(type(record))
+    out: dict[str, Any] = {}
+    for name in order:
+        if name is None:
+            out[tag] = kind
+            continue
+        value = getattr(record, name)
+        if value is None:
+            continue
+        if isinstance(value, ErrorDetails):
+            value = _sorted_dict(value)
+        elif name == "carry_forward_events":
+            value = [[n, d] for n, d in value]
+        out[name] = value
+    return out
+
+
 def dumps(record: Any) -> str:
-    """Canonical JSON text of a record (sorted keys, compact)."""
+    """Canonical JSON text of a record (sorted keys, compact, UTF-8 kept as is)."""
+    if _ENCODE_RECORD is not None:
+        return "".join(_ENCODE_RECORD(_sorted_dict(record), 0))
     return json.dumps(to_dict(record), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
