@@ -73,7 +73,12 @@ _LONG_HISTORY = 32
 _CORRUPT_PREFIX = "#corrupt#"  # _corrupt_history marker: never valid JSON
 _INSERT_EVENT = ("INSERT INTO history (instance_id, execution_id, event_id, event_type, event_data, created_at) "
                  "VALUES (?, ?, ?, ?, ?, ?)")
-_FEW_EVENTS = 16  # acks with at most this many events detect duplicate ids while inserting
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)  # DELETE ... RETURNING
+_FEW_EVENTS = 16
+# n -> one INSERT of n history rows (acks of at most _FEW_EVENTS events)
+_INSERT_EVENTS_N = {n: _INSERT_EVENT.split(" VALUES ")[0] + " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * n)
+                    for n in range(2, _FEW_EVENTS + 1)}
+_KNOWN_PINS_MAX = 4096  # acks with at most this many events detect duplicate ids while inserting
 
 
 def _serialize_ack(delta: list, workers: list, orchs: list) -> tuple[list[str], list[str], list[str]] | None:
@@ -88,6 +93,11 @@ def _serialize_ack(delta: list, workers: list, orchs: list) -> tuple[list[str], 
 #: Most writes one group commit runs in one transaction (see SqliteProvider._group_write).
 _GROUP_MAX = 32
 _gc_local = threading.local()  # per thread: the Event a waiting writer sleeps on
+
+
+class _RerunWithoutFetch(Exception):
+    """Raised by an ack-and-fetch write whose fetch part failed: the group rolls back and runs
+    that write again (with its fetch turned off) together with the others; nothing is reported."""
 
 
 class _Write:
@@ -108,9 +118,26 @@ _UNKNOWN: Any = object()  # "not read yet" (``created_seq`` may legitimately be 
 # The instance row and its current execution in one lookup (fetch: pin, metadata, continue-as-new).
 _INSTANCE_INFO = ("SELECT i.orchestration_name, i.orchestration_version, i.current_execution_id, i.created_seq, "
                   "e.status, e.duroxide_version_major, e.duroxide_version_minor, e.duroxide_version_patch, "
-                  "EXISTS (SELECT 1 FROM kv_store k WHERE k.instance_id = i.instance_id) "
+                  "EXISTS (SELECT 1 FROM kv_store k WHERE k.instance_id = i.instance_id), "
+                  "EXISTS (SELECT 1 FROM kv_delta d WHERE d.instance_id = i.instance_id) "
                   "FROM instances i LEFT JOIN executions e ON e.instance_id = i.instance_id "
                   "AND e.execution_id = i.current_execution_id WHERE i.instance_id = ?")
+
+
+def _upsert_execution_sql(with_pin: bool, with_status: bool) -> str:
+    cols, sets = ["instance_id", "execution_id", "status", "started_at"], []
+    if with_pin:
+        cols += ["duroxide_version_major", "duroxide_version_minor", "duroxide_version_patch"]
+        sets += [f"{c} = excluded.{c}" for c in cols[-3:]]
+    if with_status:
+        cols += ["output", "completed_at"]
+        sets += [f"{c} = excluded.{c}" for c in ("status", "output", "completed_at")]
+    return (f"INSERT INTO executions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT (instance_id, execution_id) DO UPDATE SET {', '.join(sets)}")
+
+
+# (pin given?, status given?) -> one statement that creates the execution row or updates it.
+_UPSERT_EXECUTION = {(p, st): _upsert_execution_sql(p, st) for p in (True, False) for st in (True, False) if p or st}
 
 
 # Visible rows oldest first (index on visible_at, id) of instances without a live lock.
@@ -183,6 +210,8 @@ class SqliteProvider(SqliteAdminMixin):
         self._gc_queue: collections.deque[_Write] = collections.deque()
         self._hcache: OrderedDict[str, tuple[int, int, list[HistoryEvent]]] = OrderedDict()
         self._hcache_lock = threading.RLock()
+        # lock token -> (execution id, pin, kv_delta rows?) as its fetch read them (writer only)
+        self._known_pins: dict[str, tuple[int, tuple[int, int, int] | None, bool]] = {}
         self._read_guard: Any = self._write_guard if memory else contextlib.nullcontext()
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ProviderError(f"SqliteProvider needs SQLite >= {'.'.join(map(str, _MIN_SQLITE))}, "
@@ -389,15 +418,19 @@ class SqliteProvider(SqliteAdminMixin):
                 try:
                     conn = self._conn(pending[0].op, True)
                     conn.execute("BEGIN IMMEDIATE")
+                    rerun = False
                     for req in pending:
                         try:
                             req.result = req.fn(conn)
+                        except _RerunWithoutFetch:
+                            rerun = True
+                            break
                         except Exception as exc:  # noqa: BLE001 - reported to the write's own caller
                             req.error = _mapped(exc, req.op, self._where) if isinstance(exc, sqlite3.Error) else exc
                             failed = req
                             break
                         ok.append(req)
-                    if failed is None:
+                    if failed is None and not rerun:
                         conn.execute("COMMIT")
                         return
                 except BaseException as exc:  # BEGIN or COMMIT failed, or interrupted
@@ -406,6 +439,11 @@ class SqliteProvider(SqliteAdminMixin):
                     if not isinstance(exc, Exception):
                         raise
                     return
+                if rerun:  # the failed fetch may have decoded rolled-back history: clear the cache
+                    self._rollback_group(ok or pending)
+                    for req in pending:
+                        req.result = None
+                    continue
                 self._rollback_group(ok)
                 pending = [req for req in pending if req is not failed]
                 for req in pending:
@@ -592,6 +630,25 @@ class SqliteProvider(SqliteAdminMixin):
                              "the turn must not commit", instance_id=row[0])
         return row[0]
 
+    def _take_orch_lock(self, db: sqlite3.Connection, token: str, now: int, op: str) -> str:
+        """:meth:`_held_orch_lock` and the release of that lock in one statement (SQLite >=
+        3.35: ``DELETE ... RETURNING``; older: the check, then the delete). On LockLostError
+        the caller's transaction rolls back, so a held lock stays held."""
+        if not _HAS_RETURNING:
+            instance = self._held_orch_lock(db, token, now, op)
+            db.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
+            return instance
+        rows = db.execute("DELETE FROM instance_locks WHERE lock_token = ? RETURNING instance_id, locked_until",
+                          (token,)).fetchall()
+        if not rows:
+            raise _lock_lost(op, token, f"Invalid lock token {token!r}: unknown, already released, taken over "
+                             "after expiry, or its instance was deleted")
+        instance, locked_until = rows[0]
+        if locked_until <= now:
+            raise _lock_lost(op, token, f"Instance lock expired for instance {instance!r} (lock token {token!r}); "
+                             "the turn must not commit", instance_id=instance)
+        return instance
+
     @staticmethod
     def _release_orch_lock(db: sqlite3.Connection, instance: str) -> None:
         row = db.execute("SELECT lock_token FROM instance_locks WHERE instance_id = ?", (instance,)).fetchone()
@@ -659,18 +716,22 @@ class SqliteProvider(SqliteAdminMixin):
                 continue
             considered.add(instance)
             info = db.execute(_INSTANCE_INFO, (instance,)).fetchone()
+            # No instance row (typically a new instance): its latest stored execution, if any.
+            orphan_exec = (db.execute("SELECT MAX(execution_id) FROM executions WHERE instance_id = ?",
+                                      (instance,)).fetchone()[0] if info is None else None)
             if bounds is not None:
                 if info is not None:
                     compatible = info[5] is None or bounds[0] <= tuple(info[5:8]) <= bounds[1]
                 else:
-                    compatible = self._pin_compatible(db, instance, bounds)
+                    compatible = orphan_exec is None or self._pin_compatible(db, instance, bounds, orphan_exec)
                 if not compatible:
                     continue  # skipped before locking or reading history (SPEC §16 I30)
             rows = db.execute("SELECT id, work_item, attempt_count FROM orchestrator_queue WHERE instance_id = ? "
                               "AND visible_at <= ? ORDER BY visible_at, id", (instance, now)).fetchall()
             batch = [(rid, self._load_work(text, op)) for rid, text, _ in rows]
             items = [item for _, item in batch]
-            meta = (info[0], info[1], info[2], True, None) if info is not None else self._batch_metadata(db, instance, items)
+            meta = ((info[0], info[1], info[2], True, None) if info is not None
+                    else self._batch_metadata(db, instance, items, orphan_exec))
             if info is not None and info[4] == "ContinuedAsNew" and self._continue_as_new_pending(db, instance, items):
                 continue
             if meta is None:
@@ -692,13 +753,22 @@ class SqliteProvider(SqliteAdminMixin):
             seq = info[3] if info is not None else None
             has_kv = bool(info[8]) if info is not None else True
             result = self._lock_batch(db, instance, meta, lock_timeout_ms, now, op, items, attempts, seq, has_kv)
+            if info is not None and info[4] is not None:
+                # What the ack need not write again: the execution row exists (with this pin)
+                # and whether the instance has kv_delta rows to merge at its end.
+                pins = self._known_pins
+                if len(pins) >= _KNOWN_PINS_MAX:  # tokens whose ack never came (lock lost, abandoned)
+                    pins.clear()
+                pins[result.lock_token] = (info[2], tuple(info[5:8]) if info[5] is not None else None, bool(info[9]))
             break
         if orphans:
             db.executemany("DELETE FROM orchestrator_queue WHERE id = ?", [(rid,) for rid in orphans])
         return result
 
-    def _pin_compatible(self, db: sqlite3.Connection, instance: str, bounds: tuple) -> bool:
-        execution_id = self._current_execution_id(db, instance)
+    def _pin_compatible(self, db: sqlite3.Connection, instance: str, bounds: tuple,
+                        execution_id: Any = _UNKNOWN) -> bool:
+        if execution_id is _UNKNOWN:
+            execution_id = self._current_execution_id(db, instance)
         row = db.execute("SELECT duroxide_version_major, duroxide_version_minor, duroxide_version_patch "
                          "FROM executions WHERE instance_id = ? AND execution_id = ?",
                          (instance, execution_id)).fetchone()
@@ -721,13 +791,17 @@ class SqliteProvider(SqliteAdminMixin):
             "SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND json_extract(work_item, '$.kind') = 'ContinueAsNew' "
             "LIMIT 1", (instance,)).fetchone() is not None
 
-    def _batch_metadata(self, db: sqlite3.Connection, instance: str, items: list[WorkItem]) -> tuple | None:
-        """(name, version, execution id, read history?, history error) or None for an orphan."""
-        row = db.execute("SELECT orchestration_name, orchestration_version, current_execution_id FROM instances "
-                         "WHERE instance_id = ?", (instance,)).fetchone()
-        if row is not None:
-            return row[0], row[1], row[2], True, None
-        execution_id = self._current_execution_id(db, instance)
+    def _batch_metadata(self, db: sqlite3.Connection, instance: str, items: list[WorkItem],
+                        execution_id: Any = _UNKNOWN) -> tuple | None:
+        """(name, version, execution id, read history?, history error) or None for an orphan.
+        ``execution_id``: the latest stored execution when the caller already knows the
+        instance has no row (else both are read here)."""
+        if execution_id is _UNKNOWN:
+            row = db.execute("SELECT orchestration_name, orchestration_version, current_execution_id FROM instances "
+                             "WHERE instance_id = ?", (instance,)).fetchone()
+            if row is not None:
+                return row[0], row[1], row[2], True, None
+            execution_id = self._current_execution_id(db, instance)
         error = None
         if execution_id is not None:  # history without a row: metadata from OrchestrationStarted
             started = db.execute("SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? "
@@ -831,12 +905,16 @@ class SqliteProvider(SqliteAdminMixin):
         bounds = self._filter_bounds(filter)
         delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
         texts = _serialize_ack(delta, workers, orchs)
+        fetch_on = [True]
+
         def body(db: sqlite3.Connection) -> tuple[str, OrchestrationItem | None]:
             now = self._now()
             instance = self._ack_orch(db, now, lock_token, execution_id, delta, workers, orchs, metadata,
                                       cancelled_activities, op, texts)
+            if not fetch_on[0]:
+                return instance, None
             return instance, self._chained_fetch(
-                db, lambda: self._fetch_orch(db, now, lock_timeout_ms, bounds, "fetch_orchestration_item"))
+                fetch_on, lambda: self._fetch_orch(db, now, lock_timeout_ms, bounds, "fetch_orchestration_item"))
 
         instance, nxt = self._group_write(op, body)
         if nxt is not None and all(item.target_instance == nxt.instance for item in orchs):
@@ -860,16 +938,18 @@ class SqliteProvider(SqliteAdminMixin):
             return None
 
     @staticmethod
-    def _chained_fetch(db: sqlite3.Connection, fetch: Callable[[], Any]) -> Any:
-        db.execute("SAVEPOINT chained_fetch")
+    def _chained_fetch(fetch_on: list[bool], fetch: Callable[[], Any]) -> Any:
+        """The fetch part of an ack-and-fetch write, run right after its ack without a savepoint
+        (two statements fewer per write). If it fails, the write's transaction is rolled back
+        and the write runs again with its fetch turned off (``fetch_on[0] = False``, see
+        :meth:`_run_group`): the ack is all or nothing either way and the failure is reported
+        as "nothing fetched" (the next plain fetch reports it)."""
         try:
-            result = fetch()
+            return fetch()
         except Exception as exc:  # noqa: BLE001 - the plain fetch will report it
-            _log.debug("fetch after ack failed (rolled back to the ack): %s", exc)
-            db.execute("ROLLBACK TO chained_fetch")
-            result = None
-        db.execute("RELEASE chained_fetch")
-        return result
+            _log.debug("fetch after ack failed (the ack runs again alone): %s", exc)
+            fetch_on[0] = False
+            raise _RerunWithoutFetch() from exc
 
     def _notify_ack(self, workers: list, orchs: list, instance: str) -> None:
         # "committed" (and the commit listeners) let in-process clients waiting on an instance
@@ -884,7 +964,8 @@ class SqliteProvider(SqliteAdminMixin):
         """The body of :meth:`ack_orchestration_item`, inside the caller's write transaction.
         ``texts``: the JSON of the delta, worker and orchestrator items, serialized before the
         transaction (:func:`_serialize_ack`) so the write lock is not held for it."""
-        instance = self._held_orch_lock(db, lock_token, now, op)
+        # Checks the lock and releases it (the whole ack rolls back if anything below fails).
+        instance = self._take_orch_lock(db, lock_token, now, op)
         few = len(delta) <= _FEW_EVENTS
         if few:  # duplicates are then detected by the primary key as each row is inserted
             for event in delta:
@@ -900,24 +981,25 @@ class SqliteProvider(SqliteAdminMixin):
         for item in orchs:
             self._check_orch_item(item, op)
         # Every row of the batch carries this token (fetch tagged them), so deleting them
-        # leaves no row tagged with it: releasing the lock is deleting its row (at the end).
+        # leaves no row tagged with it: releasing the lock is deleting its row (done above).
         db.execute("DELETE FROM orchestrator_queue WHERE instance_id = ? AND lock_token = ?",
                    (instance, lock_token))
         has_row = self._upsert_instance(db, instance, execution_id, metadata, now)
-        sets, args = [], []
-        if pin is not None:
-            sets.append("duroxide_version_major = ?, duroxide_version_minor = ?, duroxide_version_patch = ?")
-            args.extend(pin)
-        if metadata.status is not None:
-            sets.append("status = ?, output = ?, completed_at = ?")
-            args.extend((metadata.status, metadata.output, now))
-        update = f"UPDATE executions SET {', '.join(sets)} WHERE instance_id = ? AND execution_id = ?"
-        # The execution row is created by its first ack; later acks only update it.
-        if not sets or db.execute(update, (*args, instance, execution_id)).rowcount == 0:
+        # The execution row is created by its first ack; later acks only update it. The fetch
+        # remembered the stored pin of an existing row: the same pin is not written again.
+        known = self._known_pins.pop(lock_token, None)
+        if known is not None and known[0] != execution_id:
+            known = None
+        if metadata.status is None and known is not None and (pin is None or known[1] == pin):
+            pass  # nothing to change
+        elif pin is None and metadata.status is None:
             db.execute("INSERT OR IGNORE INTO executions (instance_id, execution_id, status, started_at) "
                        "VALUES (?, ?, 'Running', ?)", (instance, execution_id, now))
-            if sets:
-                db.execute(update, (*args, instance, execution_id))
+        else:
+            db.execute(_UPSERT_EXECUTION[(pin is not None, metadata.status is not None)],
+                       (instance, execution_id, metadata.status or "Running", now,
+                        *(pin if pin is not None else ()),
+                        *((metadata.output, now) if metadata.status is not None else ())))
         if few:
             self._insert_events_checked(db, instance, execution_id, delta, now, event_texts, op)
         else:
@@ -926,9 +1008,9 @@ class SqliteProvider(SqliteAdminMixin):
         if statuses and has_row:  # the last one wins; one version bump per ack
             db.execute("UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
                        "WHERE instance_id = ?", (statuses[-1].status, instance))
-        self._apply_kv(db, instance, delta)
-        if metadata.status in TERMINAL_STATUSES:
-            self._merge_kv(db, instance)
+        kv_events = self._apply_kv(db, instance, delta)
+        if metadata.status in TERMINAL_STATUSES and (known is None or known[2] or kv_events):
+            self._merge_kv(db, instance)  # skipped when there is nothing to merge
         for i, item in enumerate(workers):
             self._insert_work(db, item, now, worker_texts[i] if worker_texts is not None else None)
         # Cancel AFTER inserting: schedule+cancel in one ack must leave nothing (SPEC §11.2).
@@ -939,7 +1021,6 @@ class SqliteProvider(SqliteAdminMixin):
         for i, item in enumerate(orchs):
             self._insert_orch(db, item, item.fire_at_ms if isinstance(item, TimerFiredMsg) else now, now,
                               orch_texts[i] if orch_texts is not None else None)
-        db.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
         if metadata.status in TERMINAL_STATUSES:
             self._forget_history(instance)
         return instance
@@ -982,7 +1063,21 @@ class SqliteProvider(SqliteAdminMixin):
                                texts: list[str] | None, op: str) -> None:
         """Insert row by row; the first event whose id is taken (stored before, or earlier in
         ``events``) raises the same error as :meth:`_validate_events` (nothing is kept: the
-        caller's transaction rolls back)."""
+        caller's transaction rolls back).
+
+        All rows go in ONE multi-row INSERT first (one statement instead of one per event); a
+        statement is all or nothing, so if it hits a taken id nothing of it is kept and the rows
+        are inserted again one by one to name the first offending event."""
+        if len(events) > 1:
+            try:
+                db.execute(_INSERT_EVENTS_N[len(events)], [
+                    v for i, e in enumerate(events)
+                    for v in (instance, execution_id, e.event_id, type(e).KIND,
+                              texts[i] if texts is not None else dumps(e), now)])
+                return
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc) and "PRIMARY KEY" not in str(exc):
+                    raise
         for i, e in enumerate(events):
             try:
                 db.execute(_INSERT_EVENT, (instance, execution_id, e.event_id, type(e).KIND,
@@ -1016,11 +1111,15 @@ class SqliteProvider(SqliteAdminMixin):
         return True
 
     @staticmethod
-    def _apply_kv(db: sqlite3.Connection, instance: str, delta: list) -> None:
+    def _apply_kv(db: sqlite3.Connection, instance: str, delta: list) -> bool:
+        """Store the delta's kv events in kv_delta; True if there were any."""
+        found = False
         upsert = ("INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT (instance_id, key) DO UPDATE SET value = excluded.value, "
                   "last_updated_at_ms = excluded.last_updated_at_ms")
         for event in delta:
+            if isinstance(event, (KeyValueSet, KeyValueCleared, KeyValuesCleared)):
+                found = True
             if isinstance(event, KeyValueSet):
                 db.execute(upsert, (instance, event.key, event.value, event.last_updated_at_ms))
             elif isinstance(event, KeyValueCleared):
@@ -1033,6 +1132,7 @@ class SqliteProvider(SqliteAdminMixin):
                            "SELECT instance_id, key, NULL, NULL FROM kv_store WHERE instance_id = ? "
                            "ON CONFLICT (instance_id, key) DO UPDATE SET value = NULL, last_updated_at_ms = NULL",
                            (instance,))
+        return found
 
     @staticmethod
     def _merge_kv(db: sqlite3.Connection, instance: str) -> None:
@@ -1158,13 +1258,16 @@ class SqliteProvider(SqliteAdminMixin):
         op = "ack_work_item"
         query, params = self._work_query(session, tag_filter) if tag_filter.mode != "none" else ("", {})
 
+        fetch_on = [bool(query)]
+
         def body(db: sqlite3.Connection) -> WorkItemLease | None:
             now = self._now()
             self._ack_work(db, now, lock_token, completion, op)
-            if not query:
+            if not fetch_on[0]:
                 return None
             return self._chained_fetch(
-                db, lambda: self._fetch_work(db, now, lock_timeout_ms, session, query, params, "fetch_work_item"))
+                fetch_on, lambda: self._fetch_work(db, now, lock_timeout_ms, session, query, params,
+                                                   "fetch_work_item"))
 
         nxt = self._group_write(op, body)
         if completion is not None:
@@ -1173,11 +1276,21 @@ class SqliteProvider(SqliteAdminMixin):
 
     def _ack_work(self, db: sqlite3.Connection, now: int, lock_token: str, completion: WorkItem | None,
                   op: str) -> None:
-        rid, _, session_id, _, _ = self._work_row_for(db, lock_token, now, op, need_live=True)
+        if _HAS_RETURNING:  # check and delete in one statement; a lock error rolls the delete back
+            rows = db.execute("DELETE FROM worker_queue WHERE lock_token = ? RETURNING locked_until, session_id",
+                              (lock_token,)).fetchall()
+            if not rows:
+                raise _lock_lost(op, lock_token, f"Work item lock token {lock_token!r} is unknown: the activity was "
+                                 "cancelled or deleted, already acked/abandoned, or its lock was stolen after expiry")
+            locked_until, session_id = rows[0]
+            if locked_until is not None and locked_until <= now:
+                raise _lock_lost(op, lock_token, f"Work item lock expired (lock token {lock_token!r})")
+        else:
+            rid, _, session_id, _, _ = self._work_row_for(db, lock_token, now, op, need_live=True)
+            db.execute("DELETE FROM worker_queue WHERE id = ?", (rid,))
         if completion is not None and not isinstance(completion, (ActivityCompletedMsg, ActivityFailedMsg)):
             raise ProviderError(f"a worker ack takes ActivityCompleted/ActivityFailed, got {completion!r}",
                                 operation=op)
-        db.execute("DELETE FROM worker_queue WHERE id = ?", (rid,))
         self._bump_session(db, session_id, now)
         if completion is not None:
             self._insert_orch(db, completion, now, now)
