@@ -60,24 +60,52 @@ class FaultyProvider:
         return False
 
     def _wrap(self, op: str) -> Callable[..., Any]:
+        """A specialised wrapper per operation (the checks that cannot apply are left out)."""
         target = getattr(self._inner, op)
-        is_write = op in _WRITES
+        fault = self._fault
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if self._fault("transient", op):
-                raise ProviderError(f"injected transient failure in {op}", operation=op, retryable=True, injected=True)
-            if op == "enqueue_for_orchestrator" and self._fault("delay", op):
-                item = args[0] if args else kwargs.pop("item")
-                delay = (args[1] if len(args) > 1 else kwargs.get("delay_ms")) or 0
-                return target(item, delay + self._delay_ms)
-            result = target(*args, **kwargs)
-            if op == "ack_work_item":
+        def transient() -> ProviderError:
+            return ProviderError(f"injected transient failure in {op}", operation=op, retryable=True, injected=True)
+
+        def lost() -> ProviderError:
+            return ProviderError(f"injected failure after {op} committed", operation=op, retryable=True, injected=True)
+
+        if op in _READS:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if fault("transient", op):
+                    raise transient()
+                return target(*args, **kwargs)
+        elif op == "enqueue_for_orchestrator":
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if fault("transient", op):
+                    raise transient()
+                if fault("delay", op):
+                    item = args[0] if args else kwargs.pop("item")
+                    delay = (args[1] if len(args) > 1 else kwargs.get("delay_ms")) or 0
+                    return target(item, delay + self._delay_ms)
+                result = target(*args, **kwargs)
+                if fault("commit_lost", op):
+                    raise lost()
+                return result
+        elif op == "ack_work_item":
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if fault("transient", op):
+                    raise transient()
+                result = target(*args, **kwargs)
                 completion = args[1] if len(args) > 1 else kwargs.get("completion")
-                if completion is not None and self._fault("duplicate", op):
+                if completion is not None and fault("duplicate", op):
                     self._inner.enqueue_for_orchestrator(completion)
-            if is_write and self._fault("commit_lost", op):
-                raise ProviderError(f"injected failure after {op} committed", operation=op, retryable=True, injected=True)
-            return result
+                if fault("commit_lost", op):
+                    raise lost()
+                return result
+        else:  # the other writes
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if fault("transient", op):
+                    raise transient()
+                result = target(*args, **kwargs)
+                if fault("commit_lost", op):
+                    raise lost()
+                return result
 
         call.__name__ = op
         return call
