@@ -4,11 +4,13 @@ Kept here so every provider parses pins and reports lost locks the same way; no 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import InvalidInputError, LockLostError
 
-__all__ = ["parse_semver", "lock_lost"]
+__all__ = ["parse_semver", "lock_lost", "HistoryView"]
 
 
 def parse_semver(text: str, what: str) -> tuple[int, int, int]:
@@ -22,3 +24,53 @@ def parse_semver(text: str, what: str) -> tuple[int, int, int]:
 def lock_lost(op: str, token: str, message: str, **fields: Any) -> LockLostError:
     """The error for an unknown, expired or stolen lock token (message names the token)."""
     return LockLostError(message, operation=op, retryable=False, lock_token=token, **fields)
+
+
+class HistoryView(Sequence[Any]):
+    """The first ``n`` events of an append-only list, read-only: what a fetch hands a turn.
+
+    A provider that keeps a decoded history cached appends new events to the cached list and
+    gives each fetch a view of the events it saw, in O(1) instead of copying the whole history
+    into a new tuple per turn (which made a long chain's cost per turn grow with its length).
+    Events already in the list are never changed or removed, so a view never changes. Behaves
+    like a tuple of events: ``len``, indexing and slicing (slices are tuples), iteration,
+    equality and ordering-free comparison with tuples, lists and other views, ``+``, hashing."""
+
+    __slots__ = ("_events", "_n")
+
+    def __init__(self, events: list[Any], n: int | None = None) -> None:
+        self._events = events
+        self._n = len(events) if n is None else n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self._events[: self._n][index])
+        i = index.__index__()
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("history index out of range")
+        return self._events[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(self._events, self._n)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (HistoryView, tuple, list)):
+            return len(other) == self._n and all(a == b for a, b in zip(self, other, strict=False))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __add__(self, other: Any) -> tuple[Any, ...]:
+        return tuple(self) + tuple(other)
+
+    def __radd__(self, other: Any) -> Any:
+        return type(other)(other) + type(other)(self) if isinstance(other, (tuple, list)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))

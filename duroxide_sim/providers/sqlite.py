@@ -50,6 +50,7 @@ from ..core.events import (
     dumps, loads,
 )
 from ..errors import ProviderError, SerializationError
+from ._shared import HistoryView
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -541,32 +542,38 @@ class SqliteProvider(SqliteAdminMixin):
             raise ProviderError(f"{op}: unreadable queued work item: {exc}", operation=op) from exc
 
     def _load_events(self, db: sqlite3.Connection, instance: str, execution_id: int,
-                     seq: Any = _UNKNOWN) -> tuple[HistoryEvent, ...]:
+                     seq: Any = _UNKNOWN) -> Sequence[HistoryEvent]:
         """History of one execution in event_id order; SerializationError if a row is unreadable.
 
         Histories are append-only, so decoded events are kept (per instance, bounded LRU) and
         only rows newer than the last cached event id are read and decoded on later calls. A
         cache entry is keyed by the instance row's ``created_seq`` (pass ``seq`` when already
         read) and the execution id, so a deleted-and-recreated instance or a new execution never
-        reuses stale events. Entries are immutable tuples: a hit costs one concatenation."""
+        reuses stale events. New events are appended to the cached list and the caller gets a
+        :class:`HistoryView` of the events it saw: O(1), not a copy of the whole history."""
         with self._hcache_lock:
             if seq is _UNKNOWN:
                 row = db.execute("SELECT created_seq FROM instances WHERE instance_id = ?", (instance,)).fetchone()
                 seq = row[0] if row is not None else None
             entry = self._hcache.get(instance)
-            cached: tuple[HistoryEvent, ...] = ()
+            cached: list[HistoryEvent] | None = None
             if seq is not None and entry is not None and entry[0] == seq and entry[1] == execution_id:
                 cached = entry[2]
             after = cached[-1].event_id if cached else 0
             fresh = self._decode_rows(db, instance, execution_id, after)
-            events = cached + tuple(fresh) if fresh else cached
+            if cached is None:
+                events = fresh
+            else:
+                events = cached
+                if fresh:
+                    events.extend(fresh)  # views handed out earlier keep their own length
             if seq is not None and (len(events) >= _LONG_HISTORY or len(self._hcache) < _FEW_HISTORIES
                                     or instance in self._hcache):
                 self._hcache[instance] = (seq, execution_id, events)
                 self._hcache.move_to_end(instance)
                 while len(self._hcache) > _HISTORY_CACHE_SIZE:
                     self._hcache.popitem(last=False)
-            return events
+            return HistoryView(events)
 
     def _forget_history(self, instance: str) -> None:
         """Drop the decoded history of an instance that reached a terminal state: it is read
