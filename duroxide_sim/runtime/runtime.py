@@ -35,6 +35,7 @@ class Runtime:
         ids: IdSource | None = None,
         registry: Registry | None = None,
         verify_cache: bool = False,
+        runtime_id: str | None = None,
     ) -> None:
         from . import realtime
 
@@ -46,7 +47,9 @@ class Runtime:
         if hasattr(provider, "bind_clock"):
             provider.bind_clock(self.clock)
         self.registry = registry or Registry()
-        self.runtime_id = realtime.new_runtime_id()
+        # Names this process as a worker (session owner). The simulation passes its own, so a
+        # seeded run draws nothing from uuid4.
+        self.runtime_id = runtime_id if runtime_id is not None else realtime.new_runtime_id()
         self._services = Services(
             provider=provider,
             registry=self.registry,

@@ -418,7 +418,7 @@ class _Run:
     def _boot(self, index: int, incarnation: int = 0) -> _Node:
         namespace = (0xFFFFFF << 8 if self.is_twin else self.seed << 8) + index * 16 + incarnation
         rt = Runtime(self.provider, self.options, clock=self.clock, ids=SequentialIds(namespace),
-                     verify_cache=self.sim.verify_cache)
+                     verify_cache=self.sim.verify_cache, runtime_id=f"sim-n{index}-{incarnation}")
         self.spec.setup(rt, self.world)
         if self.registry is None:
             self.registry = rt.registry

@@ -189,3 +189,16 @@ def test_a_spec_edited_in_place_does_not_reuse_its_old_twin():
     run_and_check(Simulation(spec, 2, plan))
     (identity, _), = checkers._TWINS.values()  # same key: the stale entry was replaced ...
     assert identity[1].obj is ORDERS_NON_IDEMPOTENT.setup  # ... by a reference of the new code
+
+
+def test_a_simulated_run_draws_nothing_from_uuid4(monkeypatch):
+    import uuid
+
+    def forbidden():
+        raise AssertionError("uuid4 called inside a seeded simulation")
+
+    monkeypatch.setattr(uuid, "uuid4", forbidden)
+    run = _Run(Simulation(ORDERS_OK, 5, FaultPlan.only("crash", rate=0.2)), FaultPlan.only("crash", rate=0.2))
+    assert [n.runtime.runtime_id for n in run.nodes] == ["sim-n0-0", "sim-n1-0"]
+    result = run.execute()
+    assert result.quiescent and all(s.status == "Completed" for s in result.statuses.values())
