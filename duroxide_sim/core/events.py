@@ -660,19 +660,8 @@ def _fields(cls: type) -> tuple[str, ...]:
 
 def to_dict(record: Any) -> dict[str, Any]:
     """Record -> plain dict with a ``kind`` tag (``type`` for error details, whose own
-    ``kind`` field is data); ``None`` fields are left out."""
-    cls = type(record)
-    out: dict[str, Any] = {"type" if cls.FAMILY == "error" else "kind": cls.KIND}
-    for name in _fields(type(record)):
-        value = getattr(record, name)
-        if value is None:
-            continue
-        if isinstance(value, ErrorDetails):
-            value = to_dict(value)
-        elif name == "carry_forward_events":
-            value = [[n, d] for n, d in value]
-        out[name] = value
-    return out
+    ``kind`` field is data); ``None`` fields are left out; keys in sorted order."""
+    return _sorted_dict(record)
 
 
 def from_dict(data: dict[str, Any], family: str = "event") -> Any:
