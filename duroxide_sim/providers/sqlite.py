@@ -595,11 +595,21 @@ class SqliteProvider(SqliteAdminMixin):
         return out
 
     def _read_events(self, db: sqlite3.Connection, instance: str, execution_id: int, op: str) -> list[HistoryEvent]:
+        """History as this read transaction sees it. The decoded-history cache is shared with the
+        writer, whose group commit may have appended events of a transaction that has not
+        committed yet (or will roll back): a reader keeps only the ids its own snapshot holds."""
         try:
-            return list(self._load_events(db, instance, execution_id))
+            events = list(self._load_events(db, instance, execution_id))
         except SerializationError as exc:
             raise ProviderError(f"{op}: history deserialization failed: {exc}", operation=op,
                                 instance_id=instance) from exc
+        if events:
+            row = db.execute("SELECT MAX(event_id) FROM history WHERE instance_id = ? AND execution_id = ?",
+                             (instance, execution_id)).fetchone()
+            last = row[0] if row is not None and row[0] is not None else 0
+            if events[-1].event_id > last:
+                events = [e for e in events if e.event_id <= last]
+        return events
 
     @staticmethod
     def _check_orch_item(item: Any, op: str) -> None:

@@ -70,3 +70,31 @@ def test_sqlite_fetches_share_the_cached_history_without_copying(tmp_path):
             lists.append(v._events)
     assert len(lists) < len(views)
     assert all(tuple(v) == snapshot and len(v) == n for v, n, snapshot in seen)
+
+
+def test_a_reader_never_sees_cached_events_its_snapshot_does_not_hold(tmp_path):
+    """The decoded-history cache is shared with the writer, whose group commit appends events
+    before its COMMIT; a client read must return only what its own transaction sees."""
+    from duroxide_sim.core.events import ExternalEvent
+
+    provider = SqliteProvider.open(tmp_path / "r.db")
+    rt = Runtime(provider, RuntimeOptions())
+
+    @rt.register_orchestration("Waits")
+    def waits(ctx, _):
+        value = yield ctx.wait_for_event("go")
+        return value
+
+    client = Client(provider)
+    client.start_orchestration("w", "Waits", None)
+    while rt.orchestration_dispatcher.step():
+        pass
+    committed = provider.read("w")
+    assert [type(e).__name__ for e in committed] == ["OrchestrationStarted", "ExternalSubscribed"]
+    entry = provider._hcache.get("w")
+    assert entry is not None, "the read should have cached the decoded history"
+    in_flight = ExternalEvent(event_id=3, instance_id="w", execution_id=1, timestamp_ms=0, name="go", data='"x"')
+    entry[2].append(in_flight)  # what a group write does before its COMMIT
+    assert provider.read("w") == committed
+    assert provider.read_with_execution("w", 1) == committed
+    provider.close()
