@@ -4,6 +4,7 @@ Kept here so every provider parses pins and reports lost locks the same way; no 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -14,11 +15,23 @@ __all__ = ["parse_semver", "lock_lost", "HistoryView"]
 
 
 def parse_semver(text: str, what: str) -> tuple[int, int, int]:
-    """``"1.2.3"`` (optionally ``-pre``/``+build``) -> ``(1, 2, 3)``; bad text -> InvalidInputError."""
+    """``"1.2.3"`` (optionally ``-pre``/``+build``) -> ``(1, 2, 3)``; bad text -> InvalidInputError.
+
+    Providers parse the same few versions on every fetch and ack (filters, pins), so parses of
+    strings are memoized (bounded; errors are not cached)."""
+    if type(text) is str:
+        return _parse_semver_str(text, what)
+    return _parse_semver_uncached(text, what)
+
+
+def _parse_semver_uncached(text: Any, what: str) -> tuple[int, int, int]:
     parts = str(text).split("+", 1)[0].split("-", 1)[0].split(".")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         raise InvalidInputError(f"{what} must be a semver 'major.minor.patch', got {text!r}")
     return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+_parse_semver_str = functools.lru_cache(maxsize=256)(_parse_semver_uncached)
 
 
 def lock_lost(op: str, token: str, message: str, **fields: Any) -> LockLostError:

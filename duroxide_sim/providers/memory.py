@@ -192,8 +192,6 @@ class InMemoryProvider:
         self._kv_store: dict[str, dict[str, KvEntry]] = {}
         self._kv_delta: dict[str, dict[str, KvEntry | None]] = {}  # None = tombstone
         self._corrupt: dict[str, str] = {}
-        self._filter_bounds: dict[tuple[str, str], tuple[Any, Any]] = {}  # parsed version filters
-        self._pins: dict[str, tuple[int, int, int]] = {}  # parsed pinned versions
         self._orch = _Queue()
         self._orch_locks: dict[str, _OrchLock] = {}  # instance -> lock
         self._orch_tokens: dict[str, str] = {}  # token -> instance
@@ -354,12 +352,7 @@ class InMemoryProvider:
             now = self._now()
             bounds = None
             if filter is not None:
-                key = tuple(filter)
-                bounds = self._filter_bounds.get(key)
-                if bounds is None:
-                    bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
-                    if len(self._filter_bounds) < 64:
-                        self._filter_bounds[key] = bounds
+                bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
             considered: set[str] = set()  # membership only; the order comes from the queue
             orphans: list[_OrchRow] = []
             result = None
@@ -469,12 +462,7 @@ class InMemoryProvider:
             # ---- validate everything before the first mutation (all-or-nothing) ----
             self._validate_events(instance, execution_id, delta, op)
             pin = metadata.pinned_duroxide_version
-            if pin is not None:
-                text, pin = pin, self._pins.get(pin) if type(pin) is str else None
-                if pin is None:
-                    pin = _parse_semver(text, "pinned_duroxide_version")
-                    if len(self._pins) < 64 and type(text) is str:
-                        self._pins[text] = pin
+            pin = _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None
             for item in workers:
                 self._check_worker_item(item, op)
             for item in orchs:
