@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from .engine import _Engine
+from .engine import NO_FIFO, _Engine
 from .events import (
     COMPLETION_EVENTS,
     SCHEDULE_EVENTS,
@@ -381,7 +381,8 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
             if engine.apply(ev):
                 must_poll = True
         engine.is_replaying = False
-        engine.cursor = len(events)
+        engine.events = []  # walked: ctx_now() reads it only while replaying; a cached engine keeps no history
+        engine.cursor = 0
         if must_poll and engine.output is None:
             engine.poll()
         # --- new actions and quiescence (SPEC §3.6, §3.7) -------------------------------------
@@ -495,6 +496,7 @@ def _convert_new(engine: _Engine, add: Any) -> bool:
             engine.requested_versions[ev.event_id] = action.version
         if engine._bind(slot, ev):
             poll_again = True
+    engine.fifo = NO_FIFO  # drained: give the (empty) deque back
     return poll_again
 
 

@@ -1,0 +1,81 @@
+"""What a cached engine keeps between turns (replay.EngineCache).
+
+Hundreds of engines may sit in the cache at once, so an engine parked between turns must not
+hold the turn's history, its input, or an empty FIFO deque; and a turn resumed from such a
+parked engine must produce exactly what a from-scratch replay of the same history produces.
+"""
+
+from __future__ import annotations
+
+from duroxide_sim.core.engine import NO_FIFO
+from duroxide_sim.core.events import ActivityCompletedMsg, StartOrchestration
+from duroxide_sim.core.registry import Registry
+from duroxide_sim.core.replay import EngineCache, TurnInput, execute_turn
+
+INSTANCE = "i"
+
+
+def _registry() -> Registry:
+    reg = Registry()
+
+    def chain(ctx, n):
+        x = 0
+        for _ in range(n):
+            x = yield ctx.schedule_activity("inc", x)
+        return x
+
+    reg.add_orchestration("Chain", chain)
+    return reg
+
+
+def _turn(history, messages, now, cache):
+    return execute_turn(
+        TurnInput(instance=INSTANCE, execution_id=1, orchestration_name="Chain", version=None,
+                  history=list(history), messages=list(messages), now_ms=now, kv_snapshot={}),
+        _registry_singleton, cache,
+    )
+
+
+_registry_singleton = _registry()
+
+
+def _run_chain(n: int, cache: EngineCache | None):
+    """Drive the Chain orchestration turn by turn; return every turn's delta and the history."""
+    history: list = []
+    deltas = []
+    result = _turn(history, [StartOrchestration(instance=INSTANCE, orchestration="Chain", input=str(n))], 1_000, cache)
+    for step in range(n + 1):
+        deltas.append(result.delta)
+        history += result.delta
+        if cache is not None and result.engine is not None and result.kind == "continue":
+            cache.put(INSTANCE, result.engine)
+        if result.kind != "continue":
+            break
+        scheduled = result.worker_items[0]
+        done = ActivityCompletedMsg(instance=INSTANCE, execution_id=1, id=scheduled.id, result=str(step + 1))
+        result = _turn(history, [done], 2_000 + step, cache)
+    return deltas, result
+
+
+def test_parked_engine_keeps_no_history_and_no_instance_dict():
+    cache = EngineCache(16)
+    _run_chain(3, cache)  # leaves nothing cached: the last turn completes
+    history: list = []
+    first = _turn(history, [StartOrchestration(instance=INSTANCE, orchestration="Chain", input="3")], 1_000, cache)
+    engine = first.engine
+    assert engine is not None
+    cache.put(INSTANCE, engine)
+    assert not hasattr(engine, "__dict__"), "engines use __slots__: a wide instance dict costs ~1.5 KiB each"
+    assert engine.events == [], "a parked engine must not keep the history it walked"
+    assert engine.fifo is NO_FIFO, "a drained FIFO is given back instead of keeping an empty deque"
+    assert not hasattr(engine, "inp"), "the turn's input (history, messages) is not kept"
+
+
+def test_turns_resumed_from_parked_engines_match_from_scratch_replays():
+    warm_cache = EngineCache(16)
+    warm_deltas, warm_last = _run_chain(6, warm_cache)
+    cold_deltas, cold_last = _run_chain(6, None)
+    assert warm_cache.hits == 6  # every turn after the first resumed a parked engine
+    assert [[e for e in d] for d in warm_deltas] == [[e for e in d] for d in cold_deltas]
+    assert warm_last.kind == cold_last.kind == "completed"
+    assert warm_last.output == cold_last.output == "6"
