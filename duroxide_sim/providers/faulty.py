@@ -10,6 +10,8 @@ source), so the same seed always injects the same faults. Faults injected here:
 * ``delay``       - client messages (``enqueue_for_orchestrator``) become visible later.
 
 Everything else is passed through unchanged, including management operations and test hooks.
+:meth:`FaultyProvider.stop_injecting` turns the faultable operations into plain pass-throughs
+too, once the caller knows no fault can fire any more.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ class FaultyProvider:
         self._on_fault = on_fault or (lambda kind, op: None)
         for op in FAULTABLE_OPERATIONS:
             setattr(self, op, self._wrap(op))
+
+    def stop_injecting(self) -> None:
+        """The caller promises ``decide`` answers False from now on (e.g. a simulation's fault
+        window has closed for good): the faultable operations become the inner provider's own
+        methods, which is what the wrappers amount to when no fault fires."""
+        for op in FAULTABLE_OPERATIONS:
+            setattr(self, op, getattr(self._inner, op))
 
     @property
     def inner(self) -> Any:

@@ -262,6 +262,14 @@ class _Node:
         self.orch_idle = False
         self.work_idle = False
         self.incarnation = 0
+        #: This incarnation's runnable-action tuples ``(kind, node, handler)``, built once by
+        #: ``_Run._boot`` (the scheduler lists them every step).
+        self.act_restart: tuple[Any, ...] = ()
+        self.act_orch_fetch: tuple[Any, ...] = ()
+        self.act_orch_turn: tuple[Any, ...] = ()
+        self.act_work_fetch: tuple[Any, ...] = ()
+        self.act_work_exec: tuple[Any, ...] = ()
+        self.act_work_ack: tuple[Any, ...] = ()
 
 
 class Simulation:
@@ -351,6 +359,13 @@ class _Run:
         # Kinds that can fire at all (a rate above 0 or a scripted entry): opportunities of the
         # other kinds are neither counted nor rolled, which changes nothing observable.
         self.active_kinds = frozenset(k for k in plan.enabled())
+        #: False once no fault can fire any more (see ``_close_faults``); also False from the
+        #: start when no kind is active.
+        self.faults_open = bool(self.active_kinds)
+        # ``randrange(n)`` for n > 0 is exactly ``_randbelow(n)`` (same draws, same value); the
+        # scheduler calls it once per step, so it skips randrange's argument checks.
+        self._below = self.rng._randbelow
+        self._act_client: tuple[Any, ...] = ("client", None, self._client_step)
         self.inner = sim._make_provider(self.clock)
         if self.active_kinds.intersection(_STORAGE_FAULTS):
             self.provider = FaultyProvider(self.inner, self._decide, on_fault=self._on_fault)
@@ -408,6 +423,17 @@ class _Run:
             return True
         return False
 
+    def _close_faults(self) -> None:
+        """The fault window has closed for good: virtual time only moves forward and the fault
+        count only grows, so ``_faulting()`` stays False and every later opportunity would answer
+        False without drawing from ``fault_rng``. Stop asking: no kind is active any more and
+        the storage wrapper passes calls straight through. Nothing observable changes (the
+        per-kind opportunity counts, which only scripted faults read, stop mattering)."""
+        self.faults_open = False
+        self.active_kinds = frozenset()
+        if self.provider is not self.inner:
+            self.provider.stop_injecting()
+
     def _on_fault(self, kind: str, op: str) -> None:
         self.faults_injected[kind] = self.faults_injected.get(kind, 0) + 1
         self.total_faults += 1
@@ -424,6 +450,12 @@ class _Run:
             self.registry = rt.registry
         node = _Node(index, rt)
         node.incarnation = incarnation
+        node.act_restart = ("restart", node, self._restart_step)
+        node.act_orch_fetch = ("orch_fetch", node, self._orch_fetch)
+        node.act_orch_turn = ("orch_turn", node, self._orch_turn)
+        node.act_work_fetch = ("work_fetch", node, self._work_fetch)
+        node.act_work_exec = ("work_exec", node, self._work_exec)
+        node.act_work_ack = ("work_ack", node, self._work_ack)
         return node
 
     def _crash(self, node: _Node, why: str) -> None:
@@ -441,36 +473,41 @@ class _Run:
     # --- trace --------------------------------------------------------------------------------
 
     def _log(self, op: str, **detail: Any) -> None:
-        rec = {"step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": op}
-        rec.update(detail)
         # Keys keep their insertion order (fixed by the code that logs), so the line is canonical
-        # without the cost of sorting; it is encoded when the trace is first read.
-        self.trace._record(rec)
+        # without the cost of sorting; it is encoded when the trace is first read. The per-step
+        # records of the step handlers below are built the same way, as one dict literal each.
+        self.trace._records.append({"step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": op, **detail})
 
     # --- the loop -------------------------------------------------------------------------------
 
     def _runnable(self) -> list[tuple[Any, ...]]:
+        """The runnable steps as ``(kind, node, handler)``, in a fixed order (the scheduler
+        indexes this list with its seeded draw): a due client operation, then per node in
+        index order restart | orch_fetch, orch_turn, work_fetch, work_exec, work_ack. The
+        tuples are built once per node incarnation (``_boot``), not per step."""
         acts: list[tuple[Any, ...]] = []
         now = self.clock.now_ms()
-        if self.pending and self.pending[0].at_ms + DEFAULT_EPOCH_MS <= now:
-            acts.append(("client",))
+        pending = self.pending
+        if pending and pending[0].at_ms + DEFAULT_EPOCH_MS <= now:
+            acts.append(self._act_client)
         orch_slots, work_slots = self.orch_slots, self.work_slots
         for node in self.nodes:
             if not node.alive:
                 if node.restart_at is not None and node.restart_at <= now:
-                    acts.append(("restart", node))
+                    acts.append(node.act_restart)
                 continue
-            if not node.orch_idle and len(node.orch_items) < orch_slots:
-                acts.append(("orch_fetch", node))
-            if node.orch_items:
-                acts.append(("orch_turn", node))
-            if work_slots > 0:
-                if not node.work_idle and len(node.leases) + len(node.executed) < work_slots:
-                    acts.append(("work_fetch", node))
-            if node.leases:
-                acts.append(("work_exec", node))
-            if node.executed:
-                acts.append(("work_ack", node))
+            orch_items = node.orch_items
+            if not node.orch_idle and len(orch_items) < orch_slots:
+                acts.append(node.act_orch_fetch)
+            if orch_items:
+                acts.append(node.act_orch_turn)
+            leases, executed = node.leases, node.executed
+            if work_slots > 0 and not node.work_idle and len(leases) + len(executed) < work_slots:
+                acts.append(node.act_work_fetch)
+            if leases:
+                acts.append(node.act_work_exec)
+            if executed:
+                acts.append(node.act_work_ack)
         return acts
 
     def _next_deadline(self) -> int | None:
@@ -492,8 +529,8 @@ class _Run:
 
     def _pick(self, items: list[Any]) -> int:
         """Index of the in-flight item to act on: oldest first unless the reorder fault fires."""
-        if len(items) > 1 and self._fault("reorder", "schedule"):
-            return self.rng.randrange(len(items))
+        if len(items) > 1 and "reorder" in self.active_kinds and self._fault("reorder", "schedule"):
+            return self._below(len(items))
         return 0
 
     def execute(self) -> SimResult:
@@ -516,8 +553,10 @@ class _Run:
         horizon = DEFAULT_EPOCH_MS + self.spec.horizon_ms
         quiescent = False
         self._log("begin", seed=self.seed, plan=self.plan.to_json(), nodes=len(self.nodes))
-        while self.step < self.sim.max_steps:
-            acts = self._runnable()
+        max_steps = self.sim.max_steps
+        runnable, below, clock = self._runnable, self._below, self.clock
+        while self.step < max_steps:
+            acts = runnable()
             if not acts:
                 nxt = self._next_deadline()
                 if nxt is None:
@@ -529,13 +568,16 @@ class _Run:
                 self._wake_all()
                 continue
             self.step += 1
-            if self._maybe_process_faults():
-                acts = self._runnable()  # a crash or clock jump changed what can run
-                if not acts:
-                    continue
-            act = acts[self.rng.randrange(len(acts))]
+            if self.faults_open:
+                if clock.now_ms() >= self.fault_until_ms or self.total_faults >= self.plan.max_faults:
+                    self._close_faults()  # this step's opportunities would all answer False
+                elif self._maybe_process_faults():
+                    acts = runnable()  # a crash or clock jump changed what can run
+                    if not acts:
+                        continue
+            act = acts[below(len(acts))]
             try:
-                self._do(act)
+                act[2](act[1])
             except NondeterminismError as exc:
                 # The live turn and a from-scratch replay of it disagree (verify_cache): the
                 # turn is not committed; its lock expires and it is retried.
@@ -561,7 +603,7 @@ class _Run:
         if "crash" in active:
             alive = [n for n in self.nodes if n.alive]
             if alive and self._fault("crash", "step"):
-                self._crash(alive[self.rng.randrange(len(alive))], "injected crash")
+                self._crash(alive[self._below(len(alive))], "injected crash")
                 changed = True
         if "lock_expiry" in active and self._fault("lock_expiry", "step"):
             jump = max(self.options.orchestrator_lock_timeout_ms, self.options.worker_lock_timeout_ms) + 1
@@ -571,56 +613,79 @@ class _Run:
             changed = True
         return changed
 
-    def _do(self, act: tuple[Any, ...]) -> None:
-        kind = act[0]
-        if kind == "client":
-            self._client_op(self.pending[0])
+    # --- the steps: one handler per kind, called as ``handler(node)`` --------------------------
+
+    def _client_step(self, _node: None) -> None:
+        self._client_op(self.pending[0])
+
+    def _restart_step(self, node: _Node) -> None:
+        self._restart(node)
+        self._wake_all()
+
+    def _orch_fetch(self, node: _Node) -> None:
+        item = node.runtime.orchestration_dispatcher.fetch()
+        if item is None:
+            node.orch_idle = True
             return
-        node: _Node = act[1]
-        if kind == "restart":
-            self._restart(node)
-            self._wake_all()
-        elif kind == "orch_fetch":
-            item = node.runtime.orchestration_dispatcher.fetch()
-            if item is None:
-                node.orch_idle = True
-                return
-            node.orch_items.append(item)
-            self._log("orch_fetch", node=node.name, instance=item.instance, execution=item.execution_id,
-                      messages=_Later(_kinds, item.messages), attempts=item.attempt_count)
-        elif kind == "orch_turn":
-            item = node.orch_items.pop(self._pick(node.orch_items))
-            result = node.runtime.orchestration_dispatcher.process(item)
-            self._log("orch_turn", node=node.name, instance=item.instance,
-                      result=None if result is None else result.kind,
-                      events=[] if result is None else _Later(_event_labels, result.delta),
-                      digest=None if result is None else _Later(_digest, result.delta))
-            self._wake_all()
-        elif kind == "work_fetch":
-            lease = node.runtime.worker_dispatcher.fetch()
-            if lease is None:
-                node.work_idle = True
-                return
-            node.leases.append(lease)
-            self._log("work_fetch", node=node.name, instance=lease.item.instance, activity=lease.item.name,
-                      id=lease.item.id, attempts=lease.attempt_count)
-        elif kind == "work_exec":
-            lease = node.leases.pop(self._pick(node.leases))
-            self.world._enter(lease.item.name, lease.item.instance)
-            try:
-                outcome = node.runtime.worker_dispatcher.execute(lease)
-            finally:
-                self.world._exit()
-            node.executed.append((lease, outcome))
-            self._log("work_exec", node=node.name, instance=lease.item.instance, activity=lease.item.name,
-                      id=lease.item.id, outcome=outcome.action, completion=None if outcome.completion is None else type(outcome.completion).KIND)
-            if self._fault("crash_after_effect", "work_exec"):
-                self._crash(node, "crash after activity side effect, before its ack")
-        elif kind == "work_ack":
-            lease, outcome = node.executed.pop(self._pick(node.executed))
-            ok = node.runtime.worker_dispatcher.commit(lease, outcome)
-            self._log("work_ack", node=node.name, instance=lease.item.instance, id=lease.item.id, committed=ok)
-            self._wake_all()
+        node.orch_items.append(item)
+        self.trace._records.append({
+            "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "orch_fetch", "node": node.name,
+            "instance": item.instance, "execution": item.execution_id, "messages": _Later(_kinds, item.messages),
+            "attempts": item.attempt_count,
+        })
+
+    def _orch_turn(self, node: _Node) -> None:
+        items = node.orch_items
+        item = items.pop(self._pick(items) if len(items) > 1 else 0)
+        result = node.runtime.orchestration_dispatcher.process(item)
+        self.trace._records.append({
+            "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "orch_turn", "node": node.name,
+            "instance": item.instance, "result": None if result is None else result.kind,
+            "events": [] if result is None else _Later(_event_labels, result.delta),
+            "digest": None if result is None else _Later(_digest, result.delta),
+        })
+        self._wake_all()
+
+    def _work_fetch(self, node: _Node) -> None:
+        lease = node.runtime.worker_dispatcher.fetch()
+        if lease is None:
+            node.work_idle = True
+            return
+        node.leases.append(lease)
+        item = lease.item
+        self.trace._records.append({
+            "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "work_fetch", "node": node.name,
+            "instance": item.instance, "activity": item.name, "id": item.id, "attempts": lease.attempt_count,
+        })
+
+    def _work_exec(self, node: _Node) -> None:
+        leases = node.leases
+        lease = leases.pop(self._pick(leases) if len(leases) > 1 else 0)
+        item = lease.item
+        world = self.world
+        world._enter(item.name, item.instance)
+        try:
+            outcome = node.runtime.worker_dispatcher.execute(lease)
+        finally:
+            world._exit()
+        node.executed.append((lease, outcome))
+        self.trace._records.append({
+            "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "work_exec", "node": node.name,
+            "instance": item.instance, "activity": item.name, "id": item.id, "outcome": outcome.action,
+            "completion": None if outcome.completion is None else type(outcome.completion).KIND,
+        })
+        if "crash_after_effect" in self.active_kinds and self._fault("crash_after_effect", "work_exec"):
+            self._crash(node, "crash after activity side effect, before its ack")
+
+    def _work_ack(self, node: _Node) -> None:
+        executed = node.executed
+        lease, outcome = executed.pop(self._pick(executed) if len(executed) > 1 else 0)
+        ok = node.runtime.worker_dispatcher.commit(lease, outcome)
+        self.trace._records.append({
+            "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "work_ack", "node": node.name,
+            "instance": lease.item.instance, "id": lease.item.id, "committed": ok,
+        })
+        self._wake_all()
 
     def _client_op(self, op: Any) -> None:
         try:
@@ -651,11 +716,12 @@ class _Run:
         histories: dict[str, dict[int, list[HistoryEvent]]] = {}
         statuses: dict[str, Any] = {}
         names = list(dict.fromkeys(self.instances + list(reversed(self.inner.list_instances()))))
+        reader = Client(self.inner, clock=self.clock, sleep=lambda ms: None)  # stateless: one for all
         for inst in names:
             last = self.inner.latest_execution_id(inst) or 0
             histories[inst] = {e: list(self.inner.read_with_execution(inst, e)) for e in range(1, last + 1)}
             try:
-                statuses[inst] = Client(self.inner, clock=self.clock, sleep=lambda ms: None).get_status(inst)
+                statuses[inst] = reader.get_status(inst)
             except DuroxideError as exc:  # pragma: no cover - reported, never hidden
                 self.crash_reports.append(f"status of {inst}: {exc}")
         return SimResult(
