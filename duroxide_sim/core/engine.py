@@ -194,8 +194,8 @@ class _Engine:
     # Slots: a cached engine (replay.EngineCache) lives between turns, often hundreds at once;
     # an instance __dict__ this wide costs ~1.5 KiB each.
     __slots__ = (
-        "handler", "instance", "execution_id", "now_ms", "fifo", "by_id", "by_token", "pos_subs",
-        "pos_arrivals", "q_subs", "q_buffer", "q_consumed", "dropped", "schedules", "completed", "crumbs",
+        "handler", "instance", "execution_id", "now_ms", "fifo", "by_id", "pos_subs",
+        "pos_arrivals", "q_subs", "q_buffer", "dropped", "schedules", "completed", "crumbs",
         "cancel_reason", "last_event_id", "history_len", "can", "kv", "custom_status", "is_replaying", "logs",
         "output", "events", "cursor", "stack", "waiting", "started_code", "requested_versions", "ctx",
         "input_text",
@@ -211,12 +211,10 @@ class _Engine:
         # cached engine.
         self.fifo: deque[_Slot | tuple[Action, tuple[str, int] | None]] | tuple[()] = NO_FIFO
         self.by_id: dict[int, _Slot] = {}
-        self.by_token: dict[int, _Slot] = {}
         self.pos_subs: dict[str, list[_Slot]] = {}
         self.pos_arrivals: dict[str, list[str]] = {}
         self.q_subs: dict[str, list[_Slot]] = {}
         self.q_buffer: dict[str, list[tuple[int, str]]] = {}  # (event_id, data)
-        self.q_consumed: dict[str, int] = {}
         self.dropped: list[_Slot] = []
         # Incremental views of the history walked so far, so a cached engine can take the next
         # turn without rescanning history (see replay.EngineCache).
@@ -471,6 +469,12 @@ class _Engine:
                 self._resolve(slot, None)
             else:
                 self._fail(slot, ev.details)  # type: ignore[attr-defined]
+            # Delivered: nothing looks this schedule up again (a second completion of the id is
+            # refused as "without open schedule" either way, and a completion message for it is
+            # dropped as a duplicate by the `completed` set before the schedule index is read),
+            # so a long-lived cached engine does not keep every finished task.
+            del self.by_id[ev.source_event_id]  # type: ignore[attr-defined]
+            self.schedules.pop(ev.source_event_id, None)  # type: ignore[attr-defined]
             return True
         if role == 1:
             if not self.fifo:

@@ -79,3 +79,31 @@ def test_turns_resumed_from_parked_engines_match_from_scratch_replays():
     assert [[e for e in d] for d in warm_deltas] == [[e for e in d] for d in cold_deltas]
     assert warm_last.kind == cold_last.kind == "completed"
     assert warm_last.output == cold_last.output == "6"
+
+
+def test_parked_engine_forgets_delivered_tasks_but_still_drops_duplicate_completions():
+    cache = EngineCache(16)
+    history: list = []
+    result = _turn(history, [StartOrchestration(instance=INSTANCE, orchestration="Chain", input="5")], 1_000, cache)
+    for step in range(3):  # three activities complete; the fourth is open
+        history += result.delta
+        cache.put(INSTANCE, result.engine)
+        sid = result.worker_items[0].id
+        result = _turn(history, [ActivityCompletedMsg(instance=INSTANCE, execution_id=1, id=sid, result=str(step + 1))],
+                       2_000 + step, cache)
+    history += result.delta
+    engine = result.engine
+    open_id = result.worker_items[0].id
+    # Only the open schedule is still indexed: finished tasks are not kept by a parked engine.
+    assert list(engine.by_id) == [open_id]
+    assert list(engine.schedules) == [open_id]
+    cache.put(INSTANCE, engine)
+    # A re-delivered completion of an already-completed activity is still recognised as a
+    # duplicate (not "no matching schedule"), alongside the real completion of the open one.
+    first_done = next(e.source_event_id for e in history if type(e).__name__ == "ActivityCompleted")
+    again = _turn(history, [ActivityCompletedMsg(instance=INSTANCE, execution_id=1, id=first_done, result="1"),
+                            ActivityCompletedMsg(instance=INSTANCE, execution_id=1, id=open_id, result="4")],
+                  3_000, cache)
+    assert cache.hits >= 4
+    assert again.kind == "continue", again
+    assert [type(e).__name__ for e in again.delta] == ["ActivityCompleted", "ActivityScheduled"]
