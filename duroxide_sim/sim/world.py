@@ -26,6 +26,9 @@ def _copy(value: Any) -> Any:
     return value if type(value) in _ATOMS else copy.deepcopy(value)
 
 
+_new_tuple = tuple.__new__
+
+
 class Effect(NamedTuple):
     """One mutation of the world: which activity (of which instance) did ``op`` on ``key``."""
 
@@ -56,7 +59,9 @@ class ExternalWorld:
     def _record(self, op: str, key: str, value: Any) -> None:
         """Ledger entry; ``value`` must already be a private copy (or an immutable atom)."""
         activity, instance = self._actor
-        self.ledger.append(Effect(activity, instance, op, key, value))
+        # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level call
+        # that cost a scenario writing 11,000 keys per run ~6 % of its time.
+        self.ledger.append(_new_tuple(Effect, (activity, instance, op, key, value)))
 
     # --- the API activities use ------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
@@ -71,10 +76,16 @@ class ExternalWorld:
 
     def put_if_absent(self, key: str, value: Any) -> bool:
         """Idempotent create: True if it created the key."""
-        if key in self.state:
+        state = self.state
+        if key in state:
             return False
-        self.state[key] = _copy(value)
-        self._record("put", key, _copy(value))
+        if type(value) in _ATOMS:  # the common case, inlined (scenarios call this per item)
+            state[key] = value
+            activity, instance = self._actor
+            self.ledger.append(_new_tuple(Effect, (activity, instance, "put", key, value)))
+            return True
+        state[key] = copy.deepcopy(value)
+        self._record("put", key, copy.deepcopy(value))
         return True
 
     def delete(self, key: str) -> bool:
