@@ -1,12 +1,17 @@
 """Simulation speed: seeds per second per scenario, and simulated activity executions per second.
 
-    python bench/sim_throughput.py [--seeds 20] [--budget-s 20] [--scenarios PATH]
+    python bench/sim_throughput.py [--seeds 20] [--budget-s 20] [--scenarios PATH] [--jobs N]
                                    [--instances 500] [--repeats 3] [--write-results]
 
 (a) For each scenario module in ``scenarios/`` (each defines ``SPEC``), ``run_and_check`` of
     ``Simulation(spec, seed, FaultPlan.all(0.05))`` for seeds 0, 1, ... until ``--seeds`` seeds
     or ``--budget-s`` seconds (at least 3 seeds); figure: seeds/s (the whole check, i.e. the
     faulty run, its fault-free twin when the spec is fault-transparent, and every checker).
+    With ``--jobs N`` (N > 1) each scenario also runs ``--seeds`` x N seeds (0, 1, ...) through
+    the multi-process path of ``duroxide-sim run --jobs N`` (``duroxide_sim.cli.run_seeds``);
+    figure: ``seeds_per_s_jobs`` = seeds / the workers' span (first chunk start to last chunk
+    end: the pool's start-up, paid once per command by the CLI, is left out; the whole call
+    including it is ``jobs_wall_s``).
 (b) A W4-shaped SimSpec (``--instances`` x 5 sequential ``inc``) simulated with faults off and
     with every fault kind on at 5 %; activity executions are counted from the trace
     (``op == "work_exec"``). Figures: executions/s of the simulation alone
@@ -24,6 +29,7 @@ import argparse
 import datetime as _dt
 import importlib
 import json
+import os
 import pathlib
 import platform
 import re
@@ -38,6 +44,7 @@ RESULTS = BENCH / "RESULTS.md"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from duroxide_sim.cli import SimWorkerError, _jobs, run_seeds  # noqa: E402
 from duroxide_sim.sim.checkers import run_and_check  # noqa: E402
 from duroxide_sim.sim.faults import FaultPlan  # noqa: E402
 from duroxide_sim.sim.harness import Simulation, SimSpec, Start  # noqa: E402
@@ -92,6 +99,23 @@ def bench_scenario(name: str, spec: object, seeds: int, budget_s: float) -> dict
         "seed_median_ms": round(statistics.median(times) * 1000, 2), "seed_max_ms": round(max(times) * 1000, 2),
         "failed_seeds": failures, "errors": errors, "first_failure": first_failure,
         "ok": failures == 0 and errors == 0,
+    }
+
+
+def bench_scenario_jobs(path: pathlib.Path, seeds: int, jobs: int) -> dict:
+    """The same measurement through ``run_seeds(..., jobs=N)``: fields to merge into the row."""
+    t0 = time.perf_counter()
+    try:
+        rows = run_seeds(path, range(seeds), jobs=jobs, faults="all", rate=FAULT_RATE, progress="none")
+    except SimWorkerError as exc:
+        return {"jobs": jobs, "seeds_jobs": 0, "seeds_per_s_jobs": None, "jobs_error": str(exc)[:200]}
+    wall = time.perf_counter() - t0
+    row = rows[0]
+    span = row["seconds"] or wall
+    return {
+        "jobs": jobs, "seeds_jobs": row["seeds"], "seconds_jobs": span, "jobs_wall_s": round(wall, 4),
+        "seeds_per_s_jobs": round(row["seeds"] / span, 2) if span else None, "failed_seeds_jobs": row["failures"],
+        **({"first_failure_jobs": row["first_failure"].splitlines()[0][:200]} if row["first_failure"] else {}),
     }
 
 
@@ -164,17 +188,35 @@ def bench_w4(instances: int, faults: str, repeats: int) -> list[dict]:
     return out
 
 
-def render(seed_rows: list[dict], exec_rows: list[dict]) -> str:
-    lines = ["| scenario (all faults at 5 %) | seeds | seeds/s | median ms/seed | max ms/seed | target >= 50 seeds/s | check failures |",
-             "|---|---|---|---|---|---|---|"]
+def render(seed_rows: list[dict], exec_rows: list[dict], jobs: int = 1) -> str:
+    if jobs > 1:
+        lines = [f"| scenario (all faults at 5 %) | seeds | seeds/s | median ms/seed | max ms/seed | seeds ({jobs} processes) | seeds/s with {jobs} processes | "
+                 f"target >= 50 seeds/s (1 process) | target >= 50 seeds/s ({jobs} processes) | check failures |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines = ["| scenario (all faults at 5 %) | seeds | seeds/s | median ms/seed | max ms/seed | target >= 50 seeds/s | check failures |",
+                 "|---|---|---|---|---|---|---|"]
     for r in seed_rows:
         if "seeds_per_s" not in r:
-            lines.append(f"| {r['scenario']} | - | import failed | | | | {r.get('first_failure', '')[:80]} |")
+            lines.append(f"| {r['scenario']} | - | import failed | | | |{' | | | |' if jobs > 1 else ''} {r.get('first_failure', '')[:80]} |")
             continue
         met = "met" if (r["seeds_per_s"] or 0) >= 50 else "missed"
         fails = f"{r['failed_seeds'] + r['errors']}/{r['seeds']}"
         if r.get("first_failure"):
             fails += f": {r['first_failure'][:100]}"
+        if jobs > 1:
+            if r.get("seeds_per_s_jobs") is None:
+                multi, met_jobs = "error", "-"
+                fails += f"; {jobs} processes: {r.get('jobs_error', '')[:100]}"
+            else:
+                multi = f"{r['seeds_per_s_jobs']:.1f}"
+                met_jobs = "met" if r["seeds_per_s_jobs"] >= 50 else "missed"
+                fails += f"; {r['failed_seeds_jobs']}/{r['seeds_jobs']} with {jobs} processes"
+                if r.get("first_failure_jobs"):
+                    fails += f": {r['first_failure_jobs'][:100]}"
+            lines.append(f"| {r['scenario']} | {r['seeds']} | {r['seeds_per_s']:.1f} | {r['seed_median_ms']:.0f} | "
+                         f"{r['seed_max_ms']:.0f} | {r.get('seeds_jobs', 0)} | {multi} | {met} | {met_jobs} | {fails} |")
+            continue
         lines.append(f"| {r['scenario']} | {r['seeds']} | {r['seeds_per_s']:.1f} | {r['seed_median_ms']:.0f} | "
                      f"{r['seed_max_ms']:.0f} | {met} | {fails} |")
     lines += ["", "| W4-shaped simulation | faults | mode | activity executions/s median (min–max) | seconds (median) | executions | target |",
@@ -207,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=20.0, help="time budget per scenario (at least 3 seeds)")
     ap.add_argument("--instances", type=int, default=500, help="W4-shaped instances (5 activities each)")
     ap.add_argument("--repeats", type=int, default=3, help="seeds per W4-shaped measurement")
+    ap.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                    help="also measure each scenario over --seeds x N seeds on N worker processes ('auto': one per CPU)")
     ap.add_argument("--skip-scenarios", action="store_true")
     ap.add_argument("--write-results", action="store_true", help="rewrite the 'Simulation throughput' section")
     args = ap.parse_args(argv)
@@ -220,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"scenario {name} ...", file=sys.stderr, flush=True)
                 row = bench_scenario(name, module.SPEC, args.seeds, args.budget_s)
+                if args.jobs > 1:
+                    print(f"scenario {name} on {args.jobs} processes ...", file=sys.stderr, flush=True)
+                    row.update(bench_scenario_jobs(args.scenarios / f"{name}.py", args.seeds * args.jobs, args.jobs))
+                    row["ok"] = row["ok"] and row.get("seeds_per_s_jobs") is not None and row["failed_seeds_jobs"] == 0
             seed_rows.append(row)
             print(json.dumps(row), flush=True)
     exec_rows: list[dict] = []
@@ -230,12 +278,16 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
     elapsed = time.perf_counter() - began
 
-    table = render(seed_rows, exec_rows)
+    table = render(seed_rows, exec_rows, args.jobs)
     date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     header = (f"Measured {date} by `python bench/sim_throughput.py` ({elapsed:.0f} s; CPython "
               f"{platform.python_version()}, {platform.machine()}; in-memory provider, 2 simulated nodes, "
               f"the harness defaults). Seeds/s counts the whole `run_and_check` (faulty run + fault-free twin "
               f"for fault-transparent specs + checkers); activity executions are `work_exec` trace records.")
+    if args.jobs > 1:
+        header += (f" Seeds/s with {args.jobs} processes (`--jobs {args.jobs}`, {os.cpu_count()} CPUs): "
+                   f"{args.seeds * args.jobs} seeds per scenario through `duroxide-sim run --jobs {args.jobs}`'s "
+                   f"path, over the workers' span (pool start-up excluded).")
     print()
     print(header)
     print()
