@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import traceback
 from collections import deque
+from types import MappingProxyType
 from typing import Any
 
 from . import codec
@@ -188,6 +189,9 @@ def _format_exception(exc: BaseException) -> str:
 
 #: The empty FIFO of an engine that has emitted nothing since it was last drained.
 NO_FIFO: tuple[()] = ()
+#: Shared read-only empties for containers an engine creates on first write.
+_NO_MAP: Any = MappingProxyType({})
+_NO_SET: Any = frozenset()
 
 
 class _Engine:
@@ -211,16 +215,18 @@ class _Engine:
         # cached engine.
         self.fifo: deque[_Slot | tuple[Action, tuple[str, int] | None]] | tuple[()] = NO_FIFO
         self.by_id: dict[int, _Slot] = {}
-        self.pos_subs: dict[str, list[_Slot]] = {}
-        self.pos_arrivals: dict[str, list[str]] = {}
-        self.q_subs: dict[str, list[_Slot]] = {}
-        self.q_buffer: dict[str, list[tuple[int, str]]] = {}  # (event_id, data)
+        # Containers most orchestrations never fill start as shared empty read-only ones and
+        # are created on first write (a cached engine pays ~64-216 bytes for each empty one).
+        self.pos_subs: dict[str, list[_Slot]] = _NO_MAP  # type: ignore[assignment]
+        self.pos_arrivals: dict[str, list[str]] = _NO_MAP  # type: ignore[assignment]
+        self.q_subs: dict[str, list[_Slot]] = _NO_MAP  # type: ignore[assignment]
+        self.q_buffer: dict[str, list[tuple[int, str]]] = _NO_MAP  # type: ignore[assignment]  # (event_id, data)
         self.dropped: list[_Slot] = []
         # Incremental views of the history walked so far, so a cached engine can take the next
         # turn without rescanning history (see replay.EngineCache).
         self.schedules: dict[int, HistoryEvent] = {}
         self.completed: set[int] = set()  # membership only
-        self.crumbs: set[tuple[type, int | None]] = set()  # (breadcrumb type, source id); membership only
+        self.crumbs: set[tuple[type, int | None]] = _NO_SET  # type: ignore[assignment]  # (breadcrumb type, source id); membership only
         self.cancel_reason: str | None = None
         self.last_event_id = 0
         self.history_len = 0
@@ -235,7 +241,7 @@ class _Engine:
         self.stack: list[Any] = []
         self.waiting: DurableTask | None = None
         self.started_code = False
-        self.requested_versions: dict[int, str | None] = {}
+        self.requested_versions: dict[int, str | None] = _NO_MAP  # type: ignore[assignment]
         self.ctx = OrchestrationContext(
             self,
             instance_id=inp.instance,
@@ -245,12 +251,22 @@ class _Engine:
         )
         self.input_text = started.input
 
+    def add_crumb(self, cls: type, source_id: int | None) -> None:
+        if self.crumbs is _NO_SET:
+            self.crumbs = set()
+        self.crumbs.add((cls, source_id))
+
+    def request_version(self, event_id: int, version: str | None) -> None:
+        if self.requested_versions is _NO_MAP:
+            self.requested_versions = {}
+        self.requested_versions[event_id] = version
+
     def begin_turn(self, inp: TurnInput) -> None:
         """Reuse this engine (cached, settled) for the next turn of the same execution."""
         self.now_ms = inp.now_ms
         self.logs = []
         self.dropped = []
-        self.requested_versions = {}
+        self.requested_versions = _NO_MAP  # type: ignore[assignment]
         self.is_replaying = False
 
     # --- hooks used by OrchestrationContext -------------------------------------------------
@@ -504,6 +520,8 @@ class _Engine:
             return False
         if isinstance(ev, ExternalEvent):
             subs = self.pos_subs.get(ev.name, [])
+            if self.pos_arrivals is _NO_MAP:
+                self.pos_arrivals = {}
             arrivals = self.pos_arrivals.setdefault(ev.name, [])
             active = [s for s in subs if not s.cancelled]
             if len(active) > len(arrivals):
@@ -512,17 +530,19 @@ class _Engine:
                 return True
             return False
         if isinstance(ev, QueueEventDelivered):
+            if self.q_buffer is _NO_MAP:
+                self.q_buffer = {}
             self.q_buffer.setdefault(ev.name, []).append((ev.event_id, ev.data))
             self._settle_queue(ev.name)
             return True
         if isinstance(ev, (ExternalSubscribedCancelled, QueueSubscriptionCancelled)):
-            self.crumbs.add((type(ev), ev.source_event_id))
+            self.add_crumb(type(ev), ev.source_event_id)  # type: ignore[attr-defined]
             slot = self.by_id.get(ev.source_event_id)  # type: ignore[arg-type]
             if slot is not None:
                 slot.cancelled = True
             return False
         if isinstance(ev, (ActivityCancelRequested, SubOrchestrationCancelRequested)):
-            self.crumbs.add((type(ev), ev.source_event_id))
+            self.add_crumb(type(ev), ev.source_event_id)  # type: ignore[attr-defined]
         elif isinstance(ev, OrchestrationCancelRequested):
             self.cancel_reason = ev.reason
         return False  # Started and the rest: no effect on the code
@@ -534,9 +554,13 @@ class _Engine:
         if isinstance(ev, SubOrchestrationScheduled):
             slot.child = ev.instance
         elif isinstance(ev, ExternalSubscribed):
+            if self.pos_subs is _NO_MAP:
+                self.pos_subs = {}
             self.pos_subs.setdefault(ev.name, []).append(slot)
             self._settle_positional(ev.name)
         elif isinstance(ev, QueueSubscribed):
+            if self.q_subs is _NO_MAP:
+                self.q_subs = {}
             self.q_subs.setdefault(ev.name, []).append(slot)
             self._settle_queue(ev.name)
             return True

@@ -97,7 +97,7 @@ def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list
             continue  # completed before the drop took effect: nothing to cancel
         add(cls, source_event_id=slot.event_id, reason="dropped_future")
         existing.add((cls, slot.event_id))
-        engine.crumbs.add((cls, slot.event_id))
+        engine.add_crumb(cls, slot.event_id)
 
 
 def _open_schedules(events: list[HistoryEvent], cls: type, done_types: tuple[type, ...]) -> list[HistoryEvent]:

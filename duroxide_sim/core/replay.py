@@ -489,11 +489,11 @@ def _convert_new(engine: _Engine, add: Any) -> bool:
             else:
                 child = f"sub::e{engine.execution_id}::{add.peek_id()}"
             ev = add(SubOrchestrationScheduled, name=action.name, instance=child, input=action.input)
-            engine.requested_versions[ev.event_id] = action.version
+            engine.request_version(ev.event_id, action.version)
         else:
             assert isinstance(action, StartOrchestrationDetached)
             ev = add(OrchestrationChained, name=action.name, instance=action.instance, input=action.input)
-            engine.requested_versions[ev.event_id] = action.version
+            engine.request_version(ev.event_id, action.version)
         if engine._bind(slot, ev):
             poll_again = True
     engine.fifo = NO_FIFO  # drained: give the (empty) deque back

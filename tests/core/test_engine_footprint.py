@@ -69,6 +69,10 @@ def test_parked_engine_keeps_no_history_and_no_instance_dict():
     assert engine.events == [], "a parked engine must not keep the history it walked"
     assert engine.fifo is NO_FIFO, "a drained FIFO is given back instead of keeping an empty deque"
     assert not hasattr(engine, "inp"), "the turn's input (history, messages) is not kept"
+    # Containers an activity chain never writes stay the shared read-only empties.
+    for name in ("pos_subs", "pos_arrivals", "q_subs", "q_buffer", "requested_versions", "crumbs"):
+        value = getattr(engine, name)
+        assert not value and not isinstance(value, (dict, set)), name
 
 
 def test_turns_resumed_from_parked_engines_match_from_scratch_replays():
