@@ -371,6 +371,7 @@ class WorkerDispatcher:
         self.s = services
         self._sessions: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._session_cfg: SessionConfig | None = None
 
     @property
     def owner_id(self) -> str:
@@ -387,9 +388,16 @@ class WorkerDispatcher:
 
     def _session_config(self) -> SessionConfig | None:
         opts = self.s.options
-        with self._lock:
-            at_cap = len([k for k, v in self._sessions.items() if v > 0]) >= opts.max_sessions_per_runtime
-        return None if at_cap else SessionConfig(owner_id=self.owner_id, lock_timeout_ms=opts.session_lock_timeout_ms)
+        # Entries are deleted when their count drops to 0, so len() is the number of active
+        # sessions (read without the lock: one atomic read, as stale the moment it returns
+        # as a locked one). Asked on every fetch, so the config record is built once.
+        if len(self._sessions) >= opts.max_sessions_per_runtime:
+            return None
+        cfg = self._session_cfg
+        owner = self.owner_id
+        if cfg is None or cfg.owner_id != owner or cfg.lock_timeout_ms != opts.session_lock_timeout_ms:
+            cfg = self._session_cfg = SessionConfig(owner_id=owner, lock_timeout_ms=opts.session_lock_timeout_ms)
+        return cfg
 
     def _accept(self, lease: WorkItemLease | None) -> WorkItemLease | None:
         """Count a fetched lease and claim its session slot (abandon it when over the cap)."""
@@ -400,7 +408,7 @@ class WorkerDispatcher:
         sid = lease.item.session_id
         if sid is not None:
             with self._lock:
-                over = self._sessions[sid] == 0 and len([k for k, v in self._sessions.items() if v > 0]) >= opts.max_sessions_per_runtime
+                over = self._sessions[sid] == 0 and len(self._sessions) >= opts.max_sessions_per_runtime
                 if not over:
                     self._sessions[sid] += 1
             if over:
