@@ -267,3 +267,41 @@ def test_empty_tag_rejected(world):
 
     world.client.start_orchestration("i1", "O")
     assert world.result("i1").output == "rejected"
+
+
+def test_max_sessions_per_runtime_caps_the_sessions_a_worker_holds():
+    """With max_sessions_per_runtime=1 a worker holding a session's activity fetches no other
+    session's work (session-less work still flows); once that activity is acked it may take the next."""
+    from tests.conftest import make_world
+
+    w = make_world(RuntimeOptions(max_sessions_per_runtime=1))
+    ran = []
+
+    @w.runtime.register_activity("Work")
+    def work(ctx, x):
+        ran.append((ctx.session_id, x))
+        return x
+
+    @w.runtime.register_orchestration("Two")
+    def two(ctx, _):
+        tasks = [ctx.schedule_activity_on_session("Work", 1, "s1"), ctx.schedule_activity_on_session("Work", 2, "s2"),
+                 ctx.schedule_activity("Work", 3)]
+        return (yield ctx.all_typed(tasks))
+
+    w.client.start_orchestration("i1", "Two")
+    assert w.runtime.orchestration_dispatcher.step()
+    wd = w.runtime.worker_dispatcher
+    first = wd.fetch()
+    assert first is not None and first.item.session_id is not None
+    held = first.item.session_id
+    assert wd.active_sessions() == [held]
+    second = wd.fetch()  # at the cap: only session-less work is offered
+    assert second is not None and second.item.session_id is None
+    assert wd.fetch() is None  # the other session's activity waits
+    assert wd.commit(first, wd.execute(first))
+    assert wd.active_sessions() == []
+    third = wd.fetch()
+    assert third is not None and third.item.session_id not in (None, held)
+    assert wd.commit(second, wd.execute(second)) and wd.commit(third, wd.execute(third))
+    w.run()
+    assert w.client.get_status("i1").output == [1, 2, 3]
