@@ -70,6 +70,10 @@ _orch_log = logging.getLogger(ORCHESTRATION_LOGGER)
 #: 512); long histories are always kept (up to ``instance_cache_size``).
 _FEW_ENGINES = 512
 _LONG_HISTORY = 32
+#: SPEC §3.1 step 10: a retryable ack failure is retried up to _ACK_RETRIES times, waiting
+#: _ACK_RETRY_BASE_MS * 2**n before retry n (10, 20, 40, 80, 160 ms), then the item is abandoned.
+_ACK_RETRIES = 5
+_ACK_RETRY_BASE_MS = 10
 _log = logging.getLogger("duroxide_sim.runtime")
 
 
@@ -141,6 +145,9 @@ class Services:
     verify_cache: bool = False
     #: With ``verify_cache``: check one warm turn in this many (deterministically, by count).
     verify_cache_every: int = 3
+    #: Waits ``ms`` between ack retries (SPEC §3.1 step 10): ``time.sleep`` in production, the
+    #: simulated clock moving forward in simulation.
+    sleep: Callable[[int], None] = lambda ms: None
 
 
 def _chain(provider: Any, name: str, carry: dict | None) -> Any:
@@ -254,29 +261,39 @@ class OrchestrationDispatcher:
         )
         cancelled = [ScheduledActivityIdentifier(i, e, a) for i, e, a in result.cancelled]
         chain = _chain(s.provider, "ack_orchestration_item_and_fetch", carry)
-        try:
-            args = (item.lock_token, result.execution_id, result.delta, result.worker_items,
-                    self._fill_parent_execution(result.orchestrator_items), metadata, cancelled)
-            if chain is None:
-                s.provider.ack_orchestration_item(*args)
-            else:
-                assert carry is not None
-                nxt = chain(*args, lock_timeout_ms=s.options.orchestrator_lock_timeout_ms, filter=self.filter)
-                if nxt is None:
-                    carry["empty"] = True
+        retries = 0
+        while True:
+            try:
+                args = (item.lock_token, result.execution_id, result.delta, result.worker_items,
+                        self._fill_parent_execution(result.orchestrator_items), metadata, cancelled)
+                if chain is None:
+                    s.provider.ack_orchestration_item(*args)
                 else:
-                    s.metrics.inc("orch_dispatcher_items_fetched")
-                    carry["item"] = nxt
-                    carry["backlog"] = nxt.instance != item.instance
-        except LockLostError:
-            s.metrics.inc("provider_errors")
-            return None  # the lock expired or was taken: another dispatcher owns this turn now
-        except ProviderError as exc:
-            s.metrics.inc("provider_errors")
-            if exc.retryable:
-                self._abandon_quietly(item.lock_token, 50)
-                return None
-            return self._commit_infrastructure_failure(item, exc)
+                    assert carry is not None
+                    nxt = chain(*args, lock_timeout_ms=s.options.orchestrator_lock_timeout_ms, filter=self.filter)
+                    if nxt is None:
+                        carry["empty"] = True
+                    else:
+                        s.metrics.inc("orch_dispatcher_items_fetched")
+                        carry["item"] = nxt
+                        carry["backlog"] = nxt.instance != item.instance
+                break
+            except LockLostError:
+                s.metrics.inc("provider_errors")
+                return None  # the lock expired or was taken: another dispatcher owns this turn now
+            except ProviderError as exc:
+                s.metrics.inc("provider_errors")
+                if exc.retryable and retries < _ACK_RETRIES:
+                    # The ack is one transaction: nothing of it was stored, so it can run again.
+                    s.sleep(_ACK_RETRY_BASE_MS << retries)
+                    retries += 1
+                    continue
+                if exc.retryable:
+                    _log.warning("ack of instance %r failed %d times (%s); abandoning the turn", item.instance,
+                                 retries + 1, exc)
+                    self._abandon_quietly(item.lock_token, 50)
+                    return None
+                return self._commit_infrastructure_failure(item, exc)
         cache = self.cache
         if cache is not None and result.engine is not None and (
                 len(cache) < _FEW_ENGINES or result.engine.history_len >= _LONG_HISTORY):

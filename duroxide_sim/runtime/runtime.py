@@ -36,6 +36,7 @@ class Runtime:
         registry: Registry | None = None,
         verify_cache: bool = False,
         runtime_id: str | None = None,
+        sleep: Callable[[int], None] | None = None,
     ) -> None:
         from . import realtime
 
@@ -60,6 +61,10 @@ class Runtime:
             client_factory=lambda: Client(provider, clock=self.clock),
             worker_id=self.runtime_id,
             verify_cache=verify_cache,
+            # Back-off between ack retries: real sleep on the wall clock; an injected clock that
+            # can move (SimClock) moves forward instead, so simulated time passes as real time would.
+            sleep=sleep if sleep is not None else (
+                realtime.sleep_ms if clock is None else getattr(clock, "advance", lambda ms: None)),
         )
         self.orchestration_dispatcher = OrchestrationDispatcher(self._services)
         self.worker_dispatcher = WorkerDispatcher(self._services)
