@@ -367,6 +367,9 @@ class InMemoryProvider:
             bounds = None
             if filter is not None:
                 bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+            order = self._orch.order
+            if not order or order[0][0] > now:
+                return None  # nothing visible yet (the common empty poll): skip the scan's setup
             considered: set[str] = set()  # membership only; the order comes from the queue
             orphans: list[_OrchRow] = []
             result = None
@@ -592,6 +595,9 @@ class InMemoryProvider:
             now = self._now()
             if tag_filter.mode == "none":
                 return None
+            order = self._work.order
+            if not order or order[0][0] > now:
+                return None  # nothing visible yet (the common empty poll)
             for row in self._work.visible(now):
                 if row.locked_until is not None and row.locked_until > now:
                     continue
