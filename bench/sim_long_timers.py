@@ -7,6 +7,7 @@ Usage: python bench/sim_long_timers.py [runs]
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -44,8 +45,12 @@ SPEC = SimSpec(
 )
 
 
-def main() -> int:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="?", type=int, default=7, help="fresh runs to time (default 7)")
+    runs = ap.parse_args(argv).runs
+    if runs < 1:
+        ap.error("runs must be >= 1")
     times = []
     virtual_days = None
     for seed in range(runs):
