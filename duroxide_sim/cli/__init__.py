@@ -55,6 +55,7 @@ from .seeds import (
     _SimOptions,
     _TargetRef,
     _targets,
+    pool_left_running,
     run_seeds,
 )
 
@@ -143,11 +144,21 @@ def _cmd_run_jobs(targets: list[tuple[str, Any]], args: argparse.Namespace) -> i
         if exc.worker_traceback:
             print(exc.worker_traceback.rstrip(), file=sys.stderr)
         print(f"duroxide-sim: {exc}", file=sys.stderr)
-        return 2
+        return _exit_now_if_stuck(2)
     except KeyboardInterrupt:
         print("duroxide-sim: interrupted; the worker processes were stopped", file=sys.stderr)
-        return 130
+        return _exit_now_if_stuck(130)
     return _report(rows, args)
+
+
+def _exit_now_if_stuck(code: int) -> int:
+    """The workers are gone; if the pool's manager thread is not, a normal exit would wait for it
+    forever (concurrent.futures joins it at exit): leave at once instead."""
+    if pool_left_running():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def load_spec(ref: str) -> Any:

@@ -281,9 +281,20 @@ def _process_pool(jobs: int) -> Iterator[Any]:
     pool.shutdown(wait=True)
 
 
+#: Set when a stopped pool's manager thread did not finish: the interpreter would wait for it
+#: at exit (concurrent.futures joins it), so the CLI then exits without running exit handlers.
+_STUCK_POOL = False
+
+
 def _stop_pool(pool: Any) -> None:
+    """Stop a pool now: kill its workers, cancel what is queued, and wait (bounded) for its
+    manager thread. Workers are terminated *before* the shutdown request, so the manager thread
+    sees a broken pool and takes the path that closes the call queue's pipe (a shutdown request
+    first could leave its feeder thread blocked on a pipe nobody reads, and the interpreter
+    would then hang at exit joining it)."""
+    global _STUCK_POOL
     processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
+    manager = getattr(pool, "_executor_manager_thread", None)
     for proc in processes:  # a running chunk may take seconds: do not wait for it
         if proc.is_alive():
             proc.terminate()
@@ -292,7 +303,17 @@ def _stop_pool(pool: Any) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=5)
-    pool.shutdown(wait=True)
+    pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:
+        manager.join(timeout=10)
+        if manager.is_alive():
+            _STUCK_POOL = True
+
+
+def pool_left_running() -> bool:
+    """True when a stopped pool's manager thread did not finish within its time (see
+    ``_stop_pool``): only our own pool's thread counts, never threads the caller started."""
+    return _STUCK_POOL
 
 
 def _chunk_result(fut: Any, label: str, lo: int, hi: int) -> _ChunkResult:

@@ -221,3 +221,23 @@ def test_aggregation_is_in_seed_order_whatever_order_chunks_arrive() -> None:
     assert (upto["seeds"], upto["failures"], upto["first_failure"]) == (5, 1, "boom (seed 4)")
     with pytest.raises(ValueError, match="seed 3 was run twice"):
         _aggregate("s", ["p"], [*summaries, summaries[3]])
+
+
+def test_stopping_a_busy_pool_ends_its_workers_and_its_manager_thread() -> None:
+    """_stop_pool (used on Ctrl-C and worker errors) kills running workers and leaves no pool
+    thread behind for the interpreter to wait for at exit (a CI run once hung there)."""
+    from duroxide_sim.cli import seeds
+
+    with pytest.raises(KeyboardInterrupt):
+        with seeds._process_pool(2) as pool:
+            for _ in range(6):  # more work than workers; the workers may still be starting
+                pool.submit(time.sleep, 30)
+            manager = pool._executor_manager_thread
+            processes = list(pool._processes.values())
+            deadline = time.monotonic() + 20
+            while not all(p.is_alive() for p in processes) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise KeyboardInterrupt  # what Ctrl-C raises in the parent while it waits
+    assert not any(p.is_alive() for p in processes)
+    assert manager is not None and not manager.is_alive()
+    assert not seeds.pool_left_running()
