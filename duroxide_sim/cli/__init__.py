@@ -12,7 +12,7 @@ Commands:
   (each defines ``SPEC``, a SimSpec), simulate N seeds with faults, check every property, show
   progress, print a table; a failing scenario prints its first failure and its repro line.
 * ``explore PATH [--budget-s S]`` - keep simulating new seeds until the budget runs out or a
-  property fails.
+  property fails; the scenarios share the budget equally (what one leaves goes to the next).
 * Both take ``--jobs N`` (or ``--jobs auto`` = one per CPU): spread the seeds over N worker
   processes (see :func:`run_seeds`). The rows are the same as with ``--jobs 1`` (the default,
   in-process) except the wall-clock ``seconds``.
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         run.add_argument("path", help="a directory of scenario modules (each defining SPEC), or one module file")
         run.add_argument("--seeds", type=int, default=100, help="seeds per scenario (run; default 100)")
         run.add_argument("--first-seed", type=int, default=0)
-        run.add_argument("--budget-s", type=float, default=60.0, help="time budget in seconds (explore; default 60)")
+        run.add_argument("--budget-s", type=float, default=60.0, help="time budget in seconds, shared equally by the scenarios (explore; default 60)")
         run.add_argument("--faults", default="all", help="'all' (default), 'swarm', 'none' or a fault plan as JSON")
         run.add_argument("--rate", type=float, default=0.05, help="per-opportunity fault rate for --faults all")
         run.add_argument("--variants", default=None, help="run planted-bug variants: a name or 'all'")

@@ -100,6 +100,15 @@ def _properties(spec: Any) -> list[str]:
     return names + [getattr(inv, "__name__", "invariant") for inv in spec.invariants]
 
 
+def _share_end(began_ms: int, budget_s: float | None, now_ms: int, targets_left: int) -> int | None:
+    """When the current scenario's share of a time budget ends: the budget left is shared
+    equally by the scenarios not yet run (one that finishes early leaves its time to the next)."""
+    if budget_s is None:
+        return None
+    end = began_ms + int(budget_s * 1000)
+    return now_ms + max(end - now_ms, 0) // max(targets_left, 1)
+
+
 def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Namespace, *, stop_at_first: bool = False,
                  budget_s: float | None = None, quiet: bool = False) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -115,12 +124,13 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
     live = sys.stderr.isatty() or args.progress
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not live, transient=False) as progress:
-        for label, spec in targets:
+        for index, (label, spec) in enumerate(targets):
             task = progress.add_task(label, total=len(seeds))
             row: dict[str, Any] = {"scenario": label, "seeds": 0, "faults_injected": 0, "fault_kinds": set(),
                                    "properties": _properties(spec), "failures": 0, "first_failure": None,
                                    "budget_exhausted": 0, "seconds": 0.0}
             t0 = clock.now_ms()
+            share_end = _share_end(began, budget_s, t0, len(targets) - index)
             for seed in seeds:
                 sim = Simulation(spec, seed, _plan(args.faults, args.rate), provider=args.provider, nodes=args.nodes,
                                  sandbox=args.sandbox)
@@ -139,7 +149,7 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
                           f"{row['failures']} failing", file=sys.stderr, flush=True)
                 if stop_at_first and result.failures:
                     break
-                if budget_s is not None and (clock.now_ms() - began) / 1000 >= budget_s:
+                if share_end is not None and clock.now_ms() >= share_end:
                     break
             row["seconds"] = round((clock.now_ms() - t0) / 1000, 2)
             row["fault_kinds"] = sorted(row["fault_kinds"])
@@ -442,10 +452,10 @@ def _run_targets_jobs(targets: list[tuple[str, Any]], refs: list[_TargetRef], se
                     builder.add(_chunk_result(fut, builder.label, lo, hi))
             return [b.row() for b in builders]
 
-        deadline = None if budget_s is None else began + int(budget_s * 1000)
-        for (label, spec), ref in zip(targets, refs, strict=True):
+        for index, ((label, spec), ref) in enumerate(zip(targets, refs, strict=True)):
             builder = _RowBuilder(label, spec, len(seeds), bar, progress == "lines")
             t0 = clock.now_ms()
+            deadline = _share_end(began, budget_s, t0, len(targets) - index)
             window: dict[Any, tuple[int, int]] = {}
             nxt = seeds.start
             lowest: int | None = None

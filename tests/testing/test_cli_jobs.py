@@ -241,3 +241,20 @@ def test_stopping_a_busy_pool_ends_its_workers_and_its_manager_thread() -> None:
     assert not any(p.is_alive() for p in processes)
     assert manager is not None and not manager.is_alive()
     assert not seeds.pool_left_running()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_explore_shares_the_budget_between_scenarios(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                                                     jobs: str) -> None:
+    """Each scenario gets an equal share of what is left of the budget: the first one does not
+    take it all (the later ones used to get a single seed each)."""
+    d = _write(tmp_path, a=GOOD, b=GOOD.replace('name="payments"', 'name="payments-b"'),
+               c=GOOD.replace('name="payments"', 'name="payments-c"'))
+    began = time.monotonic()
+    code, rows, _ = _json_run(["explore", str(d), "--budget-s", "3", "--json", "--jobs", jobs], capsys)
+    elapsed = time.monotonic() - began
+    assert code == 0 and [r["scenario"] for r in rows] == ["payments", "payments-b", "payments-c"]
+    seeds = [r["seeds"] for r in rows]
+    assert min(seeds) >= 5, seeds  # a seed of this scenario takes milliseconds: a ~1 s share runs many
+    assert max(seeds) <= 4 * min(seeds), seeds
+    assert elapsed < 15
