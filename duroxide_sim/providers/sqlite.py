@@ -1407,12 +1407,20 @@ class SqliteProvider(SqliteAdminMixin):
         """Cheap status read for clients: ``(execution status, output, custom status, version)``
         of the current execution, from the instance and execution rows (no history decoding).
         None when there is no instance row (the client then reads history)."""
-        with self._tx("read_status", write=False) as db:
-            row = db.execute(
-                "SELECT e.status, e.output, i.custom_status, i.custom_status_version FROM instances i "
-                "JOIN executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
-                "WHERE i.instance_id = ?", (instance,)).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3])
+        # One statement: in autocommit mode it is its own read transaction (a consistent
+        # snapshot), so no BEGIN/COMMIT around it (each a round trip, and a GIL hand-off, for
+        # the client waiting on an instance). fetchall() runs the statement to its end, which
+        # ends that read transaction at once.
+        with self._read_guard:
+            db = self._conn("read_status")
+            try:
+                rows = db.execute(
+                    "SELECT e.status, e.output, i.custom_status, i.custom_status_version FROM instances i "
+                    "JOIN executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
+                    "WHERE i.instance_id = ?", (instance,)).fetchall()
+            except sqlite3.Error as exc:
+                raise _map_error(exc, "read_status", self._where) from exc
+        return None if not rows else tuple(rows[0])  # type: ignore[return-value]
 
     def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None:
         """``(status, version)`` if the version moved past ``last_seen_version``, else None."""

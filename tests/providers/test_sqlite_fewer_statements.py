@@ -1,7 +1,8 @@
 """SqliteProvider's statement-saving paths: the fetch part of an ack-and-fetch runs without a
 savepoint (a failure reruns the ack alone), the lock check and release are one statement, the
-execution row is written only when it changes, the kv merge runs only when there is a delta, and
-an ack's events go in one multi-row INSERT (a taken id still names the first offending event)."""
+execution row is written only when it changes, the kv merge runs only when there is a delta, an
+ack's events go in one multi-row INSERT (a taken id still names the first offending event), and a
+status read is one autocommit SELECT."""
 
 from __future__ import annotations
 
@@ -138,3 +139,19 @@ def test_worker_ack_with_an_unknown_token_changes_nothing(provider):
         p.ack_work_item("sql-0-999", act_done("a", 1))
     assert p._shared.execute("SELECT COUNT(*) FROM orchestrator_queue").fetchone()[0] == 0
     assert isinstance(p._shared, sqlite3.Connection)
+
+
+def test_a_status_read_is_one_statement_and_sees_committed_state(provider):
+    """read_status runs its single SELECT in autocommit mode (its own consistent snapshot): no
+    BEGIN / COMMIT round trips for a waiting client."""
+    p = provider
+    assert p.read_status("a") is None
+    p.enqueue_for_orchestrator(start_item("a"))
+    item = fetch(p)
+    p.ack_orchestration_item(item.lock_token, item.execution_id, [started("a")], [], [], meta(), [])
+    p._conn("read_status")  # this thread's reader connection (created on first use)
+    seen: list[str] = []
+    p._local.conn.set_trace_callback(seen.append)
+    assert p.read_status("a")[0] == "Running"
+    assert len(seen) == 1 and seen[0].lstrip().upper().startswith("SELECT"), seen
+    assert not p._local.conn.in_transaction  # the statement ran to its end: no snapshot held open
