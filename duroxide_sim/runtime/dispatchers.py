@@ -66,7 +66,7 @@ _orch_log = logging.getLogger(ORCHESTRATION_LOGGER)
 
 #: Engine cache admission: engines of short histories (replaying them costs little) are kept
 #: only while the cache holds fewer than _FEW_ENGINES engines, so thousands of concurrent small
-#: instances do not each pin a live generator (~3.5-4 KiB each once parked: about 2 MiB for
+#: instances do not each pin a live generator (~3 KiB each once parked: about 1.5 MiB for
 #: 512); long histories are always kept (up to ``instance_cache_size``).
 _FEW_ENGINES = 512
 _LONG_HISTORY = 32
