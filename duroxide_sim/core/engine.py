@@ -202,7 +202,7 @@ class _Engine:
         "pos_arrivals", "q_subs", "q_buffer", "dropped", "schedules", "completed", "crumbs",
         "cancel_reason", "last_event_id", "history_len", "can", "kv", "custom_status", "is_replaying", "logs",
         "output", "events", "cursor", "stack", "waiting", "started_code", "requested_versions", "ctx",
-        "input_text",
+        "input_text", "started_ms",
     )
 
     def __init__(self, inp: TurnInput, handler: Handler, started: OrchestrationStarted, execution_id: int) -> None:
@@ -250,6 +250,9 @@ class _Engine:
             orchestration_version=started.version,
         )
         self.input_text = started.input
+        # With the execution id and the input: which incarnation of the instance this engine
+        # belongs to (an instance deleted and created again has a new OrchestrationStarted).
+        self.started_ms = started.timestamp_ms
 
     def add_crumb(self, cls: type, source_id: int | None) -> None:
         if self.crumbs is _NO_SET:
@@ -262,7 +265,8 @@ class _Engine:
         self.requested_versions[event_id] = version
 
     def begin_turn(self, inp: TurnInput) -> None:
-        """Reuse this engine (cached, settled) for the next turn of the same execution."""
+        """Reuse this engine (cached, settled) for a later turn of the same execution: the next
+        one, or one after turns other runtimes took (see replay.EngineCache: catch-up)."""
         self.now_ms = inp.now_ms
         self.logs = []
         self.dropped = []

@@ -51,11 +51,18 @@ __all__ = ["poison_turn"]
 
 
 
-def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], add: Any, *, warm: bool = False) -> None:
+def _reconcile_dropped(
+    engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], add: Any, *, warm: bool = False,
+    walked_from: int = 0,
+) -> None:
     """SPEC §3.10: check persisted dropped-future breadcrumbs, then add missing ones.
 
     A *warm* engine (cached from the previous turn) already checked the persisted breadcrumbs
-    when it walked them, and knows every breadcrumb written so far (``engine.crumbs``)."""
+    when it walked them, and knows every breadcrumb written so far (``engine.crumbs``). A
+    *caught-up* engine (``walked_from`` > 0: cached from an earlier turn, it replayed
+    ``history[walked_from:]`` this turn) knows the breadcrumbs before ``walked_from`` the same
+    way; the persisted ones from ``walked_from`` on are checked like a cold replay checks them,
+    against the futures it dropped this turn."""
     crumb_types = {
         "activity": ActivityCancelRequested,
         "sub": SubOrchestrationCancelRequested,
@@ -65,10 +72,10 @@ def _reconcile_dropped(engine: _Engine, history: list[HistoryEvent], delta: list
     labels = {"activity": "activities", "sub": "sub-orchestrations", "wait": "external waits", "queue": "persistent waits"}
     crumb_classes = tuple(crumb_types.values())
     # Breadcrumbs already written (one pass over the events this engine did not walk before).
-    existing: set[tuple[type, int | None]] = set(engine.crumbs) if warm else set()
+    existing: set[tuple[type, int | None]] = set(engine.crumbs) if warm or walked_from else set()
     persisted_dropped: dict[type, set[int]] = {}
     if not warm:
-        for e in history:
+        for e in history[walked_from:] if walked_from else history:
             if isinstance(e, crumb_classes):
                 existing.add((type(e), e.source_event_id))
                 if e.reason == "dropped_future":  # type: ignore[attr-defined]

@@ -157,18 +157,31 @@ class EngineCache:
     After a ``continue`` turn commits, the dispatcher puts the turn's engine here. The next turn
     of that execution then resumes the live generator/coroutine and applies only the new events,
     instead of re-running the code over the whole history: a turn costs its new events, not the
-    history length. An engine is reused only when the fetched history is exactly the one it
-    produced (same execution, same length, same last event id) and the handler is the same
-    object; anything else (another process took a turn, a crash, a redeploy) falls back to a
-    full replay. Bounded: the least recently used engine is dropped beyond ``capacity``.
+    history length. An engine is reused when the handler is the same object, the execution is
+    the same, and the history it produced is a prefix of the fetched one (its length is at most
+    the fetched length, the event at its last position carries the last event id it produced,
+    and the first event is the OrchestrationStarted it began from: same timestamp and input, so
+    an instance deleted and created again under the same id is not mistaken for it):
+
+    - *warm*: the fetched history is exactly the one it produced; only the turn's new events
+      are walked;
+    - *catch-up*: other runtimes took turns of the instance since (the fetched history is the
+      engine's plus a suffix); the engine walks the suffix as replay (schedules matched against
+      the code's actions, completions delivered, exactly as a from-scratch replay walks them),
+      then the turn's new events.
+
+    Anything else (a crash, a redeploy, a continue-as-new, a history that does not extend the
+    engine's) falls back to a full replay. Both reuses count as ``hits`` (catch-ups also as
+    ``catchups``). Bounded: the least recently used engine is dropped beyond ``capacity``.
     """
 
     def __init__(self, capacity: int = 1024, lock: Any = None) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, _Engine] = OrderedDict()
         self._lock = lock if lock is not None else contextlib.nullcontext()  # injected: core has no threads
-        self.hits = 0
+        self.hits = 0  # warm turns and catch-ups
         self.misses = 0
+        self.catchups = 0  # hits whose engine was behind the fetched history
 
     def __len__(self) -> int:
         return len(self._items)
@@ -183,23 +196,28 @@ class EngineCache:
             and engine.history_len == len(history)
             and bool(history)
             and engine.last_event_id == history[-1].event_id
+            and _same_start(engine, history[0])
         )
 
     def take(self, instance: str, execution_id: int, history: Sequence[HistoryEvent], handler: Any) -> _Engine | None:
-        """Remove and return the engine for this exact history, or None."""
+        """Remove and return the engine that produced this history or a prefix of it, or None.
+
+        The caller walks ``history[engine.history_len:]`` (empty for a warm engine) as replay."""
         with self._lock:
             engine = self._items.pop(instance, None)
         if (
             engine is None
             or engine.execution_id != execution_id
             or engine.handler is not handler
-            or engine.history_len != len(history)
-            or not history
-            or engine.last_event_id != history[-1].event_id
+            or not 0 < engine.history_len <= len(history)
+            or history[engine.history_len - 1].event_id != engine.last_event_id
+            or not _same_start(engine, history[0])
         ):
             self.misses += 1
             return None
         self.hits += 1
+        if engine.history_len < len(history):
+            self.catchups += 1
         return engine
 
     def put(self, instance: str, engine: _Engine) -> None:
@@ -218,11 +236,19 @@ class EngineCache:
             self._items.clear()
 
 
+def _same_start(engine: _Engine, first: HistoryEvent) -> bool:
+    """The history starts the way the engine's did: event ids alone cannot tell an instance
+    deleted and created again (same id, same execution 1, consecutive event ids) from the one
+    the engine belongs to."""
+    return first.timestamp_ms == engine.started_ms and getattr(first, "input", None) == engine.input_text
+
+
 def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None = None) -> TurnResult:
     """Run one turn (SPEC §3.1 steps 3–9). Never raises for user-code problems.
 
-    With a ``cache``, a live engine from the previous turn of this execution is resumed when
-    the history matches it (see :class:`EngineCache`); the result is the same either way."""
+    With a ``cache``, a live engine from an earlier turn of this execution is resumed when the
+    fetched history is the one it produced (warm) or extends it (catch-up: the missing suffix
+    is walked as replay first); see :class:`EngineCache`. The result is the same either way."""
     history: Sequence[HistoryEvent] = inp.history
     start: StartOrchestration | ContinueAsNew | None = None
     rest: list[WorkItem] = []
@@ -270,7 +296,11 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
 
     delta: list[HistoryEvent] = []
     add = _Builder(delta, history[-1].event_id if history else 0, inp.instance, execution_id, inp.now_ms)
-    warm = cache.take(inp.instance, execution_id, history, handler) if cache is not None and history else None
+    resumed = cache.take(inp.instance, execution_id, history, handler) if cache is not None and history else None
+    # How much of the history the resumed engine has walked already: all of it (warm) or a
+    # prefix (catch-up: the rest, written by other runtimes, is walked below as replay).
+    walked_from = resumed.history_len if resumed is not None else 0
+    warm = resumed if walked_from == len(history) else None
 
     if history:
         started = history[0]
@@ -292,7 +322,8 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
     # --- prep: messages -> events (SPEC §3.3) ---------------------------------------------
     abort: ErrorDetails | None = None
     if warm is not None:
-        # The cached engine tracked these while walking the history it produced.
+        # The cached engine tracked these while walking the history it produced. (A catch-up
+        # engine has not walked the suffix yet: it uses the full scan, like a cold replay.)
         schedules, cancel_seen = warm.schedules, warm.cancel_reason is not None
         completed = _Completed(warm.completed)
     elif scan is not None and history is inp.history:
@@ -345,11 +376,12 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
                 cancel_seen = True
                 add(OrchestrationCancelRequested, reason=msg.reason)
 
-    if warm is not None:
-        engine = warm
+    if resumed is not None:
+        engine = resumed
         engine.begin_turn(inp)
     else:
         engine = _Engine(inp, handler, started, execution_id)
+    prior_cancel = engine.cancel_reason  # a cancel request among the events walked in earlier turns
     base = dict(
         execution_id=execution_id,
         orchestration_name=started.name,
@@ -361,13 +393,19 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
         return _finish(engine, history, delta, add, ("failed", abort), base, ran_code=False)
 
     # --- replay loop (SPEC §3.4) -------------------------------------------------------------
-    # A warm engine already stands where the previous turn left it (settled, nothing to poll):
-    # only this turn's events are walked. A cold one re-runs the code over the whole history.
-    events = delta if warm is not None else list(history) + delta
+    # A resumed engine already stands where the turn that cached it left it (settled, nothing to
+    # poll): a warm one walks only this turn's events; a catch-up one first replays the history
+    # written since by other runtimes. A cold one re-runs the code over the whole history.
+    if warm is not None:
+        events = delta
+    elif walked_from:
+        events = list(history[walked_from:]) + delta
+    else:
+        events = list(history) + delta
     engine.events = events
-    persisted = 0 if warm is not None else len(history)
+    persisted = len(history) - walked_from
     engine.is_replaying = persisted > 0
-    must_poll = warm is None
+    must_poll = resumed is None
     try:
         for i, ev in enumerate(events):
             engine.cursor = i
@@ -400,19 +438,25 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
         return _finish(engine, history, delta, add, ("failed", ConfigurationErrorDetails(message=str(div))), base, ran_code=False)
 
     # --- finalization precedence (SPEC §3.8) ---------------------------------------------
-    engine.last_event_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
-    engine.history_len = len(history) + len(delta)
+    # The first cancel request of the execution decides the reason: one walked in an earlier turn
+    # (a resumed engine's), else one in the events walked now (history suffix and new events).
     cancel = None
-    if cancel_seen:  # a cancel request in the history walked or in this turn's new events
-        cancel = next((e for e in (delta if warm is not None else events) if isinstance(e, OrchestrationCancelRequested)), None)
-    if cancel is None and warm is not None and engine.cancel_reason is not None:
+    if prior_cancel is not None:
+        cancel = OrchestrationCancelRequested(event_id=0, reason=prior_cancel)
+    elif cancel_seen:
+        cancel = next((e for e in events if isinstance(e, OrchestrationCancelRequested)), None)
+    if cancel is None and resumed is not None and engine.cancel_reason is not None:
         cancel = OrchestrationCancelRequested(event_id=0, reason=engine.cancel_reason)
     if cancel is not None:
         return _finish(engine, history, delta, add, ("cancelled", cancel.reason), base, ran_code=True)  # type: ignore[attr-defined]
     try:
-        _reconcile_dropped(engine, history, delta, add, warm=warm is not None)
+        _reconcile_dropped(engine, history, delta, add, warm=warm is not None, walked_from=0 if warm is not None else walked_from)
     except _Divergence as div:
         return _finish(engine, history, delta, add, ("failed", ConfigurationErrorDetails(message=str(div))), base, ran_code=False)
+    # What the engine has walked or written once this turn commits, breadcrumbs included (a
+    # cached engine is resumed only on a history that extends exactly this).
+    engine.last_event_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
+    engine.history_len = len(history) + len(delta)
     if engine.can is not None:
         return _finish(engine, history, delta, add, ("can", engine.can), base, ran_code=True)
     if engine.output is not None:
