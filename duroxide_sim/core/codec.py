@@ -85,6 +85,12 @@ def check_size(text: str, what: str) -> str:
 #: ``json.dumps`` of a str / int / None without building an encoder per call (same bytes).
 _encode_str = json.encoder.encode_basestring_ascii
 _JSON = json.JSONEncoder(default=_default, allow_nan=False)
+# The C encoder json.dumps builds on every call, built once (~1 us per payload, a few % of a
+# simulation whose payloads are attrs classes). No markers dict: it is shared by every thread,
+# so a circular value is reported by the recursion limit instead (see encode).
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_JSON = (_c_make_encoder(None, _default, _encode_str, None, ": ", ", ", False, False, False)
+           if _c_make_encoder is not None else None)
 _LITERALS = {None: "null", True: "true", False: "false"}
 
 
@@ -101,8 +107,14 @@ def encode(value: Any, what: str = "payload") -> str:
         text = json.dumps(value)
     else:
         try:
-            text = _JSON.encode(value)
-        except (TypeError, ValueError, RecursionError) as exc:
+            text = "".join(_C_JSON(value, 0)) if _C_JSON is not None else _JSON.encode(value)
+        except RecursionError as exc:
+            raise SerializationError(
+                f"{what} cannot be encoded as JSON: it refers to itself (a circular reference) or is nested "
+                f"deeper than the recursion limit (value of type {type(value).__name__})",
+                what=what,
+            ) from exc
+        except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"{what} cannot be encoded as JSON: {exc} (value of type {type(value).__name__})",
                 what=what,

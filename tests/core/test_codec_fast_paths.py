@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -48,3 +49,40 @@ def test_huge_integers_still_encode():
         assert "digits" in str(exc) or "limit" in str(exc)
     else:
         assert codec.encode(big) == expected
+
+
+@attrs.define
+class _Inner:
+    name: str
+    ratio: float
+
+
+@attrs.define
+class _Outer:
+    items: list
+    inner: _Inner
+    note: str | None = None
+
+
+def test_attrs_payloads_encode_like_json_dumps_of_their_unstructured_form():
+    value = _Outer(items=[1, "two", None, {"k": [True, 2.5]}], inner=_Inner("é\u1234", 0.1))
+    want = json.dumps({"items": [1, "two", None, {"k": [True, 2.5]}], "inner": {"name": "é\u1234", "ratio": 0.1},
+                       "note": None})
+    assert codec.encode(value) == want
+    assert codec.encode([value, {"x": value}]) == f'[{want}, {{"x": {want}}}]'
+
+
+def test_values_json_cannot_hold_are_refused_with_their_reason():
+    import pytest
+
+    from duroxide_sim.errors import SerializationError
+
+    for bad, reason in ((float("nan"), "Out of range float"), ({"x": {1, 2}}, "not JSON serializable"),
+                        ([object()], "not JSON serializable")):
+        with pytest.raises(SerializationError, match=reason):
+            codec.encode(bad, "input of activity 'a'")
+    circular: list = []
+    circular.append({"again": circular})
+    with pytest.raises(SerializationError, match="circular reference") as info:
+        codec.encode(circular, "input of activity 'a'")
+    assert "input of activity 'a'" in str(info.value)
