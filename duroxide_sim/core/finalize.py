@@ -51,6 +51,17 @@ __all__ = ["poison_turn"]
 
 
 
+#: Dropped-future breadcrumb event per slot kind, and how a mismatch names the kind.
+_CRUMB_TYPES: dict[str, type] = {
+    "activity": ActivityCancelRequested,
+    "sub": SubOrchestrationCancelRequested,
+    "wait": ExternalSubscribedCancelled,
+    "queue": QueueSubscriptionCancelled,
+}
+_CRUMB_LABELS = {"activity": "activities", "sub": "sub-orchestrations", "wait": "external waits", "queue": "persistent waits"}
+_CRUMB_CLASSES = tuple(_CRUMB_TYPES.values())
+
+
 def _reconcile_dropped(
     engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], add: Any, *, warm: bool = False,
     walked_from: int = 0,
@@ -63,14 +74,11 @@ def _reconcile_dropped(
     ``history[walked_from:]`` this turn) knows the breadcrumbs before ``walked_from`` the same
     way; the persisted ones from ``walked_from`` on are checked like a cold replay checks them,
     against the futures it dropped this turn."""
-    crumb_types = {
-        "activity": ActivityCancelRequested,
-        "sub": SubOrchestrationCancelRequested,
-        "wait": ExternalSubscribedCancelled,
-        "queue": QueueSubscriptionCancelled,
-    }
-    labels = {"activity": "activities", "sub": "sub-orchestrations", "wait": "external waits", "queue": "persistent waits"}
-    crumb_classes = tuple(crumb_types.values())
+    if warm and not engine.dropped:
+        return  # nothing persisted to check, nothing dropped to record (the common turn)
+    crumb_types = _CRUMB_TYPES
+    labels = _CRUMB_LABELS
+    crumb_classes = _CRUMB_CLASSES
     # Breadcrumbs already written (one pass over the events this engine did not walk before).
     existing: set[tuple[type, int | None]] = set(engine.crumbs) if warm or walked_from else set()
     persisted_dropped: dict[type, set[int]] = {}
@@ -334,9 +342,12 @@ def _carry_forward(engine: _Engine, events: list[HistoryEvent]) -> list[tuple[st
 
 
 def _check_limits(engine: _Engine | None, delta: list[HistoryEvent]) -> str | None:
-    statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
-    if statuses and statuses[-1].status is not None:
-        n = len(statuses[-1].status.encode("utf-8"))
+    last_status = None
+    for ev in delta:
+        if type(ev) is CustomStatusUpdated:
+            last_status = ev
+    if last_status is not None and last_status.status is not None:
+        n = len(last_status.status.encode("utf-8"))
         if n > LIMITS["custom_status_bytes"]:
             return f"Custom status size ({n} bytes) exceeds limit ({LIMITS['custom_status_bytes']} bytes)"
     for ev in delta:
