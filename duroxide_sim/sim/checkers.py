@@ -50,6 +50,7 @@ from ..core.events import (
 from ..core import codec
 from ..core.verify import verify_execution
 from .faults import FaultPlan
+from .gc_pause import quiet_gc
 from .harness import Failure, Simulation, SimResult, SimSpec, Start, _Run
 
 __all__ = ["run_and_check", "check_well_formed", "CHECKERS"]
@@ -315,6 +316,11 @@ def run_and_check(
     check_repeat: bool = False,
 ) -> SimResult:
     """Run ``sim``; run its fault-free twin when outcome/idempotency need it; check everything."""
+    with quiet_gc():  # the runs and the checkers' replays (see gc_pause)
+        return _run_and_check(sim, check_repeat=check_repeat)
+
+
+def _run_and_check(sim: Simulation, *, check_repeat: bool) -> SimResult:
     from .sandbox import Sandbox
 
     violations: list[Any] = []

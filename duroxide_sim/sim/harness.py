@@ -37,6 +37,7 @@ from ..runtime.options import RuntimeOptions
 from ..runtime.runtime import Runtime
 from .clock import DEFAULT_EPOCH_MS, SequentialIds, SimClock
 from .faults import FaultPlan
+from .gc_pause import quiet_gc
 from .world import ExternalWorld
 
 __all__ = ["Start", "Signal", "SimSpec", "Simulation", "SimResult", "Failure"]
@@ -543,7 +544,8 @@ class _Run:
         logger.propagate = False
         logger.setLevel(logging.DEBUG)
         try:
-            return self._execute()
+            with quiet_gc():
+                return self._execute()
         finally:
             logger.removeHandler(handler)
             logger.propagate, level = previous
