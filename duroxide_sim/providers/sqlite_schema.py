@@ -13,7 +13,7 @@ from __future__ import annotations
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS"]
 
 #: The schema this code writes. Opening a database with a newer version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration is a list of single statements (``executescript`` would COMMIT implicitly
 # and break the one-transaction migration). Migration N upgrades a version N-1 database.
@@ -112,6 +112,24 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             last_updated_at_ms INTEGER,
             PRIMARY KEY (instance_id, key)
         )""",
+    )),
+    # Version 2: fewer pages written per commit (measured: W4 and W5 ~3 % faster). Every query
+    # on orchestrator_queue.lock_token also names instance_id, which idx_orch_instance serves,
+    # so idx_orch_token only cost a page per fetch and per ack. instance_locks is a small,
+    # hot table keyed by instance_id: WITHOUT ROWID keeps a row in its primary-key b-tree
+    # instead of a rowid table plus that key's index (one page less per lock and release).
+    (2, (
+        """DROP INDEX idx_orch_token""",
+        """CREATE TABLE instance_locks_v2 (
+            instance_id TEXT PRIMARY KEY,
+            lock_token TEXT NOT NULL UNIQUE,
+            locked_until INTEGER NOT NULL,
+            locked_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """INSERT INTO instance_locks_v2 (instance_id, lock_token, locked_until, locked_at)
+            SELECT instance_id, lock_token, locked_until, locked_at FROM instance_locks""",
+        """DROP TABLE instance_locks""",
+        """ALTER TABLE instance_locks_v2 RENAME TO instance_locks""",
     )),
 )
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION

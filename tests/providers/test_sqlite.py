@@ -185,7 +185,9 @@ class TestSchema:
         for table, columns in SPEC_TABLES.items():
             found = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
             assert columns <= found, (table, columns - found)
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        # Every migration applied in turn, each recorded.
+        assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         index = {r[1] for r in conn.execute("PRAGMA index_list(worker_queue)")}
         assert "idx_worker_activity" in index
@@ -206,34 +208,73 @@ class TestSchema:
         p.close()
         q = opened()
         assert q.read("a") == [started("a")]
-        assert raw(db_path).execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert raw(db_path).execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)]
 
     def test_a_later_migration_upgrades_in_place(self, monkeypatch, opened, db_path):
         """A database at version 1 is upgraded to a new version on open, keeping its data."""
         p = opened()
         create(p, "a")
         p.close()
+        nxt = SCHEMA_VERSION + 1
         monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS,
-                            (2, ("ALTER TABLE instances ADD COLUMN note TEXT",))))
-        monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 2)
+                            (nxt, ("ALTER TABLE instances ADD COLUMN note TEXT",))))
+        monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", nxt)
         q = opened()
         assert q.read("a") == [started("a")]
         conn = raw(db_path)
         assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(instances)")}
+        assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+            (v,) for v in range(1, nxt + 1)]
+
+    def test_a_version_1_database_upgrades_to_2_keeping_held_locks(self, monkeypatch, opened, db_path):
+        """Migration 2 (fewer pages per commit) on a database written by version 1: the index on
+        orchestrator_queue.lock_token is dropped and instance_locks is rebuilt WITHOUT ROWID;
+        queued messages, history and a lock held across the upgrade survive, and the held
+        lock's token still acks (the lock stays exclusive until then)."""
+        with monkeypatch.context() as m:
+            m.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:1])
+            m.setattr(sqlite_schema, "SCHEMA_VERSION", 1)
+            old = opened()
+            create(old, "a")
+            old.enqueue_for_orchestrator(act_done("a", 2))
+            held = fetch(old)
+            assert held is not None and held.instance == "a"
+            old.enqueue_for_orchestrator(start_item("b"))
+            old.close()
+        conn = raw(db_path)
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'idx_orch_token'").fetchall() == [(1,)]
+        conn.close()
+
+        new = opened()
+        conn = raw(db_path)
         assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'idx_orch_token'").fetchall() == []
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'instance_locks'").fetchone()[0]
+        assert "WITHOUT ROWID" in sql and "instance_locks_v2" not in sql
+        assert {r[1] for r in conn.execute("PRAGMA table_info(instance_locks)")} == SPEC_TABLES["instance_locks"]
+        assert conn.execute("SELECT instance_id, lock_token FROM instance_locks").fetchall() == [("a", held.lock_token)]
+        conn.close()
+        other = fetch(new)  # "a" is still locked: only "b" can be fetched
+        assert other is not None and other.instance == "b"
+        ack(new, held, [timer_created("a", 2)])  # the token taken before the upgrade still acks
+        assert [e.event_id for e in new.read("a")] == [1, 2]
 
     def test_a_failing_migration_rolls_back_completely(self, monkeypatch, opened, db_path):
         """Migrations run in one transaction: a failing step leaves the database untouched."""
         p = opened()
         create(p, "a")
         p.close()
+        nxt = SCHEMA_VERSION + 1
         monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS,
-                            (2, ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"))))
-        monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 2)
+                            (nxt, ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"))))
+        monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", nxt)
         with pytest.raises(ProviderError, match="open"):
             SqliteProvider.open(db_path)
         conn = raw(db_path)
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)]
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchall() == []
 
     def test_newer_schema_is_refused_naming_both_versions(self, opened, db_path):
