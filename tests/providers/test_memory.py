@@ -12,24 +12,12 @@ import pytest
 
 from duroxide_sim.core.events import (
     ActivityCompletedMsg,
-    ActivityExecute,
     ActivityFailedMsg,
     ApplicationError,
     CancelInstance,
     ContinueAsNew,
-    CustomStatusUpdated,
     ExternalRaised,
-    KeyValueCleared,
-    KeyValuesCleared,
-    KeyValueSet,
-    OrchestrationCompleted,
-    OrchestrationContinuedAsNew,
-    OrchestrationFailed,
-    OrchestrationStarted,
-    QueueMessage,
-    StartOrchestration,
     SubOrchCompletedMsg,
-    TimerCreated,
     TimerFiredMsg,
 )
 from duroxide_sim.errors import (
@@ -50,6 +38,27 @@ from duroxide_sim.providers.base import (
     TagFilter,
 )
 from duroxide_sim.providers.memory import InMemoryProvider
+from duroxide_sim.testing.conformance import (  # the builders the conformance suite uses
+    act,
+    act_done,
+    ack,
+    can_ev,
+    completed_ev,
+    create,
+    failed_ev,
+    fetch,
+    kv_clear,
+    kv_clear_all,
+    kv_set,
+    make_tree,
+    meta,
+    qmsg,
+    start_item,
+    started,
+    status_ev,
+    timer_created,
+    wfetch,
+)
 
 T0 = 1_000_000
 LOCK = 30_000
@@ -79,114 +88,6 @@ def p(clock):
 
 
 # --- builders ---------------------------------------------------------------------------------
-
-
-def started(inst, eid=1, execution=1, name="Orch", version="1.0.0", parent=None, dv="0.1.0"):
-    return OrchestrationStarted(
-        event_id=eid,
-        instance_id=inst,
-        execution_id=execution,
-        name=name,
-        version=version,
-        input="in",
-        parent_instance=parent,
-        duroxide_version=dv,
-    )
-
-
-def timer_created(inst, eid, execution=1):
-    return TimerCreated(event_id=eid, instance_id=inst, execution_id=execution, fire_at_ms=0)
-
-
-def completed_ev(inst, eid, execution=1, output="done"):
-    return OrchestrationCompleted(event_id=eid, instance_id=inst, execution_id=execution, output=output)
-
-
-def can_ev(inst, eid, execution=1, new_input=""):
-    return OrchestrationContinuedAsNew(event_id=eid, instance_id=inst, execution_id=execution, input=new_input)
-
-
-def failed_ev(inst, eid, message="x", execution=1):
-    details = ApplicationError(kind="OrchestrationFailed", message=message)
-    return OrchestrationFailed(event_id=eid, instance_id=inst, execution_id=execution, details=details)
-
-
-def status_ev(inst, eid, status):
-    return CustomStatusUpdated(event_id=eid, instance_id=inst, status=status)
-
-
-def kv_set(inst, eid, key, value, ts=5):
-    return KeyValueSet(event_id=eid, instance_id=inst, key=key, value=value, last_updated_at_ms=ts)
-
-
-def kv_clear(inst, eid, key):
-    return KeyValueCleared(event_id=eid, instance_id=inst, key=key)
-
-
-def kv_clear_all(inst, eid):
-    return KeyValuesCleared(event_id=eid, instance_id=inst)
-
-
-def start_item(inst, name="Orch", version=None, parent=None):
-    return StartOrchestration(instance=inst, orchestration=name, input="in", version=version, parent_instance=parent)
-
-
-def meta(name="Orch", version="1.0.0", status=None, output=None, parent=None, pin="0.1.0"):
-    return ExecutionMetadata(
-        status=status,
-        output=output,
-        orchestration_name=name,
-        orchestration_version=version,
-        parent_instance_id=parent,
-        pinned_duroxide_version=pin,
-    )
-
-
-def act(inst, aid, execution=1, session=None, tag=None, name="Act"):
-    return ActivityExecute(
-        instance=inst, execution_id=execution, id=aid, name=name, input="x", session_id=session, tag=tag
-    )
-
-
-def act_done(inst, aid, execution=1, result="ok"):
-    return ActivityCompletedMsg(instance=inst, execution_id=execution, id=aid, result=result)
-
-
-def qmsg(inst, data="d", name="q"):
-    return QueueMessage(instance=inst, name=name, data=data)
-
-
-def ack(p, item, delta=(), worker=(), orch=(), md=None, cancelled=(), execution=None):
-    p.ack_orchestration_item(
-        item.lock_token,
-        item.execution_id if execution is None else execution,
-        list(delta),
-        list(worker),
-        list(orch),
-        md if md is not None else ExecutionMetadata(),
-        list(cancelled),
-    )
-
-
-def create(p, inst, name="Orch", parent=None, status=None, extra=(), worker=(), dv="0.1.0"):
-    """Start ``inst`` through the queue and commit its first turn; returns the fetched item."""
-    p.enqueue_for_orchestrator(start_item(inst, name, parent=parent))
-    item = p.fetch_orchestration_item(LOCK)
-    assert item is not None and item.instance == inst
-    delta = [started(inst, name=name, parent=parent, dv=dv), *extra]
-    if status == "Completed":
-        delta.append(completed_ev(inst, len(delta) + 1))
-    md = meta(name, status=status, output="done" if status else None, parent=parent, pin=dv)
-    ack(p, item, delta, worker=worker, md=md)
-    return item
-
-
-def fetch(p, **kw):
-    return p.fetch_orchestration_item(LOCK, **kw)
-
-
-def wfetch(p, **kw):
-    return p.fetch_work_item(LOCK, **kw)
 
 
 def snapshot(p):
@@ -749,14 +650,6 @@ class TestActivityCancellation:
 
 
 # --- F. management ---------------------------------------------------------------------------
-
-
-def make_tree(p):
-    """root -> (c1 -> g1), c2 ; all Completed."""
-    create(p, "root", status="Completed")
-    create(p, "c1", parent="root", status="Completed")
-    create(p, "c2", parent="root", status="Completed")
-    create(p, "g1", parent="c1", status="Completed")
 
 
 class TestManagementReads:
