@@ -141,6 +141,21 @@ def _upsert_execution_sql(with_pin: bool, with_status: bool) -> str:
 _UPSERT_EXECUTION = {(p, st): _upsert_execution_sql(p, st) for p in (True, False) for st in (True, False) if p or st}
 
 
+# A work item's lock token ends with the id of the row it locks, so acks, renewals and
+# abandons find the row by its primary key (the token column has no index: schema version 3).
+# A token without that suffix (not one of ours) matches no row. The comparison on lock_token
+# still decides: a stolen lock's old token names the right row but not its current token.
+_ROW_MARK = "-w"
+_WORK_BY_TOKEN = "id = ? AND lock_token = ?"
+
+
+def _work_token_params(token: str) -> tuple[int, str]:
+    head, mark, rid = token.rpartition(_ROW_MARK) if isinstance(token, str) else ("", "", "")
+    if not mark or not head or not rid.isdigit() or not rid.isascii() or len(rid) > 18:
+        return -1, ""  # no row has id -1
+    return int(rid), token
+
+
 # Visible rows oldest first (index on visible_at, id) of instances without a live lock.
 _CANDIDATES = ("SELECT q.instance_id FROM orchestrator_queue q WHERE q.visible_at <= ? AND NOT EXISTS "
                "(SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?) "
@@ -677,7 +692,7 @@ class SqliteProvider(SqliteAdminMixin):
     @staticmethod
     def _work_row_for(db: sqlite3.Connection, token: str, now: int, op: str, *, need_live: bool) -> tuple:
         row = db.execute("SELECT id, locked_until, session_id, attempt_count, visible_at FROM worker_queue "
-                         "WHERE lock_token = ?", (token,)).fetchone()
+                         f"WHERE {_WORK_BY_TOKEN}", _work_token_params(token)).fetchone()
         if row is None:
             raise _lock_lost(op, token, f"Work item lock token {token!r} is unknown: the activity was cancelled or "
                              "deleted, already acked/abandoned, or its lock was stolen after expiry")
@@ -1242,7 +1257,9 @@ class SqliteProvider(SqliteAdminMixin):
                        "VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET worker_id = excluded.worker_id, "
                        "locked_until = excluded.locked_until, last_activity_at = excluded.last_activity_at",
                        (session_id, session.owner_id, now + session.lock_timeout_ms, now))
-        token = self._new_token()  # an expired lock is stolen: its token becomes unknown
+        # The token names the row (see _work_row_id): an expired lock is stolen, and its old
+        # token becomes unknown.
+        token = f"{self._new_token()}{_ROW_MARK}{rid}"
         db.execute("UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
                    "WHERE id = ?", (token, now + lock_timeout_ms, rid))
         assert isinstance(item, ActivityExecute)
@@ -1294,8 +1311,8 @@ class SqliteProvider(SqliteAdminMixin):
     def _ack_work(self, db: sqlite3.Connection, now: int, lock_token: str, completion: WorkItem | None,
                   op: str) -> None:
         if _HAS_RETURNING:  # check and delete in one statement; a lock error rolls the delete back
-            rows = db.execute("DELETE FROM worker_queue WHERE lock_token = ? RETURNING locked_until, session_id",
-                              (lock_token,)).fetchall()
+            rows = db.execute(f"DELETE FROM worker_queue WHERE {_WORK_BY_TOKEN} RETURNING locked_until, session_id",
+                              _work_token_params(lock_token)).fetchall()
             if not rows:
                 raise _lock_lost(op, lock_token, f"Work item lock token {lock_token!r} is unknown: the activity was "
                                  "cancelled or deleted, already acked/abandoned, or its lock was stolen after expiry")

@@ -227,16 +227,20 @@ class TestSchema:
         assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
             (v,) for v in range(1, nxt + 1)]
 
-    def test_a_version_1_database_upgrades_to_2_keeping_held_locks(self, monkeypatch, opened, db_path):
-        """Migration 2 (fewer pages per commit) on a database written by version 1: the index on
-        orchestrator_queue.lock_token is dropped and instance_locks is rebuilt WITHOUT ROWID;
-        queued messages, history and a lock held across the upgrade survive, and the held
-        lock's token still acks (the lock stays exclusive until then)."""
+    def test_a_version_1_database_upgrades_to_the_latest_keeping_held_locks(self, monkeypatch, opened, db_path, clock):
+        """Migrations 2 and 3 (fewer pages per commit) on a database written by version 1: the
+        indexes on the queues' lock_token columns are dropped and instance_locks is rebuilt
+        WITHOUT ROWID. Queued messages, history and an instance lock held across the upgrade
+        survive (the held token still acks; the lock stays exclusive until then). A work-item
+        lease taken before the upgrade has a token without its row id: it is lost, like any
+        lost lock, and its activity is fetchable again once the lock expires."""
         with monkeypatch.context() as m:
             m.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:1])
             m.setattr(sqlite_schema, "SCHEMA_VERSION", 1)
             old = opened()
-            create(old, "a")
+            create(old, "a", worker=[act("a", 5)])
+            lease = wfetch(old)
+            assert lease is not None and lease.item.id == 5
             old.enqueue_for_orchestrator(act_done("a", 2))
             held = fetch(old)
             assert held is not None and held.instance == "a"
@@ -244,13 +248,18 @@ class TestSchema:
             old.close()
         conn = raw(db_path)
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
-        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'idx_orch_token'").fetchall() == [(1,)]
+        assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'idx_%_token'")} == {
+            "idx_orch_token", "idx_worker_token"}
+        # What version-1 code wrote: a counter token without the row id.
+        old_token = "sql-1-77"
+        conn.execute("UPDATE worker_queue SET lock_token = ? WHERE lock_token = ?", (old_token, lease.lock_token))
         conn.close()
 
         new = opened()
         conn = raw(db_path)
-        assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
-        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'idx_orch_token'").fetchall() == []
+        assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)]
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'idx_%_token'").fetchall() == []
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'instance_locks'").fetchone()[0]
         assert "WITHOUT ROWID" in sql and "instance_locks_v2" not in sql
         assert {r[1] for r in conn.execute("PRAGMA table_info(instance_locks)")} == SPEC_TABLES["instance_locks"]
@@ -260,6 +269,14 @@ class TestSchema:
         assert other is not None and other.instance == "b"
         ack(new, held, [timer_created("a", 2)])  # the token taken before the upgrade still acks
         assert [e.event_id for e in new.read("a")] == [1, 2]
+        with pytest.raises(LockLostError):
+            new.ack_work_item(old_token, act_done("a", 5))
+        assert wfetch(new) is None  # still locked until it expires...
+        clock.advance(LOCK + 1)
+        again = wfetch(new)  # ...then delivered again, with a token that names its row
+        assert again is not None and again.item.id == 5 and again.lock_token.endswith("-w1")
+        new.ack_work_item(again.lock_token, act_done("a", 5))
+        assert wfetch(new) is None
 
     def test_a_failing_migration_rolls_back_completely(self, monkeypatch, opened, db_path):
         """Migrations run in one transaction: a failing step leaves the database untouched."""
@@ -467,7 +484,7 @@ class TestSharedFile:
             m.close()
             return out
 
-        assert tokens() == tokens() == ["sql-1-1", "sql-1-2"]
+        assert tokens() == tokens() == ["sql-1-1", "sql-1-2-w1"]  # a work token also names its row
 
     def test_another_process_sees_the_lock(self, opened, db_path, clock):
         """A real second process opening the same file skips the instance this process holds."""
@@ -632,3 +649,29 @@ def test_production_driver_on_a_sqlite_file(tmp_path):
         runtime.shutdown(2_000)
     provider._check()
     provider.close()
+
+
+def test_a_work_token_names_its_row_and_only_the_current_token_of_that_row_works(opened):
+    """Acks, renewals and abandons of activity leases find the row by the id at the end of the
+    token (schema version 3 has no index on the token): a token naming another row, and tokens
+    that are not ours at all, are unknown tokens - LockLostError, nothing changes."""
+    p = opened()
+    create(p, "a", worker=[act("a", 2), act("a", 3)])
+    first, second = wfetch(p), wfetch(p)
+    assert (first.item.id, second.item.id) == (2, 3)
+    head, _, rid = first.lock_token.rpartition("-w")
+    assert rid.isdigit() and head.startswith("sql-")
+    other_rid = second.lock_token.rpartition("-w")[2]
+    forged = [f"{head}-w{other_rid}", "", "x", "-w1", f"{head}-w", f"{head}-wabc", f"{head}-w" + "9" * 30,
+              f"{head}-w-1", f"{head}-w١", f"{head}-w {rid}"]
+    for token in forged:
+        with pytest.raises(LockLostError):
+            p.ack_work_item(token, act_done("a", 2))
+        with pytest.raises(LockLostError):
+            p.renew_work_item_lock(token, 1_000)
+        with pytest.raises(LockLostError):
+            p.abandon_work_item(token)
+    assert wfetch(p) is None  # both still locked by their real tokens
+    p.ack_work_item(second.lock_token, act_done("a", 3))
+    p.ack_work_item(first.lock_token, act_done("a", 2))
+    assert fetch(p).messages == (act_done("a", 3), act_done("a", 2))
