@@ -92,6 +92,8 @@ _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 _C_JSON = (_c_make_encoder(None, _default, _encode_str, None, ": ", ", ", False, False, False)
            if _c_make_encoder is not None else None)
 _LITERALS = {None: "null", True: "true", False: "false"}
+#: The C scanner behind ``json.loads`` (see decode).
+_SCAN = json.scanner.c_make_scanner(json.JSONDecoder()) if getattr(json.scanner, "c_make_scanner", None) else None
 
 
 def encode(value: Any, what: str = "payload") -> str:
@@ -135,6 +137,17 @@ def decode(text: str | None) -> Any:
         return None
     if text.isdigit() and text.isascii() and (len(text) == 1 or text[0] != "0") and len(text) < 19:
         return int(text)  # the common small non-negative integer, exactly as json.loads reads it
+    if _SCAN is not None:
+        # json.loads without its wrapper: one C scan from the first character; a value that fills
+        # the text is what json.loads returns. Anything else (surrounding whitespace, trailing
+        # data, an error, a non-str) goes through json.loads, which decides and words the error.
+        try:
+            value, end = _SCAN(text, 0)
+        except Exception:  # noqa: BLE001 - StopIteration, JSONDecodeError, TypeError, RecursionError...
+            pass
+        else:
+            if end == len(text):
+                return value
     try:
         return json.loads(text)
     except (ValueError, TypeError):
