@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import InvalidInputError, LockLostError
 
-__all__ = ["parse_semver", "lock_lost", "HistoryView"]
+__all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order"]
 
 
 def parse_semver(text: str, what: str) -> tuple[int, int, int]:
@@ -32,6 +32,19 @@ def _parse_semver_uncached(text: Any, what: str) -> tuple[int, int, int]:
 
 
 _parse_semver_str = functools.lru_cache(maxsize=256)(_parse_semver_uncached)
+
+
+def tree_order(root: str, children: Callable[[str], list[str]]) -> list[str]:
+    """``root`` and its descendants in the reference's order (depth-first, then reversed, so
+    children come before their parents); ``children(id)`` lists an instance's direct children."""
+    out: list[str] = []
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        if current not in out:  # defensive: a parent cycle must not loop forever
+            out.append(current)
+            stack.extend(children(current))
+    return out[::-1]
 
 
 def lock_lost(op: str, token: str, message: str, **fields: Any) -> LockLostError:

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
+from ._shared import tree_order
 from .base import (
     Clock, DeleteInstanceResult, ExecutionInfo, ExecutionMetadata, InstanceFilter, InstanceInfo, InstanceTree,
     KvEntry, OrchestrationItem, PruneOptions, PruneResult, QueueDepths, ScheduledActivityIdentifier, SessionConfig,
@@ -835,15 +836,7 @@ class InMemoryProvider:
             return self._row(instance).parent_instance_id
 
     def _tree_ids(self, root: str) -> list[str]:
-        # The reference's order: depth-first, then reversed so children come before parents.
-        out: list[str] = []
-        stack = [root]
-        while stack:
-            current = stack.pop()
-            if current not in out:  # defensive: a parent cycle must not loop forever
-                out.append(current)
-                stack.extend(self.list_children(current))
-        return out[::-1]
+        return tree_order(root, self.list_children)
 
     def get_instance_tree(self, instance: str) -> InstanceTree:
         """Root plus all descendants, children before parents; unknown -> InstanceNotFound."""

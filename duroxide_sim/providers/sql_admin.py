@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ProviderError
+from ._shared import tree_order
 from .base import (
     DeleteInstanceResult, ExecutionInfo, InstanceFilter, InstanceInfo, InstanceTree, PruneOptions, PruneResult,
     QueueDepths, SystemMetrics,
@@ -148,15 +149,7 @@ class SqlAdminMixin:
             return self._row(db, instance)[5]
 
     def _tree_ids(self, db: Any, root: str) -> list[str]:
-        # The reference's order: depth-first, then reversed so children come before parents.
-        out: list[str] = []
-        stack = [root]
-        while stack:
-            current = stack.pop()
-            if current not in out:  # defensive: a parent cycle must not loop forever
-                out.append(current)
-                stack.extend(self._children(db, current))
-        return out[::-1]
+        return tree_order(root, lambda instance: self._children(db, instance))
 
     def get_instance_tree(self, instance: str) -> InstanceTree:
         """Root plus all descendants, children before parents; unknown -> InstanceNotFound."""
