@@ -17,7 +17,7 @@ import pytest
 from duroxide_sim.cli import _aggregate, _jobs, _SeedSummary
 from duroxide_sim.cli import main as cli
 
-from .test_cli import BUGGY, GOOD
+from .test_cli import BUGGY, GOOD, _write
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Seeds 6, 9 and 15 of 0..29 break idempotency with this plan: the first failure is not seed 0, and
@@ -42,14 +42,6 @@ WORKER_ONLY_BOOM = textwrap.dedent('''
 
     SPEC = SimSpec(name="boom", setup=setup, ref=__file__ + ":SPEC", starts=[Start(instance="i", orchestration="O", input=1)])
 ''')
-
-
-def _write(tmp_path: pathlib.Path, **files: str) -> pathlib.Path:
-    d = tmp_path / "scen"
-    d.mkdir()
-    for name, text in files.items():
-        (d / f"{name}.py").write_text(text)
-    return d
 
 
 def _json_run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict], str]:
