@@ -382,15 +382,20 @@ class _Engine:
     def _finish_error(self, exc: BaseException) -> None:
         self.output = (False, ApplicationError(kind="OrchestrationFailed", message=_format_exception(exc)))
 
-    def _start(self, task: DurableTask) -> None:
+    def _start(self, task: DurableTask, site: Any = False) -> None:
+        """Start ``task`` (a leaf gets its slot and queues its action; a join/race starts its
+        children). ``site``: the yield site, when the caller has it (the children of one
+        join/race share their parent's, computed once)."""
         if task._st is not None:
             return
         if not task.leaf:
             if isinstance(task, RetryTask):
                 raise TypeError("retry tasks cannot be joined or raced; yield them on their own")
             children = task.children  # type: ignore[attr-defined]
+            if site is False:
+                site = _site_of(self.stack[0]) if self.stack else None
             for child in children:
-                self._start(child)
+                self._start(child, site)
             comp = _Comp(len(children))
             for child in children:
                 if child._st.done:
@@ -399,7 +404,8 @@ class _Engine:
                     child._st.parents.append(comp)
             task._st = comp
             return
-        site = _site_of(self.stack[0]) if self.stack else None
+        if site is False:
+            site = _site_of(self.stack[0]) if self.stack else None
         kind = _ACTION_KIND[type(task)]
         action = _action_for(task, kind, self.now_ms)
         slot = _Slot(task, kind, action, site)
