@@ -31,9 +31,11 @@ from ..core.events import (
     ApplicationError,
     InfrastructureError,
     OrchestrationFailed,
+    OrchestrationStarted,
     PoisonError,
     SubOrchCompletedMsg,
     SubOrchFailedMsg,
+    SubOrchestrationScheduled,
     WorkItem,
 )
 from ..core.registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW, Registry
@@ -331,9 +333,17 @@ class OrchestrationDispatcher:
 
     def _record(self, result: TurnResult) -> None:
         m = self.s.metrics
-        if any(type(e).__name__ == "OrchestrationStarted" for e in result.delta):
+        started = subs = 0
+        for e in result.delta:  # one pass; counters are bumped only when there is something to count
+            t = type(e)
+            if t is OrchestrationStarted:
+                started = 1
+            elif t is SubOrchestrationScheduled:
+                subs += 1
+        if started:
             m.inc("orch_starts")
-        m.inc("suborchestration_calls", sum(1 for e in result.delta if type(e).__name__ == "SubOrchestrationScheduled"))
+        if subs:
+            m.inc("suborchestration_calls", subs)
         if result.kind == "completed":
             m.inc("orch_completions")
         elif result.kind in ("failed", "cancelled"):
