@@ -39,7 +39,7 @@ def _queued(p):
 
 
 def _batch(*fns):
-    return [sqlite_mod._Write(f"op{i}", fn, threading.Event()) for i, fn in enumerate(fns)]
+    return [sqlite_mod._Write(f"op{i}", fn, None) for i, fn in enumerate(fns)]
 
 
 def test_a_failing_write_leaves_nothing_and_the_others_commit(provider):
@@ -128,3 +128,54 @@ def test_concurrent_writes_all_commit_exactly_once(provider):
     assert not errors
     assert _queued(p) == sorted(f"t{t}-{i:03d}" for t in range(n_threads) for i in range(per_thread))
     assert not p._gc_queue
+
+
+def test_a_stale_wake_up_neither_loses_nor_doubles_a_later_one(provider):
+    """A writer's wake-up lock may hold an unconsumed wake-up (a wait interrupted by Ctrl-C):
+    waking it again must not raise, and its next write still waits for its own result."""
+    p = provider
+    lock = sqlite_mod._thread_wake_lock()
+    assert lock.locked()  # no wake-up pending
+    sqlite_mod._wake(lock)
+    sqlite_mod._wake(lock)  # already pending: not released twice (would raise RuntimeError)
+    assert not lock.locked()
+    # This thread's next write as a follower: the stale wake-up returns its first wait at once,
+    # it sees its write is neither done nor first in line, and waits again for the real one.
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def slow(db):
+        entered.set()
+        gate.wait(30)
+        return "leader"
+
+    leader = threading.Thread(target=lambda: p._group_write("enqueue_for_orchestrator", slow))
+    leader.start()
+    assert entered.wait(30)
+    result = []
+    follower = threading.Thread(target=lambda: result.append(p._group_write("enqueue_for_orchestrator", _insert(p, "f"))))
+    # Plant the stale wake-up on the follower thread's own lock before it waits.
+    original = sqlite_mod._thread_wake_lock
+
+    planted = []
+
+    def stale_then_original():
+        lk = original()
+        sqlite_mod._wake(lk)
+        planted.append(lk)
+        return lk
+
+    sqlite_mod._thread_wake_lock = stale_then_original
+    try:
+        follower.start()
+        # Until the follower has consumed the stale wake-up (its lock is held again).
+        while not planted or not planted[0].locked():
+            threading.Event().wait(0.001)
+    finally:
+        sqlite_mod._thread_wake_lock = original
+    follower.join(0.2)
+    assert follower.is_alive() and result == []  # still waiting for the leader's group
+    gate.set()
+    leader.join(30)
+    follower.join(30)
+    assert result == ["f"] and _queued(p) == ["f"] and not p._gc_queue

@@ -10,12 +10,35 @@ import threading
 
 from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
 from duroxide_sim.runtime import dispatchers
-from duroxide_sim.runtime.realtime import CommitWaiter, ThreadDriver, _Lane
+from duroxide_sim.runtime.realtime import CommitWaiter, Signal, ThreadDriver, _Lane
+
+
+def test_a_signal_set_before_the_wait_is_kept_and_consumed_once():
+    sig = Signal()
+    assert not sig.is_set()
+    assert sig.wait(0) is False  # nothing pending: times out
+    sig.set()
+    sig.set()  # a second set while one is pending is the same single wake-up (no error)
+    assert sig.is_set()
+    assert sig.wait(3600.0) is True  # returns at once: the pending wake-up
+    assert not sig.is_set() and sig.wait(0) is False  # consumed, and only once
+    sig.set()
+    sig.clear()
+    assert not sig.is_set() and sig.wait(0) is False
+
+
+def test_a_signal_set_by_another_thread_wakes_a_blocked_wait():
+    sig, woke = Signal(), []
+    t = threading.Thread(target=lambda: woke.append(sig.wait(3600.0)))
+    t.start()
+    sig.set()
+    t.join(60)
+    assert woke == [True] and not sig.is_set()
 
 
 def test_a_report_wakes_exactly_one_idle_thread():
     lane = _Lane()
-    a, b = threading.Event(), threading.Event()
+    a, b = Signal(), Signal()
     lane._idle.extend([a, b])
     lane.wake()
     assert [a.is_set(), b.is_set()].count(True) == 1
@@ -29,13 +52,13 @@ def test_a_report_with_nobody_idle_is_kept_for_the_next_thread_to_park():
     lane = _Lane()
     lane.wake()
     assert lane._pending
-    lane.park(threading.Event(), 3600.0)  # returns at once: a report arrived since the last look
+    lane.park(Signal(), 3600.0)  # returns at once: a report arrived since the last look
     assert not lane._pending and lane._idle == []
 
 
 def test_stop_wakes_every_parked_thread():
     lane = _Lane()
-    events = [threading.Event() for _ in range(3)]
+    events = [Signal() for _ in range(3)]
     lane._idle.extend(events)
     lane.wake_all()
     assert all(e.is_set() for e in events) and lane._idle == []
