@@ -14,11 +14,12 @@ This module defines data and protocols only; it must not import sqlite3, threads
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
 from ..core.events import ActivityExecute, HistoryEvent, WorkItem
+from ..errors import InvalidInputError
 
 __all__ = [
     "Clock",
@@ -226,17 +227,47 @@ class DeleteInstanceResult:
     queue_messages_deleted: int = 0
 
 
+def _instance_ids(value: Any) -> tuple[str, ...] | None:
+    """``instance_ids`` as a tuple of non-empty strings. A bare string is refused: iterating it
+    would name every single-character instance id (a bulk delete of the wrong instances)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        raise InvalidInputError(
+            f"instance_ids must be a list of instance ids, got the {type(value).__name__} {value!r} "
+            "(for one instance, pass [id])")
+    if not isinstance(value, Iterable) or isinstance(value, Mapping):
+        raise InvalidInputError(f"instance_ids must be a list of instance ids, got {type(value).__name__}")
+    ids = tuple(value)
+    for one in ids:
+        if not isinstance(one, str) or not one:
+            raise InvalidInputError(f"instance_ids must hold non-empty strings, got {one!r}")
+    return ids
+
+
+def _optional_count(_instance: Any, attribute: Any, value: Any) -> None:
+    """None, or an int >= 0 (not a bool): limits, counts and epoch-millisecond times."""
+    if value is not None and (type(value) is not int or value < 0):
+        raise InvalidInputError(f"{attribute.name} must be None or a non-negative integer, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class InstanceFilter:
-    instance_ids: tuple[str, ...] | None = None
-    completed_before: int | None = None
-    limit: int | None = None
+    """Which instances a bulk operation touches: all of ``instance_ids`` (when given), completed
+    before ``completed_before`` (epoch ms, when given), at most ``limit`` of them. Validated on
+    construction (a wrong type is an InvalidInputError, never a partial match)."""
+
+    instance_ids: tuple[str, ...] | None = attrs.field(default=None, converter=_instance_ids)
+    completed_before: int | None = attrs.field(default=None, validator=_optional_count)
+    limit: int | None = attrs.field(default=None, validator=_optional_count)
 
 
 @attrs.frozen(kw_only=True)
 class PruneOptions:
-    keep_last: int | None = None
-    completed_before: int | None = None
+    """Which old executions ``prune_executions`` deletes (validated like InstanceFilter)."""
+
+    keep_last: int | None = attrs.field(default=None, validator=_optional_count)
+    completed_before: int | None = attrs.field(default=None, validator=_optional_count)
 
 
 @attrs.frozen(kw_only=True)

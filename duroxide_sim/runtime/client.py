@@ -12,7 +12,7 @@ and sleeping are injected (``clock``, ``sleep``) so waits run on a simulated clo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -89,6 +89,30 @@ def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
     return instance_id
 
 
+def _check_execution_id(execution_id: Any) -> int:
+    if type(execution_id) is not int or execution_id < 1:
+        raise InvalidInputError(f"execution_id must be a positive integer (executions count from 1), got {execution_id!r}")
+    return execution_id
+
+
+def _check_record(value: Any, cls: type, what: str) -> Any:
+    """``value`` if it is a ``cls`` (None: the default one), else a clear error (a dict is not
+    read as one: its keys would be unchecked)."""
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        hint = f" (build one with {cls.__name__}(**your_dict))" if isinstance(value, Mapping) else ""
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise InvalidInputError(f"{what} must be {article} {cls.__name__}, got {type(value).__name__}{hint}")
+    return value
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise InvalidInputError(f"KV key must be a string, got {type(key).__name__}")
+    return key
+
+
 def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidInputError(f"{what} must be a non-empty string, got {name!r}")
@@ -155,6 +179,8 @@ class Client:
     raise_event_persistent = enqueue_event  # deprecated Rust name
 
     def cancel_instance(self, instance_id: str, reason: str | None = None) -> None:
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidInputError(f"cancel reason must be a string or None, got {type(reason).__name__}")
         self.provider.enqueue_for_orchestrator(CancelInstance(instance=_check_id(instance_id), reason=reason or ""))
 
     # --- status -----------------------------------------------------------------------------
@@ -238,6 +264,10 @@ class Client:
         self, instance_id: str, last_seen_version: int = 0, poll_interval_ms: int = 200, timeout_ms: int = 30_000
     ) -> OrchestrationResult:
         """Return once ``custom_status_version > last_seen_version`` or the instance is terminal."""
+        if type(last_seen_version) is not int or last_seen_version < 0:
+            raise InvalidInputError(f"last_seen_version must be a non-negative integer, got {last_seen_version!r}")
+        if type(poll_interval_ms) is not int or poll_interval_ms < 1:
+            raise InvalidInputError(f"poll_interval_ms must be a positive integer, got {poll_interval_ms!r}")
 
         def check() -> OrchestrationResult | None:
             st = self.get_status(instance_id)
@@ -248,7 +278,7 @@ class Client:
     # --- KV ---------------------------------------------------------------------------------
 
     def get_kv_value(self, instance_id: str, key: str) -> str | None:
-        return self.provider.get_kv_value(_check_id(instance_id), key)
+        return self.provider.get_kv_value(_check_id(instance_id), _check_key(key))
 
     def get_kv_value_typed(self, instance_id: str, key: str, result_type: Any = None) -> Any:
         raw = self.get_kv_value(instance_id, key)
@@ -288,20 +318,20 @@ class Client:
         return self._admin().get_instance_info(_check_id(instance_id))
 
     def get_execution_info(self, instance_id: str, execution_id: int) -> Any:
-        return self._admin().get_execution_info(_check_id(instance_id), execution_id)
+        return self._admin().get_execution_info(_check_id(instance_id), _check_execution_id(execution_id))
 
     def list_executions(self, instance_id: str) -> list[int]:
         return self._admin().list_executions(_check_id(instance_id))
 
     def read_execution_history(self, instance_id: str, execution_id: int) -> list[dict[str, Any]]:
-        events = self.provider.read_with_execution(_check_id(instance_id), execution_id)
+        events = self.provider.read_with_execution(_check_id(instance_id), _check_execution_id(execution_id))
         return [event_to_public_dict(ev) for ev in events]
 
     def read_history_events(self, instance_id: str, execution_id: int | None = None) -> list[HistoryEvent]:
         """The typed events (not dicts) of an execution; the latest when ``execution_id`` is None."""
         if execution_id is None:
             return list(self.provider.read(_check_id(instance_id)))
-        return list(self.provider.read_with_execution(_check_id(instance_id), execution_id))
+        return list(self.provider.read_with_execution(_check_id(instance_id), _check_execution_id(execution_id)))
 
     def get_instance_tree(self, instance_id: str) -> Any:
         return self._admin().get_instance_tree(_check_id(instance_id))
@@ -329,10 +359,11 @@ class Client:
         return self._admin().delete_instance(_check_id(instance_id), bool(force))
 
     def delete_instance_bulk(self, filter: InstanceFilter | None = None) -> Any:
-        return self._admin().delete_instance_bulk(filter or InstanceFilter())
+        return self._admin().delete_instance_bulk(_check_record(filter, InstanceFilter, "filter"))
 
     def prune_executions(self, instance_id: str, options: PruneOptions | None = None) -> Any:
-        return self._admin().prune_executions(_check_id(instance_id), options or PruneOptions())
+        return self._admin().prune_executions(_check_id(instance_id), _check_record(options, PruneOptions, "options"))
 
     def prune_executions_bulk(self, filter: InstanceFilter | None = None, options: PruneOptions | None = None) -> Any:
-        return self._admin().prune_executions_bulk(filter or InstanceFilter(), options or PruneOptions())
+        return self._admin().prune_executions_bulk(_check_record(filter, InstanceFilter, "filter"),
+                                                   _check_record(options, PruneOptions, "options"))

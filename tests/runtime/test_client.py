@@ -8,6 +8,7 @@ import pytest
 
 from duroxide_sim import (
     CannotDeleteSubOrchestration,
+    InstanceFilter,
     InstanceNotFound,
     InstanceStillRunning,
     InvalidInputError,
@@ -435,3 +436,74 @@ def test_fast_status_read_agrees_with_history(world):
     slow = Client(_NoFastStatus(world.provider), clock=world.clock, sleep=world.driver.sleep)
     for inst in ("ok", "fail", "wait", "can", "cancel", "missing"):
         assert world.client.get_status(inst) == slow.get_status(inst), inst
+
+
+@pytest.mark.parametrize("ids", ["ab", b"ab", {"a": 1}, 5, ["a", 1], ["a", ""]])
+def test_instance_filter_refuses_ids_that_are_not_a_list_of_ids(app, ids):
+    """A bare string used to be iterated character by character: InstanceFilter(instance_ids="ab")
+    bulk-deleted the instances "a" and "b". Refused at construction now; nothing is deleted."""
+    world = app
+    for inst in ("a", "b", "ab"):
+        world.client.start_orchestration(inst, "Echoer", 1)
+    world.run()
+    with pytest.raises(InvalidInputError, match="instance_ids"):
+        InstanceFilter(instance_ids=ids)
+    assert sorted(world.client.list_all_instances()) == ["a", "ab", "b"]
+    assert world.client.delete_instance_bulk(InstanceFilter(instance_ids=["ab"])).instances_deleted == 1
+    assert sorted(world.client.list_all_instances()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"limit": -1}, {"limit": True}, {"limit": 1.5}, {"completed_before": "5"},
+])
+def test_instance_filter_numbers_must_be_non_negative_integers(kwargs):
+    with pytest.raises(InvalidInputError, match=next(iter(kwargs))):
+        InstanceFilter(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"keep_last": -1}, {"keep_last": "2"}, {"completed_before": -5}])
+def test_prune_options_numbers_must_be_non_negative_integers(kwargs):
+    with pytest.raises(InvalidInputError, match=next(iter(kwargs))):
+        PruneOptions(**kwargs)
+
+
+def test_management_calls_refuse_dicts_and_other_types_for_filters_and_options(app):
+    """A dict is not read as a filter or options (its keys would go unchecked): a clear error."""
+    world = app
+    world.client.start_orchestration("i1", "Echoer", 1)
+    world.run()
+    with pytest.raises(InvalidInputError, match=r"filter must be an InstanceFilter, got dict \(build one"):
+        world.client.delete_instance_bulk({"instance_ids": ["i1"]})
+    with pytest.raises(InvalidInputError, match="filter must be an InstanceFilter, got str"):
+        world.client.prune_executions_bulk("i1")
+    with pytest.raises(InvalidInputError, match="options must be a PruneOptions, got dict"):
+        world.client.prune_executions("i1", {"keep_last": 1})
+    with pytest.raises(InvalidInputError, match="options must be a PruneOptions"):
+        world.client.prune_executions_bulk(None, {"keep_last": 1})
+    assert world.client.list_all_instances() == ["i1"]  # nothing deleted on the way
+
+
+@pytest.mark.parametrize("bad", ["1", -1, 0, 1.0, True, None])
+def test_execution_ids_must_be_positive_integers(app, bad):
+    world = app
+    world.client.start_orchestration("i1", "Echoer", 1)
+    world.run()
+    for call in (world.client.read_execution_history, world.client.get_execution_info):
+        with pytest.raises(InvalidInputError, match="execution_id must be a positive integer"):
+            call("i1", bad)
+    assert [e["kind"] for e in world.client.read_execution_history("i1", 1)][0] == "OrchestrationStarted"
+
+
+def test_kv_keys_cancel_reasons_and_status_versions_are_type_checked(app):
+    world = app
+    world.client.start_orchestration("w", "Waiter")
+    world.run()
+    with pytest.raises(InvalidInputError, match="KV key must be a string"):
+        world.client.get_kv_value("w", 5)
+    with pytest.raises(InvalidInputError, match="cancel reason must be a string"):
+        world.client.cancel_instance("w", 3)
+    with pytest.raises(InvalidInputError, match="last_seen_version"):
+        world.client.wait_for_status_change("w", "0", 10, 10)
+    with pytest.raises(InvalidInputError, match="poll_interval_ms"):
+        world.client.wait_for_status_change("w", 0, 0, 10)
+    assert world.client.get_status("w").status == "Running"  # the refused cancel did not land
