@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import sys
@@ -75,6 +76,38 @@ def _jobs(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """A count that must be at least 1 (``--seeds``, ``--nodes``): 0 seeds would report
+    "all properties held" having checked nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
     return value
 
 
@@ -330,14 +363,14 @@ def main(argv: list[str] | None = None) -> int:
                                ("explore", "keep running seeds until a time budget runs out or a property fails")):
         run = sub.add_parser(command, help=help_text)
         run.add_argument("path", help="a directory of scenario modules (each defining SPEC), or one module file")
-        run.add_argument("--seeds", type=int, default=100, help="seeds per scenario (run; default 100)")
+        run.add_argument("--seeds", type=_positive_int, default=100, help="seeds per scenario (run; default 100)")
         run.add_argument("--first-seed", type=int, default=0)
-        run.add_argument("--budget-s", type=float, default=60.0, help="time budget in seconds, shared equally by the scenarios (explore; default 60)")
+        run.add_argument("--budget-s", type=_positive_seconds, default=60.0, help="time budget in seconds, shared equally by the scenarios (explore; default 60)")
         run.add_argument("--faults", default="all", help="'all' (default), 'swarm', 'none' or a fault plan as JSON")
-        run.add_argument("--rate", type=float, default=0.05, help="per-opportunity fault rate for --faults all")
+        run.add_argument("--rate", type=_rate, default=0.05, help="per-opportunity fault rate for --faults all")
         run.add_argument("--variants", default=None, help="run planted-bug variants: a name or 'all'")
         run.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
-        run.add_argument("--nodes", type=int, default=2)
+        run.add_argument("--nodes", type=_positive_int, default=2)
         run.add_argument("--sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
         run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
         run.add_argument("--json", action="store_true", help="print results as JSON")
@@ -370,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--seed", type=int, required=True)
     rep.add_argument("--faults", default="swarm", help="fault plan JSON, 'swarm' (default) or 'none'")
     rep.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
-    rep.add_argument("--nodes", type=int, default=2)
+    rep.add_argument("--nodes", type=_positive_int, default=2)
     rep.add_argument("--sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
     rep.add_argument("--trace", action="store_true", help="print the canonical trace")
     rep.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -98,6 +98,15 @@ def test_explore_respects_the_time_budget(tmp_path: pathlib.Path, capsys: pytest
         ["reproduce", "scen/good.py:MISSING", "--seed", "1"],
         ["frobnicate"],
         [],
+        # Nonsense numbers are usage errors (0 seeds used to report "all properties held").
+        ["run", "scen", "--seeds", "0"],
+        ["run", "scen", "--seeds", "-1"],
+        ["run", "scen", "--nodes", "0"],
+        ["run", "scen", "--rate", "1.5"],
+        ["run", "scen", "--rate", "nan"],
+        ["explore", "scen", "--budget-s", "-1"],
+        ["explore", "scen", "--budget-s", "inf"],
+        ["reproduce", "scen/good.py:SPEC", "--seed", "1", "--nodes", "0"],
     ],
 )
 def test_usage_errors_exit_2(tmp_path: pathlib.Path, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
