@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
+
 from ..errors import PayloadTooLargeError, SerializationError
 
 __all__ = [
@@ -161,10 +163,29 @@ def decode_typed(text: str | None, result_type: Any = None, what: str = "payload
         return value
     if result_type is str and isinstance(value, str):
         return value
+    if attrs.has(result_type) and not isinstance(value, dict):
+        # cattrs would try to read fields out of it and report a confusing field error.
+        raise SerializationError(
+            f"{what} does not match type {result_type.__name__}: expected a JSON object, got "
+            f"{type(value).__name__} {str(value)[:80]!r}", what=what)
     try:
         return get_converter().structure(value, result_type)
     except Exception as exc:  # cattrs raises several classes (ClassValidationError, ...)
         name = getattr(result_type, "__name__", repr(result_type))
         raise SerializationError(
-            f"{what} does not match type {name}: {exc}", what=what
+            f"{what} does not match type {name}: {_structure_problems(exc)}", what=what
         ) from exc
+
+
+def _structure_problems(exc: Exception) -> str:
+    """What cattrs found wrong, field by field ("invalid value for type, expected int @ $.n"),
+    instead of its summary line ("While structuring Inp (1 sub-exception)")."""
+    import cattrs
+
+    if isinstance(exc, cattrs.BaseValidationError):
+        try:
+            problems = cattrs.transform_error(exc, path="$")
+        except Exception:  # noqa: BLE001 - the summary line is still better than nothing
+            return str(exc)
+        return "; ".join(problems) if problems else str(exc)
+    return f"{type(exc).__name__}: {exc}"

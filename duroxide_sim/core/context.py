@@ -286,6 +286,17 @@ class Backoff:
     multiplier: float = 2.0
     max_ms: int = 30_000
 
+    def __attrs_post_init__(self) -> None:
+        if self.kind not in ("none", "fixed", "linear", "exponential"):
+            raise ValueError(f"Backoff.kind must be 'none', 'fixed', 'linear' or 'exponential', got {self.kind!r}")
+        for name in ("base_ms", "max_ms"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= MAX_TIMER_DELAY_MS:
+                raise ValueError(f"Backoff.{name} must be an integer of ms in 0..{MAX_TIMER_DELAY_MS}, got {value!r}")
+        m = self.multiplier
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < float("inf"):
+            raise ValueError(f"Backoff.multiplier must be a positive finite number, got {m!r}")
+
     @classmethod
     def none(cls) -> "Backoff":
         return cls("none", 0)
@@ -327,10 +338,13 @@ class RetryPolicy:
     timeout_ms: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if type(self.max_attempts) is not int or self.max_attempts < 1:
             raise ValueError(f"RetryPolicy.max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-        if self.timeout_ms is not None and (not isinstance(self.timeout_ms, int) or self.timeout_ms <= 0):
-            raise ValueError(f"RetryPolicy.timeout_ms must be a positive integer, got {self.timeout_ms!r}")
+        if self.timeout_ms is not None and (type(self.timeout_ms) is not int or not 0 < self.timeout_ms <= MAX_TIMER_DELAY_MS):
+            raise ValueError(f"RetryPolicy.timeout_ms must be a positive integer of ms (at most {MAX_TIMER_DELAY_MS}), "
+                             f"got {self.timeout_ms!r}")
+        if not isinstance(self.backoff, Backoff):
+            raise ValueError(f"RetryPolicy.backoff must be a Backoff, got {type(self.backoff).__name__}")
 
     def with_timeout(self, timeout_ms: int) -> "RetryPolicy":
         return attrs.evolve(self, timeout_ms=timeout_ms)
@@ -483,6 +497,11 @@ class OrchestrationContext:
     def schedule_timer(self, delay_ms: int) -> TimerTask:
         if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or delay_ms < 0:
             raise TypeError(f"schedule_timer expects a non-negative integer of ms, got {delay_ms!r}")
+        if delay_ms > MAX_TIMER_DELAY_MS:
+            # Its fire time must fit the providers' 64-bit time columns (else every ack of the
+            # turn fails and the instance is stuck until it is poisoned).
+            raise ValueError(f"schedule_timer delay {delay_ms} ms is over the maximum of {MAX_TIMER_DELAY_MS} ms "
+                             "(about 146 million years)")
         return TimerTask(delay_ms)
 
     def wait_for_event(self, name: str) -> WaitEventTask:
@@ -503,7 +522,7 @@ class OrchestrationContext:
         return SubOrchestrationTask(_name(name, "orchestration"), None, codec.encode(input, f"input of {name!r}"), None)
 
     def schedule_sub_orchestration_with_id(self, name: str, instance_id: str, input: Any = None) -> SubOrchestrationTask:
-        return SubOrchestrationTask(_name(name, "orchestration"), _name(instance_id, "instance"), codec.encode(input, f"input of {name!r}"), None)
+        return SubOrchestrationTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode(input, f"input of {name!r}"), None)
 
     def schedule_sub_orchestration_versioned(self, name: str, version: str | None = None, input: Any = None) -> SubOrchestrationTask:
         return SubOrchestrationTask(_name(name, "orchestration"), None, codec.encode(input, f"input of {name!r}"), version)
@@ -511,7 +530,7 @@ class OrchestrationContext:
     def schedule_sub_orchestration_versioned_with_id(
         self, name: str, version: str | None, instance_id: str, input: Any = None
     ) -> SubOrchestrationTask:
-        return SubOrchestrationTask(_name(name, "orchestration"), _name(instance_id, "instance"), codec.encode(input, f"input of {name!r}"), version)
+        return SubOrchestrationTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode(input, f"input of {name!r}"), version)
 
     def schedule_sub_orchestration_typed(self, name: str, input: Any = None, result_type: Any = None) -> SubOrchestrationTask:
         return SubOrchestrationTask(_name(name, "orchestration"), None, codec.encode_typed(input, f"input of {name!r}"), None, result_type)
@@ -520,22 +539,22 @@ class OrchestrationContext:
         self, name: str, instance_id: str, input: Any = None, result_type: Any = None
     ) -> SubOrchestrationTask:
         return SubOrchestrationTask(
-            _name(name, "orchestration"), _name(instance_id, "instance"), codec.encode_typed(input, f"input of {name!r}"), None, result_type
+            _name(name, "orchestration"), _instance_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), None, result_type
         )
 
     def start_orchestration(self, name: str, instance_id: str, input: Any = None) -> DetachedStartTask:
-        return DetachedStartTask(_name(name, "orchestration"), _name(instance_id, "instance"), codec.encode(input, f"input of {name!r}"), None)
+        return DetachedStartTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode(input, f"input of {name!r}"), None)
 
     def start_orchestration_versioned(self, name: str, version: str | None, instance_id: str, input: Any = None) -> DetachedStartTask:
-        return DetachedStartTask(_name(name, "orchestration"), _name(instance_id, "instance"), codec.encode(input, f"input of {name!r}"), version)
+        return DetachedStartTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode(input, f"input of {name!r}"), version)
 
     def start_orchestration_typed(self, name: str, instance_id: str, input: Any = None) -> DetachedStartTask:
-        return DetachedStartTask(_name(name, "orchestration"), _name(instance_id, "instance"), codec.encode_typed(input, f"input of {name!r}"), None)
+        return DetachedStartTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), None)
 
     def start_orchestration_versioned_typed(
         self, name: str, version: str | None, instance_id: str, input: Any = None
     ) -> DetachedStartTask:
-        return DetachedStartTask(_name(name, "orchestration"), _name(instance_id, "instance"), codec.encode_typed(input, f"input of {name!r}"), version)
+        return DetachedStartTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), version)
 
     # --- continue-as-new --------------------------------------------------------------------
 
@@ -679,6 +698,23 @@ class OrchestrationContext:
     def is_replaying(self) -> bool:
         """True while the code re-executes steps already recorded in history."""
         return self._engine.is_replaying
+
+
+#: The longest instance id accepted anywhere (client starts, sub-orchestration and detached ids).
+MAX_INSTANCE_ID_BYTES = 16_384
+#: The longest timer: now + delay must fit a signed 64-bit millisecond column.
+MAX_TIMER_DELAY_MS = 2**62
+
+
+def _instance_id(value: Any) -> str:
+    """A sub-orchestration or detached instance id: the client's rules (a non-empty string,
+    no NUL, at most MAX_INSTANCE_ID_BYTES), so every instance can also be addressed by a client."""
+    _name(value, "instance")
+    if "\x00" in value:
+        raise TypeError(f"instance id must not contain NUL characters, got {value!r}")
+    if len(value) > MAX_INSTANCE_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_INSTANCE_ID_BYTES:
+        raise TypeError(f"instance id is longer than {MAX_INSTANCE_ID_BYTES} bytes")
+    return value
 
 
 def _name(value: Any, what: str) -> str:

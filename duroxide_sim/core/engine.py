@@ -309,6 +309,8 @@ class _Engine:
             self.started_code = True
             try:
                 result = self._begin()
+            except KeyboardInterrupt:
+                raise  # Ctrl-C (a simulation runs user code in the main thread) stops the process
             except BaseException as exc:  # noqa: BLE001 - user code may raise anything
                 self._finish_error(exc)
                 return
@@ -336,6 +338,8 @@ class _Engine:
                     self._finish_value(send)
                     return
                 continue
+            except KeyboardInterrupt:
+                raise
             except BaseException as exc:  # noqa: BLE001
                 self.stack.pop()
                 if not self.stack:

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from ..core import codec
+from ..core.context import MAX_INSTANCE_ID_BYTES as _MAX_INSTANCE_ID_BYTES
 from ..core.events import (
     CancelInstance,
     ExternalRaised,
@@ -40,8 +41,9 @@ from ..providers.base import Clock, InstanceFilter, PruneOptions
 
 __all__ = ["Client", "OrchestrationResult", "event_to_public_dict", "MAX_INSTANCE_ID_BYTES", "MAX_ANY_INSTANCE_ID_BYTES"]
 
-#: Longest instance id a client may start (UTF-8 bytes).
-MAX_INSTANCE_ID_BYTES = 16_384
+#: Longest instance id a client may start (UTF-8 bytes); the same bound applies to the ids
+#: orchestrations give their sub-orchestrations and detached starts (core.context).
+MAX_INSTANCE_ID_BYTES = _MAX_INSTANCE_ID_BYTES
 #: Longest id accepted by every other call: sub-orchestration ids derive from their parent's id
 #: (``{parent}::sub::N``), so they may run a little past the start limit and must stay reachable.
 MAX_ANY_INSTANCE_ID_BYTES = MAX_INSTANCE_ID_BYTES + 1_024

@@ -515,7 +515,9 @@ class WorkerDispatcher:
                     raise RuntimeError("this runtime has no event loop for async activities")
                 result = s.run_coroutine(result)
             text = codec.encode(result, f"result of activity {item.name!r}")
-        except Exception as exc:  # noqa: BLE001 - activity code may raise anything
+        except (Exception, SystemExit, GeneratorExit) as exc:  # noqa: BLE001 - activity code may raise anything
+            # sys.exit() in an activity fails the activity; it used to end the worker thread
+            # (and, redelivered, every other one). KeyboardInterrupt still stops the process.
             s.metrics.inc("activity_app_errors")
             message = f"Activity '{item.name}' call failed: {type(exc).__name__}: {exc}"
             return ActivityOutcome("ack", _failed(item, ApplicationError(kind="ActivityFailed", message=message)))

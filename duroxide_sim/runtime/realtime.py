@@ -347,7 +347,9 @@ class ThreadDriver:
                     _log.warning("dispatcher provider error (backing off %d ms): %s", delay, exc)
                     self._stop.wait(delay / 1000.0)
                     continue
-                except Exception:  # noqa: BLE001 - keep the dispatcher alive; report loudly
+                except BaseException:  # noqa: BLE001 - keep the dispatcher alive; report loudly
+                    # (BaseException too: a SystemExit escaping a step would end this thread
+                    # silently and leave the runtime with one dispatcher fewer.)
                     _log.exception("dispatcher step crashed; continuing")
                     self._stop.wait(0.1)
                     continue
