@@ -151,6 +151,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not targets:
         print(f"duroxide-sim: no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}", file=sys.stderr)
         return 2
+    for label, spec in targets:
+        problem = _spec_problem(spec, args)
+        if problem is not None:
+            print(f"duroxide-sim: scenario {label} cannot run: {problem}", file=sys.stderr)
+            return 2
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     if args.jobs > 1:
         return _cmd_run_jobs(targets, args)
@@ -160,6 +165,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         rows = _run_targets(targets, seeds, args)
     return _report(rows, args)
+
+
+def _spec_problem(spec: Any, args: argparse.Namespace) -> str | None:
+    """Why ``spec`` cannot run at all (its setup raises, a start names an orchestration the setup
+    does not register, a signal of an unknown kind, ...), checked once with the first seed before
+    any seed runs: a usage error with the reason, not a traceback from the middle of the run."""
+    from ..sim.harness import Simulation, _Run
+
+    try:
+        sim = Simulation(spec, args.first_seed, _plan(args.faults, args.rate), provider=args.provider,
+                         nodes=args.nodes, sandbox=args.sandbox)
+        _Run(sim, sim.plan)
+    except Exception as exc:  # noqa: BLE001 - anything the spec's own code raises
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _cmd_run_jobs(targets: list[tuple[str, Any]], args: argparse.Namespace) -> int:

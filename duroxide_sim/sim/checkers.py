@@ -19,6 +19,7 @@ result with ``failures`` filled in.
 from __future__ import annotations
 
 import json
+import traceback
 from collections import OrderedDict
 from typing import Any
 
@@ -205,6 +206,10 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
             message = inv(result)
         except AssertionError as exc:
             message = str(exc) or "assertion failed"
+        except Exception as exc:  # noqa: BLE001 - a property that crashes is a failed property
+            # (reported with the seed's repro like any other, instead of aborting the whole run)
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            message = f"raised {type(exc).__name__}: {exc} (at {frame.filename}:{frame.lineno})"
         if message:
             fail("invariants", f"{getattr(inv, '__name__', 'invariant')}: {message}")
     return fails

@@ -77,6 +77,20 @@ if json.encoder.c_make_encoder is not None:  # pragma: no branch - CPython has i
 _STORAGE_FAULTS = ("transient", "commit_lost", "duplicate", "delay")
 
 
+def _check_at_ms(attribute: Any, value: Any, *, optional: bool) -> None:
+    """Virtual times and durations of a spec: ints >= 0 (None too where documented)."""
+    if value is None and optional:
+        return
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{attribute.name} must be a non-negative integer of ms{' or None' if optional else ''}, "
+                         f"got {value!r}")
+
+
+def _check_signal_kind(kind: Any) -> None:
+    if kind not in ("raise", "enqueue", "cancel"):
+        raise ValueError(f"Signal.kind must be 'raise', 'enqueue' or 'cancel', got {kind!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Start:
     """Start ``orchestration`` as ``instance`` at virtual time ``at_ms`` (from the run's start)."""
@@ -84,7 +98,7 @@ class Start:
     instance: str
     orchestration: str
     input: Any = None
-    at_ms: int = 0
+    at_ms: int = attrs.field(default=0, validator=lambda _s, a, v: _check_at_ms(a, v, optional=False))
     version: str | None = None
 
 
@@ -98,8 +112,8 @@ class Signal:
     instance: str
     name: str = ""
     data: Any = None
-    at_ms: int | None = 0
-    kind: str = "raise"
+    at_ms: int | None = attrs.field(default=0, validator=lambda _s, a, v: _check_at_ms(a, v, optional=True))
+    kind: str = attrs.field(default="raise", validator=lambda _s, _a, v: _check_signal_kind(v))
 
 
 @attrs.define(kw_only=True)
@@ -114,7 +128,7 @@ class SimSpec:
     #: The workflow promises the same outputs and external world with and without faults.
     fault_transparent: bool = True
     #: Virtual time after which the run stops even if work remains (eternal actors).
-    horizon_ms: int = 7 * 24 * 3600 * 1000
+    horizon_ms: int = attrs.field(default=7 * 24 * 3600 * 1000, validator=lambda _s, a, v: _check_at_ms(a, v, optional=False))
     options: RuntimeOptions | None = None
     #: Where this spec can be imported from, ``path/to/module.py:NAME`` (for repro lines).
     ref: str | None = None
@@ -291,10 +305,15 @@ class Simulation:
     ) -> None:
         if provider not in ("memory", "sqlite"):
             raise ValueError(f"provider must be 'memory' or 'sqlite', got {provider!r}")
+        if type(seed) is not int:
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        for name, value in (("nodes", nodes), ("max_steps", max_steps)):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.spec = spec
-        self.seed = int(seed)
+        self.seed = seed
         self.provider_kind = provider
-        self.n_nodes = max(1, int(nodes))
+        self.n_nodes = nodes
         self.max_steps = max_steps
         self.sandbox = sandbox
         self.check_invariants = check_invariants
@@ -385,6 +404,7 @@ class _Run:
                 attrs.evolve(sig, at_ms=self.inputs_rng.randrange(max(plan.until_ms, 1))) if sig.at_ms is None else sig
                 for sig in signals
             ]
+        self._check_client_ops(starts, signals)
         #: The client operations as realized for this seed (what a twin must replay).
         self.realized: tuple[list[Any], list[Any]] = (list(starts), list(signals))
         # Client operations in due order; ties keep declaration order (stable sort).
@@ -397,6 +417,23 @@ class _Run:
         opts = self.options
         self.orch_slots = max(opts.orchestration_concurrency, 1)
         self.work_slots = opts.worker_concurrency if opts.worker_tag_filter.mode != "none" else 0
+
+    def _check_client_ops(self, starts: Any, signals: Any) -> None:
+        """A start of an orchestration the spec's setup does not register would never run, and
+        (the horizon reached with the start still queued) no checker could call it stuck: a typo
+        in a spec would pass every seed. Refused up front, like operations that are not
+        :class:`Start` / :class:`Signal` records."""
+        for op in starts:
+            if not isinstance(op, Start):
+                raise ValueError(f"SimSpec {self.spec.name!r}: starts must be Start records, got {op!r}")
+            if self.registry.resolve(op.orchestration, op.version) is None:
+                known = ", ".join(repr(n) for n in self.registry.orchestration_names()) or "none"
+                what = f"{op.orchestration!r}" + (f" version {op.version}" if op.version else "")
+                raise ValueError(f"SimSpec {self.spec.name!r}: instance {op.instance!r} starts orchestration {what}, "
+                                 f"which its setup does not register (registered: {known})")
+        for op in signals:
+            if not isinstance(op, Signal):
+                raise ValueError(f"SimSpec {self.spec.name!r}: signals must be Signal records, got {op!r}")
 
     # --- faults -----------------------------------------------------------------------------
 

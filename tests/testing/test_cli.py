@@ -118,3 +118,27 @@ def test_usage_errors_exit_2(tmp_path: pathlib.Path, argv: list[str], monkeypatc
 def test_python_dash_m_entry_point(tmp_path: pathlib.Path) -> None:
     proc = _run("--help", cwd=tmp_path)
     assert proc.returncode == 0 and "reproduce" in proc.stdout and "replay" in proc.stdout
+
+
+def test_a_scenario_that_cannot_run_is_a_usage_error_naming_the_reason(tmp_path: pathlib.Path) -> None:
+    """A typo in a start's orchestration name used to pass every seed (the start never ran and
+    nothing could call it stuck); now the scenario is refused before any seed runs."""
+    typo = GOOD.replace('orchestration="Pay::orchestration::pay"', 'orchestration="Pay::orchestration::pya"')
+    d = _write(tmp_path, typo=typo)
+    proc = _run("run", str(d), "--seeds", "5", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "scenario payments cannot run" in proc.stderr
+    assert "'Pay::orchestration::pya', which its setup does not register (registered: 'Pay::orchestration::pay')" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_property_that_raises_is_a_failing_property_with_a_repro(tmp_path: pathlib.Path) -> None:
+    crashing = GOOD.replace(
+        'SPEC = SimSpec(name="payments", setup=setup,',
+        'def charged_everything(result):\n    return result.statuses["nobody"]\n\n'
+        'SPEC = SimSpec(name="payments", setup=setup, invariants=[charged_everything],')
+    d = _write(tmp_path, crashing=crashing)
+    proc = _run("run", str(d), "--seeds", "3", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "invariants (seed 0): charged_everything: raised KeyError: 'nobody' (at " in proc.stdout
+    assert "duroxide-sim reproduce" in proc.stdout and "Traceback" not in proc.stderr
