@@ -44,10 +44,23 @@ class SimulationFailed(AssertionError):
         self.seed = seed
 
 
+def _positive_int(text: str) -> int:
+    """``--sim-runs``: 0 or fewer seeds would let every simulation test pass without running."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("duroxide-sim", "duroxide_sim simulation")
     group.addoption("--sim-seed", type=int, default=None, help="run simulation tests with exactly this seed")
-    group.addoption("--sim-runs", type=int, default=20, help="seeds per simulation test (default 20)")
+    group.addoption("--sim-runs", type=_positive_int, default=20, help="seeds per simulation test (default 20)")
     group.addoption("--sim-faults", default="all", help="all (default) | swarm | none | fault plan JSON")
     group.addoption("--sim-sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
 
@@ -85,10 +98,15 @@ def simulate(request: pytest.FixtureRequest) -> Any:
 
     def run(spec: Any, seeds: Any = None, faults: Any = None, **kw: Any) -> list[Any]:
         seed_list = [chosen] if chosen is not None else list(seeds if seeds is not None else range(runs))
+        if not seed_list:
+            raise ValueError("simulate() got no seeds to run: a property checked on no seed would pass vacuously")
         plan = _plan(faults_opt) if faults is None else faults
+        # Taken once: every seed runs with the caller's sandbox choice (popping it inside the loop
+        # gave only the first seed the caller's value).
+        use_sandbox = kw.pop("sandbox", sandbox)
         results = []
         for seed in seed_list:
-            result = run_and_check(Simulation(spec, seed, plan, sandbox=kw.pop("sandbox", sandbox), **kw))
+            result = run_and_check(Simulation(spec, seed, plan, sandbox=use_sandbox, **kw))
             results.append(result)
             if result.failures:
                 repro = _repro_line(request, seed, result.plan, faults is not None)

@@ -117,3 +117,41 @@ def test_hello(request, name):
     assert handle.client.wait_for_orchestration("h", 10_000).output == "Hello, World!"
 ''')
     pytester.runpytest().assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("runs", ["0", "-2", "x"])
+def test_sim_runs_must_be_positive(project: pytest.Pytester, runs: str) -> None:
+    """--sim-runs 0 used to run no seed, so every simulation test passed, broken or not."""
+    result = project.runpytest("--sim-runs", runs)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--sim-runs: expected a positive integer" in result.stderr.str()
+
+
+def test_simulate_refuses_an_empty_seed_list_and_keeps_sandbox_for_every_seed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_s='''
+import pytest
+from duroxide_sim.sim import harness
+from duroxide_sim.sim.harness import SimSpec, Start
+
+def setup(rt, world):
+    rt.register_orchestration("Hello", lambda ctx, x: x)
+
+SPEC = SimSpec(name="s", setup=setup, starts=[Start(instance="a", orchestration="Hello", input=1)])
+
+def test_no_seeds(simulate):
+    with pytest.raises(ValueError, match="no seeds"):
+        simulate(SPEC, seeds=[])
+
+def test_sandbox_for_every_seed(simulate, monkeypatch):
+    seen = []
+    real = harness.Simulation.__init__
+    def spy(self, *a, **kw):
+        if "sandbox" in kw:  # the runs simulate() makes (a fault-free twin passes none)
+            seen.append(kw["sandbox"])
+        real(self, *a, **kw)
+    monkeypatch.setattr(harness.Simulation, "__init__", spy)
+    simulate(SPEC, seeds=[0, 1, 2], sandbox=True)
+    assert seen == [True, True, True]
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")  # a fresh interpreter: the spy sees every run
+    result.assert_outcomes(passed=2)
