@@ -117,3 +117,55 @@ def test_idempotency_names_the_activity_even_when_setup_seeded_the_key() -> None
     spec = SimSpec(name="ip", setup=setup, starts=[Start(instance="f", orchestration="Ip::orchestration::free", input="10.0.0.2")])
     seed, failure, _ = _first(spec, FaultPlan.only("crash_after_effect", rate=0.5), 30, "idempotency")
     assert failure.message.startswith("activity 'Ip::activity::release' changed the world when re-executed")
+
+
+def _poison_spec():
+    """Instance ``a`` marks two world keys; ``b`` (an hour later) reports whether the second is
+    there. With max_attempts=1 one crash after ``a``'s first effect poisons ``a`` half-way."""
+    from duroxide_sim import RuntimeOptions
+    from duroxide_sim.sim.harness import SimSpec, Start
+
+    def setup(rt, world):
+        rt.register_activity("mark", lambda ctx, key: world.put(key, True) or True)
+        rt.register_activity("read", lambda ctx, key: world.get(key, False))
+
+        def a(ctx, _):
+            yield ctx.schedule_activity("mark", "a1")
+            yield ctx.schedule_activity("mark", "a2")
+            return "a"
+
+        def b(ctx, _):
+            return (yield ctx.schedule_activity("read", "a2"))
+
+        rt.register_orchestration("A", a)
+        rt.register_orchestration("B", b)
+
+    return SimSpec(name="poison-downstream", setup=setup, options=RuntimeOptions(max_attempts=1),
+                   starts=[Start(instance="a", orchestration="A"), Start(instance="b", orchestration="B", at_ms=3_600_000)])
+
+
+def test_an_instance_poisoned_by_faults_does_not_make_its_dependents_look_broken() -> None:
+    """``a`` poisoned half-way leaves the world without ``a2``, so ``b`` legitimately answers
+    False where the fault-free run says True: counted as budget exhausted, not an outcome
+    failure of ``b`` (the deletion scenario could report such false failures before)."""
+    plan = FaultPlan(script=((1, "crash_after_effect"),))
+    result = run_and_check(Simulation(_poison_spec(), 0, plan, nodes=1))
+    outputs = result.outputs()
+    assert outputs["a"][0] == "Failed" and str(outputs["a"][1]).startswith("poison:")
+    assert outputs["b"] == ("Completed", False)  # the fault-free twin says True
+    assert result.budget_exhausted == ["a"]
+    assert result.failures == []
+
+
+def test_the_same_crash_without_poison_leaves_nothing_exempt() -> None:
+    """The same spec and crash with the retry budget intact: the activity is redelivered, nothing
+    is poisoned, so the run is compared with its twin as usual (and, the workflow being correct,
+    nothing differs; a real difference is reported: test_outcome_checker_reports_...)."""
+    import attrs as _attrs
+
+    from duroxide_sim import RuntimeOptions
+
+    spec = _attrs.evolve(_poison_spec(), options=RuntimeOptions(max_attempts=10))
+    result = run_and_check(Simulation(spec, 0, FaultPlan(script=((1, "crash_after_effect"),)), nodes=1))
+    assert result.budget_exhausted == [] and result.failures == []
+    assert result.outputs()["b"] == ("Completed", True)
