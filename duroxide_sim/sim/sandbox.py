@@ -6,7 +6,9 @@ orchestration code* (inside ``_Engine.poll``) and records each forbidden call wi
 orchestration's name and the user source line that made it. Activity code (which may do
 anything) runs outside ``poll`` and is not flagged.
 
-Forbidden: ``time.time/time_ns/monotonic/perf_counter/sleep``, ``datetime.now/utcnow/today``,
+Forbidden: ``time.time/time_ns/monotonic/perf_counter/process_time/thread_time/clock_gettime/
+sleep``, ``time.localtime/gmtime/ctime/asctime/strftime`` without their time argument (they
+read the clock then; with it they are pure), ``datetime.now/utcnow/today``,
 module-level ``random.*`` (the hidden global ``Random``), ``uuid.uuid1/uuid4``, ``os.urandom``,
 ``print`` (use ``ctx.trace_*``), ``open``, sockets, and starting threads.
 
@@ -46,8 +48,12 @@ def _forbidden_c() -> dict[Any, str]:
     import time
 
     table: dict[Any, str] = {}
-    for name in ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "sleep"):
-        table[getattr(time, name)] = f"time.{name}()"
+    for name in ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "sleep",
+                 "process_time", "process_time_ns", "thread_time", "thread_time_ns", "clock_gettime",
+                 "clock_gettime_ns"):
+        fn = getattr(time, name, None)  # (clock_gettime and thread_time are not on every platform)
+        if fn is not None:
+            table[fn] = f"time.{name}()"
     table[os.urandom] = "os.urandom()"
     table[print] = "print() (use ctx.trace_info)"
     table[open] = "open() (file I/O)"
@@ -62,6 +68,26 @@ def _forbidden_c() -> dict[Any, str]:
     table[socket.socket] = "socket.socket() (network I/O)"
     _ = datetime
     return table
+
+
+def _clock_when_short() -> dict[Any, int]:
+    """Functions that read the clock only when their time argument is left out: called with
+    fewer positional arguments than this, ``time.localtime()`` is "now", ``time.localtime(ts)``
+    is a pure function of ``ts`` (formatting a time the orchestration got from its context)."""
+    import time
+
+    return {time.localtime: 1, time.gmtime: 1, time.ctime: 1, time.asctime: 1, time.strftime: 2}
+
+
+def _call_args(frame: Any) -> int | None:
+    """Arguments passed by the CALL instruction the frame is executing (None if it is not a
+    plain CALL, e.g. ``f(*args)``: then the count is unknown and nothing is flagged)."""
+    import dis
+
+    code, i = frame.f_code.co_code, frame.f_lasti
+    if 0 <= i < len(code) - 1 and dis.opname[code[i]] == "CALL":
+        return code[i + 1]
+    return None
 
 
 def _forbidden_py() -> dict[Any, str]:
@@ -88,6 +114,7 @@ class Sandbox:
         self._poll_code = engine._Engine.poll.__code__
         self._c = _forbidden_c()
         self._py = _forbidden_py()
+        self._clock_when_short = _clock_when_short()
         self._global_random = __import__("random")._inst  # type: ignore[attr-defined]
         self.violations: list[Violation] = []
         self._depth = 0
@@ -119,6 +146,11 @@ class Sandbox:
                 self._engines.pop()
         elif event == "c_call" and self._depth:
             label = self._c.get(arg)
+            short = self._clock_when_short.get(arg) if label is None else None
+            if short is not None:
+                nargs = _call_args(frame)
+                if nargs is not None and nargs < short:
+                    label = f"time.{arg.__name__}() without a time argument (reads the clock)"
             if label is None:
                 owner = getattr(arg, "__self__", None)
                 name = getattr(arg, "__name__", "")

@@ -48,11 +48,19 @@ PROBES = {
     "uuid.uuid4()": lambda: uuid.uuid4(),
     "os.urandom()": lambda: os.urandom(4),
     "print()": lambda: print("hello"),
+    "time.process_time()": lambda: time.process_time(),
+    "time.localtime()": lambda: time.localtime(),
+    "time.gmtime()": lambda: time.gmtime(),
+    "time.strftime(fmt)": lambda: time.strftime("%Y-%m-%d"),
+    "time.ctime()": lambda: time.ctime(),
 }
 EXPECTED = {
     "time.time()": "time.time()", "from-import time()": "time.time()", "time.monotonic()": "time.monotonic()",
     "datetime.now()": "datetime.now()", "datetime.utcnow()": "datetime.utcnow()", "random.random()": "random.random()",
     "random.randint()": "random.randint()", "uuid.uuid4()": "uuid.uuid4()", "os.urandom()": "os.urandom()", "print()": "print()",
+    "time.process_time()": "time.process_time()",
+    "time.localtime()": "time.localtime() without a time argument", "time.gmtime()": "time.gmtime() without a time argument",
+    "time.strftime(fmt)": "time.strftime() without a time argument", "time.ctime()": "time.ctime() without a time argument",
 }
 
 
@@ -69,6 +77,16 @@ def test_sandbox_flags_forbidden_call_in_orchestration(probe: str) -> None:
 @pytest.mark.parametrize("probe", ["time.time()", "random.random()", "uuid.uuid4()", "print()"])
 def test_sandbox_allows_the_same_calls_in_activities(probe: str) -> None:
     result = run_and_check(Simulation(_spec_calling(PROBES[probe], in_activity=True), 0, None, sandbox=True))
+    assert not [f for f in result.failures if f.checker == "sandbox"]
+
+
+@pytest.mark.parametrize("pure", [
+    lambda: time.localtime(5), lambda: time.gmtime(0), lambda: time.strftime("%Y", time.gmtime(5)),
+    lambda: time.ctime(5), lambda: time.asctime(time.gmtime(5)),
+], ids=["localtime(ts)", "gmtime(ts)", "strftime(fmt, t)", "ctime(ts)", "asctime(t)"])
+def test_time_functions_given_a_time_are_pure_and_allowed(pure) -> None:
+    """Formatting a time the orchestration got from its context (ctx.utc_now) is deterministic."""
+    result = run_and_check(Simulation(_spec_calling(pure), 0, None, sandbox=True))
     assert not [f for f in result.failures if f.checker == "sandbox"]
 
 
