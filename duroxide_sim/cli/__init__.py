@@ -62,6 +62,7 @@ from .seeds import (
 
 # Re-exported for ``from duroxide_sim.cli import ...`` (tests/testing/test_cli_jobs.py).
 from .seeds import _aggregate, _SeedSummary  # noqa: F401
+from ..testing.argtypes import positive_int as _positive_int
 
 __all__ = ["SimWorkerError", "main", "run_seeds"]
 
@@ -71,24 +72,9 @@ def _jobs(text: str) -> int:
     if text.strip().lower() == "auto":
         return os.cpu_count() or 1
     try:
-        value = int(text)
-    except ValueError:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """A count that must be at least 1 (``--seeds``, ``--nodes``): 0 seeds would report
-    "all properties held" having checked nothing."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _positive_seconds(text: str) -> float:

@@ -32,6 +32,8 @@ from typing import Any
 import attrs
 import pytest
 
+from .argtypes import positive_int
+
 __all__ = ["SimulationFailed", "SimWorld", "RuntimeHandle"]
 
 
@@ -44,23 +46,10 @@ class SimulationFailed(AssertionError):
         self.seed = seed
 
 
-def _positive_int(text: str) -> int:
-    """``--sim-runs``: 0 or fewer seeds would let every simulation test pass without running."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("duroxide-sim", "duroxide_sim simulation")
     group.addoption("--sim-seed", type=int, default=None, help="run simulation tests with exactly this seed")
-    group.addoption("--sim-runs", type=_positive_int, default=20, help="seeds per simulation test (default 20)")
+    group.addoption("--sim-runs", type=positive_int, default=20, help="seeds per simulation test (default 20)")
     group.addoption("--sim-faults", default="all", help="all (default) | swarm | none | fault plan JSON")
     group.addoption("--sim-sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
 

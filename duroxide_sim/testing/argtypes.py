@@ -1,0 +1,22 @@
+"""Command-line argument types shared by ``duroxide-sim`` and the pytest plugin's options.
+
+``argparse`` (and pytest, which uses it) turns an ``ArgumentTypeError`` into a usage error that
+names the option: ``argument --seeds: expected a positive integer, got '0'``."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["positive_int"]
+
+
+def positive_int(text: str) -> int:
+    """A count that must be at least 1 (seeds, runs, nodes, processes): 0 seeds would report
+    success having checked nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
