@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import InvalidInputError, LockLostError
 
-__all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order"]
+__all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "ImportedExecution", "imported_execution"]
 
 
 def parse_semver(text: str, what: str) -> tuple[int, int, int]:
@@ -100,3 +100,53 @@ class HistoryView(Sequence[Any]):
 
     def __repr__(self) -> str:
         return repr(tuple(self))
+
+
+class ImportedExecution:
+    """What the acks of a recorded execution stored beside its events, read back from the events
+    (``import_history``): the execution's status, output and pin, the instance's name, version
+    and parent, its last custom status update, and the times that bound it."""
+
+    __slots__ = ("metadata", "started_ms", "ended_ms", "custom_status")
+
+    def __init__(self, metadata: Any, started_ms: int, ended_ms: int, custom_status: Any) -> None:
+        self.metadata = metadata
+        self.started_ms = started_ms
+        self.ended_ms = ended_ms
+        self.custom_status = custom_status  # the last CustomStatusUpdated event, or None
+
+
+def imported_execution(instance: str, execution_id: int, events: Sequence[Any], op: str) -> ImportedExecution:
+    """Read an execution's metadata from its events, as its turns' acks would have recorded it
+    (status and output of the terminal event: Completed -> output, Failed -> the error's display
+    message, ContinuedAsNew -> the next input). ProviderError if it does not begin with
+    OrchestrationStarted."""
+    from ..core.events import (
+        CustomStatusUpdated, OrchestrationCompleted, OrchestrationContinuedAsNew, OrchestrationFailed,
+        OrchestrationStarted,
+    )
+    from ..errors import ProviderError
+    from .base import ExecutionMetadata
+
+    if not events or not isinstance(events[0], OrchestrationStarted):
+        raise ProviderError(f"{op}: execution {execution_id} of instance {instance!r} does not begin with "
+                            "OrchestrationStarted", operation=op, instance_id=instance)
+    started = events[0]
+    status = output = None
+    ended_ms = events[-1].timestamp_ms
+    custom = None
+    for event in events:
+        if isinstance(event, CustomStatusUpdated):
+            custom = event
+        elif status is None and isinstance(event, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)):
+            ended_ms = event.timestamp_ms
+            if isinstance(event, OrchestrationCompleted):
+                status, output = "Completed", event.output
+            elif isinstance(event, OrchestrationFailed):
+                status, output = "Failed", event.details.display_message()
+            else:
+                status, output = "ContinuedAsNew", event.input
+    metadata = ExecutionMetadata(status=status, output=output, orchestration_name=started.name,
+                                 orchestration_version=started.version, parent_instance_id=started.parent_instance,
+                                 pinned_duroxide_version=started.duroxide_version)
+    return ImportedExecution(metadata, started.timestamp_ms, ended_ms, custom)

@@ -34,6 +34,7 @@ from ..core.events import (
 from ..errors import (
     CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ProviderError,
 )
+from ._shared import imported_execution as _imported_execution
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from ._shared import tree_order
@@ -716,6 +717,49 @@ class InMemoryProvider:
             now = self._now()
             self._validate_events(instance, execution_id, events, "append_with_execution")
             self._append(instance, execution_id, events, now)
+
+    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]]) -> None:
+        """Restore a recorded instance: events verbatim plus what their acks stored beside them
+        (see SqliteProvider.import_history); all or nothing."""
+        op = "import_history"
+        with self._lock:
+            if instance in self._instances or self._executions.get(instance):
+                raise ProviderError(f"{op}: instance {instance!r} already exists; refusing to overwrite it",
+                                    operation=op, instance_id=instance, retryable=False)
+            plans = []
+            for execution_id, recorded in executions:  # validate everything before the first write
+                events = list(recorded)
+                if len({e.event_id for e in events}) != len(events):
+                    raise ProviderError(f"{op}: duplicate event_id in execution {execution_id} of instance {instance!r}",
+                                        operation=op, instance_id=instance)
+                info = _imported_execution(instance, execution_id, events, op)
+                pin = info.metadata.pinned_duroxide_version
+                plans.append((execution_id, events, info,
+                              _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None))
+            for execution_id, events, info, pin in plans:
+                md = info.metadata
+                row = self._instances.get(instance)
+                if row is None:
+                    row = self._instances[instance] = _Instance(
+                        name=md.orchestration_name, version=md.orchestration_version, current_execution_id=execution_id,
+                        created_at=info.started_ms, updated_at=info.started_ms, seq=self._next_seq(),
+                        parent_instance_id=md.parent_instance_id)
+                else:
+                    row.name = md.orchestration_name
+                    if md.orchestration_version is not None:
+                        row.version = md.orchestration_version
+                    row.current_execution_id = max(row.current_execution_id, execution_id)
+                execution = self._append(instance, execution_id, events, info.started_ms)
+                execution.pin = pin
+                if md.status is not None:
+                    execution.status, execution.output, execution.completed_at = md.status, md.output, info.ended_ms
+                row.updated_at = info.ended_ms
+                if info.custom_status is not None:
+                    row.custom_status = info.custom_status.status
+                    row.custom_status_version += 1
+                self._apply_kv(instance, events)
+                if md.status in _TERMINAL:
+                    self._merge_kv(instance)
 
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""

@@ -82,6 +82,7 @@ from ..core.events import (
 )
 from ..errors import ConfigurationError, InvalidInputError, ProviderError, SerializationError
 from . import postgres_schema
+from ._shared import imported_execution as _imported_execution
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -1247,6 +1248,46 @@ class PostgresProvider(PostgresAdminMixin):
             now = self._now()
             self._validate_events(db, instance, execution_id, events, op)
             self._append(db, instance, execution_id, events, now)
+
+    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]]) -> None:
+        """Restore a recorded instance: events verbatim plus what their acks stored beside them
+        (see SqliteProvider.import_history); one transaction, refused when the instance exists."""
+        op = "import_history"
+        plans = []
+        for execution_id, recorded in executions:
+            events = list(recorded)
+            self._check_events(events, op)
+            info = _imported_execution(instance, execution_id, events, op)
+            pin = info.metadata.pinned_duroxide_version
+            plans.append((execution_id, events, info, _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None))
+        with self._tx(op) as db:
+            if db.all("SELECT 1 FROM instances WHERE instance_id = %s UNION ALL "
+                      "SELECT 1 FROM executions WHERE instance_id = %s LIMIT 1", (instance, instance)):
+                raise ProviderError(f"{op}: instance {instance!r} already exists; refusing to overwrite it",
+                                    operation=op, instance_id=instance, retryable=False)
+            for execution_id, events, info, pin in plans:
+                md = info.metadata
+                self._validate_events(db, instance, execution_id, events, op)
+                self._upsert_instance(db, instance, execution_id, md, info.started_ms)
+                self._append(db, instance, execution_id, events, info.started_ms)
+                if pin is not None:
+                    db.send("UPDATE executions SET duroxide_version_major = %s, duroxide_version_minor = %s, "
+                            "duroxide_version_patch = %s WHERE instance_id = %s AND execution_id = %s",
+                            (*pin, instance, execution_id))
+                if info.custom_status is not None:
+                    db.send("UPDATE instances SET current_execution_id = GREATEST(current_execution_id, %s), "
+                            "updated_at = %s, custom_status = %s, custom_status_version = custom_status_version + 1 "
+                            "WHERE instance_id = %s", (execution_id, info.ended_ms, info.custom_status.status, instance))
+                else:
+                    db.send("UPDATE instances SET current_execution_id = GREATEST(current_execution_id, %s), "
+                            "updated_at = %s WHERE instance_id = %s", (execution_id, info.ended_ms, instance))
+                if md.status is not None:
+                    db.send("UPDATE executions SET status = %s, output = %s, completed_at = %s "
+                            "WHERE instance_id = %s AND execution_id = %s",
+                            (md.status, md.output, info.ended_ms, instance, execution_id))
+                self._apply_kv(db, instance, events)
+                if md.status in TERMINAL_STATUSES:
+                    self._merge_kv(db, instance)
 
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""

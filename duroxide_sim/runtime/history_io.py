@@ -12,9 +12,12 @@ byte-stable: exporting the same history twice gives the same file. A directory e
 hash when long) and an ``index.json`` listing ``{file: instance_id}``.
 
 Reading validates everything and raises :class:`~duroxide_sim.errors.SerializationError` naming
-the file and the problem (not JSON, wrong format tag, newer version, malformed event). Nothing
-here touches an engine: export reads through the Provider protocol, import writes through
-``append_with_execution``.
+the file and the problem (not JSON, wrong format tag, newer version, malformed event, a field of
+the wrong type, event ids out of order, an execution without ``OrchestrationStarted``, an
+instance id a client would refuse, the same instance twice). Import validates every document and
+checks every target instance before it writes anything. Nothing here touches an engine: export
+reads through the Provider protocol, import writes through the provider's ``import_history``
+(events plus the rows their acks would have written).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..core.events import HistoryEvent, OrchestrationStarted, from_dict, to_dict
+import attrs
+
+from ..core.events import ErrorDetails, HistoryEvent, OrchestrationStarted, from_dict, to_dict
 from ..errors import InvalidInputError, SerializationError
+from .client import MAX_ANY_INSTANCE_ID_BYTES
 
 __all__ = [
     "FORMAT",
@@ -73,33 +79,100 @@ def _dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
-def _safe_name(instance: str) -> str:
-    quoted = urllib.parse.quote(instance, safe="-_.")
-    if len(quoted) <= 120 and quoted not in ("", ".", ".."):
-        return quoted + ".json"
+def _safe_name(instance: str, taken: Iterable[str] = ()) -> str:
+    """The file name of ``instance``'s document: the percent-encoded id (``~`` encoded too, so a
+    plain name never looks like a hashed one), or, when that is long, reserved (``index.json``,
+    ``.``, ``..``) or already in ``taken`` (compared case-insensitively, as on macOS and
+    Windows), a prefix plus ``~`` and a hash of the id."""
+    quoted = urllib.parse.quote(instance, safe="-_.").replace("~", "%7E")
+    taken = {name.casefold() for name in taken}
+    plain = quoted + ".json"
+    if len(quoted) <= 120 and quoted not in ("", ".", "..") and plain.casefold() not in taken | {"index.json"}:
+        return plain
     digest = hashlib.sha256(instance.encode("utf-8")).hexdigest()[:16]
     return f"{quoted[:80]}~{digest}.json"
 
 
 def export_to_path(provider: Any, out: str | pathlib.Path, instances: Iterable[str] | None = None) -> list[pathlib.Path]:
     """Write documents. ``out`` ending in ``.json`` -> one file (exactly one instance required, or
-    a JSON list when several); otherwise a directory with one file per instance + index.json."""
+    a JSON list when several); otherwise a directory with one file per instance + index.json.
+    A path that cannot be written (a directory where the file goes, a file where the directory
+    goes) raises :class:`InvalidInputError` naming it."""
     out = pathlib.Path(out)
     ids = list(instances) if instances is not None else list(reversed(provider.list_instances()))
-    docs = [export_instance(provider, i) for i in ids]
-    if out.suffix == ".json":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(_dumps(docs[0]) if len(docs) == 1 else json.dumps(docs, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        return [out]
-    out.mkdir(parents=True, exist_ok=True)
-    written, index = [], {}
-    for doc in docs:
-        name = _safe_name(doc["instance_id"])
-        (out / name).write_text(_dumps(doc), encoding="utf-8")
-        index[name] = doc["instance_id"]
-        written.append(out / name)
-    (out / "index.json").write_text(json.dumps(index, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    docs = [export_instance(provider, i) for i in dict.fromkeys(ids)]  # each instance once
+    try:
+        if out.suffix == ".json":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(_dumps(docs[0]) if len(docs) == 1 else json.dumps(docs, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            return [out]
+        out.mkdir(parents=True, exist_ok=True)
+        written, index = [], {}
+        for doc in docs:
+            name = _safe_name(doc["instance_id"], index)
+            (out / name).write_text(_dumps(doc), encoding="utf-8")
+            index[name] = doc["instance_id"]
+            written.append(out / name)
+        (out / "index.json").write_text(json.dumps(index, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write the export to {out}: {exc.strerror or exc}") from exc
     return written
+
+
+#: Checks for the field types of event and error records (by their annotation).
+_FIELD_CHECKS: dict[str, tuple[str, Any]] = {
+    "int": ("an integer", lambda v: type(v) is int),
+    "int | None": ("an integer", lambda v: v is None or type(v) is int),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "str | None": ("a string", lambda v: v is None or isinstance(v, str)),
+    "bool": ("true or false", lambda v: type(v) is bool),
+}
+_INT64 = range(-(2**63), 2**63)
+
+
+def _check_fields(record: Any) -> None:
+    """Every field of a decoded record has its declared type (``from_dict`` does not check),
+    integers fit a 64-bit column and strings are encodable as UTF-8 (no lone surrogates)."""
+    for field in attrs.fields(type(record)):
+        value = getattr(record, field.name)
+        if isinstance(value, ErrorDetails):
+            _check_fields(value)
+            continue
+        check = _FIELD_CHECKS.get(str(field.type))
+        if check is not None and not check[1](value):
+            raise SerializationError(f"field {field.name!r} must be {check[0]}, got {json.dumps(value)[:40]}")
+        if type(value) is int and value not in _INT64:
+            raise SerializationError(f"field {field.name!r} is out of range: {value}")
+        for text in (value if isinstance(value, tuple) else (value,)):
+            for item in (text if isinstance(text, tuple) else (text,)):
+                if isinstance(item, str):
+                    try:
+                        item.encode("utf-8")
+                    except UnicodeEncodeError as exc:
+                        raise SerializationError(f"field {field.name!r} is not valid Unicode ({exc.reason})") from None
+
+
+def _check_carry(ev: Any) -> None:
+    """``carry_forward_events`` must be ``[[name, data], ...]`` of strings: ``from_dict`` would
+    otherwise turn other values into strings (silently altering them)."""
+    carry = ev.get("carry_forward_events") if isinstance(ev, dict) else None
+    if carry is not None and not (isinstance(carry, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in carry)):
+        raise SerializationError("field 'carry_forward_events' must be a list of [name, data] string pairs")
+
+
+def _check_instance_id(instance: Any) -> None:
+    """The client's rules for an instance id: imported instances must be addressable."""
+    if not isinstance(instance, str) or not instance:
+        raise SerializationError(f"instance_id must be a non-empty string, got {json.dumps(instance)[:40]}")
+    if "\x00" in instance:
+        raise SerializationError("instance_id must not contain NUL characters")
+    try:
+        size = len(instance.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise SerializationError("instance_id is not valid Unicode (lone surrogate)") from None
+    if size > MAX_ANY_INSTANCE_ID_BYTES:
+        raise SerializationError(f"instance_id is {size} bytes, longer than {MAX_ANY_INSTANCE_ID_BYTES}")
 
 
 def _check_doc(doc: Any, where: str) -> dict[str, Any]:
@@ -108,35 +181,112 @@ def _check_doc(doc: Any, where: str) -> dict[str, Any]:
     if doc.get("format") != FORMAT:
         raise SerializationError(f"{where}: not a {FORMAT} document (format={doc.get('format')!r})")
     version = doc.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version < 1:
+        raise SerializationError(f"{where}: format version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise SerializationError(f"{where}: format version {version!r} is newer than this duroxide_sim understands ({FORMAT_VERSION})")
-    if not isinstance(doc.get("instance_id"), str) or not isinstance(doc.get("executions"), list):
+    if "instance_id" not in doc or not isinstance(doc.get("executions"), list):
         raise SerializationError(f"{where}: missing instance_id or executions")
+    try:
+        _check_instance_id(doc["instance_id"])
+    except SerializationError as exc:
+        raise SerializationError(f"{where}: {exc}") from None
+    instance = doc["instance_id"]
+    if not doc["executions"]:
+        raise SerializationError(f"{where}: instance {instance!r} has no executions")
+    previous = 0
     for ex in doc["executions"]:
-        if not isinstance(ex, dict) or not isinstance(ex.get("execution_id"), int) or not isinstance(ex.get("events"), list):
+        if not isinstance(ex, dict) or type(ex.get("execution_id")) is not int or not isinstance(ex.get("events"), list):
             raise SerializationError(f"{where}: malformed execution entry {str(ex)[:80]!r}")
+        execution_id = ex["execution_id"]
+        if execution_id <= previous:
+            problem = "is not positive" if execution_id < 1 else ("is repeated" if execution_id == previous else "is out of order")
+            raise SerializationError(f"{where}: execution id {execution_id} {problem} (execution ids increase from 1)")
+        previous = execution_id
+        if not ex["events"]:
+            raise SerializationError(f"{where}: execution {execution_id} has no events")
+        last_event = 0
         for i, ev in enumerate(ex["events"]):
+            at = f"{where}: execution {execution_id} event #{i}"
             try:
-                from_dict(ev, "event")
+                _check_carry(ev)
+                event = from_dict(ev, "event")
+                _check_fields(event)
             except SerializationError as exc:
-                raise SerializationError(f"{where}: execution {ex['execution_id']} event #{i}: {exc}") from exc
+                raise SerializationError(f"{at}: {exc}") from exc
+            except (TypeError, ValueError) as exc:  # from_dict's conversions of odd values
+                raise SerializationError(f"{at}: malformed record: {exc}") from exc
+            if i == 0 and not isinstance(event, OrchestrationStarted):
+                raise SerializationError(f"{at}: an execution must begin with OrchestrationStarted, not {type(event).__name__}")
+            if event.event_id <= last_event:
+                raise SerializationError(f"{at}: event_id {event.event_id} does not follow {last_event} (event ids increase from 1)")
+            last_event = event.event_id
+            if event.instance_id != instance or event.execution_id != execution_id:
+                raise SerializationError(f"{at}: event belongs to instance {event.instance_id!r} execution {event.execution_id}, "
+                                         f"not to instance {instance!r} execution {execution_id}")
     return doc
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _read_json(file: pathlib.Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"), parse_constant=_no_constants)
+    except OSError as exc:
+        raise SerializationError(f"{file}: cannot read it ({exc.strerror or exc})") from exc
+    except RecursionError:
+        raise SerializationError(f"{file}: not valid JSON (nested too deeply)") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SerializationError(f"{file}: not valid JSON ({exc})") from exc
+
+
+def _read_index(directory: pathlib.Path, files: list[pathlib.Path]) -> dict[str, str] | None:
+    """A directory's ``index.json`` (None without one), checked against the files present: a
+    listed file that is missing was lost, an unlisted one is not part of that export (left over
+    from an earlier export into the same directory, say)."""
+    index_file = directory / "index.json"
+    if not index_file.exists():
+        return None
+    index = _read_json(index_file)
+    if not isinstance(index, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in index.items()):
+        raise SerializationError(f"{index_file}: expected a JSON object of file name -> instance id")
+    names = {f.name for f in files}
+    for name, instance in sorted(index.items()):
+        if name not in names:
+            raise SerializationError(f"{index_file}: lists {name} (instance {instance!r}) but that file is missing")
+    unlisted = sorted(names - set(index))
+    if unlisted:
+        raise SerializationError(f"{directory / unlisted[0]}: not listed in {index_file} (left from another export? "
+                                 "remove the file, or add it to index.json)")
+    return index
+
+
 def load_documents(path: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Read one file (a document or a list of them) or a directory of ``*.json`` documents."""
+    """Read one file (a document or a list of them) or a directory of ``*.json`` documents.
+    A directory's ``index.json``, when present, must list exactly its documents. An instance may
+    appear only once among them."""
     path = pathlib.Path(path)
     if not path.exists():
         raise InvalidInputError(f"no such file or directory: {path}")
     files = sorted(p for p in path.glob("*.json") if p.name != "index.json") if path.is_dir() else [path]
+    index = _read_index(path, files) if path.is_dir() else None
     docs: list[dict[str, Any]] = []
+    origin: dict[str, pathlib.Path] = {}
     for file in files:
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise SerializationError(f"{file}: not valid JSON ({exc})") from exc
+        data = _read_json(file)
         items = data if isinstance(data, list) else [data]
-        docs.extend(_check_doc(item, str(file)) for item in items)
+        for item in items:
+            doc = _check_doc(item, str(file))
+            if index is not None and index[file.name] != doc["instance_id"]:
+                raise SerializationError(f"{file}: holds instance {doc['instance_id']!r}, but index.json says "
+                                         f"{index[file.name]!r}")
+            if doc["instance_id"] in origin:
+                raise SerializationError(f"{file}: instance {doc['instance_id']!r} appears twice "
+                                         f"(also in {origin[doc['instance_id']]})")
+            origin[doc["instance_id"]] = file
+            docs.append(doc)
     return docs
 
 
@@ -146,14 +296,27 @@ def document_events(doc: dict[str, Any]) -> dict[int, list[HistoryEvent]]:
 
 
 def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
-    """Append each document's histories to ``provider``; returns the number of executions written.
-    Refuses to import onto an existing instance (nothing is overwritten)."""
-    count = 0
-    for doc in docs:
+    """Restore each document's instance in ``provider`` (its ``import_history``: the events
+    verbatim plus the instance row, execution statuses, custom status and KV store their acks
+    would have written, so the instance is listed, shown and exported like any other); returns
+    the number of executions written. Refuses to import onto an existing instance (nothing is
+    overwritten). Every document is validated and every instance checked before the first
+    write, so a refusal writes nothing; each instance is then one transaction."""
+    restore = getattr(provider, "import_history", None)
+    if restore is None:
+        raise InvalidInputError(f"{type(provider).__name__} cannot import histories (it has no import_history)")
+    seen: set[str] = set()
+    for n, doc in enumerate(docs):
+        _check_doc(doc, f"document #{n}")
         instance = doc["instance_id"]
+        if instance in seen:
+            raise InvalidInputError(f"instance {instance!r} appears twice among the documents")
+        seen.add(instance)
         if provider.latest_execution_id(instance) is not None:
             raise InvalidInputError(f"instance {instance!r} already exists in the target; refusing to overwrite it")
-        for execution_id, events in document_events(doc).items():
-            provider.append_with_execution(instance, execution_id, events)
-            count += 1
+    count = 0
+    for doc in docs:
+        executions = document_events(doc)
+        restore(doc["instance_id"], sorted(executions.items()))
+        count += len(executions)
     return count

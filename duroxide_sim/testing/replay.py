@@ -27,6 +27,7 @@ import attrs
 from ..core.events import OrchestrationCompleted, OrchestrationContinuedAsNew, OrchestrationFailed
 from ..core.registry import Registry
 from ..core.verify import verify_execution
+from ..errors import InvalidInputError
 from ..runtime.history_io import document_events, export_instance, load_documents
 
 __all__ = ["Divergence", "load_app", "build_registry", "replay_documents", "replay_source", "assert_replays"]
@@ -66,13 +67,25 @@ def build_registry(app: Any) -> Registry:
         return app
     clock = SimClock()
     rt = Runtime(InMemoryProvider(clock), clock=clock)
-    if isinstance(app, SimSpec):
-        app.setup(rt, ExternalWorld())
-    elif callable(app):
-        app(rt)
-    else:
+    if not isinstance(app, SimSpec) and not callable(app):
         raise TypeError(f"app must be a SimSpec, a callable(runtime) or a Registry, got {type(app).__name__}")
+    try:
+        if isinstance(app, SimSpec):
+            app.setup(rt, ExternalWorld())
+        else:
+            app(rt)
+    except Exception as exc:  # noqa: BLE001 - anything the app's own code raises
+        raise InvalidInputError(f"the app raised while registering its handlers: {_describe(exc)}") from exc
     return rt.registry
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (file:line)``, the line being the innermost frame that raised."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames and not isinstance(exc, SyntaxError) else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def load_app(ref: str) -> Any:
@@ -98,13 +111,24 @@ def load_app(ref: str) -> Any:
                 module = importlib.import_module(dotted)
             except ImportError:
                 module = None
+            except Exception as exc:  # noqa: BLE001 - the module's own code raised
+                raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
         if module is None:
             spec = importlib.util.spec_from_file_location(f"_duroxide_app_{path.stem}", path)
-            assert spec is not None and spec.loader is not None
+            if spec is None or spec.loader is None or not path.is_file():
+                raise ValueError(f"cannot load {where}: not a Python file")
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:  # noqa: BLE001 - the module's own code: an input error, not a crash
+                raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
     else:
-        module = importlib.import_module(where)
+        try:
+            module = importlib.import_module(where)
+        except ImportError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
     if not hasattr(module, name):
         raise ValueError(f"{where} has no attribute {name!r}")
     return getattr(module, name)
@@ -145,8 +169,13 @@ def _documents_from(source: str) -> list[dict[str, Any]]:
 
 
 def replay_source(source: str, app: Any, *, latest: bool = False) -> list[Divergence]:
-    """Replay an export (file or directory) or a SQLite database against ``app``."""
-    return replay_documents(_documents_from(source), build_registry(app), latest=latest)
+    """Replay an export (file or directory) or a SQLite database against ``app``. A source that
+    holds no history at all raises :class:`InvalidInputError`: "every history replays cleanly"
+    after checking nothing would let CI pass on a wrong path."""
+    docs = _documents_from(source)
+    if not docs:
+        raise InvalidInputError(f"no recorded histories in {source}: nothing to replay")
+    return replay_documents(docs, build_registry(app), latest=latest)
 
 
 def assert_replays(source: str, app: Any | str, *, latest: bool = False) -> None:

@@ -447,3 +447,22 @@ def test_runtime_end_to_end_on_postgres(pg_schema, opened):
         rt.shutdown(2_000)
     provider._check()
 
+
+
+def test_import_restores_instances_like_the_originals(opened, tmp_path) -> None:
+    """history_io's import through PostgresProvider.import_history: listed, described, KV and
+    custom status as in the source (the SQLite and memory variants are in
+    tests/testing/test_history_io_and_replay.py)."""
+    from duroxide_sim.runtime.history_io import document_events, export_to_path, import_documents, load_documents
+    from duroxide_sim.sim import SimClock
+    from tests.testing.test_history_io_and_replay import _rich_source, _views
+
+    _source, client = _rich_source(tmp_path / "a.db")
+    before = _views(client)
+    docs = load_documents(export_to_path(client.provider, tmp_path / "out")[0].parent)
+    target = opened("import_target")
+    assert import_documents(target, docs) == 7
+    assert _views(Client(target, clock=SimClock())) == before
+    wait = next(d for d in docs if d["instance_id"] == "wait")
+    with pytest.raises(ProviderError, match="already exists"):
+        target.import_history("wait", sorted(document_events(wait).items()))

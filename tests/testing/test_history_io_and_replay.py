@@ -134,3 +134,93 @@ def test_fixture_generator_is_reproducible(tmp_path: pathlib.Path, monkeypatch: 
     for f in HISTORIES.iterdir():
         assert (tmp_path / "regen" / f.name).read_bytes() == f.read_bytes(), f.name
     shutil.rmtree(tmp_path / "regen")
+
+
+def _rich_source(path: pathlib.Path):
+    """Instances with everything an import must restore beside the events: several executions
+    (continue-as-new), custom status, KV values, a sub-orchestration, a failure, one still running."""
+    clock = SimClock()
+    provider = SqliteProvider.open(str(path), clock=clock)
+    rt = Runtime(provider, clock=clock, ids=SequentialIds())
+    rt.register_activity("inc", lambda ctx, x: x + 1)
+
+    def counter(ctx, n):
+        ctx.set_custom_status(f"at {n}")
+        ctx.set_kv_value("last", str(n))
+        if n == 0:
+            ctx.set_kv_value("first", "yes")
+        n = yield ctx.schedule_activity("inc", n)
+        if n < 3:
+            yield ctx.continue_as_new(n)
+        return n
+
+    def child(ctx, x):
+        return (yield ctx.schedule_activity("inc", x))
+
+    def parent(ctx, x):
+        return (yield ctx.schedule_sub_orchestration_with_id("Child", "kid", x))
+
+    def fails(ctx, _):
+        yield ctx.schedule_timer(10)
+        raise ValueError("no")
+
+    def waits(ctx, _):
+        ctx.set_custom_status("waiting")
+        return (yield ctx.wait_for_event("go"))
+
+    for name, fn in (("Counter", counter), ("Child", child), ("Parent", parent), ("Fails", fails), ("Waits", waits)):
+        rt.register_orchestration(name, fn)
+    driver = SequentialDriver(rt, clock)
+    client = Client(provider, clock=clock, sleep=driver.sleep)
+    for inst, name in (("count", "Counter"), ("p", "Parent"), ("bad", "Fails"), ("wait", "Waits")):
+        client.start_orchestration(inst, name, 0)
+        driver.run_until_quiet()
+    return provider, client
+
+
+def _views(client: Client) -> dict:
+    out = {}
+    for inst in sorted(client.list_all_instances()):
+        st = client.get_status(inst)
+        info = client.get_instance_info(inst)
+        out[inst] = {
+            "status": (st.status, st.output, st.error, st.custom_status),
+            "info": info,
+            "executions": [client.get_execution_info(inst, e) for e in client.list_executions(inst)],
+            "kv": client.get_kv_all_values(inst),
+            "tree": client.get_instance_tree(inst) if info.parent_instance_id is None else None,
+        }
+    return out
+
+
+@pytest.mark.parametrize("target", ["sqlite", "memory"])
+def test_an_imported_instance_is_listed_and_described_like_the_original(tmp_path: pathlib.Path, target: str) -> None:
+    """Import used to write only the events: the instances were missing from list_instances, so
+    `show` and `export` of the imported database found nothing, and their status, custom status
+    and KV store were not there."""
+    from duroxide_sim.providers.memory import InMemoryProvider
+
+    _provider, client = _rich_source(tmp_path / "a.db")
+    before = _views(client)
+    assert set(before) == {"count", "p", "kid", "bad", "wait"} and len(before["count"]["executions"]) == 3
+    assert before["count"]["kv"] == {"first": "yes", "last": "2"} and before["wait"]["status"][3] == "waiting"
+    docs = load_documents(export_to_path(client.provider, tmp_path / "out")[0].parent)
+    target_provider = SqliteProvider.open(str(tmp_path / "b.db"), clock=SimClock()) if target == "sqlite" \
+        else InMemoryProvider(SimClock())
+    assert import_documents(target_provider, docs) == 7  # executions
+    after = _views(Client(target_provider, clock=SimClock()))
+    assert after == before
+    # And the imported database exports to the same files (list_instances finds them now).
+    export_to_path(target_provider, tmp_path / "again")
+    for file in sorted((tmp_path / "out").iterdir()):
+        assert (tmp_path / "again" / file.name).read_bytes() == file.read_bytes(), file.name
+
+
+def test_import_of_an_existing_instance_writes_nothing_at_all(tmp_path: pathlib.Path) -> None:
+    _provider, client = _rich_source(tmp_path / "a.db")
+    docs = load_documents(export_to_path(client.provider, tmp_path / "out")[0].parent)
+    target = SqliteProvider.open(str(tmp_path / "b.db"), clock=SimClock())
+    import_documents(target, [d for d in docs if d["instance_id"] == "wait"])
+    with pytest.raises(Exception, match="already exists"):
+        import_documents(target, docs)  # "wait" is there: nothing else is written either
+    assert target.list_instances() == ["wait"]

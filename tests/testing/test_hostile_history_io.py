@@ -1,0 +1,302 @@
+"""Hostile data through history export/import/show/replay: every bad input gets a clear error
+naming the problem (CLI: one ``duroxide-sim: ...`` line, exit 2) and no data is lost or altered."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+from typing import Any
+
+import pytest
+
+from duroxide_sim import Client, Runtime
+from duroxide_sim.cli import main as cli
+from duroxide_sim.core.events import dumps
+from duroxide_sim.errors import InvalidInputError, SerializationError
+from duroxide_sim.providers.sqlite import SqliteProvider
+from duroxide_sim.runtime.history_io import _safe_name, export_to_path, import_documents, load_documents
+from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
+from duroxide_sim.testing.replay import assert_replays, replay_source
+from tests.fixtures.replay import app_v1
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "replay"
+HISTORIES = FIXTURES / "histories_v1"
+APP_V1 = str(FIXTURES / "app_v1.py") + ":register"
+MARKUP = "</script><script>alert(1)</script><b>\"q\" 'x'\n😀"
+LONG_ID = "L" * 16_384
+
+
+def _register(rt: Runtime) -> None:
+    @rt.register_activity("Echo")
+    def echo(ctx, x):
+        return x
+
+    @rt.register_orchestration("Child")
+    def child(ctx, x):
+        return (yield ctx.schedule_activity("Echo", x))
+
+    @rt.register_orchestration("Main")
+    def main(ctx, x):
+        ctx.set_custom_status(json.dumps(x)[:200])  # (the status and KV values have size limits)
+        ctx.set_kv_value("k\u0000😀", json.dumps(x)[:200])
+        r = yield ctx.schedule_activity("Echo", x)
+        c = yield ctx.schedule_sub_orchestration("Child", x)
+        return [r, c]
+
+    @rt.register_orchestration("Loop")
+    def loop(ctx, n):
+        if n < 2:
+            yield ctx.schedule_activity("Echo", n)
+            return (yield ctx.continue_as_new(n + 1))
+        return n
+
+
+def _db(path: pathlib.Path, starts: list[tuple[str, str, Any]]) -> SqliteProvider:
+    clock = SimClock()
+    provider = SqliteProvider.open(str(path), clock=clock)
+    rt = Runtime(provider, clock=clock, ids=SequentialIds())
+    _register(rt)
+    driver = SequentialDriver(rt, clock)
+    client = Client(provider, clock=clock, sleep=driver.sleep)
+    for instance, name, value in starts:
+        client.start_orchestration(instance, name, value)
+    driver.run_until_quiet()
+    return provider
+
+
+def _histories(provider: SqliteProvider, instances: list[str]) -> dict[tuple[str, int], list[str]]:
+    """Every execution's events as their canonical bytes."""
+    out = {}
+    for inst in instances:
+        for e in range(1, (provider.latest_execution_id(inst) or 0) + 1):
+            out[(inst, e)] = [dumps(ev) for ev in provider.read_with_execution(inst, e)]
+    return out
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *parts: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("duroxide-sim: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in err, err
+    return err
+
+
+# --------------------------------------------------------------------------------------------
+# Export -> import round trip
+# --------------------------------------------------------------------------------------------
+
+
+def test_round_trip_keeps_every_event_byte_for_byte_with_hostile_ids_and_payloads(tmp_path: pathlib.Path) -> None:
+    """Ids that are HTML, emoji, 16 KiB long, named like the index file or like another
+    instance's hashed file name; payloads with NUL, markup, deep nesting and several MiB; custom
+    status, KV, sub-orchestrations and continue-as-new: the export holds them all and the
+    import gives identical histories."""
+    nested: Any = 0
+    for _ in range(150):
+        nested = [nested]
+    hashed_twin = _safe_name(LONG_ID)[: -len(".json")]  # an id spelled like LONG_ID's file name
+    starts = [
+        (MARKUP, "Main", "pay\u0000load " + MARKUP),
+        ("index", "Main", {"nul": "\u0000"}),
+        (LONG_ID, "Main", "long"),
+        (hashed_twin, "Main", "twin"),
+        ("Case", "Main", 1),
+        ("case", "Main", 2),
+        ("big", "Main", "x" * (3 * 1024 * 1024)),
+        ("nested", "Main", nested),
+        ("loop", "Loop", 0),
+    ]
+    source = _db(tmp_path / "a.db", starts)
+    instances = source.list_instances()
+    assert len(instances) == 17  # 9 started + 8 sub-orchestrations
+    assert {source.get_instance_info(i).status for i in instances} == {"Completed"}
+    assert source.latest_execution_id("loop") == 3
+    assert cli(["export", str(tmp_path / "a.db"), "--out", str(tmp_path / "out")]) == 0
+    names = [p.name for p in (tmp_path / "out").iterdir()]
+    assert len({n.casefold() for n in names}) == len(names) == len(instances) + 1  # + index.json
+    docs = load_documents(tmp_path / "out")
+    assert sorted(d["instance_id"] for d in docs) == sorted(instances)
+    assert cli(["import", str(tmp_path / "out"), "--db", str(tmp_path / "b.db")]) == 0
+    target = SqliteProvider.open(str(tmp_path / "b.db"), clock=SimClock())
+    assert _histories(target, instances) == _histories(source, instances)
+
+
+def test_export_to_an_unwritable_path_is_an_input_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _db(tmp_path / "a.db", [("i", "Loop", 2)])
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "file").write_text("x")
+    provider = SqliteProvider.open(str(tmp_path / "a.db"), clock=SimClock())
+    with pytest.raises(InvalidInputError, match="cannot write the export to .*dir.json"):
+        export_to_path(provider, tmp_path / "dir.json")
+    for out in ("file", "file/sub", "dir.json"):
+        assert cli(["export", str(tmp_path / "a.db"), "--out", str(tmp_path / out)]) == 2
+        _one_line_error(capsys, "cannot write the export to", out)
+
+
+# --------------------------------------------------------------------------------------------
+# Corrupt export files
+# --------------------------------------------------------------------------------------------
+
+
+def _base() -> dict[str, Any]:
+    return json.loads((HISTORIES / "inv-3.json").read_text(encoding="utf-8"))
+
+
+def _edit(change) -> str:
+    doc = _base()
+    change(doc, doc["executions"][0]["events"])
+    return json.dumps(doc)
+
+
+def _set(key: str, value: Any, event: int | None = None):
+    def change(doc, events):
+        (doc if event is None else events[event])[key] = value
+    return change
+
+
+BAD_FILES = [
+    ("version true", _edit(_set("version", True)), "format version must be a positive integer, got True"),
+    ("version 0", _edit(_set("version", 0)), "format version must be a positive integer, got 0"),
+    ("version string", _edit(_set("version", "1")), "format version must be a positive integer, got '1'"),
+    ("version missing", _edit(lambda d, e: d.pop("version")), "format version must be a positive integer, got None"),
+    ("timestamp string", _edit(_set("timestamp_ms", "soon", 1)), "event #1: field 'timestamp_ms' must be an integer"),
+    ("timestamp float", _edit(_set("timestamp_ms", 1.5, 1)), "field 'timestamp_ms' must be an integer, got 1.5"),
+    ("timestamp NaN", _edit(_set("timestamp_ms", float("nan"), 1)), "NaN is not a JSON number"),
+    ("timestamp 2**70", _edit(_set("timestamp_ms", 2**70, 1)), "field 'timestamp_ms' is out of range"),
+    ("event id string", _edit(_set("event_id", "two", 1)), "field 'event_id' must be an integer"),
+    ("event id bool", _edit(_set("event_id", True, 1)), "field 'event_id' must be an integer, got true"),
+    ("source id string", _edit(_set("source_event_id", "2", 2)), "field 'source_event_id' must be an integer"),
+    ("name not a string", _edit(_set("name", 5, 1)), "field 'name' must be a string, got 5"),
+    ("input an object", _edit(_set("input", {"a": 1}, 1)), "field 'input' must be a string"),
+    ("duplicate event id", _edit(_set("event_id", 2, 2)), "event #2: event_id 2 does not follow 2"),
+    ("event ids decrease", _edit(lambda d, e: e.insert(1, e.pop(3))), "event #2: event_id 2 does not follow 4"),
+    ("no OrchestrationStarted", _edit(lambda d, e: e.pop(0)), "must begin with OrchestrationStarted, not ActivityScheduled"),
+    ("event of another instance", _edit(_set("instance_id", "other", 1)), "belongs to instance 'other'"),
+    ("event of another execution", _edit(_set("execution_id", 7, 1)), "belongs to instance 'inv-3' execution 7"),
+    ("execution twice", _edit(lambda d, e: d["executions"].append(copy.deepcopy(d["executions"][0]))), "execution id 1 is repeated"),
+    ("execution id 0", _edit(lambda d, e: d["executions"][0].update(execution_id=0)), "execution id 0 is not positive"),
+    ("no executions", _edit(_set("executions", [])), "has no executions"),
+    ("no events", _edit(lambda d, e: e.clear()), "execution 1 has no events"),
+    ("empty instance id", _edit(_set("instance_id", "")), "instance_id must be a non-empty string"),
+    ("NUL in instance id", _edit(_set("instance_id", "a\u0000b")), "instance_id must not contain NUL"),
+    ("70 KB instance id", _edit(_set("instance_id", "x" * 70_000)), "instance_id is 70000 bytes, longer than"),
+    ("lone surrogate", _edit(lambda d, e: None).replace('"Billing::activity::charge"', '"\\udc00"', 1), "field 'name' is not valid Unicode"),
+    ("carry not a list", _edit(_set("carry_forward_events", 5, 0)), "'carry_forward_events' must be a list of [name, data]"),
+    ("carry pair of one", _edit(_set("carry_forward_events", [["a"]], 0)), "'carry_forward_events' must be a list"),
+    ("carry of numbers", _edit(_set("carry_forward_events", [[1, 2]], 0)), "'carry_forward_events' must be a list"),
+    ("nested 100000 deep", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize("content, message", [case[1:] for case in BAD_FILES], ids=[case[0] for case in BAD_FILES])
+def test_corrupt_export_files_are_refused_with_the_problem_named(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], content: str, message: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content, encoding="utf-8")
+    with pytest.raises(SerializationError) as info:
+        load_documents(bad)
+    assert message in str(info.value) and str(bad) in str(info.value)
+    assert cli(["import", str(bad), "--db", str(tmp_path / "t.db")]) == 2
+    _one_line_error(capsys, message)
+    assert SqliteProvider.open(str(tmp_path / "t.db"), clock=SimClock()).latest_execution_id("inv-3") is None
+
+
+def test_a_directory_where_a_document_should_be_is_an_input_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.json").mkdir()
+    with pytest.raises(SerializationError, match="x.json: cannot read it"):
+        load_documents(tmp_path / "in")
+    assert cli(["show", str(tmp_path / "in")]) == 2
+    _one_line_error(capsys, "x.json: cannot read it")
+
+
+def test_an_instance_in_two_files_is_refused_before_anything_is_written(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    for name in ("a.json", "b.json", "c.json"):
+        (tmp_path / "in" / name).write_text((HISTORIES / ("inv-1.json" if name == "a.json" else "inv-2.json")).read_text())
+    with pytest.raises(SerializationError, match="instance 'inv-2' appears twice"):
+        load_documents(tmp_path / "in")
+    assert cli(["import", str(tmp_path / "in"), "--db", str(tmp_path / "t.db")]) == 2
+    _one_line_error(capsys, "c.json: instance 'inv-2' appears twice (also in", "b.json")
+    assert SqliteProvider.open(str(tmp_path / "t.db"), clock=SimClock()).latest_execution_id("inv-1") is None
+
+
+def test_index_json_must_match_the_documents(tmp_path: pathlib.Path) -> None:
+    """A document lost from an export directory, or one left there by an earlier export, is
+    reported instead of importing a different set of instances."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for f in HISTORIES.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    assert len(load_documents(out)) == 4
+    (out / "stale.json").write_text(_edit(_set("instance_id", "stale")).replace('"inv-3"', '"stale"'))
+    with pytest.raises(SerializationError, match="stale.json: not listed in .*index.json"):
+        load_documents(out)
+    (out / "stale.json").unlink()
+    (out / "inv-2.json").unlink()
+    with pytest.raises(SerializationError, match=r"lists inv-2.json \(instance 'inv-2'\) but that file is missing"):
+        load_documents(out)
+    (out / "inv-2.json").write_text((HISTORIES / "inv-1.json").read_text())
+    with pytest.raises(SerializationError, match="inv-2.json: holds instance 'inv-1', but index.json says 'inv-2'"):
+        load_documents(out)
+
+
+def test_import_writes_nothing_when_one_instance_already_exists(tmp_path: pathlib.Path) -> None:
+    target = SqliteProvider.open(str(tmp_path / "t.db"), clock=SimClock())
+    docs = load_documents(HISTORIES)
+    import_documents(target, [d for d in docs if d["instance_id"] == "inv-4"])
+    with pytest.raises(InvalidInputError, match="'inv-4' already exists"):
+        import_documents(target, docs)
+    assert [target.latest_execution_id(i) for i in ("inv-1", "inv-2", "inv-3")] == [None, None, None]
+
+
+def test_import_documents_validates_documents_it_did_not_load(tmp_path: pathlib.Path) -> None:
+    target = SqliteProvider.open(str(tmp_path / "t.db"), clock=SimClock())
+    doc = _base()
+    doc["executions"][0]["events"][1]["instance_id"] = "someone-else"
+    with pytest.raises(SerializationError, match="document #0: execution 1 event #1: event belongs to instance 'someone-else'"):
+        import_documents(target, [doc])
+    with pytest.raises(InvalidInputError, match="'inv-3' appears twice"):
+        import_documents(target, [_base(), _base()])
+    assert target.latest_execution_id("inv-3") is None
+
+
+# --------------------------------------------------------------------------------------------
+# Replay
+# --------------------------------------------------------------------------------------------
+
+
+def test_replay_of_nothing_is_an_input_error_not_a_pass(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    SqliteProvider.open(str(tmp_path / "empty.db"), clock=SimClock())
+    for source in ("empty", "empty.db"):
+        with pytest.raises(InvalidInputError, match="no recorded histories in .*nothing to replay"):
+            replay_source(str(tmp_path / source), app_v1.register)
+        with pytest.raises(InvalidInputError, match="no recorded histories"):
+            assert_replays(str(tmp_path / source), app_v1.register)
+        assert cli(["replay", str(tmp_path / source), "--app", APP_V1]) == 2
+        _one_line_error(capsys, "no recorded histories in", source)
+
+
+def test_replay_with_an_app_that_raises_is_an_input_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "bad_app.py"
+    app.write_text("def register(rt):\n    raise RuntimeError('boom in register')\n")
+    assert cli(["replay", str(HISTORIES), "--app", f"{app}:register"]) == 2
+    _one_line_error(capsys, "the app raised while registering its handlers: RuntimeError: boom in register", f"{app}:2")
+    broken = tmp_path / "broken_module.py"
+    broken.write_text("x = 1\nraise KeyError('at import')\n")
+    assert cli(["replay", str(HISTORIES), "--app", f"{broken}:register"]) == 2
+    _one_line_error(capsys, f"cannot import {broken}: KeyError: 'at import'", f"{broken}:2")
+    syntax = tmp_path / "syntax_error.py"
+    syntax.write_text("def f(:\n")
+    assert cli(["replay", str(HISTORIES), "--app", f"{syntax}:f"]) == 2
+    _one_line_error(capsys, f"cannot import {syntax}: SyntaxError")
+
+
+def test_replay_of_a_directory_with_one_bad_file_names_it(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "good.json").write_text((HISTORIES / "inv-1.json").read_text())
+    (tmp_path / "mixed" / "bad.json").write_text(_edit(_set("timestamp_ms", "later", 2)))
+    assert cli(["replay", str(tmp_path / "mixed"), "--app", APP_V1]) == 2
+    _one_line_error(capsys, "bad.json: execution 1 event #2: field 'timestamp_ms' must be an integer")
