@@ -34,7 +34,8 @@ def _plain_decode(text):
                  st.integers().map(str), st.sampled_from(["٣", "²", "00", "07", "-0", "1e3", " 1"])))
 def test_decode_is_json_loads_or_the_raw_text(text):
     got, want = codec.decode(text), _plain_decode(text)
-    assert got == want and type(got) is type(want)
+    # (NaN, which json.loads reads from the text "NaN", is the one value not equal to itself)
+    assert type(got) is type(want) and (got == want or (got != got and want != want))
 
 
 def test_huge_integers_still_encode():
