@@ -52,6 +52,7 @@ from ..core.events import (
 )
 from ..errors import ProviderError, SerializationError
 from ._shared import HistoryView
+from ._shared import imported_execution as _imported_execution
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -308,7 +309,7 @@ class SqliteProvider(SqliteAdminMixin):
                 conn.execute("PRAGMA journal_mode = MEMORY")
                 conn.execute("PRAGMA synchronous = OFF")
             else:
-                conn.execute("PRAGMA journal_mode = WAL")  # first read of the file: "not a database" here
+                self._journal_wal(conn)  # first read of the file: "not a database" here
                 conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, no fsync per commit
                 conn.execute("PRAGMA cache_size = -32768")  # 32 MiB page cache per connection
                 conn.execute("PRAGMA temp_store = MEMORY")
@@ -316,6 +317,34 @@ class SqliteProvider(SqliteAdminMixin):
             conn.close()
             raise _map_error(exc, "open", self._where) from exc
         return conn
+
+    def _journal_wal(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode = WAL``, waiting out another process that is creating or
+        converting the same new file: while it holds a lock on a file not yet in WAL mode, SQLite
+        answers SQLITE_BUSY at once (the busy timeout does not cover this pragma), so two services
+        starting together on a new path failed to open (found by tests/providers/
+        test_sqlite_processes.py). Retried with back-off (1 ms doubling to 50 ms) up to the busy
+        timeout; the waits are counted, not clocked (providers read no clock)."""
+        waited, delay = 0.0, 0.001
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() == "wal":
+                    return
+                problem: Exception = ProviderError(
+                    f"open: SQLite database {self.path!r} stayed in journal mode {mode!r} instead of WAL",
+                    operation="open", retryable=True)
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", None)
+                busy = (code & 0xFF) == 5 if code is not None else "locked" in str(exc) or "busy" in str(exc)
+                if not busy:  # SQLITE_BUSY and its extended codes only
+                    raise
+                problem = exc
+            if waited >= _BUSY_TIMEOUT_MS / 1000:
+                raise problem
+            threading.Event().wait(delay)
+            waited += delay
+            delay = min(delay * 2, 0.05)
 
     def _register(self, conn: sqlite3.Connection) -> None:
         with self._conns_lock:
@@ -1429,6 +1458,43 @@ class SqliteProvider(SqliteAdminMixin):
             now = self._now()
             self._validate_events(db, instance, execution_id, events, op)
             self._append(db, instance, execution_id, events, now)
+
+    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]]) -> None:
+        """Restore a recorded instance (``duroxide-sim import``): its executions' events verbatim,
+        plus what their turns' acks stored beside them, read back from the events: the instance
+        row (name, version, parent, current execution, created/updated at the recorded times),
+        each execution's status, output and pin, the last custom status, and the KV store (each
+        execution's KV events, merged at its end as an ack does). One transaction; refused
+        (nothing written) when the instance already exists or an event id repeats."""
+        op = "import_history"
+        with self._tx(op) as db:
+            if db.execute("SELECT 1 FROM instances WHERE instance_id = ? UNION ALL "
+                          "SELECT 1 FROM executions WHERE instance_id = ? LIMIT 1", (instance, instance)).fetchone():
+                raise ProviderError(f"{op}: instance {instance!r} already exists; refusing to overwrite it",
+                                    operation=op, instance_id=instance, retryable=False)
+            for execution_id, recorded in executions:
+                events = list(recorded)
+                self._validate_events(db, instance, execution_id, events, op)
+                info = _imported_execution(instance, execution_id, events, op)
+                md = info.metadata
+                self._upsert_instance(db, instance, execution_id, md, info.started_ms)
+                pin = _parse_semver(md.pinned_duroxide_version, "pinned_duroxide_version") \
+                    if md.pinned_duroxide_version is not None else None
+                if pin is None and md.status is None:
+                    db.execute("INSERT INTO executions (instance_id, execution_id, status, started_at) "
+                               "VALUES (?, ?, 'Running', ?)", (instance, execution_id, info.started_ms))
+                else:
+                    db.execute(_UPSERT_EXECUTION[(pin is not None, md.status is not None)],
+                               (instance, execution_id, md.status or "Running", info.started_ms, *(pin or ()),
+                                *((md.output, info.ended_ms) if md.status is not None else ())))
+                self._insert_events(db, instance, execution_id, events, info.ended_ms)
+                db.execute("UPDATE instances SET updated_at = ? WHERE instance_id = ?", (info.ended_ms, instance))
+                if info.custom_status is not None:
+                    db.execute("UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
+                               "WHERE instance_id = ?", (info.custom_status.status, instance))
+                self._apply_kv(db, instance, events)
+                if md.status in TERMINAL_STATUSES:
+                    self._merge_kv(db, instance)
 
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""
