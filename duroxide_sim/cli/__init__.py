@@ -240,7 +240,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.timeline:
         from ..sim.timeline import write_timeline
 
-        timeline = write_timeline(result, args.timeline, spec_name=spec.name, repro=sim.repro_command())
+        try:
+            timeline = write_timeline(result, args.timeline, spec_name=spec.name, repro=sim.repro_command())
+        except OSError as exc:
+            print(f"duroxide-sim: cannot write the timeline to {args.timeline}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         summary["timeline"] = str(timeline)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
@@ -284,6 +288,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     try:
         docs = load_documents(args.path)
+        if not docs:
+            print(f"duroxide-sim: no exported histories in {args.path}: nothing to import", file=sys.stderr)
+            return 2
         provider = _open_db(args.db, must_exist=False)
         count = import_documents(provider, docs)
     except (ValueError, DuroxideError) as exc:
@@ -335,10 +342,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
         if source.is_file() and source.suffix in (".jsonl", ".trace", ".txt"):
             lines = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.startswith("{")]
             for rec in lines:
+                if not isinstance(rec, dict):
+                    continue  # not a trace record
                 if args.instance and rec.get("instance") not in (args.instance, None):
                     continue
                 rest = {k: v for k, v in rec.items() if k not in ("step", "t", "op")}
-                print(f"step {rec.get('step'):>6}  t={rec.get('t'):>10} ms  {rec.get('op'):<14} {json.dumps(rest, sort_keys=True)[:160]}")
+                print(f"step {rec.get('step')!s:>6}  t={rec.get('t')!s:>10} ms  {rec.get('op')!s:<14} "
+                      f"{json.dumps(rest, sort_keys=True)[:160]}")
             return 0
         if source.is_file() and source.suffix != ".json":
             provider = _open_db(str(source), must_exist=True)
@@ -350,10 +360,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
     if not docs:
-        print(f"duroxide-sim: no instance {args.instance!r} in {source}", file=sys.stderr)
+        what = f"no instance {args.instance!r}" if args.instance else "no instances"
+        print(f"duroxide-sim: {what} in {source}", file=sys.stderr)
         return 2
     for doc in docs:
-        print(f"{doc['instance_id']}  ({doc.get('orchestration_name')} {doc.get('orchestration_version')})")
+        # Ids are printed as JSON strings when they hold control characters (a newline or an
+        # escape sequence in an id must not reach the terminal raw).
+        inst = doc["instance_id"]
+        shown = json.dumps(inst, ensure_ascii=False) if any(ord(c) < 32 or ord(c) == 127 for c in inst) else inst
+        print(f"{shown}  ({doc.get('orchestration_name')} {doc.get('orchestration_version')})")
         for execution_id, events in document_events(doc).items():
             print(f" execution {execution_id}")
             t0 = events[0].timestamp_ms if events else 0

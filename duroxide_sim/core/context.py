@@ -712,7 +712,11 @@ def _instance_id(value: Any) -> str:
     _name(value, "instance")
     if "\x00" in value:
         raise TypeError(f"instance id must not contain NUL characters, got {value!r}")
-    if len(value) > MAX_INSTANCE_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_INSTANCE_ID_BYTES:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise TypeError("instance id is not valid Unicode (it holds a lone surrogate)") from None
+    if size > MAX_INSTANCE_ID_BYTES:
         raise TypeError(f"instance id is longer than {MAX_INSTANCE_ID_BYTES} bytes")
     return value
 

@@ -84,7 +84,11 @@ def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
         raise InvalidInputError(f"instance_id must be a string, got {type(instance_id).__name__}")
     if not instance_id:
         raise InvalidInputError("instance_id must not be empty")
-    if len(instance_id.encode("utf-8")) > limit:
+    try:
+        size = len(instance_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInputError("instance_id is not valid Unicode (it holds a lone surrogate)") from None
+    if size > limit:
         raise InvalidInputError(f"instance_id is longer than {limit} bytes")
     if "\x00" in instance_id:
         raise InvalidInputError("instance_id must not contain NUL characters")

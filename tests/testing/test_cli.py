@@ -142,3 +142,14 @@ def test_a_property_that_raises_is_a_failing_property_with_a_repro(tmp_path: pat
     assert proc.returncode == 1, proc.stderr
     assert "invariants (seed 0): charged_everything: raised KeyError: 'nobody' (at " in proc.stdout
     assert "duroxide-sim reproduce" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_reproduce_with_an_unwritable_timeline_path_is_a_usage_error(tmp_path: pathlib.Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path, good=GOOD)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_directory").mkdir()
+    assert cli(["reproduce", "scen/good.py:SPEC", "--seed", "1", "--timeline", "a_directory"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the timeline to a_directory" in err and "Traceback" not in err

@@ -300,3 +300,38 @@ def test_replay_of_a_directory_with_one_bad_file_names_it(tmp_path: pathlib.Path
     (tmp_path / "mixed" / "bad.json").write_text(_edit(_set("timestamp_ms", "later", 2)))
     assert cli(["replay", str(tmp_path / "mixed"), "--app", APP_V1]) == 2
     _one_line_error(capsys, "bad.json: execution 1 event #2: field 'timestamp_ms' must be an integer")
+
+
+def test_show_of_an_empty_database_says_there_are_no_instances(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    SqliteProvider.open(str(tmp_path / "empty.db"), clock=SimClock()).close()
+    assert cli(["show", str(tmp_path / "empty.db")]) == 2
+    assert f"no instances in {tmp_path / 'empty.db'}" in capsys.readouterr().err  # was: "no instance None"
+
+
+def test_show_of_a_trace_skips_records_that_are_not_objects_and_tolerates_missing_fields(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "run.jsonl"
+    trace.write_text('{}\n{"step": 1, "t": 0, "op": "client", "instance": "a"}\n', encoding="utf-8")
+    assert cli(["show", str(trace)]) == 0  # '{}' used to raise a TypeError formatting None
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "client" in out[1]
+
+
+def test_show_prints_control_characters_of_an_id_escaped(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _db(tmp_path / "a.db", [("evil\n\x1b[31mred", "Loop", 2)])
+    assert cli(["show", str(tmp_path / "a.db")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and '"evil\\n\\u001b[31mred"' in out
+
+
+def test_import_of_nothing_is_an_input_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert cli(["import", str(tmp_path / "empty"), "--db", str(tmp_path / "b.db")]) == 2
+    assert "nothing to import" in capsys.readouterr().err
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_client_refuses_an_id_with_a_lone_surrogate() -> None:
+    client = Client(SqliteProvider.in_memory(clock=SimClock()), clock=SimClock())
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        client.start_orchestration("a\udc00", "Main", 1)
