@@ -709,7 +709,8 @@ MAX_TIMER_DELAY_MS = 2**62
 def _instance_id(value: Any) -> str:
     """A sub-orchestration or detached instance id: the client's rules (a non-empty string,
     no NUL, at most MAX_INSTANCE_ID_BYTES), so every instance can also be addressed by a client."""
-    _name(value, "instance")
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"instance id must be a non-empty string, got {value!r}")
     if "\x00" in value:
         raise TypeError(f"instance id must not contain NUL characters, got {value!r}")
     try:
@@ -724,7 +725,18 @@ def _instance_id(value: Any) -> str:
 def _name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(f"{what} name must be a non-empty string, got {value!r}")
+    if "\x00" in value or (not value.isascii() and not _utf8(value)):
+        # (every provider must store it: PostgreSQL text holds no NUL, no driver a lone surrogate)
+        raise TypeError(f"{what} name must be valid Unicode without NUL characters, got {value!r}")
     return value
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _sid(session_id: Any) -> str | None:

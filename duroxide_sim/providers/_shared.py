@@ -11,7 +11,8 @@ from typing import Any
 
 from ..errors import InvalidInputError, LockLostError
 
-__all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "ImportedExecution", "imported_execution"]
+__all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "ImportedExecution", "imported_execution",
+           "imported_executions"]
 
 
 def parse_semver(text: str, what: str) -> tuple[int, int, int]:
@@ -128,9 +129,17 @@ def imported_execution(instance: str, execution_id: int, events: Sequence[Any], 
     from ..errors import ProviderError
     from .base import ExecutionMetadata
 
+    if type(execution_id) is not int or execution_id < 1:
+        raise ProviderError(f"{op}: execution ids count from 1, got {execution_id!r} (instance {instance!r})",
+                            operation=op, instance_id=instance)
     if not events or not isinstance(events[0], OrchestrationStarted):
         raise ProviderError(f"{op}: execution {execution_id} of instance {instance!r} does not begin with "
                             "OrchestrationStarted", operation=op, instance_id=instance)
+    for event in events:
+        if event.instance_id != instance or event.execution_id != execution_id:
+            raise ProviderError(
+                f"{op}: event {event.event_id} belongs to instance {event.instance_id!r} execution {event.execution_id}, "
+                f"not to instance {instance!r} execution {execution_id}", operation=op, instance_id=instance)
     started = events[0]
     status = output = None
     ended_ms = events[-1].timestamp_ms
@@ -150,3 +159,22 @@ def imported_execution(instance: str, execution_id: int, events: Sequence[Any], 
                                  orchestration_version=started.version, parent_instance_id=started.parent_instance,
                                  pinned_duroxide_version=started.duroxide_version)
     return ImportedExecution(metadata, started.timestamp_ms, ended_ms, custom)
+
+
+def imported_executions(instance: str, executions: Sequence[tuple[int, Sequence[Any]]],
+                        op: str) -> list[tuple[int, list[Any], ImportedExecution]]:
+    """Every execution of an import checked (see :func:`imported_execution`) and put in execution
+    order - the instance's current state (custom status, KV, current execution) is the last
+    execution's - before anything is written; a repeated execution id is refused."""
+    from ..errors import ProviderError
+
+    out = []
+    for execution_id, recorded in executions:
+        events = list(recorded)
+        out.append((execution_id, events, imported_execution(instance, execution_id, events, op)))
+    out.sort(key=lambda entry: entry[0])
+    for a, b in zip(out, out[1:], strict=False):
+        if a[0] == b[0]:
+            raise ProviderError(f"{op}: execution {a[0]} of instance {instance!r} appears twice", operation=op,
+                                instance_id=instance)
+    return out

@@ -34,7 +34,7 @@ from ..core.events import (
 from ..errors import (
     CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ProviderError,
 )
-from ._shared import imported_execution as _imported_execution
+from ._shared import imported_executions as _imported_executions
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from ._shared import tree_order
@@ -727,12 +727,10 @@ class InMemoryProvider:
                 raise ProviderError(f"{op}: instance {instance!r} already exists; refusing to overwrite it",
                                     operation=op, instance_id=instance, retryable=False)
             plans = []
-            for execution_id, recorded in executions:  # validate everything before the first write
-                events = list(recorded)
+            for execution_id, events, info in _imported_executions(instance, executions, op):  # all checked first
                 if len({e.event_id for e in events}) != len(events):
                     raise ProviderError(f"{op}: duplicate event_id in execution {execution_id} of instance {instance!r}",
                                         operation=op, instance_id=instance)
-                info = _imported_execution(instance, execution_id, events, op)
                 pin = info.metadata.pinned_duroxide_version
                 plans.append((execution_id, events, info,
                               _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None))

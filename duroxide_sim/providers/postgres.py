@@ -82,7 +82,7 @@ from ..core.events import (
 )
 from ..errors import ConfigurationError, InvalidInputError, ProviderError, SerializationError
 from . import postgres_schema
-from ._shared import imported_execution as _imported_execution
+from ._shared import imported_executions as _imported_executions
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -158,7 +158,11 @@ def _key64(text: str) -> int:
 def _check_schema_name(schema: Any) -> str:
     if not isinstance(schema, str) or not schema:
         raise InvalidInputError(f"schema must be a non-empty string, got {schema!r}")
-    if len(schema.encode("utf-8")) > _MAX_IDENT:
+    try:
+        size = len(schema.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInputError("schema name is not valid Unicode (it holds a lone surrogate)") from None
+    if size > _MAX_IDENT:
         raise InvalidInputError(f"schema name {schema!r} is longer than PostgreSQL's {_MAX_IDENT}-byte identifier limit")
     if "\x00" in schema:
         raise InvalidInputError("schema name must not contain NUL characters")
@@ -172,6 +176,12 @@ def _channel_for(schema: str) -> str:
     if len(channel.encode("utf-8")) > _MAX_IDENT:
         channel = "duroxide_" + hashlib.blake2b(schema.encode("utf-8"), digest_size=16).hexdigest()
     return channel
+
+
+def _not_unicode(op: str, exc: UnicodeEncodeError) -> ProviderError:
+    """A string the driver cannot encode (a lone surrogate): the caller's data, not the server."""
+    return ProviderError(f"{op}: a string is not valid Unicode and cannot be stored ({exc.reason} at position "
+                         f"{exc.start})", operation=op, retryable=False)
 
 
 class _Db:
@@ -246,6 +256,12 @@ class PostgresProvider(PostgresAdminMixin):
                                      "pip install 'duroxide_sim[postgres]'")
         if not isinstance(url, str) or not url:
             raise InvalidInputError(f"url must be a non-empty PostgreSQL connection string, got {type(url).__name__}")
+        for name, value in (("min_connections", min_connections), ("max_connections", max_connections)):
+            if type(value) is not int or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("connect_timeout_s", connect_timeout_s), ("pool_timeout_s", pool_timeout_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise InvalidInputError(f"{name} must be a positive number of seconds, got {value!r}")
         self.clock: Clock | None = clock
         self.schema = _check_schema_name(schema)
         self._closed = False
@@ -365,6 +381,12 @@ class PostgresProvider(PostgresAdminMixin):
                     for statement in statements:
                         conn.execute(statement)
                     conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            if current > 0 and conn.execute("SELECT to_regclass('provider_meta')").fetchone()[0] is None:
+                # A schema_version table of some other application (ours always has provider_meta).
+                raise ProviderError(
+                    f"PostgreSQL schema {self.schema!r} on {self._where} is not a duroxide_sim schema (it has a "
+                    f"schema_version table at version {current} but no provider_meta); pick another schema",
+                    operation="open", retryable=False)
             open_id = conn.execute("UPDATE provider_meta SET value = value + 1 WHERE key = 'opens' "
                                    "RETURNING value").fetchone()[0]
             conn.execute("COMMIT")
@@ -390,6 +412,8 @@ class PostgresProvider(PostgresAdminMixin):
             return ProviderError(f"{op}: transaction conflict ({text}); retry", operation=op, retryable=True)
         if state == "0A000" and "cached plan" in text:  # a migration changed a table under a prepared plan
             return ProviderError(f"{op}: {text}; retry", operation=op, retryable=True)
+        if state.startswith("54"):  # program limit exceeded (e.g. an index row too large): retrying cannot help
+            return ProviderError(f"{op}: a value is too large for PostgreSQL: {text}", operation=op, retryable=False)
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             self._schedule_pool_check()
             return ProviderError(f"{op}: PostgreSQL connection to {self._where} failed: {text}", operation=op,
@@ -439,6 +463,8 @@ class PostgresProvider(PostgresAdminMixin):
                         conn.execute("ROLLBACK")
                 if isinstance(exc, psycopg.Error):
                     raise self._map_error(exc, op) from exc
+                if isinstance(exc, UnicodeEncodeError):
+                    raise _not_unicode(op, exc) from exc
                 raise
         finally:
             self._putconn(conn)
@@ -451,6 +477,8 @@ class PostgresProvider(PostgresAdminMixin):
             return conn.execute(query, params).fetchall()
         except psycopg.Error as exc:
             raise self._map_error(exc, op) from exc
+        except UnicodeEncodeError as exc:
+            raise _not_unicode(op, exc) from exc
         finally:
             self._putconn(conn)
 
@@ -1254,10 +1282,8 @@ class PostgresProvider(PostgresAdminMixin):
         (see SqliteProvider.import_history); one transaction, refused when the instance exists."""
         op = "import_history"
         plans = []
-        for execution_id, recorded in executions:
-            events = list(recorded)
+        for execution_id, events, info in _imported_executions(instance, executions, op):
             self._check_events(events, op)
-            info = _imported_execution(instance, execution_id, events, op)
             pin = info.metadata.pinned_duroxide_version
             plans.append((execution_id, events, info, _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None))
         with self._tx(op) as db:

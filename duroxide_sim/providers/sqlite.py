@@ -52,7 +52,7 @@ from ..core.events import (
 )
 from ..errors import ProviderError, SerializationError
 from ._shared import HistoryView
-from ._shared import imported_execution as _imported_execution
+from ._shared import imported_executions as _imported_executions
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -1472,10 +1472,8 @@ class SqliteProvider(SqliteAdminMixin):
                           "SELECT 1 FROM executions WHERE instance_id = ? LIMIT 1", (instance, instance)).fetchone():
                 raise ProviderError(f"{op}: instance {instance!r} already exists; refusing to overwrite it",
                                     operation=op, instance_id=instance, retryable=False)
-            for execution_id, recorded in executions:
-                events = list(recorded)
+            for execution_id, events, info in _imported_executions(instance, executions, op):
                 self._validate_events(db, instance, execution_id, events, op)
-                info = _imported_execution(instance, execution_id, events, op)
                 md = info.metadata
                 self._upsert_instance(db, instance, execution_id, md, info.started_ms)
                 pin = _parse_semver(md.pinned_duroxide_version, "pinned_duroxide_version") \

@@ -36,6 +36,7 @@ from ..errors import (
     ManagementNotAvailable,
     OperationTimeout,
     OrchestrationFailedError,
+    ProviderError,
 )
 from ..providers.base import Clock, InstanceFilter, PruneOptions
 
@@ -122,7 +123,23 @@ def _check_key(key: Any) -> str:
 def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidInputError(f"{what} must be a non-empty string, got {name!r}")
+    problem = _text_problem(name)
+    if problem is not None:
+        raise InvalidInputError(f"{what} {problem}, got {name!r}")
     return name
+
+
+def _text_problem(text: str) -> str | None:
+    """Why a name cannot be stored by every provider (PostgreSQL text holds no NUL; no driver
+    encodes a lone surrogate), or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode (it holds a lone surrogate)"
+    return None
 
 
 class Client:
@@ -231,7 +248,14 @@ class Client:
         wait_for = getattr(self._sleep, "wait_for", None) if instance is not None else None
         try:
             while True:
-                found = check()
+                try:
+                    found = check()
+                except ProviderError as exc:
+                    # A retryable provider error (a dropped connection, a busy database) is
+                    # waited out like a not-yet answer, until the deadline; then it is reported.
+                    if not exc.retryable or deadline - self.clock.now_ms() <= 0:
+                        raise
+                    found = None
                 if found is not None:
                     return found
                 remaining = deadline - self.clock.now_ms()

@@ -301,7 +301,9 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
     would have written, so the instance is listed, shown and exported like any other); returns
     the number of executions written. Refuses to import onto an existing instance (nothing is
     overwritten). Every document is validated and every instance checked before the first
-    write, so a refusal writes nothing; each instance is then one transaction."""
+    write, so those refusals write nothing. Each instance is then one transaction: should the
+    provider itself refuse one (a value too large for PostgreSQL, say), the instances before it
+    stay imported and the error names the one refused."""
     restore = getattr(provider, "import_history", None)
     if restore is None:
         raise InvalidInputError(f"{type(provider).__name__} cannot import histories (it has no import_history)")

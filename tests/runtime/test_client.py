@@ -507,3 +507,42 @@ def test_kv_keys_cancel_reasons_and_status_versions_are_type_checked(app):
     with pytest.raises(InvalidInputError, match="poll_interval_ms"):
         world.client.wait_for_status_change("w", 0, 0, 10)
     assert world.client.get_status("w").status == "Running"  # the refused cancel did not land
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "a\udc00b"])
+def test_names_every_provider_cannot_store_are_refused(app, bad):
+    """PostgreSQL text holds no NUL and no driver encodes a lone surrogate: refused up front for
+    every provider (a NUL orchestration name used to make PostgreSQL loop on a failing ack)."""
+    world = app
+    with pytest.raises(InvalidInputError, match="orchestration name"):
+        world.client.start_orchestration("i", bad)
+    with pytest.raises(InvalidInputError, match="event name"):
+        world.client.raise_event("i", bad)
+    with pytest.raises(InvalidInputError, match="queue name"):
+        world.client.enqueue_event("i", bad)
+    assert world.client.list_all_instances() == []
+
+
+def test_a_wait_rides_over_retryable_provider_errors(app):
+    """A dropped connection or a busy database during a wait is waited out until the deadline
+    (it used to end the wait at once); a permanent error still ends it."""
+    from duroxide_sim.errors import ProviderError
+
+    world = app
+    world.client.start_orchestration("done", "Echoer", 1)
+    world.run()
+    real = world.provider.read_status
+    failures = iter([ProviderError("read_status: connection lost", operation="read_status", retryable=True)] * 2)
+
+    def flaky(instance):
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return real(instance)
+
+    world.provider.read_status = flaky
+    assert world.client.wait_for_orchestration("done", 60_000).output == 1
+    world.provider.read_status = lambda instance: (_ for _ in ()).throw(
+        ProviderError("read_status: broken", operation="read_status", retryable=False))
+    with pytest.raises(ProviderError, match="broken"):
+        world.client.wait_for_orchestration("done", 60_000)

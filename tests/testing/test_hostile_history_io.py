@@ -39,7 +39,7 @@ def _register(rt: Runtime) -> None:
     @rt.register_orchestration("Main")
     def main(ctx, x):
         ctx.set_custom_status(json.dumps(x)[:200])  # (the status and KV values have size limits)
-        ctx.set_kv_value("k\u0000😀", json.dumps(x)[:200])
+        ctx.set_kv_value("k😀", json.dumps(x)[:200])  # (names may not hold NUL: PostgreSQL cannot store it)
         r = yield ctx.schedule_activity("Echo", x)
         c = yield ctx.schedule_sub_orchestration("Child", x)
         return [r, c]
