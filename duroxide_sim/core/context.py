@@ -739,10 +739,19 @@ def _utf8(text: str) -> bool:
     return True
 
 
+#: The longest session id: every provider keys a sessions table by it (PostgreSQL's btree rows end
+#: near 2.7 KB: a longer id made every session-aware fetch of the schema fail).
+MAX_SESSION_ID_BYTES = 1_024
+
+
 def _sid(session_id: Any) -> str | None:
     if session_id is None:
         return None
     if not isinstance(session_id, str) or not session_id:
         raise TypeError(f"session_id must be a non-empty string, got {session_id!r}")
+    if "\x00" in session_id or not _utf8(session_id):
+        raise TypeError(f"session_id must be valid Unicode without NUL characters, got {session_id!r}")
+    if len(session_id) * 4 > MAX_SESSION_ID_BYTES and len(session_id.encode("utf-8")) > MAX_SESSION_ID_BYTES:
+        raise TypeError(f"session_id is longer than {MAX_SESSION_ID_BYTES} bytes")
     return session_id
 

@@ -166,3 +166,22 @@ def test_a_typed_payload_mismatch_names_the_field():
     with pytest.raises(SerializationError, match="expected a JSON object, got str 'zzz'"):
         codec.decode_typed('"zzz"', _Inp, "input")
     assert codec.decode_typed('{"n": 1, "tags": ["a"]}', _Inp) == _Inp(1, ["a"])
+
+
+def test_a_session_id_longer_than_the_limit_fails_the_orchestration_at_its_yield(world):
+    """Every provider keys its sessions by the id; on PostgreSQL a ~3 KB id made every
+    session-aware fetch of the whole schema fail. Ids are bounded (MAX_SESSION_ID_BYTES)."""
+    from duroxide_sim.core.context import MAX_SESSION_ID_BYTES
+
+    world.runtime.register_activity("Echo", lambda ctx, x: x)
+
+    def on_session(ctx, sid):
+        return (yield ctx.schedule_activity_on_session("Echo", 1, sid))
+
+    world.runtime.register_orchestration("OnSession", on_session)
+    world.client.start_orchestration("long", "OnSession", "s" * (MAX_SESSION_ID_BYTES + 1))
+    world.client.start_orchestration("ok", "OnSession", "s" * MAX_SESSION_ID_BYTES)
+    world.run()
+    long, ok = world.client.get_status("long"), world.client.get_status("ok")
+    assert long.status == "Failed" and f"longer than {MAX_SESSION_ID_BYTES} bytes" in long.error
+    assert (ok.status, ok.output) == ("Completed", 1)
