@@ -438,8 +438,15 @@ class SqliteProvider(SqliteAdminMixin):
         with self._gc_lock:
             queue.append(req)
             lead = queue[0] is req
+        interrupted: BaseException | None = None
         while not lead:
-            wake.acquire()  # until the leader reports this write done, or makes it the next leader
+            try:
+                wake.acquire()  # until the leader reports this write done, or makes it the next leader
+            except BaseException as exc:  # Ctrl-C (or a signal handler's exception) while waiting
+                # The write is queued: leaving now would orphan it at the head of the queue, where
+                # it would be made leader with nobody to lead, and every later write of the process
+                # would wait forever. Wait it out (normally milliseconds), then re-raise.
+                interrupted = interrupted or exc
             with self._gc_lock:
                 if req.done:
                     break
@@ -458,6 +465,8 @@ class SqliteProvider(SqliteAdminMixin):
                             _wake(done.wake)
                     if queue:
                         _wake(queue[0].wake)  # the next leader
+        if interrupted is not None:
+            raise interrupted
         if req.error is not None:
             raise req.error
         return req.result
@@ -485,7 +494,9 @@ class SqliteProvider(SqliteAdminMixin):
                         except _RerunWithoutFetch:
                             rerun = True
                             break
-                        except Exception as exc:  # noqa: BLE001 - reported to the write's own caller
+                        except KeyboardInterrupt:
+                            raise  # Ctrl-C in the leader's thread: the whole group is lost, reported to all
+                        except BaseException as exc:  # noqa: BLE001 - reported to the write's own caller
                             req.error = _mapped(exc, req.op, self._where) if isinstance(exc, sqlite3.Error) else exc
                             failed = req
                             break

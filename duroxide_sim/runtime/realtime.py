@@ -80,7 +80,8 @@ class Signal:
         """Until set (True, flag consumed) or ``timeout_s`` passes (False)."""
         if timeout_s is None:
             return self._lock.acquire()
-        return self._lock.acquire(True, max(timeout_s, 0.0))
+        # (a poll interval of centuries is a wait without end, not an OverflowError)
+        return self._lock.acquire(True, min(max(timeout_s, 0.0), threading.TIMEOUT_MAX))
 
 
 class CommitWaiter:
@@ -233,6 +234,10 @@ class _Lane:
         self._idle: list[Signal] = []
         self._pending = False
         self._poller: Signal | None = None
+        #: Set by wake_all (the driver stops): no thread parks any more. A single pending mark
+        #: was not enough: of several threads finishing an empty step after the stop, only the
+        #: first skipped its park; the others slept a whole poll interval past shutdown().
+        self._stopped = False
 
     def wake(self) -> None:
         with self._lock:
@@ -249,6 +254,8 @@ class _Lane:
 
     def park(self, event: Signal, poll_s: float) -> None:
         with self._lock:
+            if self._stopped:
+                return
             if self._pending:
                 self._pending = False
                 return
@@ -267,11 +274,13 @@ class _Lane:
                 self._poller = None
 
     def wake_all(self) -> None:
+        """Wake every parked thread and keep the others from parking (the driver stops)."""
         with self._lock:
             for event in self._idle:
                 event.set()
             self._idle.clear()
             self._pending = True
+            self._stopped = True
 
 
 class ThreadDriver:
