@@ -27,6 +27,7 @@ import attrs
 from . import codec
 from .events import ClearKeyValue, ClearKeyValues, SetKeyValue, UpdateCustomStatus
 from .registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW
+from .texts import text_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from .replay import _Engine
@@ -708,35 +709,21 @@ MAX_TIMER_DELAY_MS = 2**62
 
 def _instance_id(value: Any) -> str:
     """A sub-orchestration or detached instance id: the client's rules (a non-empty string,
-    no NUL, at most MAX_INSTANCE_ID_BYTES), so every instance can also be addressed by a client."""
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"instance id must be a non-empty string, got {value!r}")
-    if "\x00" in value:
-        raise TypeError(f"instance id must not contain NUL characters, got {value!r}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise TypeError("instance id is not valid Unicode (it holds a lone surrogate)") from None
-    if size > MAX_INSTANCE_ID_BYTES:
-        raise TypeError(f"instance id is longer than {MAX_INSTANCE_ID_BYTES} bytes")
+    no NUL, valid Unicode, at most MAX_INSTANCE_ID_BYTES), so every instance can also be
+    addressed by a client."""
+    problem = text_problem(value, MAX_INSTANCE_ID_BYTES)
+    if problem is not None:
+        raise TypeError(f"instance id {problem}" + (f", got {value!r}" if "NUL" in problem else ""))
     return value
 
 
 def _name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(f"{what} name must be a non-empty string, got {value!r}")
-    if "\x00" in value or (not value.isascii() and not _utf8(value)):
+    if "\x00" in value or (not value.isascii() and text_problem(value) is not None):
         # (every provider must store it: PostgreSQL text holds no NUL, no driver a lone surrogate)
         raise TypeError(f"{what} name must be valid Unicode without NUL characters, got {value!r}")
     return value
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 #: The longest session id: every provider keys a sessions table by it (PostgreSQL's btree rows end
@@ -747,11 +734,8 @@ MAX_SESSION_ID_BYTES = 1_024
 def _sid(session_id: Any) -> str | None:
     if session_id is None:
         return None
-    if not isinstance(session_id, str) or not session_id:
-        raise TypeError(f"session_id must be a non-empty string, got {session_id!r}")
-    if "\x00" in session_id or not _utf8(session_id):
-        raise TypeError(f"session_id must be valid Unicode without NUL characters, got {session_id!r}")
-    if len(session_id) * 4 > MAX_SESSION_ID_BYTES and len(session_id.encode("utf-8")) > MAX_SESSION_ID_BYTES:
-        raise TypeError(f"session_id is longer than {MAX_SESSION_ID_BYTES} bytes")
+    problem = text_problem(session_id, MAX_SESSION_ID_BYTES)
+    if problem is not None:
+        raise TypeError(f"session_id {problem}")
     return session_id
 

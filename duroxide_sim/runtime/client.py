@@ -19,6 +19,7 @@ import attrs
 
 from ..core import codec
 from ..core.context import MAX_INSTANCE_ID_BYTES as _MAX_INSTANCE_ID_BYTES
+from ..core.texts import text_problem
 from ..core.events import (
     CancelInstance,
     ExternalRaised,
@@ -83,16 +84,9 @@ def event_to_public_dict(ev: HistoryEvent) -> dict[str, Any]:
 def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
     if not isinstance(instance_id, str):
         raise InvalidInputError(f"instance_id must be a string, got {type(instance_id).__name__}")
-    if not instance_id:
-        raise InvalidInputError("instance_id must not be empty")
-    try:
-        size = len(instance_id.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidInputError("instance_id is not valid Unicode (it holds a lone surrogate)") from None
-    if size > limit:
-        raise InvalidInputError(f"instance_id is longer than {limit} bytes")
-    if "\x00" in instance_id:
-        raise InvalidInputError("instance_id must not contain NUL characters")
+    problem = text_problem(instance_id, limit)
+    if problem is not None:
+        raise InvalidInputError(f"instance_id {problem}" if instance_id else "instance_id must not be empty")
     return instance_id
 
 
@@ -123,23 +117,10 @@ def _check_key(key: Any) -> str:
 def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidInputError(f"{what} must be a non-empty string, got {name!r}")
-    problem = _text_problem(name)
+    problem = text_problem(name)  # (every provider must store it: no NUL, no lone surrogate)
     if problem is not None:
         raise InvalidInputError(f"{what} {problem}, got {name!r}")
     return name
-
-
-def _text_problem(text: str) -> str | None:
-    """Why a name cannot be stored by every provider (PostgreSQL text holds no NUL; no driver
-    encodes a lone surrogate), or None."""
-    if "\x00" in text:
-        return "must not contain NUL characters"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return "is not valid Unicode (it holds a lone surrogate)"
-    return None
 
 
 class Client:

@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 
 from ..core.events import ErrorDetails, HistoryEvent, OrchestrationStarted, from_dict, to_dict
+from ..core.texts import text_problem
 from ..errors import InvalidInputError, SerializationError
 from .client import MAX_ANY_INSTANCE_ID_BYTES
 
@@ -163,16 +164,9 @@ def _check_carry(ev: Any) -> None:
 
 def _check_instance_id(instance: Any) -> None:
     """The client's rules for an instance id: imported instances must be addressable."""
-    if not isinstance(instance, str) or not instance:
-        raise SerializationError(f"instance_id must be a non-empty string, got {json.dumps(instance)[:40]}")
-    if "\x00" in instance:
-        raise SerializationError("instance_id must not contain NUL characters")
-    try:
-        size = len(instance.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise SerializationError("instance_id is not valid Unicode (lone surrogate)") from None
-    if size > MAX_ANY_INSTANCE_ID_BYTES:
-        raise SerializationError(f"instance_id is {size} bytes, longer than {MAX_ANY_INSTANCE_ID_BYTES}")
+    problem = text_problem(instance, MAX_ANY_INSTANCE_ID_BYTES)
+    if problem is not None:
+        raise SerializationError(f"instance_id {problem}")
 
 
 def _check_doc(doc: Any, where: str) -> dict[str, Any]:

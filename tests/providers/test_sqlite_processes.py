@@ -54,6 +54,7 @@ from duroxide_sim.providers.sqlite import SqliteProvider
 from duroxide_sim.providers.sqlite_schema import SCHEMA_VERSION
 
 from . import _sqlite_worker as W
+from .procs.harness import wait_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = str(Path(__file__).resolve().parent / "_sqlite_worker.py")
@@ -150,24 +151,6 @@ def _setup(tmp: Path) -> tuple[Path, Path, SqliteProvider, Client]:
     return db, effects, provider, Client(provider)
 
 
-def _wait_all_terminal(client: Client, instances: list[str], timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    done, pending = {}, list(instances)
-    while pending:
-        still = []
-        for inst in pending:
-            st = client.get_status(inst)
-            if st.is_terminal:
-                done[inst] = st
-            else:
-                still.append(inst)
-        pending = still
-        if pending:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(pending)} instance(s) not terminal after {timeout_s} s "
-                                     f"(lost or stuck): {pending[:10]}")
-            time.sleep(0.02)
-    return done
 
 
 def _wait_file(path: Path, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
@@ -309,7 +292,7 @@ def test_sigkill_one_of_two_workers_mid_run(tmp_path):
             report.append((victim.name, _count(effects, "SELECT COUNT(*) FROM runs"), _held_locks(db, victim.open_id())))
             workers[slot] = Proc(tmp_path, f"w{2 + k}", db, effects)
             procs.append(workers[slot])
-        statuses = _wait_all_terminal(client, list(jobs), timeout_s=120)
+        statuses = wait_terminal(client, list(jobs), timeout_s=120)
         stats = _check_everything(db, effects, provider, statuses, jobs, procs)
         for w in workers:
             assert w.stop() == 0, w.stderr()
@@ -342,7 +325,7 @@ def test_sigkill_while_holding_the_write_transaction(tmp_path):
         staller.kill()
         replacement = Proc(tmp_path, "replacement", db, effects)
         procs.append(replacement)
-        statuses = _wait_all_terminal(client, list(jobs), timeout_s=120)
+        statuses = wait_terminal(client, list(jobs), timeout_s=120)
         _check_everything(db, effects, provider, statuses, jobs, procs)
         for p in (other, replacement):
             assert p.stop() == 0, p.stderr()
