@@ -75,7 +75,7 @@ from .events import (
 )
 from .nondeterminism import _Divergence, describe_action, describe_event, nondeterminism_message
 from .registry import Handler
-from .turn import TurnInput
+from .turn import LIMITS, TurnInput
 
 __all__: list[str] = []  # internal to the core
 
@@ -91,10 +91,12 @@ class _Slot:
 
     __slots__ = (
         "task", "kind", "action", "site", "event_id", "done", "ok", "value", "dropped",
-        "cancelled", "child", "name", "parents",
+        "cancelled", "child", "name", "parents", "owner",
     )
 
-    def __init__(self, task: DurableTask, kind: str, action: Action | None, site: tuple[str, int] | None) -> None:
+    def __init__(self, task: DurableTask, kind: str, action: Action | None, site: tuple[str, int] | None,
+                 owner: Any = None) -> None:
+        self.owner = owner  # the engine that started the task (see _Engine._start)
         self.task = task
         self.kind = kind  # activity | timer | wait | queue | sub | detached | can
         self.action = action
@@ -121,11 +123,12 @@ class _Slot:
 class _Comp:
     """Engine-side state of a join/race: how many children are still pending."""
 
-    __slots__ = ("pending", "total")
+    __slots__ = ("pending", "total", "owner")
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, owner: Any = None) -> None:
         self.pending = total
         self.total = total
+        self.owner = owner
 
 
 _ACTION_KIND = {
@@ -137,6 +140,10 @@ _ACTION_KIND = {
     DetachedStartTask: "detached",
     ContinueAsNewTask: "can",
 }
+
+
+#: The most times one poll resumes the code without it waiting (see _Engine.poll).
+_MAX_RESUMPTIONS = 2 * LIMITS["history_events"]
 
 
 #: code object -> True when it is user code (not this package); membership/lookup only.
@@ -327,7 +334,19 @@ class _Engine:
                 send = value
             else:
                 throw = value
+        resumptions = 0
         while True:
+            resumptions += 1
+            if resumptions > _MAX_RESUMPTIONS:
+                # Each resumption that does not wait hands the code something already complete
+                # (a finished task, an empty join): a loop that never waits would spin here
+                # forever. Legitimate code waits at least once per event, and a history holds
+                # at most LIMITS["history_events"].
+                self.stack.clear()
+                self._finish_error(RuntimeError(
+                    f"orchestration resumed {_MAX_RESUMPTIONS} times in one turn without waiting for anything "
+                    "(an endless loop over already-completed tasks?)"))
+                return
             gen = self.stack[-1]
             try:
                 yielded = gen.throw(throw) if throw is not None else gen.send(send)
@@ -356,7 +375,22 @@ class _Engine:
                 )
                 continue
             if isinstance(yielded, RetryTask):
-                self.stack.append(yielded.body(self.ctx))
+                st = yielded._st  # (owning engine, (ok, value) once its body finished)
+                if st is None:
+                    yielded._st = (self, None)
+                    self.stack.append(_run_once(yielded, yielded.body(self.ctx)))
+                elif st[0] is not self:
+                    throw = TypeError("this retry task was created by another orchestration run (another instance, or "
+                                      "an earlier replay of this one); keep no tasks in globals or closures between "
+                                      "runs: create them in the orchestration")
+                elif st[1] is None:
+                    throw = TypeError("this retry task is still running: yield it once, or await its result")
+                else:
+                    ok, value = st[1]  # yielded again: its outcome, not a second run of the activity
+                    if ok:
+                        send = value
+                    else:
+                        throw = value
                 continue
             try:
                 self._start(yielded)
@@ -390,7 +424,15 @@ class _Engine:
         """Start ``task`` (a leaf gets its slot and queues its action; a join/race starts its
         children). ``site``: the yield site, when the caller has it (the children of one
         join/race share their parent's, computed once)."""
-        if task._st is not None:
+        st = task._st
+        if st is not None:
+            if st.owner is not self:
+                # A task kept in a global or closure and yielded by another run (another
+                # instance, or an earlier replay of this one): its state is that run's.
+                raise TypeError(
+                    "this task was created by another orchestration run (another instance, or an earlier "
+                    "replay of this one); keep no tasks in globals or closures between runs: create them "
+                    "in the orchestration")
             return
         if not task.leaf:
             if isinstance(task, RetryTask):
@@ -400,7 +442,7 @@ class _Engine:
                 site = _site_of(self.stack[0]) if self.stack else None
             for child in children:
                 self._start(child, site)
-            comp = _Comp(len(children))
+            comp = _Comp(len(children), self)
             for child in children:
                 if child._st.done:
                     comp.pending -= 1
@@ -412,7 +454,7 @@ class _Engine:
             site = _site_of(self.stack[0]) if self.stack else None
         kind = _ACTION_KIND[type(task)]
         action = _action_for(task, kind, self.now_ms)
-        slot = _Slot(task, kind, action, site)
+        slot = _Slot(task, kind, action, site, self)
         task._st = slot
         if kind == "detached":
             slot.finish(True, None)
@@ -618,6 +660,20 @@ class _Engine:
         from ..errors import TaskFailedError
 
         slot.finish(False, TaskFailedError(details.display_message(), details=details))
+
+
+def _run_once(task: RetryTask, body: Any) -> Any:
+    """A retry task's body (its attempts), recording the outcome on the task so that yielding
+    the same task again delivers it instead of running the activity a second time."""
+    try:
+        value = yield from body
+    except (GeneratorExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - recorded, then raised at the yield as before
+        task._st = (task._st[0], (False, exc))
+        raise
+    task._st = (task._st[0], (True, value))
+    return value
 
 
 def _entry(slot: _Slot) -> dict[str, Any]:
