@@ -207,6 +207,14 @@ def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
         return ProviderError(
             f"{op}: cannot open SQLite database {where} ({text}): check that the directory exists, that the "
             "path is a file (not a directory) and that it is writable", operation=op, retryable=False)
+    if op == "open" and (name.startswith("SQLITE_IOERR") or "disk i/o error" in low):
+        # At open an I/O error does not pass by itself: typically the -wal / -shm files of a
+        # database another process still has open were removed (tests/providers/
+        # test_sqlite_processes.py), or the file system refuses the shared-memory file.
+        return ProviderError(
+            f"{op}: disk I/O error opening SQLite database {where} ({text}): if another process has it open, "
+            "its -wal/-shm files may have been deleted (stop that process first; its commits are in its -wal "
+            "file); check the file system too", operation=op, retryable=False)
     if name.startswith("SQLITE_CORRUPT") or "malformed" in low:
         return ProviderError(f"{op}: SQLite database {where} is corrupt ({text})", operation=op, retryable=False)
     if isinstance(exc, sqlite3.ProgrammingError):

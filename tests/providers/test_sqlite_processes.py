@@ -404,6 +404,8 @@ def test_wal_deleted_while_a_process_has_it_open(tmp_path):
             other = SqliteProvider.open(db, clock=_Clock())
         except ProviderError as exc:
             refused = str(exc)
+            if "I/O" in refused:  # permanent, with the likely cause (it does not pass by retrying)
+                assert exc.retryable is False and "-wal" in refused, refused
         else:
             refused = None
             try:
