@@ -131,6 +131,11 @@ def _finish(
     ran_code: bool,
 ) -> TurnResult:
     kind, value = outcome
+    # The turn's code has run. Until the engine's next turn (begin_turn), or for good if it is
+    # dropped, it runs no live code: a suspended generator that the garbage collector closes
+    # later (a dropped engine: no cache, eviction, a from-scratch check, continue-as-new) runs
+    # its `finally:` blocks as replay (no logs; ctx.is_replaying() is True), not as live code.
+    engine.is_replaying = True
     if kind == "continue":
         fast = _finish_continue(engine, history, delta, base, ran_code=ran_code)
         if fast is not None:

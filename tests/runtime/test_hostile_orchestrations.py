@@ -6,10 +6,8 @@ THAT instance with an error naming the problem - never crash a dispatcher, hang,
 or behave differently with and without the cache.
 
 Tests whose docstring starts with ``BUG:`` failed before their fix (the docstring keeps the
-cause). Two findings are not fixed and have no test here (see the issue notes): code that keeps
-creating tasks without ever yielding them spins in the first poll (like any endless loop), and
-without the instance cache a discarded replay's suspended generator is closed by the garbage
-collector at an arbitrary time, running its `finally:` blocks while ``is_replaying()`` is False.
+cause). One finding is not fixed and has no test here (see the issue notes): code that keeps
+creating tasks without ever yielding them spins in the first poll (like any endless loop).
 """
 
 from __future__ import annotations
@@ -289,7 +287,8 @@ def test_catching_an_activity_failure_and_continuing(world, replay_world, style)
 
 # The replay world drops each turn's suspended generator; the GC later closes it (GeneratorExit
 # at its yield), and code that swallows it or yields in `finally` makes Python print "generator
-# ignored GeneratorExit" wherever the GC happens to run (not fixed: see the module docstring). Collected here
+# ignored GeneratorExit" wherever the GC happens to run (a dropped engine's generator: see
+# test_finally_code_of_a_dropped_engine_runs_as_replay_not_as_live_code). Collected here
 # so the noise stays in these tests.
 _GC_NOISE = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -640,3 +639,34 @@ def test_an_oversized_activity_input_fails_at_the_call_and_can_be_caught(world, 
 
     out, _ = _both(world, replay_world, gen)
     assert out == ("Completed", "PayloadTooLargeError", None)
+
+
+@_GC_NOISE
+def test_finally_code_of_a_dropped_engine_runs_as_replay_not_as_live_code(world, replay_world):
+    """A turn's engine that is not kept (always, without the cache) is dropped with its
+    generator suspended; the garbage collector later closes it and its `finally:` runs. That
+    used to run as live code (ctx.is_replaying() False, at an arbitrary moment): a cleanup
+    meant for the live run ran once per dropped replay."""
+    import gc
+
+    for w in (world, replay_world):
+        live_cleanups: list[str] = []
+
+        def gen(ctx, _, live_cleanups=live_cleanups):
+            try:
+                yield ctx.schedule_activity("Echo", 1)
+                yield ctx.schedule_activity("Echo", 2)
+                return "done"
+            finally:
+                if not ctx.is_replaying():
+                    live_cleanups.append(ctx.instance_id)
+
+        if w.runtime.registry.activity("Echo") is None:
+            w.runtime.register_activity("Echo", lambda ctx, x: x)
+        name = "Fin"
+        w.runtime.register_orchestration(name, gen)
+        w.client.start_orchestration("fin", name, 0)
+        w.run()
+        gc.collect()
+        assert w.client.get_status("fin").output == "done"
+        assert live_cleanups == ["fin"], live_cleanups  # once: the live run that returned
