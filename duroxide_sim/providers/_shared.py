@@ -9,7 +9,15 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..errors import InvalidInputError, LockLostError
+from ..core.events import (
+    CustomStatusUpdated,
+    OrchestrationCompleted,
+    OrchestrationContinuedAsNew,
+    OrchestrationFailed,
+    OrchestrationStarted,
+)
+from ..errors import InvalidInputError, LockLostError, ProviderError
+from .base import ExecutionMetadata
 
 __all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "ImportedExecution", "imported_execution",
            "imported_executions"]
@@ -122,13 +130,6 @@ def imported_execution(instance: str, execution_id: int, events: Sequence[Any], 
     (status and output of the terminal event: Completed -> output, Failed -> the error's display
     message, ContinuedAsNew -> the next input). ProviderError if it does not begin with
     OrchestrationStarted."""
-    from ..core.events import (
-        CustomStatusUpdated, OrchestrationCompleted, OrchestrationContinuedAsNew, OrchestrationFailed,
-        OrchestrationStarted,
-    )
-    from ..errors import ProviderError
-    from .base import ExecutionMetadata
-
     if type(execution_id) is not int or execution_id < 1:
         raise ProviderError(f"{op}: execution ids count from 1, got {execution_id!r} (instance {instance!r})",
                             operation=op, instance_id=instance)
@@ -166,8 +167,6 @@ def imported_executions(instance: str, executions: Sequence[tuple[int, Sequence[
     """Every execution of an import checked (see :func:`imported_execution`) and put in execution
     order - the instance's current state (custom status, KV, current execution) is the last
     execution's - before anything is written; a repeated execution id is refused."""
-    from ..errors import ProviderError
-
     out = []
     for execution_id, recorded in executions:
         events = list(recorded)
