@@ -56,6 +56,13 @@ Outages: connection failures (refused, reset, server shut down, pool timeout) ra
 background once the server is back. Wrong URLs or credentials fail at open with a
 ProviderError naming host, port, database and user (never the password).
 
+Text PostgreSQL cannot hold: ``text`` columns refuse NUL. Names, ids and keys with NUL are
+refused up front (clients and runtime check them); the columns that keep user text verbatim -
+an execution's output (a result's JSON or an error message), the custom status and KV values -
+store a string containing NUL (or starting with the escape marker) as the marker followed by its
+JSON form, and read it back unchanged (``_store_text`` / ``_load_text``). History events and
+queue items are JSON already.
+
 Must not: read a wall clock (time comes only from ``self.clock.now_ms()``; the server's
 ``now()`` is never used), use randomness or uuids (lock tokens are ``pg-{open id}-{counter}``,
 where the open id is allocated by the database), or assign event ids. This is the only module
@@ -91,6 +98,25 @@ from .base import (
 )
 from .postgres_admin import TERMINAL_STATUSES, PostgresAdminMixin
 from .postgres_schema import SCHEMA_VERSION
+
+#: Prefix of a verbatim-text value stored in escaped form (a noncharacter, so no text a program
+#: means to write starts with it by accident; a value that does is escaped too, so every
+#: string round-trips). Values without NUL are stored as they are.
+_ESCAPED = "\ufdd0duroxide-json:"
+
+
+def _store_text(value: Any) -> Any:
+    """The form of a verbatim text value (output, custom status, KV value) PostgreSQL can hold."""
+    if isinstance(value, str) and ("\x00" in value or value.startswith(_ESCAPED)):
+        return _ESCAPED + json.dumps(value)
+    return value
+
+
+def _load_text(value: Any) -> Any:
+    """Inverse of :func:`_store_text`."""
+    if isinstance(value, str) and value.startswith(_ESCAPED):
+        return json.loads(value[len(_ESCAPED):])
+    return value
 
 try:  # optional dependency: pip install 'duroxide_sim[postgres]'
     import psycopg
@@ -848,7 +874,7 @@ class PostgresProvider(PostgresAdminMixin):
         can_cur = db.start(_CAN_PENDING, {"i": instance, "t": token})
         rows = sorted(tagged.fetchall())
         info = info_cur.fetchone()
-        kv = {key: KvEntry(value, ts) for key, value, ts in kv_cur.fetchall()}
+        kv = {key: KvEntry(_load_text(value), ts) for key, value, ts in kv_cur.fetchall()}
         can_queued_elsewhere = can_cur.fetchone()[0]
         if not rows:  # the lock was not ours after all, or nothing is visible any more
             db.send("DELETE FROM instance_locks WHERE lock_token = %s", (token,))
@@ -945,14 +971,14 @@ class PostgresProvider(PostgresAdminMixin):
             if statuses:  # the last one wins; one version bump per ack
                 db.send("UPDATE instances SET current_execution_id = GREATEST(current_execution_id, %s), "
                         "updated_at = %s, custom_status = %s, custom_status_version = custom_status_version + 1 "
-                        "WHERE instance_id = %s", (execution_id, now, statuses[-1].status, instance))
+                        "WHERE instance_id = %s", (execution_id, now, _store_text(statuses[-1].status), instance))
             else:
                 db.send("UPDATE instances SET current_execution_id = GREATEST(current_execution_id, %s), "
                         "updated_at = %s WHERE instance_id = %s", (execution_id, now, instance))
             if metadata.status is not None:
                 db.send("UPDATE executions SET status = %s, output = %s, completed_at = %s "
                         "WHERE instance_id = %s AND execution_id = %s",
-                        (metadata.status, metadata.output, now, instance, execution_id))
+                        (metadata.status, _store_text(metadata.output), now, instance, execution_id))
             self._apply_kv(db, instance, delta)
             if metadata.status in TERMINAL_STATUSES:
                 self._merge_kv(db, instance)
@@ -1024,7 +1050,7 @@ class PostgresProvider(PostgresAdminMixin):
                   "last_updated_at_ms = EXCLUDED.last_updated_at_ms")
         for event in delta:
             if isinstance(event, KeyValueSet):
-                db.send(upsert, (instance, event.key, event.value, event.last_updated_at_ms))
+                db.send(upsert, (instance, event.key, _store_text(event.value), event.last_updated_at_ms))
             elif isinstance(event, KeyValueCleared):
                 db.send(upsert, (instance, event.key, None, None))
             elif isinstance(event, KeyValuesCleared):
@@ -1303,14 +1329,14 @@ class PostgresProvider(PostgresAdminMixin):
                 if info.custom_status is not None:
                     db.send("UPDATE instances SET current_execution_id = GREATEST(current_execution_id, %s), "
                             "updated_at = %s, custom_status = %s, custom_status_version = custom_status_version + 1 "
-                            "WHERE instance_id = %s", (execution_id, info.ended_ms, info.custom_status.status, instance))
+                            "WHERE instance_id = %s", (execution_id, info.ended_ms, _store_text(info.custom_status.status), instance))
                 else:
                     db.send("UPDATE instances SET current_execution_id = GREATEST(current_execution_id, %s), "
                             "updated_at = %s WHERE instance_id = %s", (execution_id, info.ended_ms, instance))
                 if md.status is not None:
                     db.send("UPDATE executions SET status = %s, output = %s, completed_at = %s "
                             "WHERE instance_id = %s AND execution_id = %s",
-                            (md.status, md.output, info.ended_ms, instance, execution_id))
+                            (md.status, _store_text(md.output), info.ended_ms, instance, execution_id))
                 self._apply_kv(db, instance, events)
                 if md.status in TERMINAL_STATUSES:
                     self._merge_kv(db, instance)
@@ -1328,7 +1354,7 @@ class PostgresProvider(PostgresAdminMixin):
             "SELECT e.status, e.output, i.custom_status, i.custom_status_version FROM instances i "
             "JOIN executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
             "WHERE i.instance_id = %s", (instance,))
-        return None if not rows else (rows[0][0], rows[0][1], rows[0][2], rows[0][3])
+        return None if not rows else (rows[0][0], _load_text(rows[0][1]), _load_text(rows[0][2]), rows[0][3])
 
     def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None:
         """``(status, version)`` if the version moved past ``last_seen_version``, else None."""
@@ -1338,7 +1364,7 @@ class PostgresProvider(PostgresAdminMixin):
         row = rows[0] if rows else None
         if row is None or row[1] <= last_seen_version:
             return None
-        return row[0], row[1]
+        return _load_text(row[0]), row[1]
 
     def get_kv_value(self, instance: str, key: str) -> str | None:
         """The store overlaid by the current execution's delta; tombstones hide."""
@@ -1346,7 +1372,7 @@ class PostgresProvider(PostgresAdminMixin):
             row = db.one("SELECT value FROM kv_delta WHERE instance_id = %s AND key = %s", (instance, key))
             if row is None:
                 row = db.one("SELECT value FROM kv_store WHERE instance_id = %s AND key = %s", (instance, key))
-            return row[0] if row is not None else None
+            return _load_text(row[0]) if row is not None else None
 
     def get_kv_all_values(self, instance: str) -> dict[str, str]:
         """All live keys: the store overlaid by the delta; tombstones hide."""
@@ -1358,7 +1384,11 @@ class PostgresProvider(PostgresAdminMixin):
                     out.pop(key, None)
                 else:
                     out[key] = value
-            return out
+            return {key: _load_text(value) for key, value in out.items()}
+
+    @staticmethod
+    def _load_text(value: Any) -> Any:  # SqlAdminMixin's hook for the output column
+        return _load_text(value)
 
     # --- simulation and test hooks -------------------------------------------------------------
 

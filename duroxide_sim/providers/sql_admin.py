@@ -57,6 +57,12 @@ class SqlAdminMixin:
                           "COALESCE(SUM(e.status = 'Completed'), 0), "
                           f"COALESCE(SUM(e.status = 'Failed'), 0) FROM instances i {_CURRENT_EXECUTION}")
 
+    @staticmethod
+    def _load_text(value: Any) -> Any:
+        """The stored form of a verbatim text column (``executions.output``) as the caller wrote
+        it: as it is here; PostgreSQL stores text with NUL escaped and overrides this."""
+        return value
+
     def _x(self, db: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         """``db.execute`` with this host's parameter marker."""
         return db.execute(sql if self._PARAM == "?" else _with_param(sql, self._PARAM), params)
@@ -90,7 +96,7 @@ class SqlAdminMixin:
                             (instance, current)).fetchone()
         return InstanceInfo(
             instance_id=instance, orchestration_name=name, orchestration_version=version,
-            current_execution_id=current, status=ex[0] if ex else "Unknown", output=ex[1] if ex else None,
+            current_execution_id=current, status=ex[0] if ex else "Unknown", output=self._load_text(ex[1]) if ex else None,
             created_at=created_at, updated_at=updated_at, parent_instance_id=parent,
         )
 
@@ -104,7 +110,7 @@ class SqlAdminMixin:
                                        instance_id=instance)
             count = self._x(db, "SELECT COUNT(*) FROM history WHERE instance_id = ? AND execution_id = ?",
                                (instance, execution_id)).fetchone()[0]
-        return ExecutionInfo(execution_id=execution_id, status=ex[0], output=ex[1], started_at=ex[2],
+        return ExecutionInfo(execution_id=execution_id, status=ex[0], output=self._load_text(ex[1]), started_at=ex[2],
                              completed_at=ex[3], event_count=count)
 
     def list_executions(self, instance: str) -> list[int]:

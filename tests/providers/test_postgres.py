@@ -209,16 +209,28 @@ class TestErrors:
         mapped = provider._map_error(exc, "op")
         assert isinstance(mapped, ProviderError) and mapped.retryable is retryable and mapped.operation == "op"
 
-    def test_nul_in_a_kv_value_is_a_permanent_error_and_changes_nothing(self, pg_schema, opened):
+    def test_nul_in_a_kv_key_is_a_permanent_error_and_changes_nothing(self, pg_schema, opened):
         provider = opened(pg_schema("nul"))
         create(provider, "a")
         provider.enqueue_for_orchestrator(start_item("a"))
         item = fetch(provider)
         with pytest.raises(ProviderError) as err:
-            provider.ack_orchestration_item(item.lock_token, 1, [kv_set("a", 2, "k", "bad\x00value")], [], [],
+            provider.ack_orchestration_item(item.lock_token, 1, [kv_set("a", 2, "bad\x00key", "v")], [], [],
                                             ExecutionMetadata())
         assert err.value.retryable is False
-        assert provider.get_kv_value("a", "k") is None and [e.event_id for e in provider.read("a")] == [1]
+        assert provider.get_kv_all_values("a") == {} and [e.event_id for e in provider.read("a")] == [1]
+
+    def test_nul_in_a_kv_value_is_stored_escaped_and_read_back_unchanged(self, pg_schema, opened):
+        """PostgreSQL text cannot hold NUL; KV values (like outputs and custom statuses) are kept
+        verbatim, so such a value is stored escaped (test_postgres_hostile.py covers the rest)."""
+        provider = opened(pg_schema("nulv"))
+        create(provider, "a")
+        provider.enqueue_for_orchestrator(start_item("a"))
+        item = fetch(provider)
+        provider.ack_orchestration_item(item.lock_token, 1, [kv_set("a", 2, "k", "bad\x00value")], [], [],
+                                        ExecutionMetadata())
+        assert provider.get_kv_value("a", "k") == "bad\x00value"
+        assert provider.get_kv_all_values("a") == {"k": "bad\x00value"}
 
 
 # --- several provider objects (processes) on one schema ------------------------------------------------
