@@ -81,7 +81,9 @@ __all__: list[str] = []  # internal to the core
 
 
 
-_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: This package's directory with a trailing separator, so a user package beside it whose name
+#: merely starts the same way (``duroxide_sim_workflows/``) is user code.
+_PKG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 
 #: SPEC §10.3 limits, checked after each turn.
 
@@ -147,15 +149,18 @@ _MAX_RESUMPTIONS = 2 * LIMITS["history_events"]
 
 
 #: code object -> True when it is user code (not this package); membership/lookup only.
-_USER_CODE: dict[Any, bool] = {}
+#: Verdicts by file name (the verdict depends on nothing else; keying by code object would let
+#: two files' equal-bodied functions share one, since code objects compare by content).
+_USER_CODE: dict[str, bool] = {}
 
 
 def _is_user_code(code: Any) -> bool:
-    user = _USER_CODE.get(code)
+    filename = code.co_filename
+    user = _USER_CODE.get(filename)
     if user is None:
-        user = not code.co_filename.startswith(_PKG_DIR)
+        user = not filename.startswith(_PKG_DIR)
         if len(_USER_CODE) < 65_536:
-            _USER_CODE[code] = user
+            _USER_CODE[filename] = user
     return user
 
 

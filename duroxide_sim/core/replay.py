@@ -243,12 +243,16 @@ def _same_start(engine: _Engine, first: HistoryEvent) -> bool:
     return first.timestamp_ms == engine.started_ms and getattr(first, "input", None) == engine.input_text
 
 
-def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None = None) -> TurnResult:
+def execute_turn(
+    inp: TurnInput, registry: Registry, cache: EngineCache | None = None, inspect: list[Any] | None = None
+) -> TurnResult:
     """Run one turn (SPEC §3.1 steps 3–9). Never raises for user-code problems.
 
     With a ``cache``, a live engine from an earlier turn of this execution is resumed when the
     fetched history is the one it produced (warm) or extends it (catch-up: the missing suffix
-    is walked as replay first); see :class:`EngineCache`. The result is the same either way."""
+    is walked as replay first); see :class:`EngineCache`. The result is the same either way.
+    ``inspect`` (a list) receives the turn's engine, for tools that report where in the code
+    something happened (:mod:`.verify`)."""
     history: Sequence[HistoryEvent] = inp.history
     start: StartOrchestration | ContinueAsNew | None = None
     rest: list[WorkItem] = []
@@ -381,6 +385,8 @@ def execute_turn(inp: TurnInput, registry: Registry, cache: EngineCache | None =
         engine.begin_turn(inp)
     else:
         engine = _Engine(inp, handler, started, execution_id)
+    if inspect is not None:
+        inspect.append(engine)
     prior_cancel = engine.cancel_reason  # a cancel request among the events walked in earlier turns
     base = dict(
         execution_id=execution_id,

@@ -4,32 +4,91 @@
 registered code, with no new messages, and compares what the code does with what was recorded:
 
 * the code must match every recorded schedule (else the engine's nondeterminism message);
-* a terminal history must end the same way (same output, same error text, same
-  continue-as-new input);
+* a terminal history must end the same way (same output, same error - compared without the
+  traceback, whose file paths and line numbers change with a checkout or an added comment -
+  same continue-as-new input);
 * a running history must not make the code emit work that is missing from the history.
 
+Each report says what differs and, where the code's side has one, the source line (the yield
+of new work or of the continue-as-new, the innermost user frame of a new exception).
 Failures not produced by the code (poison, infrastructure) are not re-derivable and are
-accepted as recorded. Used by the simulation's determinism checker and the CI replay checker.
-Pure: no clock, no I/O.
+accepted as recorded. An execution after a continue-as-new starts with the KV store its
+predecessors left (:func:`kv_snapshots` rebuilds it from their events). Used by the simulation's
+determinism checker and the CI replay checker. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .events import (
     SCHEDULE_EVENTS,
     ConfigurationErrorDetails,
+    ErrorDetails,
     HistoryEvent,
+    KeyValueCleared,
+    KeyValuesCleared,
+    KeyValueSet,
     OrchestrationCompleted,
     OrchestrationContinuedAsNew,
     OrchestrationFailed,
     OrchestrationStarted,
 )
+from .nondeterminism import describe_event
 from .registry import Registry
 from .replay import TurnInput, execute_turn
 
-__all__ = ["verify_execution"]
+__all__ = ["verify_execution", "kv_snapshots"]
+
+#: The line the engine puts between an exception's ``Type: message`` and its user frames.
+_TRACEBACK = "\nTraceback (most recent call last):\n"
+_FRAME = re.compile(r'^  File "(.*)", line (\d+)', re.MULTILINE)
+
+
+def kv_snapshots(executions: Mapping[int, Sequence[HistoryEvent]]) -> dict[int, dict[str, tuple[str, int]]]:
+    """The KV store each execution started with, rebuilt from the events of the ones before it
+    (values set in an execution carry over a continue-as-new; SPEC §13)."""
+    out: dict[int, dict[str, tuple[str, int]]] = {}
+    store: dict[str, tuple[str, int]] = {}
+    for exe in sorted(executions):
+        out[exe] = dict(store)
+        for ev in executions[exe]:
+            if isinstance(ev, KeyValueSet):
+                store[ev.key] = (ev.value, ev.last_updated_at_ms)
+            elif isinstance(ev, KeyValueCleared):
+                store.pop(ev.key, None)
+            elif isinstance(ev, KeyValuesCleared):
+                store.clear()
+    return out
+
+
+def _without_traceback(text: str | None) -> str | None:
+    return text if text is None else text.split(_TRACEBACK, 1)[0]
+
+
+def _raise_site(error: ErrorDetails | None) -> str:
+    """`` at file:line`` of the innermost user frame of an exception the engine formatted."""
+    text = error.display_message() if error is not None else ""
+    if _TRACEBACK not in text:
+        return ""
+    frames = _FRAME.findall(text.split(_TRACEBACK, 1)[1])
+    return f" at {frames[-1][0]}:{frames[-1][1]}" if frames else ""
+
+
+def _site_of_event(engine: Any, ev: HistoryEvent) -> str:
+    slot = engine.by_id.get(ev.event_id) if engine is not None else None
+    site = getattr(slot, "site", None)
+    return f" at {site[0]}:{site[1]}" if site else ""
+
+
+def _new_work(engine: Any, delta: Sequence[HistoryEvent]) -> str | None:
+    """``ActivityScheduled(name='C', input='2') at file:line`` for the first new schedule."""
+    for ev in delta:
+        if isinstance(ev, SCHEDULE_EVENTS):
+            return describe_event(ev) + _site_of_event(engine, ev)
+    return None
 
 _TERMINAL = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
 
@@ -55,6 +114,7 @@ def verify_execution(
         return None
     persisted = list(history[:terminal_at]) if terminal_at is not None else list(history)
     now = history[-1].timestamp_ms
+    inspect: list[Any] = []
     result = execute_turn(
         TurnInput(
             instance=instance,
@@ -67,7 +127,9 @@ def verify_execution(
             kv_snapshot=kv_snapshot or {},
         ),
         registry,
+        inspect=inspect,
     )
+    engine = inspect[0] if inspect else None
     where = f"instance {instance!r} execution {execution_id}"
     if result.kind == "unregistered":
         return f"{where}: {result.message}"
@@ -76,22 +138,43 @@ def verify_execution(
         if recorded != result.error.display_message():
             return result.error.display_message()  # already names instance, execution, event, line
         return None
+    new_work = _new_work(engine, result.delta)
     if terminal is None:
-        new_work = [e for e in result.delta if isinstance(e, SCHEDULE_EVENTS)]
-        if result.kind != "continue" or new_work:
-            got = ", ".join(type(e).__name__ for e in new_work) or result.kind
-            return f"{where}: replay of a running history produced new work ({got}) that the history lacks"
+        if new_work is not None:
+            return f"{where}: replay of a running history produced new work the history lacks: code did {new_work}"
+        if result.kind != "continue":
+            return f"{where}: replay of a running history ended it ({_outcome(result)}){_ending_site(engine, result)}"
         return None
     if isinstance(terminal, OrchestrationCompleted):
         if result.kind != "completed" or result.output != terminal.output:
-            return f"{where}: recorded Completed({terminal.output!r}), replay gave {result.kind}({result.output!r})"
+            return (f"{where}: recorded Completed({terminal.output!r}), replay gave {_outcome(result)}"
+                    f"{_ending_site(engine, result)}" + (f"; code did {new_work}" if new_work else ""))
     elif isinstance(terminal, OrchestrationContinuedAsNew):
         if result.kind != "continued_as_new" or result.output != terminal.input:
-            return f"{where}: recorded ContinuedAsNew({terminal.input!r}), replay gave {result.kind}({result.output!r})"
+            return (f"{where}: recorded ContinuedAsNew({terminal.input!r}), replay gave {_outcome(result)}"
+                    f"{_ending_site(engine, result)}" + (f"; code did {new_work}" if new_work else ""))
     else:
         assert isinstance(terminal, OrchestrationFailed)
         want = terminal.details.display_message()
         got = result.error.display_message() if result.error is not None else None
-        if result.kind not in ("failed", "cancelled") or got != want:
-            return f"{where}: recorded Failed({want!r}), replay gave {result.kind}({got!r})"
+        if result.kind not in ("failed", "cancelled") or _without_traceback(got) != _without_traceback(want):
+            return (f"{where}: recorded Failed({_without_traceback(want)!r}), replay gave {_outcome(result)}"
+                    f"{_ending_site(engine, result)}" + (f"; code did {new_work}" if new_work else ""))
     return None
+
+
+def _outcome(result: Any) -> str:
+    """``kind(output)`` of a replayed turn; an error without its traceback (the site says where)."""
+    if result.error is not None:
+        return f"{result.kind}({_without_traceback(result.error.display_message())!r})"
+    return f"{result.kind}({result.output!r})"
+
+
+def _ending_site(engine: Any, result: Any) -> str:
+    """Where the replayed code ended differently: its continue-as-new, or the raise."""
+    if result.kind == "continued_as_new" and engine is not None and engine.can is not None:
+        site = getattr(engine.can._st, "site", None)
+        return f" at {site[0]}:{site[1]}" if site else ""
+    if result.kind == "failed":
+        return _raise_site(result.error)
+    return ""

@@ -37,6 +37,7 @@ import itertools
 import json
 import logging
 import os
+import pathlib
 import sqlite3
 import _thread
 import threading
@@ -290,6 +291,33 @@ class SqliteProvider(SqliteAdminMixin):
     def in_memory(cls, *, clock: Clock | None = None) -> "SqliteProvider":
         """A private in-memory database (gone when closed)."""
         return cls(":memory:", clock=clock, memory=True)
+
+    @classmethod
+    def snapshot_of(cls, path: str | os.PathLike[str], *, clock: Clock | None = None) -> "SqliteProvider":
+        """An in-memory copy of the database file at ``path``, read without writing to it: the
+        file may be read-only (a CI fixture, a read-only mount) and is never migrated or
+        touched (an older schema is migrated in the copy). For read-only checks such as
+        ``duroxide-sim replay``; the copy lives in memory until closed."""
+        target = os.fspath(path)
+        if not os.path.isfile(target):
+            raise ProviderError(f"open: no SQLite database file at {target!r}", operation="open", retryable=False)
+        where = repr(target)
+        provider = cls.in_memory(clock=clock)
+        try:
+            uri = pathlib.Path(target).absolute().as_uri()
+            try:
+                source = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+                try:
+                    source.backup(provider._shared)
+                finally:
+                    source.close()
+            except sqlite3.Error as exc:
+                raise _map_error(exc, "open", where) from exc
+            provider._open_id = provider._migrate(provider._shared)
+        except BaseException:
+            provider.close()
+            raise
+        return provider
 
     # --- connections and transactions ----------------------------------------------------------
 

@@ -32,9 +32,6 @@ from ..core.events import (
     ExternalSubscribed,
     ExternalSubscribedCancelled,
     HistoryEvent,
-    KeyValueCleared,
-    KeyValuesCleared,
-    KeyValueSet,
     OrchestrationCompleted,
     OrchestrationContinuedAsNew,
     OrchestrationFailed,
@@ -49,7 +46,7 @@ from ..core.events import (
     TimerFired,
 )
 from ..core import codec
-from ..core.verify import verify_execution
+from ..core.verify import kv_snapshots, verify_execution
 from .faults import FaultPlan
 from .gc_pause import quiet_gc
 from .harness import Failure, Simulation, SimResult, SimSpec, Start, _Run
@@ -119,22 +116,6 @@ def check_well_formed(instance: str, execution: int, events: list[HistoryEvent])
     return problems
 
 
-def _kv_snapshots(executions: dict[int, list[HistoryEvent]]) -> dict[int, dict[str, tuple[str, int]]]:
-    """The KV store each execution started with, rebuilt from the previous executions."""
-    out: dict[int, dict[str, tuple[str, int]]] = {}
-    store: dict[str, tuple[str, int]] = {}
-    for exe in sorted(executions):
-        out[exe] = dict(store)
-        for ev in executions[exe]:
-            if isinstance(ev, KeyValueSet):
-                store[ev.key] = (ev.value, ev.last_updated_at_ms)
-            elif isinstance(ev, KeyValueCleared):
-                store.pop(ev.key, None)
-            elif isinstance(ev, KeyValuesCleared):
-                store.clear()
-    return out
-
-
 def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sandbox_violations: list[Any]) -> list[Failure]:
     seed, repro = result.seed, sim.repro_command()
     fails: list[Failure] = []
@@ -151,7 +132,7 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
         fail("sandbox", v.render())
     # 5. well-formedness and 1. determinism (replay from scratch)
     for inst, executions in result.histories.items():
-        snaps = _kv_snapshots(executions)
+        snaps = kv_snapshots(executions)
         for exe, events in executions.items():
             for message, event_id in check_well_formed(inst, exe, events):
                 fail("well_formed", message, inst, _step_of(result, inst, event_id))

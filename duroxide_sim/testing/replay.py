@@ -26,7 +26,7 @@ import attrs
 
 from ..core.events import OrchestrationCompleted, OrchestrationContinuedAsNew, OrchestrationFailed
 from ..core.registry import Registry
-from ..core.verify import verify_execution
+from ..core.verify import kv_snapshots, verify_execution
 from ..errors import InvalidInputError
 from ..runtime.history_io import document_events, export_instance, load_documents
 
@@ -46,13 +46,16 @@ class Divergence:
 
 
 class _LatestRegistry(Registry):
-    """Resolves every lookup to the latest registered version (the upgrade check)."""
+    """Resolves every lookup to the latest registered version (the upgrade check), whatever
+    version policy the app sets for new starts (an exact-version policy pins *starts* during a
+    staged rollout; the question here is what the newest code does with old histories)."""
 
     def __init__(self, inner: Registry) -> None:
         self.__dict__.update(inner.__dict__)
 
     def resolve(self, name: str, version: str | None = None):  # type: ignore[override]
-        return super().resolve(name, None)
+        versions = self.versions(name)
+        return super().resolve(name, versions[-1]) if versions else None
 
 
 def build_registry(app: Any) -> Registry:
@@ -104,7 +107,10 @@ def load_app(ref: str) -> Any:
             raise ValueError(f"no such file: {where}")
         if str(pathlib.Path.cwd()) not in sys.path:
             sys.path.insert(0, str(pathlib.Path.cwd()))
-        dotted = ".".join(path.with_suffix("").parts) if not path.is_absolute() else ""
+        parts = path.with_suffix("").parts
+        # Imported by its dotted name (so its package's relative imports work) only when the
+        # path spells one: "../app.py" or "my-dir/app.py" are loaded from their location.
+        dotted = ".".join(parts) if not path.is_absolute() and all(p.isidentifier() for p in parts) else ""
         module = None
         if dotted:
             try:
@@ -142,12 +148,13 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
         if not executions:
             continue
         last = max(executions)
+        snaps = kv_snapshots(executions)
         for execution_id, events in executions.items():
             terminal = any(isinstance(e, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)) for e in events)
             in_flight = execution_id == last and not terminal
             if latest and not in_flight:
                 continue
-            problem = verify_execution(doc["instance_id"], execution_id, events, reg)
+            problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps.get(execution_id))
             if problem is not None:
                 out.append(Divergence(doc["instance_id"], execution_id, problem, in_flight))
     return out
@@ -160,7 +167,8 @@ def _documents_from(source: str) -> list[dict[str, Any]]:
     if path.is_file() and path.suffix not in (".json",):
         from ..providers.sqlite import SqliteProvider
 
-        provider = SqliteProvider.open_existing(str(path)) if hasattr(SqliteProvider, "open_existing") else SqliteProvider.open(str(path))
+        # A read-only check: an in-memory copy, so the file may be read-only and stays untouched.
+        provider = SqliteProvider.snapshot_of(path)
         try:
             return [export_instance(provider, i) for i in reversed(provider.list_instances())]
         finally:
