@@ -8,25 +8,49 @@ anything) runs outside ``poll`` and is not flagged.
 
 Forbidden: ``time.time/time_ns/monotonic/perf_counter/process_time/thread_time/clock_gettime/
 sleep``, ``time.localtime/gmtime/ctime/asctime/strftime`` without their time argument (they
-read the clock then; with it they are pure), ``datetime.now/utcnow/today``,
-module-level ``random.*`` (the hidden global ``Random``), ``uuid.uuid1/uuid4``, ``os.urandom``,
-``print`` (use ``ctx.trace_*``), ``open``, sockets, and starting threads.
+read the clock then; with it they are pure), ``datetime.now/utcnow/today`` (also on
+subclasses, as libraries such as pendulum or freezegun define), module-level ``random.*`` (the
+hidden global ``Random``) and any ``Random`` seeded from the OS (``random.Random()``,
+``random.seed()``), ``uuid.uuid1/uuid4``, ``os.urandom/getrandom``, ``print`` (use
+``ctx.trace_*``), ``open``, sockets, and starting threads. A clock read by ``logging`` is
+reported as logging (use ``ctx.trace_*``, which is replay-safe).
 
 Profile hooks see calls no matter how the function was imported (``from time import time``
-included), because they compare the called objects, not names.
+included), because they compare the called objects, not names. The reported line is the
+innermost frame of the orchestration's own code (not this package, not the standard library,
+not generated code such as a dataclass ``__init__`` when a real source line calls it); calls the
+engine itself makes while running a turn (formatting a traceback reads source files) are not
+the orchestration's and are not reported.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from typing import Any
 
 import attrs
 
 __all__ = ["Sandbox", "Violation"]
 
-_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PKG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
+#: The standard library's directories, and the installed-packages ones inside them (user code
+#: installed with pip lives in site-packages, which is under the stdlib directory).
+_STDLIB = tuple(dict.fromkeys(os.path.join(os.path.realpath(p), "") for p in
+                              (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"],
+                               os.path.dirname(os.__file__))))
+_SITE = tuple(dict.fromkeys(os.path.join(os.path.realpath(p), "") for p in
+                            (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])))
+
+
+def _is_stdlib(filename: str) -> bool:
+    if not filename.startswith(_STDLIB):
+        real = os.path.realpath(filename) if filename[:1] not in ("<", "") else filename
+        if not real.startswith(_STDLIB):
+            return False
+        filename = real
+    return not filename.startswith(_SITE) and "site-packages" not in filename and "dist-packages" not in filename
 _TOOLING = {"hypothesis", "_pytest", "pytest", "pluggy", "coverage", "_hypothesis_globals"}
 
 
@@ -55,6 +79,8 @@ def _forbidden_c() -> dict[Any, str]:
         if fn is not None:
             table[fn] = f"time.{name}()"
     table[os.urandom] = "os.urandom()"
+    if hasattr(os, "getrandom"):
+        table[os.getrandom] = "os.getrandom()"
     table[print] = "print() (use ctx.trace_info)"
     table[open] = "open() (file I/O)"
     for meth in ("random", "getrandbits", "randbytes"):
@@ -99,6 +125,7 @@ def _forbidden_py() -> dict[Any, str]:
         uuid.uuid4.__code__: "uuid.uuid4()",
         uuid.uuid1.__code__: "uuid.uuid1()",
         threading.Thread.start.__code__: "threading.Thread.start()",
+        random.Random.seed.__code__: "random.Random() / seed() without a seed (OS entropy)",
     }
     for name in ("randint", "choice", "shuffle", "uniform", "randrange", "sample", "gauss"):
         table[getattr(random.Random, name).__code__] = f"random.{name}() (global RNG)"
@@ -116,6 +143,9 @@ class Sandbox:
         self._py = _forbidden_py()
         self._clock_when_short = _clock_when_short()
         self._global_random = __import__("random")._inst  # type: ignore[attr-defined]
+        import datetime
+
+        self._date, self._datetime = datetime.date, datetime.datetime
         self.violations: list[Violation] = []
         self._depth = 0
         self._engines: list[Any] = []
@@ -139,6 +169,8 @@ class Sandbox:
                 if code.co_name in ("randint", "choice", "shuffle", "uniform", "randrange", "sample", "gauss"):
                     if frame.f_locals.get("self") is not self._global_random:
                         return  # a seeded Random instance is fine
+                elif code.co_name == "seed" and frame.f_locals.get("a") is not None:
+                    return  # seeded from a value (e.g. one the orchestration got from history)
                 self._report(self._py[code], frame.f_back)
         elif event == "return":
             if frame.f_code is self._poll_code and self._depth:
@@ -156,8 +188,8 @@ class Sandbox:
                 name = getattr(arg, "__name__", "")
                 if owner is self._global_random:
                     label = self._c.get(("random", name))
-                elif isinstance(owner, type) and owner.__name__ in ("datetime", "date"):
-                    label = self._c.get((owner.__name__, name))
+                elif isinstance(owner, type) and issubclass(owner, self._date):
+                    label = self._c.get(("datetime" if issubclass(owner, self._datetime) else "date", name))
             if label is not None:
                 self._report(label, frame)
 
@@ -171,18 +203,28 @@ class Sandbox:
                 return
             g = g.f_back
         # Walk out to the first frame that belongs to user code (not this package, not stdlib
-        # wrappers such as random.py or uuid.py).
-        f = frame
-        stdlib = os.path.dirname(os.__file__)
-        while f is not None:
+        # wrappers such as random.py or uuid.py, generated code only if nothing else is found).
+        # Orchestration code runs *inside* the engine's poll: reaching the poll frame first
+        # means the engine itself made the call (e.g. linecache reading a source file while a
+        # traceback is formatted), not the orchestration.
+        f, generated, via_logging = frame, None, False
+        while f is not None and f.f_code is not self._poll_code:
             fn = f.f_code.co_filename
-            if not fn.startswith(_PKG_DIR) and not fn.startswith(stdlib):
-                break
+            if f.f_globals.get("__name__", "").split(".")[0] == "logging":
+                via_logging = True
+            if not fn.startswith(_PKG_DIR) and not _is_stdlib(fn):
+                if not fn.startswith("<") or fn.startswith("<stdin>"):
+                    break
+                generated = generated or f  # a dataclass/attrs __init__: keep looking for its caller
             f = f.f_back
-        engine = self._engines[-1] if self._engines else None
-        orch = getattr(getattr(engine, "handler", None), "name", "?")
+        if f is None or f.f_code is self._poll_code:
+            f = generated
         if f is None:
             return
+        if via_logging:
+            label = "logging (use ctx.trace_info: replay-safe)"
+        engine = self._engines[-1] if self._engines else None
+        orch = getattr(getattr(engine, "handler", None), "name", "?")
         v = Violation(orch, label, f.f_code.co_filename, f.f_lineno)
         if v not in self.violations:
             self.violations.append(v)
