@@ -2,7 +2,7 @@
 
 Commands:
 
-* ``reproduce REF --seed N [--faults JSON] [--provider memory|sqlite] [--nodes K] [--trace]
+* ``reproduce REF --seed N [--faults JSON] [--provider memory|sqlite] [--nodes K] [--max-steps S] [--trace]
   [--timeline PATH]`` - re-run one simulated seed of the spec at REF (``path/to/file.py:NAME`` or
   ``package.module:NAME``) and report every broken property with its step; ``--trace`` prints
   the canonical trace; ``--timeline`` writes the run as a self-contained HTML timeline (lanes per
@@ -222,7 +222,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
-    sim = Simulation(spec, args.seed, faults, provider=args.provider, nodes=args.nodes, sandbox=args.sandbox)
+    extra = {} if args.max_steps is None else {"max_steps": args.max_steps}
+    sim = Simulation(spec, args.seed, faults, provider=args.provider, nodes=args.nodes, sandbox=args.sandbox, **extra)
     result = run_and_check(sim)
     if args.trace:
         for line in result.trace:
@@ -425,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--faults", default="swarm", help="fault plan JSON, 'swarm' (default) or 'none'")
     rep.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
     rep.add_argument("--nodes", type=_positive_int, default=2)
+    rep.add_argument("--max-steps", type=_positive_int, default=None,
+                     help="scheduler steps before the run stops (default: the harness's, 200000)")
     rep.add_argument("--sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
     rep.add_argument("--trace", action="store_true", help="print the canonical trace")
     rep.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -48,13 +48,21 @@ def _check_rates(_inst: Any, _attr: Any, value: dict[str, float]) -> None:
             raise ValueError(f"fault rate for {kind!r} must be within [0, 1], got {p}")
 
 
+def _check_non_negative(_inst: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{attribute.name} must be a non-negative integer, got {value!r}")
+
+
+_JSON_KEYS = ("rates", "until_ms", "max_faults", "script")
+
+
 @attrs.frozen
 class FaultPlan:
     """Per-kind probabilities (per opportunity) and the virtual time at which faults stop."""
 
     rates: dict[str, float] = attrs.field(factory=dict, validator=_check_rates)
-    until_ms: int = 10 * 60_000  # faults only during the first 10 virtual minutes
-    max_faults: int = 1_000
+    until_ms: int = attrs.field(default=10 * 60_000, validator=_check_non_negative)  # faults only before this virtual time
+    max_faults: int = attrs.field(default=1_000, validator=_check_non_negative)
     #: Scripted faults: ``(n, kind)`` = inject ``kind`` at the n-th opportunity for that kind
     #: (1-based; e.g. the 3rd activity execution for ``crash_after_effect``), in addition to the
     #: random rates. Counting per kind keeps entries meaningful when a shrinker removes others
@@ -117,6 +125,11 @@ class FaultPlan:
     def from_json(cls, text: str) -> "FaultPlan":
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object with keys {', '.join(_JSON_KEYS)}, got {type(data).__name__}")
+            unknown = sorted(set(data) - set(_JSON_KEYS))
+            if unknown:  # a misspelt key would silently give a plan that injects nothing
+                raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(_JSON_KEYS)}")
             return cls(
                 dict(data.get("rates", {})),
                 int(data.get("until_ms", 600_000)),

@@ -22,6 +22,8 @@ import hashlib
 import json
 import logging
 import random
+import shlex
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -287,6 +289,23 @@ class _Node:
         self.act_work_ack: tuple[Any, ...] = ()
 
 
+#: Scheduler steps after which a run stops (and liveness fails if work is left).
+DEFAULT_MAX_STEPS = 200_000
+
+
+def _module_ref(spec: SimSpec) -> str | None:
+    """``path/to/module.py:NAME`` when ``spec`` is a module-level name of the module that
+    defines its setup function (the usual ``SPEC = SimSpec(...)``), else None."""
+    module = sys.modules.get(getattr(spec.setup, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if module is None or not path:
+        return None
+    for name, value in sorted(vars(module).items()):
+        if value is spec:
+            return f"{path}:{name}"
+    return None
+
+
 class Simulation:
     """One seeded run of a :class:`SimSpec` (and, for some checks, its fault-free twin)."""
 
@@ -298,7 +317,7 @@ class Simulation:
         *,
         provider: str = "memory",
         nodes: int = 2,
-        max_steps: int = 200_000,
+        max_steps: int = DEFAULT_MAX_STEPS,
         sandbox: bool = False,
         check_invariants: bool = True,
         verify_cache: bool = True,
@@ -331,11 +350,20 @@ class Simulation:
     # ------------------------------------------------------------------------------------------
 
     def repro_command(self) -> str:
-        ref = self.spec.ref or self.spec.name
-        cmd = f"duroxide-sim reproduce {ref} --seed {self.seed} --provider {self.provider_kind} --nodes {self.n_nodes}"
+        """The shell command that re-runs this seed (arguments quoted for a POSIX shell). The
+        spec is named by its ``ref``; a spec without one is found as a module-level name of the
+        module that defines its setup, else the command says to set ``ref``."""
+        ref = self.spec.ref or _module_ref(self.spec)
+        if not ref:
+            return (f"(no command: spec {self.spec.name!r} has no ref; give it ref='path/to/file.py:NAME') "
+                    f"seed {self.seed}, faults {self.plan.to_json()}")
+        cmd = (f"duroxide-sim reproduce {shlex.quote(ref)} --seed {self.seed} "
+               f"--provider {self.provider_kind} --nodes {self.n_nodes}")
+        if self.max_steps != DEFAULT_MAX_STEPS:
+            cmd += f" --max-steps {self.max_steps}"
         if self.sandbox:
             cmd += " --sandbox"
-        return cmd + f" --faults '{self.plan.to_json()}'"
+        return cmd + f" --faults {shlex.quote(self.plan.to_json())}"
 
     def _make_provider(self, clock: SimClock) -> Any:
         if self.provider_kind == "memory":

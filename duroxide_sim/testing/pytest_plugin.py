@@ -56,26 +56,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "simulation: a test that runs duroxide_sim simulations")
+    faults = config.getoption("--sim-faults", default=None)
+    if faults is not None:
+        try:
+            _plan(faults)  # a bad value is a usage error before any test runs, like --sim-runs
+        except ValueError as exc:
+            raise pytest.UsageError(f"--sim-faults: {exc}") from None
 
 
-def _plan(text: str) -> Any:
+def _plan(value: Any) -> Any:
+    """``all`` | ``swarm`` | ``none`` | a fault plan as JSON | a FaultPlan | None -> what
+    Simulation takes; anything else is a ValueError naming the accepted forms."""
     from ..sim.faults import FaultPlan
 
-    if text == "all":
+    if value is None or isinstance(value, FaultPlan):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"faults must be 'all', 'swarm', 'none', a fault plan as JSON or a FaultPlan, got {value!r}")
+    if value == "all":
         return FaultPlan.all(0.05)
-    if text == "none":
+    if value == "none":
         return None
-    if text == "swarm":
+    if value == "swarm":
         return "swarm"
-    try:
-        return FaultPlan.from_json(text)
-    except ValueError as exc:
-        raise pytest.UsageError(f"--sim-faults: {exc}") from None
+    if not value.lstrip().startswith("{"):
+        raise ValueError(f"expected 'all', 'swarm', 'none' or a fault plan as a JSON object, got {value!r}")
+    return FaultPlan.from_json(value)
 
 
 @pytest.fixture
 def simulate(request: pytest.FixtureRequest) -> Any:
-    """``simulate(spec, seeds=None, faults=None, **kw) -> list[SimResult]``."""
+    """``simulate(spec, seeds=None, faults=None, **kw) -> list[SimResult]``; ``faults`` takes what
+    ``--sim-faults`` takes (``"all"``, ``"swarm"``, ``"none"``, JSON) or a FaultPlan."""
     from ..sim.checkers import run_and_check
     from ..sim.harness import Simulation
 
@@ -89,7 +101,7 @@ def simulate(request: pytest.FixtureRequest) -> Any:
         seed_list = [chosen] if chosen is not None else list(seeds if seeds is not None else range(runs))
         if not seed_list:
             raise ValueError("simulate() got no seeds to run: a property checked on no seed would pass vacuously")
-        plan = _plan(faults_opt) if faults is None else faults
+        plan = _plan(faults_opt) if faults is None else _plan(faults)
         # Taken once: every seed runs with the caller's sandbox choice (popping it inside the loop
         # gave only the first seed the caller's value).
         use_sandbox = kw.pop("sandbox", sandbox)
@@ -107,7 +119,8 @@ def simulate(request: pytest.FixtureRequest) -> Any:
 
 
 def _repro_line(request: pytest.FixtureRequest, seed: int, plan: Any, explicit_plan: bool) -> str:
-    parts = ["pytest", request.node.nodeid, "--sim-seed", str(seed)]
+    # The node id as pytest itself prints it: relative to the directory pytest was started in.
+    parts = ["pytest", request.config.cwd_relative_nodeid(request.node.nodeid), "--sim-seed", str(seed)]
     if not explicit_plan:
         faults = request.config.getoption("--sim-faults")
         if faults not in ("all", "none"):

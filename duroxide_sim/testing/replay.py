@@ -59,7 +59,8 @@ class _LatestRegistry(Registry):
 
 
 def build_registry(app: Any) -> Registry:
-    """A Registry from a SimSpec, a ``fn(runtime)`` that registers handlers, or a Registry."""
+    """A Registry from a SimSpec, a ``fn(runtime)`` or a SimSpec-style ``setup(runtime, world)``
+    that registers handlers, or a Registry."""
     from ..providers.memory import InMemoryProvider
     from ..runtime.runtime import Runtime
     from ..sim.clock import SimClock
@@ -73,13 +74,25 @@ def build_registry(app: Any) -> Registry:
     if not isinstance(app, SimSpec) and not callable(app):
         raise TypeError(f"app must be a SimSpec, a callable(runtime) or a Registry, got {type(app).__name__}")
     try:
-        if isinstance(app, SimSpec):
-            app.setup(rt, ExternalWorld())
+        if isinstance(app, SimSpec) or _takes_world(app):
+            (app.setup if isinstance(app, SimSpec) else app)(rt, ExternalWorld())
         else:
             app(rt)
     except Exception as exc:  # noqa: BLE001 - anything the app's own code raises
         raise InvalidInputError(f"the app raised while registering its handlers: {_describe(exc)}") from exc
     return rt.registry
+
+
+def _takes_world(fn: Any) -> bool:
+    """A SimSpec-style ``setup(rt, world)`` (two positional parameters) rather than ``fn(rt)``."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 2
 
 
 def _describe(exc: BaseException) -> str:
@@ -120,13 +133,28 @@ def load_app(ref: str) -> Any:
             except Exception as exc:  # noqa: BLE001 - the module's own code raised
                 raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
         if module is None:
-            spec = importlib.util.spec_from_file_location(f"_duroxide_app_{path.stem}", path)
+            # Registered in sys.modules (under a name unique to the file) as an import would be:
+            # dataclasses, pickling and typing.get_type_hints look modules up there, and so does
+            # a repro command naming a module-level spec.
+            import hashlib
+
+            resolved = str(path.resolve())
+            name_in_sys = f"_duroxide_app_{path.stem}_{hashlib.sha1(resolved.encode()).hexdigest()[:10]}"
+            spec = importlib.util.spec_from_file_location(name_in_sys, resolved)
             if spec is None or spec.loader is None or not path.is_file():
                 raise ValueError(f"cannot load {where}: not a Python file")
             module = importlib.util.module_from_spec(spec)
+            previous = sys.modules.get(name_in_sys)
+            sys.modules[name_in_sys] = module  # loaded afresh each time (the file may have changed)
             try:
                 spec.loader.exec_module(module)
-            except Exception as exc:  # noqa: BLE001 - the module's own code: an input error, not a crash
+            except BaseException as exc:
+                if previous is None:
+                    sys.modules.pop(name_in_sys, None)
+                else:
+                    sys.modules[name_in_sys] = previous
+                if not isinstance(exc, Exception):
+                    raise
                 raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
     else:
         try:

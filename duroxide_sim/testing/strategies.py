@@ -66,26 +66,112 @@ def simulation_test(
     hypothesis_settings: settings | None = None,
     **sim_kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``@simulation_test(SPEC)`` over a function ``f(result)`` (extra assertions; may be a no-op).
+    """``@simulation_test(SPEC)`` over a test ``f(result)`` (extra assertions; may be a no-op).
 
     The test draws a seed and a scripted fault plan, runs the simulation, fails on any broken
-    property (Hypothesis then shrinks to the smallest plan), then calls ``f(result)``."""
+    property (Hypothesis then shrinks to the smallest plan), then calls ``f`` with the
+    :class:`SimResult` as its ``result`` parameter (or its first parameter after ``self``).
+    ``f``'s other parameters stay pytest's: fixtures, ``parametrize`` arguments, and ``self``
+    in a test class (Hypothesis' health check still refuses function-scoped fixtures such as
+    ``tmp_path``, which are not reset between examples: use a wider-scoped one, e.g.
+    ``tmp_path_factory``, or suppress ``HealthCheck.function_scoped_fixture``).
+
+    Settings: ``hypothesis_settings`` (else the active profile), with ``max_examples`` applied
+    on top when given. Hypothesis' per-example ``deadline`` is off unless the settings choose
+    one: a simulated run's wall time is not what is being tested. Each decorated test keeps its
+    own entries in the example database (keyed by its module, name and spec). When the
+    shrunk failing plan still has several faults, the final report looks for a single fault that
+    fails the same seed (the plan's own first, then every kind at every opportunity, earliest
+    first) and reports that one: shrinking can stop at a plan whose faults only fail together,
+    because each shifts the opportunities counted after it."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def run(seed: int, plan: FaultPlan) -> None:
-            result = check_simulation(spec, seed, plan, **sim_kwargs)
-            fn(result)
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())
+        names = [p.name for p in params]
+        taken = [n for n in ("seed", "plan") if n in names]
+        if taken:
+            raise TypeError(f"@simulation_test: {fn.__qualname__} has parameters named {taken}, which the "
+                            "decorator passes to Hypothesis; rename them")
+        skip = 1 if names[:1] in (["self"], ["cls"]) else 0
+        if "result" in names:
+            result_param = "result"
+        elif len(params) > skip:
+            result_param = params[skip].name
+        else:
+            raise TypeError(f"@simulation_test: {fn.__qualname__} must take the simulation result "
+                            "(a parameter named 'result')")
+        rest = [p for p in params if p.name != result_param]
+        rest_sig = sig.replace(parameters=rest)
+        by_name = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
 
-        # Not functools.wraps: pytest and Hypothesis must see (seed, plan), not fn's signature.
+        def call(args: tuple[Any, ...], kwargs: dict[str, Any], result: SimResult) -> Any:
+            if by_name:  # pytest/Hypothesis may pass fixtures positionally: place them by name
+                bound = rest_sig.bind(*args, **kwargs)
+                return fn(**bound.arguments, **{result_param: result})
+            return fn(*args, **kwargs, **{result_param: result})
+
+        def run(*args: Any, seed: int, plan: FaultPlan, **kwargs: Any) -> None:
+            result = run_and_check(Simulation(spec, seed, plan, **sim_kwargs))
+            if result.failures:
+                smaller = _single_fault_failure(spec, seed, plan, sim_kwargs, kinds, max_opportunity)
+                if smaller is not None:
+                    raise AssertionError(smaller)
+                raise AssertionError("\n\n".join(f.render() for f in result.failures))
+            try:
+                call(args, kwargs, result)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    exc.add_note(f"simulated run: seed {seed}, {plan.describe()}\n"
+                                 f"reproduce: {Simulation(spec, seed, plan, **sim_kwargs).repro_command()}")
+                raise
+
+        # Not functools.wraps: pytest and Hypothesis must see fn's own parameters (fixtures,
+        # parametrize arguments, self) without ``result``, plus the keyword-only seed and plan.
         run.__name__, run.__qualname__, run.__doc__, run.__module__ = fn.__name__, fn.__qualname__, fn.__doc__, fn.__module__
+        run.__signature__ = rest_sig.replace(parameters=rest + [  # type: ignore[attr-defined]
+            inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY),
+            inspect.Parameter("plan", inspect.Parameter.KEYWORD_ONLY),
+        ])
+        # Every decorated test shares run's source: without this, Hypothesis would file all of
+        # them under one example-database key (a passing test deleting another's failure).
+        run._hypothesis_internal_add_digest = (  # type: ignore[attr-defined]
+            f"{fn.__module__}.{fn.__qualname__}:{spec.name}:{spec.ref}").encode()
         test = given(seed=seeds(2**16), plan=fault_plans(kinds, max_faults=max_faults, max_opportunity=max_opportunity))(run)
-        if hypothesis_settings is not None:
-            test = hypothesis_settings(test)
-        elif max_examples is not None:
-            test = settings(max_examples=max_examples)(test)
-        return test
+        base = hypothesis_settings if hypothesis_settings is not None else settings.default
+        overrides: dict[str, Any] = {}
+        if max_examples is not None:
+            overrides["max_examples"] = max_examples
+        if base.deadline == settings.get_profile("default").deadline:
+            overrides["deadline"] = None
+        return settings(base, **overrides)(test)
 
     return decorate
+
+
+def _single_fault_failure(spec: SimSpec, seed: int, plan: FaultPlan, sim_kwargs: dict[str, Any],
+                          kinds: Sequence[str], max_opportunity: int) -> str | None:
+    """In Hypothesis' final report of a plan with several faults: the failure of a one-fault
+    plan for the same seed - the plan's own faults first, then every kind at every opportunity,
+    earliest first - rendered with that run's repro line; None if no single fault fails."""
+    from hypothesis.control import current_build_context
+
+    if len(plan.script) < 2:
+        return None
+    try:
+        final = current_build_context().is_final
+    except Exception:  # noqa: BLE001 - not inside a Hypothesis test
+        final = False
+    if not final:
+        return None
+    candidates = list(plan.script) + [(n, k) for n in range(1, max_opportunity + 1) for k in kinds]
+    for entry in dict.fromkeys(candidates):
+        alone = run_and_check(Simulation(spec, seed, FaultPlan.scripted([entry], plan.until_ms), **sim_kwargs))
+        if alone.failures:
+            return ("\n\n".join(f.render() for f in alone.failures)
+                    + f"\n\n(Hypothesis shrank to {plan.describe()}; the single fault {entry[1]} at opportunity "
+                    f"{entry[0]} fails the same seed on its own, as above)")
+    return None
 
 
 # --- typed I/O round trips ----------------------------------------------------------------------
@@ -115,17 +201,35 @@ def types_of(registry_or_setup: Any) -> list[type]:
     for h in handlers:
         if h is None:
             continue
+        params = list(inspect.signature(h.fn).parameters.values())
+        wanted = ([params[1].name] if len(params) >= 2 else []) + ["return"]
         try:
             hints = typing.get_type_hints(h.fn)
-        except Exception:  # noqa: BLE001 - unresolvable annotations are simply not checked
-            hints = {}
-        params = list(inspect.signature(h.fn).parameters.values())
-        annotations = [hints.get(params[1].name)] if len(params) >= 2 else []
-        annotations.append(hints.get("return"))
+        except Exception:  # noqa: BLE001 - resolve the two annotations that matter one by one
+            hints = {n: _resolve_annotation(h, n) for n in wanted if n in getattr(h.fn, "__annotations__", {})}
+        annotations = [hints.get(n) for n in wanted]
         for tp in annotations:
             for cls in _record_types(tp):
                 found.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
     return list(found.values())
+
+
+def _resolve_annotation(handler: Any, name: str) -> Any:
+    """One annotation of a handler, evaluated in its module and closure; a string that names
+    nothing reachable is an error (silently skipping it would pass a type never checked)."""
+    fn = handler.fn
+    value = fn.__annotations__[name]
+    if not isinstance(value, str):
+        return value
+    scope = dict(getattr(fn, "__globals__", {}))
+    scope.update(inspect.getclosurevars(fn).nonlocals)
+    try:
+        return eval(value, scope)  # noqa: S307 - an annotation the user wrote, as typing does
+    except Exception as exc:  # noqa: BLE001
+        raise TypeError(
+            f"cannot resolve the annotation {value!r} of {name if name != 'return' else 'the return value'} of "
+            f"handler {handler.name!r} ({type(exc).__name__}: {exc}); define the type at module level (or make it "
+            "reachable from the handler) so its round trip can be checked") from exc
 
 
 def check_type_round_trips(registry_or_setup: Any, *, max_examples: int = 50) -> list[type]:
