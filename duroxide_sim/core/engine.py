@@ -14,6 +14,7 @@ from collections import deque
 from types import MappingProxyType
 from typing import Any
 
+from ..errors import TaskFailedError
 from . import codec
 from .context import (
     ActivityTask,
@@ -189,14 +190,22 @@ def _site_of(root: Any) -> tuple[str, int] | None:
 
 
 def _format_exception(exc: BaseException) -> str:
-    """``Type: message`` plus the traceback of user frames (engine frames left out)."""
+    """The exception as Python prints it (duroxide-python's error text is
+    ``traceback.format_exc()``): ``Traceback (most recent call last):``, the user frames (engine
+    frames left out), then ``Type: message`` last. Just ``Type: message`` without user frames."""
     frames = [
         f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PKG_DIR)
     ]
-    head = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    # A failed activity/sub-orchestration reaches user code as TaskFailedError where
+    # duroxide-python throws a plain Exception: left uncaught, it reads the same as there.
+    if type(exc) is TaskFailedError:
+        text = str(exc)
+        tail = f"Exception: {text}" if text else "Exception"
+    else:
+        tail = "".join(traceback.format_exception_only(exc)).rstrip("\n")
     if not frames:
-        return head
-    return head + "\nTraceback (most recent call last):\n" + "".join(traceback.format_list(frames)).rstrip()
+        return tail
+    return "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + tail
 
 
 #: The empty FIFO of an engine that has emitted nothing since it was last drained.
@@ -662,8 +671,6 @@ class _Engine:
         self._resolve(slot, value)
 
     def _fail(self, slot: _Slot, details: ErrorDetails) -> None:
-        from ..errors import TaskFailedError
-
         slot.finish(False, TaskFailedError(details.display_message(), details=details))
 
 

@@ -23,8 +23,10 @@ __all__ = ["TurnInput", "TurnResult", "LIMITS", "child_instance_id"]
 LIMITS = {
     "custom_status_bytes": 262_144,
     "tag_bytes": 256,
-    "kv_value_bytes": 16_384,
-    "kv_keys": 100,
+    # duroxide-python's core (0.1.27+, SPEC §10.3's SDK note): the SDK users come from enforces
+    # these, and a workflow that fits there must fit here (the older core: 16,384 B / 100 keys).
+    "kv_value_bytes": 65_536,
+    "kv_keys": 150,
     "carry_forward": 20,
     "quiescence_iterations": 100,
     "history_events": 100_000,  # per execution; a turn that would exceed it fails the orchestration

@@ -42,8 +42,9 @@ from .replay import TurnInput, execute_turn
 
 __all__ = ["verify_execution", "kv_snapshots"]
 
-#: The line the engine puts between an exception's ``Type: message`` and its user frames.
-_TRACEBACK = "\nTraceback (most recent call last):\n"
+#: The first line of an exception the engine formatted with its user frames (then the frames,
+#: indented, then ``Type: message``).
+_TRACEBACK = "Traceback (most recent call last):\n"
 _FRAME = re.compile(r'^  File "(.*)", line (\d+)', re.MULTILINE)
 
 
@@ -64,16 +65,37 @@ def kv_snapshots(executions: Mapping[int, Sequence[HistoryEvent]]) -> dict[int, 
     return out
 
 
+def _split_traceback(text: str) -> tuple[str, str]:
+    """(frames, ``Type: message``) of an error text; frames empty when it has none. The frames
+    are the indented lines after the ``Traceback`` header (a message can span lines too)."""
+    if not text.startswith(_TRACEBACK):
+        return "", text
+    lines = text[len(_TRACEBACK):].split("\n")
+    i = 0
+    while i < len(lines) and lines[i].startswith("  "):
+        i += 1
+    return "\n".join(lines[:i]), "\n".join(lines[i:])
+
+
 def _without_traceback(text: str | None) -> str | None:
-    return text if text is None else text.split(_TRACEBACK, 1)[0]
+    """Everything but the frames: a message whose frames moved is the same failure."""
+    if text is None:
+        return None
+    for marker in (_TRACEBACK, "\n" + _TRACEBACK):  # (an application error may wrap one)
+        at = text.find(marker)
+        if at >= 0:
+            start = at + (1 if marker.startswith("\n") else 0)
+            return text[:start] + _split_traceback(text[start:])[1]
+    return text
 
 
 def _raise_site(error: ErrorDetails | None) -> str:
     """`` at file:line`` of the innermost user frame of an exception the engine formatted."""
     text = error.display_message() if error is not None else ""
-    if _TRACEBACK not in text:
+    at = text.find(_TRACEBACK)
+    if at < 0:
         return ""
-    frames = _FRAME.findall(text.split(_TRACEBACK, 1)[1])
+    frames = _FRAME.findall(_split_traceback(text[at:])[0])
     return f" at {frames[-1][0]}:{frames[-1][1]}" if frames else ""
 
 

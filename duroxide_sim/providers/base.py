@@ -98,6 +98,33 @@ class TagFilter:
                 raise ConfigurationError(f"tags must be non-empty strings, got {tag!r}")
         return found
 
+    @classmethod
+    def from_value(cls, value: Any) -> "TagFilter":
+        """A TagFilter from itself or from duroxide-python's string forms: ``"default_only"``,
+        ``"any"``, ``"none"``, or the JSON its ``TagFilter.tags([...])`` /
+        ``TagFilter.default_and([...])`` return (``{"tags": [...]}`` / ``{"default_and": [...]}``),
+        as a config file or environment variable may keep them."""
+        import json
+
+        from ..errors import ConfigurationError
+
+        if isinstance(value, TagFilter):
+            return value
+        if not isinstance(value, str):
+            raise ConfigurationError(f"a worker tag filter must be a TagFilter or its string form, got {type(value).__name__}")
+        if value in ("default_only", "any", "none"):
+            return cls(value)
+        try:
+            data = json.loads(value)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in ("tags", "default_and"):
+            mode, tags = next(iter(data.items()))
+            if isinstance(tags, list):
+                return cls(mode, cls._check_tags(tags))
+        raise ConfigurationError(f"unknown worker tag filter {value!r}: expected 'default_only', 'any', 'none', "
+                                 "'{\"tags\": [...]}' or '{\"default_and\": [...]}'")
+
     def matches(self, tag: str | None) -> bool:
         if self.mode == "any":
             return True
@@ -218,6 +245,11 @@ class InstanceTree:
     root_id: str
     all_ids: tuple[str, ...]
 
+    @property
+    def size(self) -> int:
+        """How many instances the tree holds (the root included), as in duroxide-python."""
+        return len(self.all_ids)
+
 
 @attrs.frozen(kw_only=True)
 class DeleteInstanceResult:
@@ -251,7 +283,7 @@ def _optional_count(_instance: Any, attribute: Any, value: Any) -> None:
         raise InvalidInputError(f"{attribute.name} must be None or a non-negative integer, got {value!r}")
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class InstanceFilter:
     """Which instances a bulk operation touches: all of ``instance_ids`` (when given), completed
     before ``completed_before`` (epoch ms, when given), at most ``limit`` of them. Validated on
@@ -262,7 +294,7 @@ class InstanceFilter:
     limit: int | None = attrs.field(default=None, validator=_optional_count)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class PruneOptions:
     """Which old executions ``prune_executions`` deletes (validated like InstanceFilter)."""
 

@@ -765,6 +765,12 @@ class InMemoryProvider:
             current = self._current_execution(instance)
             return current[0] if current else None
 
+    def pending_messages(self, instance: str) -> int:
+        """Messages queued for ``instance`` in the orchestrator queue (visible or not, locked or
+        not): the client's ``get_orchestration_stats().queue_pending_count``."""
+        with self._lock:
+            return len(self._orch.groups.get(instance, ()))
+
     def read_status(self, instance: str) -> tuple[str, str | None, str | None, int] | None:
         """Cheap status read for clients: ``(execution status, output, custom status, version)``
         of the current execution; None when there is no instance row (read history instead)."""

@@ -327,17 +327,18 @@ class PostgresProvider(PostgresAdminMixin):
             raise
 
     @classmethod
-    def connect(cls, url: str, *, clock: Clock | None = None, **options: Any) -> "PostgresProvider":
-        """Open the database at ``url`` (``postgresql://user:password@host:port/db``) and use
-        (creating and migrating it if needed) the ``public`` schema."""
-        return cls(url, "public", clock=clock, **options)
+    def connect(cls, database_url: str, *, clock: Clock | None = None, **options: Any) -> "PostgresProvider":
+        """Open the database at ``database_url`` (``postgresql://user:password@host:port/db``;
+        the parameter is named as in duroxide-python) and use (creating and migrating it if
+        needed) the ``public`` schema."""
+        return cls(database_url, "public", clock=clock, **options)
 
     @classmethod
-    def connect_with_schema(cls, url: str, schema: str, *, clock: Clock | None = None,
+    def connect_with_schema(cls, database_url: str, schema: str, *, clock: Clock | None = None,
                             **options: Any) -> "PostgresProvider":
         """Like :meth:`connect`, in schema ``schema`` (created if missing): several independent
         stores can share one database."""
-        return cls(url, schema, clock=clock, **options)
+        return cls(database_url, schema, clock=clock, **options)
 
     # --- connections and transactions ----------------------------------------------------------
 
@@ -1344,6 +1345,12 @@ class PostgresProvider(PostgresAdminMixin):
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""
         return self._probe("latest_execution_id", _CURRENT_EXECUTION_ID, {"i": instance})[0][0]
+
+    def pending_messages(self, instance: str) -> int:
+        """Messages queued for ``instance`` in the orchestrator queue (visible or not, locked or
+        not): the client's ``get_orchestration_stats().queue_pending_count``."""
+        return int(self._probe("pending_messages", "SELECT COUNT(*) FROM orchestrator_queue WHERE instance_id = %s",
+                               (instance,))[0][0])
 
     def read_status(self, instance: str) -> tuple[str, str | None, str | None, int] | None:
         """Cheap status read for clients: ``(execution status, output, custom status, version)``

@@ -1546,6 +1546,13 @@ class SqliteProvider(SqliteAdminMixin):
         with self._tx("latest_execution_id", write=False) as db:
             return self._current_execution_id(db, instance)
 
+    def pending_messages(self, instance: str) -> int:
+        """Messages queued for ``instance`` in the orchestrator queue (visible or not, locked or
+        not): the client's ``get_orchestration_stats().queue_pending_count``."""
+        with self._tx("pending_messages", write=False) as db:
+            return int(db.execute("SELECT COUNT(*) FROM orchestrator_queue WHERE instance_id = ?",
+                                  (instance,)).fetchone()[0])
+
     def read_status(self, instance: str) -> tuple[str, str | None, str | None, int] | None:
         """Cheap status read for clients: ``(execution status, output, custom status, version)``
         of the current execution, from the instance and execution rows (no history decoding).

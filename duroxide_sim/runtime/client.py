@@ -40,8 +40,9 @@ from ..errors import (
     ProviderError,
 )
 from ..providers.base import Clock, InstanceFilter, PruneOptions
+from .records import Event, OrchestrationStats, event_record
 
-__all__ = ["Client", "OrchestrationResult", "event_to_public_dict", "MAX_INSTANCE_ID_BYTES", "MAX_ANY_INSTANCE_ID_BYTES"]
+__all__ = ["Client", "OrchestrationResult", "Event", "OrchestrationStats", "event_to_public_dict", "MAX_INSTANCE_ID_BYTES", "MAX_ANY_INSTANCE_ID_BYTES"]
 
 #: Longest instance id a client may start (UTF-8 bytes); the same bound applies to the ids
 #: orchestrations give their sub-orchestrations and detached starts (core.context).
@@ -51,9 +52,10 @@ MAX_INSTANCE_ID_BYTES = _MAX_INSTANCE_ID_BYTES
 MAX_ANY_INSTANCE_ID_BYTES = MAX_INSTANCE_ID_BYTES + 1_024
 
 
-@attrs.define
+@attrs.define(slots=False)
 class OrchestrationResult:
-    """Status of an instance: ``status`` in NotFound | Running | Completed | Failed."""
+    """Status of an instance: ``status`` in NotFound | Running | Completed | Failed. A plain
+    object as in duroxide-python (``vars(result)`` gives its five fields)."""
 
     status: str
     output: Any = None
@@ -66,19 +68,11 @@ class OrchestrationResult:
         return self.status in ("Completed", "Failed")
 
 
-def event_to_public_dict(ev: HistoryEvent) -> dict[str, Any]:
-    """``{event_id, kind, source_event_id, timestamp_ms, data}``; ``data`` is the JSON text of
-    the kind-specific fields (as duroxide-python's Event.data)."""
-    full = to_dict(ev)
-    envelope = ("kind", "event_id", "source_event_id", "timestamp_ms", "instance_id", "execution_id", "duroxide_version")
-    data = {k: v for k, v in full.items() if k not in envelope}
-    return {
-        "event_id": ev.event_id,
-        "kind": type(ev).__name__,
-        "source_event_id": ev.source_event_id,
-        "timestamp_ms": ev.timestamp_ms,
-        "data": json.dumps(data, sort_keys=True) if data else None,
-    }
+def event_to_public_dict(ev: HistoryEvent) -> Event:
+    """The public form of a history event (``read_execution_history``): an :class:`Event` with
+    ``event_id, kind, source_event_id, timestamp_ms, data`` as attributes and as mapping keys;
+    ``data`` as duroxide-python gives it (see :func:`~duroxide_sim.runtime.records.event_record`)."""
+    return event_record(ev)
 
 
 def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
@@ -216,6 +210,10 @@ class Client:
                 status, output, error = "Failed", None, ev.details.display_message()
             elif isinstance(ev, OrchestrationContinuedAsNew):
                 status = "Running"
+        if status == "NotFound":
+            # Read apart from the history: a first turn committing between the two reads must
+            # not give a NotFound that carries its custom status (and a version change).
+            custom, version = None, 0
         return OrchestrationResult(status, output, error, custom, version)
 
     get_orchestration_status = get_status
@@ -334,7 +332,7 @@ class Client:
     def list_executions(self, instance_id: str) -> list[int]:
         return self._admin().list_executions(_check_id(instance_id))
 
-    def read_execution_history(self, instance_id: str, execution_id: int) -> list[dict[str, Any]]:
+    def read_execution_history(self, instance_id: str, execution_id: int) -> list[Event]:
         events = self.provider.read_with_execution(_check_id(instance_id), _check_execution_id(execution_id))
         return [event_to_public_dict(ev) for ev in events]
 
@@ -353,18 +351,25 @@ class Client:
     def get_queue_depths(self) -> Any:
         return self._admin().get_queue_depths()
 
-    def get_orchestration_stats(self, instance_id: str) -> dict[str, Any]:
-        """[SDK-only] A summary: executions, events in the latest, status and custom status."""
-        st = self.get_status(instance_id)
-        history = self.provider.read(_check_id(instance_id))
-        return {
-            "instance_id": instance_id,
-            "status": st.status,
-            "executions": self.provider.latest_execution_id(instance_id) or 0,
-            "history_event_count": len(history),
-            "custom_status_version": st.custom_status_version,
-            "kv_keys": len(self.provider.get_kv_all_values(instance_id)),
-        }
+    def get_orchestration_stats(self, instance_id: str) -> OrchestrationStats:
+        """[SDK-only] Size figures of an instance (duroxide-python's ``SystemStats`` fields: the
+        current execution's event count and JSON size, KV key count and value bytes, messages
+        queued for it) plus its status, executions and custom status version."""
+        st = self.get_status(_check_id(instance_id))
+        history = self.provider.read(instance_id)
+        kv = self.provider.get_kv_all_values(instance_id)
+        pending = getattr(self.provider, "pending_messages", None)
+        return OrchestrationStats(
+            history_event_count=len(history),
+            history_size_bytes=sum(len(json.dumps(to_dict(ev), separators=(",", ":")).encode()) for ev in history),
+            kv_user_key_count=len(kv),
+            kv_total_value_bytes=sum(len(v.encode("utf-8", "surrogatepass")) for v in kv.values()),
+            queue_pending_count=pending(instance_id) if pending is not None else 0,
+            instance_id=instance_id,
+            status=st.status,
+            executions=self.provider.latest_execution_id(instance_id) or 0,
+            custom_status_version=st.custom_status_version,
+        )
 
     def delete_instance(self, instance_id: str, force: bool = False) -> Any:
         return self._admin().delete_instance(_check_id(instance_id), bool(force))

@@ -34,34 +34,47 @@ def _tag_filter(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigurationError(f"RuntimeOptions.worker_tag_filter must be a TagFilter, got {type(value).__name__}")
 
 
-@attrs.define(kw_only=True)
+def _default(value: Any) -> Any:
+    """A field whose ``None`` means "the default" (the peer SDK's convention)."""
+    return attrs.converters.default_if_none(value)
+
+
+@attrs.define
 class RuntimeOptions:
-    orchestration_concurrency: int = attrs.field(default=2, validator=_non_negative)
-    worker_concurrency: int = attrs.field(default=2, validator=_non_negative)
-    dispatcher_poll_interval_ms: int = attrs.field(default=100, validator=_positive)
-    orchestrator_lock_timeout_ms: int = attrs.field(default=5_000, validator=_positive)
-    orchestrator_lock_renewal_buffer_ms: int = attrs.field(default=2_000, validator=_non_negative)
-    worker_lock_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
-    worker_lock_renewal_buffer_ms: int = attrs.field(default=5_000, validator=_non_negative)
-    max_attempts: int = attrs.field(default=10, validator=_positive)
-    unregistered_backoff_base_ms: int = attrs.field(default=1_000, validator=_non_negative)
-    unregistered_backoff_max_ms: int = attrs.field(default=60_000, validator=_non_negative)
-    activity_cancellation_grace_period_ms: int = attrs.field(default=10_000, validator=_non_negative)
-    session_lock_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
-    session_lock_renewal_buffer_ms: int = attrs.field(default=5_000, validator=_non_negative)
-    session_idle_timeout_ms: int = attrs.field(default=300_000, validator=_positive)
-    session_cleanup_interval_ms: int = attrs.field(default=300_000, validator=_positive)
-    max_sessions_per_runtime: int = attrs.field(default=10, validator=_positive)
-    worker_node_id: str | None = None
-    worker_tag_filter: TagFilter = attrs.field(factory=TagFilter.default_only, validator=_tag_filter)
-    supported_versions: tuple[str, str] | None = None
-    #: Live orchestration engines kept between turns (0 disables): a turn then costs its new
-    #: events instead of a replay of the whole history.
-    instance_cache_size: int = attrs.field(default=1024, validator=_non_negative)
+    """Runtime settings. The first eighteen parameters are duroxide-python's, in its order (they
+    may be passed by position, and ``None`` means the default, as there); the rest are
+    keyword-only extras of this runtime."""
+
+    orchestration_concurrency: int = attrs.field(default=2, converter=_default(2), validator=_non_negative)
+    worker_concurrency: int = attrs.field(default=2, converter=_default(2), validator=_non_negative)
+    dispatcher_poll_interval_ms: int = attrs.field(default=100, converter=_default(100), validator=_positive)
+    worker_lock_timeout_ms: int = attrs.field(default=30_000, converter=_default(30_000), validator=_positive)
     log_format: str | None = None
     log_level: str | None = None
     service_name: str | None = None
     service_version: str | None = None
+    max_sessions_per_runtime: int = attrs.field(default=10, converter=_default(10), validator=_positive)
+    session_idle_timeout_ms: int = attrs.field(default=300_000, converter=_default(300_000), validator=_positive)
+    worker_node_id: str | None = None
+    worker_tag_filter: TagFilter = attrs.field(
+        factory=TagFilter.default_only, converter=lambda v: TagFilter.default_only() if v is None else (
+            TagFilter.from_value(v) if isinstance(v, str) else v),
+        validator=_tag_filter)
+    orchestrator_lock_timeout_ms: int = attrs.field(default=5_000, converter=_default(5_000), validator=_positive)
+    orchestrator_lock_renewal_buffer_ms: int = attrs.field(default=2_000, converter=_default(2_000), validator=_non_negative)
+    max_attempts: int = attrs.field(default=10, converter=_default(10), validator=_positive)
+    worker_lock_renewal_buffer_ms: int = attrs.field(default=5_000, converter=_default(5_000), validator=_non_negative)
+    session_lock_timeout_ms: int = attrs.field(default=30_000, converter=_default(30_000), validator=_positive)
+    session_lock_renewal_buffer_ms: int = attrs.field(default=5_000, converter=_default(5_000), validator=_non_negative)
+    # --- this runtime's extras (keyword-only) ---
+    unregistered_backoff_base_ms: int = attrs.field(default=1_000, validator=_non_negative, kw_only=True)
+    unregistered_backoff_max_ms: int = attrs.field(default=60_000, validator=_non_negative, kw_only=True)
+    activity_cancellation_grace_period_ms: int = attrs.field(default=10_000, validator=_non_negative, kw_only=True)
+    session_cleanup_interval_ms: int = attrs.field(default=300_000, validator=_positive, kw_only=True)
+    supported_versions: tuple[str, str] | None = attrs.field(default=None, kw_only=True)
+    #: Live orchestration engines kept between turns (0 disables): a turn then costs its new
+    #: events instead of a replay of the whole history.
+    instance_cache_size: int = attrs.field(default=1024, validator=_non_negative, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.session_idle_timeout_ms <= renewal_period_ms(self.worker_lock_timeout_ms, self.worker_lock_renewal_buffer_ms):

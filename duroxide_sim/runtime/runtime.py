@@ -19,6 +19,7 @@ from ..providers.base import Clock
 from .client import Client
 from .dispatchers import IdSource, OrchestrationDispatcher, Services, WorkerDispatcher
 from .options import RuntimeOptions, renewal_period_ms
+from .records import MetricsSnapshot
 
 __all__ = ["Runtime"]
 
@@ -161,8 +162,10 @@ class Runtime:
         self._renewer.stop()
         self._driver = None
 
-    def metrics_snapshot(self) -> dict[str, int]:
-        return self._services.metrics.snapshot()
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """The runtime's counters (SPEC §14) as attributes (``m.orch_completions``, as in
+        duroxide-python) and as a read-only mapping (``m["orch_completions"]``)."""
+        return MetricsSnapshot(**self._services.metrics.snapshot())
 
     def __enter__(self) -> "Runtime":
         return self.start() if self._driver is None else self

@@ -105,7 +105,8 @@ def test_immediate_error_fails_with_application_error():
     assert r.status == "Failed"
     assert isinstance(r.error, ApplicationError)
     assert r.error.kind == "OrchestrationFailed"
-    assert r.error.message.splitlines()[0] == "ValueError: boom"
+    assert r.error.message.splitlines()[0] == "Traceback (most recent call last):"  # as Python prints it
+    assert r.error.message.splitlines()[-1] == "ValueError: boom"
     assert __file__ in r.error.message  # traceback of the user frame
     assert r.output == r.error.message
     assert list(r.delta) == new(failed(2, r.error))
@@ -564,6 +565,6 @@ def test_exception_in_code_after_resume_fails_with_traceback():
     r = turn(orch, history, [act_done(2, '"r"')])
     assert r.kind == "failed"
     assert r.error.kind == "OrchestrationFailed"
-    assert r.error.message.splitlines()[0] == "RuntimeError: kaput"
+    assert r.error.message.splitlines()[-1] == "RuntimeError: kaput"
     assert "Traceback" in r.error.message
     assert [type(e).__name__ for e in r.delta] == ["ActivityCompleted", "OrchestrationFailed"]

@@ -95,30 +95,30 @@ def test_activity_tag_over_limit_fails():
 
 
 def test_kv_value_over_limit_fails():
-    """§10.3: KV value > 16384 bytes -> Failed with the exact message."""
+    """§10.3 (the SDK's core limit): KV value > 65536 bytes -> Failed with the exact message."""
 
     def orch(ctx, inp):
-        ctx.set_kv_value("k", "v" * 16_385)
+        ctx.set_kv_value("k", "v" * 65_537)
         return (yield ctx.schedule_timer(10))
 
     r = turn(orch, [started(timestamp_ms=NOW)])
-    details = _limit_failure(r, "KV value for key 'k' (16385 bytes) exceeds limit (16384 bytes)")
-    assert list(r.delta) == new(kv_set(2, "k", "v" * 16_385, ts=NOW), timer_created(3, NOW + 10), failed(4, details))
+    details = _limit_failure(r, "KV value for key 'k' (65537 bytes) exceeds limit (65536 bytes)")
+    assert list(r.delta) == new(kv_set(2, "k", "v" * 65_537, ts=NOW), timer_created(3, NOW + 10), failed(4, details))
 
 
 def test_kv_key_count_over_limit_fails():
-    """§10.3: more than 100 keys (snapshot + this execution) -> Failed with the exact message."""
-    snapshot = {f"k{n}": ("1", 5) for n in range(100)}
+    """§10.3 (the SDK's core limit): more than 150 keys (snapshot + this execution) -> Failed."""
+    snapshot = {f"k{n}": ("1", 5) for n in range(150)}
 
     def orch(ctx, inp):
         ctx.set_kv_value("one-more", "1")
         return (yield ctx.schedule_timer(10))
 
     r = turn(orch, [started()], kv=snapshot)
-    _limit_failure(r, "KV key count (101) exceeds limit (100)")
+    _limit_failure(r, "KV key count (151) exceeds limit (150)")
 
     def overwrite(ctx, inp):
-        ctx.set_kv_value("k0", "2")  # still 100 keys
+        ctx.set_kv_value("k0", "2")  # still 150 keys
         return (yield ctx.schedule_timer(10))
 
     assert turn(overwrite, [started()], kv=snapshot).kind == "continue"
@@ -129,11 +129,11 @@ def test_limit_failure_discards_dispatch_of_a_completing_turn():
 
     def orch(ctx, inp):
         yield ctx.start_orchestration("D", "det", 1)
-        ctx.set_kv_value("k", "v" * 20_000)
+        ctx.set_kv_value("k", "v" * 70_000)
         return (yield ctx.wait_for_event("never"))
 
     r = turn(orch, [started()])
-    _limit_failure(r, "KV value for key 'k' (20000 bytes) exceeds limit (16384 bytes)")
+    _limit_failure(r, "KV value for key 'k' (70000 bytes) exceeds limit (65536 bytes)")
 
 
 def test_limit_failure_replaces_the_terminal_event():
@@ -154,7 +154,7 @@ def test_limit_failure_on_a_completing_turn_keeps_event_ids_consecutive():
     completing turn into a failure."""
 
     def orch(ctx, inp):
-        ctx.set_kv_value("k", "v" * 20_000)
+        ctx.set_kv_value("k", "v" * 70_000)
         return "done"
 
     r = turn(orch, [started(timestamp_ms=NOW)])

@@ -74,7 +74,8 @@ def test_status_failed_has_error_and_no_output(app):
     st = world.result("i1")
     assert st.status == "Failed"
     assert st.output is None
-    assert st.error.startswith("ValueError: it broke")
+    assert st.error.startswith("Traceback (most recent call last):")
+    assert st.error.splitlines()[-1] == "ValueError: it broke"
 
 
 def test_get_orchestration_status_alias(app):
@@ -130,7 +131,9 @@ def test_list_instances_and_by_status(app):
 
 
 def test_read_execution_history_dict_shape(app):
-    """read_execution_history returns dicts {event_id, kind, source_event_id, timestamp_ms, data}."""
+    """read_execution_history returns Event records: {event_id, kind, source_event_id,
+    timestamp_ms, data} as attributes (duroxide-python) and as mapping keys; ``data`` embeds
+    payloads as JSON values, and is the payload itself for a payload-only event."""
     world = app
     world.client.start_orchestration("i1", "Echoer", {"a": 1})
     world.result("i1")
@@ -141,11 +144,13 @@ def test_read_execution_history_dict_shape(app):
         assert isinstance(e["timestamp_ms"], int)
     assert [e["event_id"] for e in hist] == [1, 2, 3, 4]
     assert [e["source_event_id"] for e in hist] == [None, None, 2, None]
+    assert [e.kind for e in hist] == [e["kind"] for e in hist] and hist[2].source_event_id == 2
+    assert dict(hist[0]) == {k: getattr(hist[0], k) for k in ("event_id", "kind", "source_event_id", "timestamp_ms", "data")}
     started = json.loads(hist[0]["data"])
-    assert started["name"] == "Echoer" and started["input"] == '{"a": 1}' and started["version"] == "1.0.0"
-    assert json.loads(hist[1]["data"])["name"] == "Echo"
-    assert json.loads(hist[2]["data"])["result"] == '{"a": 1}'
-    assert json.loads(hist[3]["data"])["output"] == '{"a": 1}'
+    assert started == {"name": "Echoer", "input": {"a": 1}, "version": "1.0.0"}
+    assert json.loads(hist[1]["data"]) == {"name": "Echo", "input": {"a": 1}}
+    assert json.loads(hist[2]["data"]) == {"a": 1}  # ActivityCompleted: the result
+    assert json.loads(hist[3]["data"]) == {"a": 1}  # OrchestrationCompleted: the output
 
 
 def test_read_history_of_unknown_instance_is_empty(app):

@@ -34,7 +34,8 @@ def test_orchestration_exception_fails_with_type_message_and_traceback(world, st
     world.client.start_orchestration("i1", "O")
     st = world.result("i1")
     assert st.status == "Failed"
-    assert st.error.startswith("ValueError: broken invariant")
+    assert st.error.startswith("Traceback (most recent call last):")
+    assert st.error.splitlines()[-1] == "ValueError: broken invariant"
     assert "Traceback" in st.error and "test_errors_poison.py" in st.error
     assert "duroxide_sim" not in st.error.split("Traceback", 1)[1]  # engine frames left out
 
@@ -49,7 +50,7 @@ def test_exception_before_first_yield_fails(world):
 
     world.client.start_orchestration("i1", "O", "k")
     st = world.result("i1")
-    assert st.error.startswith("KeyError: 'k'")
+    assert st.error.splitlines()[-1] == "KeyError: 'k'"
     assert kinds(world, "i1") == ["OrchestrationStarted", "OrchestrationFailed"]
 
 

@@ -298,21 +298,21 @@ def test_kv_typed_reads(world):
 
 
 def test_kv_value_over_limit_fails_instance(world):
-    """A KV value over 16384 bytes fails the instance with the SPEC §10.3 message."""
+    """A KV value over 65536 bytes (the SDK's core limit, SPEC §10.3) fails the instance."""
 
     @world.runtime.register_orchestration("O")
     def orch(ctx, _):
-        ctx.set_kv_value("big", "x" * 16_384)  # exactly at the limit: fine
+        ctx.set_kv_value("big", "x" * 65_536)  # exactly at the limit: fine
         yield ctx.schedule_timer(1)
-        ctx.set_kv_value("huge", "y" * 16_385)
+        ctx.set_kv_value("huge", "y" * 65_537)
         yield ctx.schedule_timer(1)
         return "not reached"
 
     world.client.start_orchestration("i1", "O")
     st = world.result("i1")
     assert st.status == "Failed"
-    assert st.error == "KV value for key 'huge' (16385 bytes) exceeds limit (16384 bytes)"
-    assert len(world.client.get_kv_value("i1", "big")) == 16_384
+    assert st.error == "KV value for key 'huge' (65537 bytes) exceeds limit (65536 bytes)"
+    assert len(world.client.get_kv_value("i1", "big")) == 65_536
     # the violating turn's events stay in history, but its work (the second timer) is discarded
     assert kinds(world, "i1") == [
         "OrchestrationStarted", "KeyValueSet", "TimerCreated", "TimerFired", "KeyValueSet", "TimerCreated",
@@ -321,7 +321,7 @@ def test_kv_value_over_limit_fails_instance(world):
 
 
 def test_kv_key_count_over_limit_fails_instance(world):
-    """More than 100 KV keys fail the instance with the SPEC §10.3 message."""
+    """More than 150 KV keys (the SDK's core limit, SPEC §10.3) fail the instance."""
 
     @world.runtime.register_orchestration("O")
     def orch(ctx, n):
@@ -330,12 +330,12 @@ def test_kv_key_count_over_limit_fails_instance(world):
         yield ctx.schedule_timer(1)
         return "ok"
 
-    world.client.start_orchestration("fits", "O", 100)
+    world.client.start_orchestration("fits", "O", 150)
     assert world.result("fits").output == "ok"
-    world.client.start_orchestration("over", "O", 101)
+    world.client.start_orchestration("over", "O", 151)
     st = world.result("over")
     assert st.status == "Failed"
-    assert st.error == "KV key count (101) exceeds limit (100)"
+    assert st.error == "KV key count (151) exceeds limit (150)"
 
 
 def test_prune_kv_values_updated_before(world):

@@ -338,7 +338,7 @@ def test_detached_start_onto_running_instance_is_absorbed(child_world):
     assert world.result("target").output == 1
     assert [e["kind"] for e in world.client.read_execution_history("target", 1)].count("OrchestrationStarted") == 1
     started = events_of(world, "target", "OrchestrationStarted")[0]["data"]
-    assert started["input"] == '"first"'
+    assert started["input"] == "first"
 
 
 def test_parent_and_child_kv_are_isolated(child_world):

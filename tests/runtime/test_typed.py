@@ -60,7 +60,7 @@ def test_attrs_round_trip_through_client_orchestration_and_activity(world, style
     assert seen == {"input_type": Order, "result_type": Receipt}
     # on the wire the records are plain JSON objects
     started = events_of(world, "o1", "OrchestrationStarted")[0]["data"]
-    assert started["input"] == '{"order_id": "A-1", "quantity": 4, "items": ["x", "y"]}'
+    assert started["input"] == {"order_id": "A-1", "quantity": 4, "items": ["x", "y"]}
     assert world.client.get_status("o1").output == {"order_id": "A-1", "total": 10.0, "lines": 2}
 
 

@@ -1,0 +1,10 @@
+"""The contexts under the module path duroxide-python users import them from:
+``from duroxide.context import OrchestrationContext`` becomes
+``from duroxide_sim.context import OrchestrationContext`` (same objects as the package's)."""
+
+from __future__ import annotations
+
+from .core.context import OrchestrationContext
+from .runtime.activity import ActivityContext
+
+__all__ = ["OrchestrationContext", "ActivityContext"]
