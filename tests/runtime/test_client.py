@@ -551,3 +551,24 @@ def test_a_wait_rides_over_retryable_provider_errors(app):
         ProviderError("read_status: broken", operation="read_status", retryable=False))
     with pytest.raises(ProviderError, match="broken"):
         world.client.wait_for_orchestration("done", 60_000)
+
+
+@pytest.mark.parametrize("make", ["memory", "sqlite"])
+def test_orchestration_stats_count_queued_messages_kv_and_history(make, tmp_path):
+    """get_orchestration_stats: duroxide-python's fields, with attribute and mapping access."""
+    from duroxide_sim import Client, InMemoryProvider, SqliteProvider
+    from duroxide_sim.sim import SimClock
+
+    clock = SimClock()
+    provider = InMemoryProvider(clock) if make == "memory" else SqliteProvider.open(tmp_path / "s.db", clock=clock)
+    client = Client(provider, clock=clock, sleep=lambda ms: None)
+    client.start_orchestration("q", "Never", 1)  # nothing runs it: its messages stay queued
+    client.raise_event("q", "e", {"x": 1})
+    client.enqueue_event("q", "box", 2)
+    client.start_orchestration("other", "Never", 1)
+    stats = client.get_orchestration_stats("q")
+    assert stats.queue_pending_count == 3 and stats["queue_pending_count"] == 3
+    assert (stats.history_event_count, stats.history_size_bytes) == (0, 0)
+    assert (stats.kv_user_key_count, stats.kv_total_value_bytes) == (0, 0)
+    assert stats.status == "NotFound" and dict(stats)["instance_id"] == "q"
+    getattr(provider, "close", lambda: None)()
