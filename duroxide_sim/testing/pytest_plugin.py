@@ -118,9 +118,22 @@ def simulate(request: pytest.FixtureRequest) -> Any:
     return run
 
 
+def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
+    """The node id as pytest prints it: its path relative to the directory pytest was started
+    in (node ids are relative to the rootdir). Computed here: pytest's own helper for this
+    changed its argument type between versions."""
+    import os
+
+    path, sep, rest = nodeid.partition("::")
+    start = config.invocation_params.dir
+    if not path or start == config.rootpath:
+        return nodeid
+    rel = os.path.relpath(config.rootpath / path, start)
+    return rel + sep + rest
+
+
 def _repro_line(request: pytest.FixtureRequest, seed: int, plan: Any, explicit_plan: bool) -> str:
-    # The node id as pytest itself prints it: relative to the directory pytest was started in.
-    parts = ["pytest", request.config.cwd_relative_nodeid(request.node.nodeid), "--sim-seed", str(seed)]
+    parts = ["pytest", _cwd_relative(request.config, request.node.nodeid), "--sim-seed", str(seed)]
     if not explicit_plan:
         faults = request.config.getoption("--sim-faults")
         if faults not in ("all", "none"):
