@@ -20,6 +20,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
 
 import attrs
@@ -46,13 +47,125 @@ _converter: Any = None
 
 def get_converter() -> Any:
     """The cattrs converter used for typed I/O (``codec.converter``), created on first use so a
-    program that never passes records does not import cattrs. Users may register hooks on it."""
+    program that never passes records does not import cattrs. Users may register hooks on it.
+
+    Stricter than cattrs' defaults, which convert by calling the type (``bool("false")`` is
+    True, ``int(2.9)`` is 2, ``str({...})`` a repr, ``list("abc")`` three letters): a JSON value
+    of the wrong kind is an error at the point of use. Numbers may widen (an int where a float
+    is declared), nothing else converts; records and sequences must come as JSON objects and
+    arrays."""
     global _converter
     if _converter is None:
-        import cattrs
-
-        _converter = cattrs.Converter()
+        _converter = _strict_converter()
     return _converter
+
+
+def _strict_converter() -> Any:
+    import dataclasses
+
+    import cattrs
+    from cattrs.cols import (
+        homogenous_tuple_structure_factory,
+        is_mapping,
+        is_sequence,
+        list_structure_factory,
+        mapping_structure_factory,
+    )
+    from cattrs.gen import make_dict_structure_fn
+
+    conv = cattrs.Converter()
+
+    def exact(kinds: tuple[type, ...], label: str) -> Any:
+        def hook(value: Any, type_: Any) -> Any:
+            if type(value) not in kinds:
+                raise ValueError(f"expected {label}, got {_kind(value)}")
+            # A subclass target (a string or integer enum) is built from the value, as cattrs
+            # builds enums: Level("1") - only from the exact JSON kind, so no coercion.
+            return value if type_ in kinds else type_(value)
+        return hook
+
+    conv.register_structure_hook(str, exact((str,), "a string"))
+    conv.register_structure_hook(bool, exact((bool,), "true or false"))
+    conv.register_structure_hook(int, exact((int,), "an integer"))
+
+    def to_float(value: Any, type_: Any) -> float:
+        if type(value) not in (int, float):
+            raise ValueError(f"expected a number, got {_kind(value)}")
+        return float(value) if type_ is float else type_(value)
+
+    conv.register_structure_hook(float, to_float)
+
+    def none_hook(value: Any, _type: Any) -> None:
+        if value is not None:
+            raise ValueError(f"expected null, got {_kind(value)}")
+
+    conv.register_structure_hook_func(lambda t: t is type(None), none_hook)
+
+    def sequence_factory(tp: Any, c: Any) -> Any:
+        inner = (homogenous_tuple_structure_factory(tp, c) if (typing.get_origin(tp) or tp) is tuple
+                 else list_structure_factory(tp, c))
+
+        def hook(value: Any, t: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"expected a JSON array, got {_kind(value)}")
+            return inner(value, t)
+        return hook
+
+    conv.register_structure_hook_factory(is_sequence, sequence_factory)
+
+    def mapping_factory(tp: Any, c: Any) -> Any:
+        # JSON object keys are strings: a dict[int, ...] (or float keys, or an int enum) wrote
+        # its keys as "81"; they are read back as numbers, and only when they spell one.
+        inner = mapping_structure_factory(tp, c)
+        args = typing.get_args(tp)
+        key_type = args[0] if args else Any
+        numeric = isinstance(key_type, type) and issubclass(key_type, (int, float)) and key_type is not bool
+
+        def hook(value: Any, t: Any) -> Any:
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a JSON object, got {_kind(value)}")
+            if numeric:
+                value = {_numeric_key(k, key_type): v for k, v in value.items()}
+            return inner(value, t)
+        return hook
+
+    conv.register_structure_hook_factory(is_mapping, mapping_factory)
+
+    def is_record(tp: Any) -> bool:
+        return isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp))
+
+    def record_factory(tp: Any, c: Any) -> Any:
+        inner = make_dict_structure_fn(tp, c)
+
+        def hook(value: Any, t: Any) -> Any:
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a JSON object for {tp.__name__}, got {_kind(value)}")
+            return inner(value, t)
+        return hook
+
+    conv.register_structure_hook_factory(is_record, record_factory)
+    return conv
+
+
+def _numeric_key(key: Any, key_type: type) -> Any:
+    """A JSON object key read as the number it spells (``"81"`` -> 81, ``"1.5"`` -> 1.5); other
+    keys are left for the key type's hook to refuse."""
+    if isinstance(key, str):
+        try:
+            number = json.loads(key)
+        except ValueError:
+            return key
+        if type(number) is int or (type(number) is float and not issubclass(key_type, int)):
+            return number
+    return key
+
+
+def _kind(value: Any) -> str:
+    """A short description of a JSON value for error messages."""
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "null",
+             list: "an array", dict: "an object"}
+    text = repr(value)
+    return f"{names.get(type(value), type(value).__name__)} {text[:60] + ('...' if len(text) > 60 else '')}"
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: ``codec.converter`` is the lazily built converter
@@ -118,17 +231,19 @@ def encode(value: Any, what: str = "payload") -> str:
                 f"deeper than the recursion limit (value of type {type(value).__name__})",
                 what=what,
             ) from exc
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - TypeError/ValueError, or cattrs failing on the record's type
             raise SerializationError(
-                f"{what} cannot be encoded as JSON: {exc} (value of type {type(value).__name__})",
+                f"{what} cannot be encoded as JSON: {type(exc).__name__ + ': ' if not isinstance(exc, (TypeError, ValueError)) else ''}"
+                f"{exc} (value of type {type(value).__name__})",
                 what=what,
             ) from exc
     return check_size(text, what)
 
 
 def encode_typed(value: Any, what: str = "payload") -> str:
-    """Typed encoding: a ``str`` passes through raw; anything else as :func:`encode`."""
-    if isinstance(value, str):
+    """Typed encoding: a ``str`` passes through raw; anything else (a ``str`` subclass such as a
+    string enum included) as :func:`encode`."""
+    if type(value) is str:
         return check_size(value, what)
     return encode(value, what)
 
@@ -157,12 +272,18 @@ def decode(text: str | None) -> Any:
 
 
 def decode_typed(text: str | None, result_type: Any = None, what: str = "payload") -> Any:
-    """Decode and, when ``result_type`` is given, structure into it with cattrs."""
+    """Decode and, when ``result_type`` is given, structure into it with cattrs.
+
+    ``result_type=str`` reads the text as the typed API wrote it: a JSON string is its value,
+    any other text is returned as it is (``"1.50"`` stays ``"1.50"``, not the number 1.5 made
+    into ``"1.5"``), as the reference's typed codec does."""
     value = decode(text)
     if result_type is None or result_type is Any:
         return value
-    if result_type is str and isinstance(value, str):
-        return value
+    if result_type is str:
+        if isinstance(value, str) or text is None:
+            return value if text is not None else _str_from_null(what)
+        return text
     if attrs.has(result_type) and not isinstance(value, dict):
         # cattrs would try to read fields out of it and report a confusing field error.
         raise SerializationError(
@@ -177,6 +298,10 @@ def decode_typed(text: str | None, result_type: Any = None, what: str = "payload
         ) from exc
 
 
+def _str_from_null(what: str) -> Any:
+    raise SerializationError(f"{what} does not match type str: there is no value (null)", what=what)
+
+
 def _structure_problems(exc: Exception) -> str:
     """What cattrs found wrong, field by field ("invalid value for type, expected int @ $.n"),
     instead of its summary line ("While structuring Inp (1 sub-exception)")."""
@@ -184,8 +309,22 @@ def _structure_problems(exc: Exception) -> str:
 
     if isinstance(exc, cattrs.BaseValidationError):
         try:
-            problems = cattrs.transform_error(exc, path="$")
+            problems = cattrs.transform_error(exc, path="$", format_exception=_format_problem)
         except Exception:  # noqa: BLE001 - the summary line is still better than nothing
             return str(exc)
         return "; ".join(problems) if problems else str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _format_problem(exc: BaseException, type_: Any) -> str:
+    """cattrs' wording for one problem, plus the exception's own message when it says more
+    (a validator's "'qty' must be > 0", our "expected an integer, got a string '2'")."""
+    from cattrs.v import format_exception
+
+    base = format_exception(exc, type_)
+    message = str(exc)
+    if isinstance(exc, ValueError) and message.startswith("expected "):
+        return message  # ours already says what was expected and what came
+    if isinstance(exc, ValueError) and message and message not in base:
+        return f"{base}: {message}" if base != "invalid value" else f"invalid value: {message}"
+    return base

@@ -407,6 +407,8 @@ def _retry_loop(
                 raise TaskFailedError(_TIMEOUT_ERROR)
             if ok:
                 return value
+            if not isinstance(value, TaskFailedError):
+                raise value  # e.g. a result that does not match result_type: the activity did succeed
             last = value
         else:
             try:

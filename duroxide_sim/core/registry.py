@@ -14,6 +14,7 @@ or async activity) and, for typed registrations, the input type to structure int
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -57,16 +58,48 @@ def _check_name(name: Any, what: str) -> str:
     return name
 
 
+def _annotated(fn: Callable[..., Any]) -> Any:
+    """The function whose annotations describe ``fn``'s parameters: itself, the function of a
+    ``functools.partial``, or the ``__call__`` of a callable object."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
+        return fn
+    call = vars(type(fn)).get("__call__") if callable(fn) else None  # a class-level def __call__
+    return call if inspect.isfunction(call) else fn
+
+
 def _input_type(fn: Callable[..., Any]) -> Any:
-    """The annotation of the second parameter (``fn(ctx, input: T)``), if any."""
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:
-        hints = {}
+    """The annotation of the input parameter (``fn(ctx, input: T)``), if any. An annotation
+    that names nothing reachable (a class local to a function, under ``from __future__ import
+    annotations``) is a ConfigurationError at registration: silently treating the handler as
+    untyped would hand it a dict where it expects the record."""
     params = list(inspect.signature(fn).parameters.values())
     if len(params) < 2:
         return None
-    return hints.get(params[1].name)
+    name = params[1].name
+    target = _annotated(fn)
+    raw = getattr(target, "__annotations__", {}).get(name)
+    if raw is None:
+        return None
+    try:
+        return typing.get_type_hints(target).get(name)
+    except Exception:  # noqa: BLE001 - resolve the one annotation that matters below
+        pass
+    if not isinstance(raw, str):
+        return raw
+    scope = dict(getattr(target, "__globals__", {}))
+    try:
+        scope.update(inspect.getclosurevars(target).nonlocals)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return eval(raw, scope)  # noqa: S307 - the user's own annotation, as typing evaluates it
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigurationError(
+            f"cannot resolve the type annotation {raw!r} of parameter {name!r} of {getattr(fn, '__qualname__', fn)!r} "
+            f"({type(exc).__name__}: {exc}); define the type at module level, or register the handler untyped"
+        ) from exc
 
 
 @attrs.frozen(kw_only=True)
@@ -94,7 +127,12 @@ def _shape(fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str,
     code = getattr(fn, "__code__", None)
     if code is not None:
         try:
-            key = (code, typed, activity, tuple(getattr(fn, "__annotations__", {}).items()))
+            # The code object's identity, not its value: code objects compare equal across
+            # files (and closures) when their bodies match, so value keys could lend one
+            # handler's input type to another. The key keeps the object alive, so the id stays
+            # unique while cached.
+            key = (id(code), code, id(getattr(fn, "__globals__", None)), typed, activity,
+                   tuple(getattr(fn, "__annotations__", {}).items()))
             hit = _SHAPES.get(key)
         except TypeError:  # an unhashable annotation: just do not cache
             key = hit = None

@@ -267,7 +267,20 @@ class Client:
             raise OrchestrationFailedError(st.error or "Orchestration failed", instance_id=instance_id)
         if result_type is None:
             return st.output
-        return codec.converter.structure(st.output, result_type)
+        return codec.decode_typed(self._output_text(instance_id), result_type,
+                                  f"output of orchestration instance {instance_id!r}")
+
+    def _output_text(self, instance_id: str) -> str | None:
+        """The completed instance's output as stored (the typed API reads the text, not the
+        JSON value: a raw string output stays exactly as written)."""
+        fast = getattr(self.provider, "read_status", None)
+        row = fast(instance_id) if fast is not None else None
+        if row is not None and row[0] == "Completed":
+            return row[1]
+        for ev in reversed(self.provider.read(instance_id)):
+            if isinstance(ev, OrchestrationCompleted):
+                return ev.output
+        return None
 
     def wait_for_status_change(
         self, instance_id: str, last_seen_version: int = 0, poll_interval_ms: int = 200, timeout_ms: int = 30_000
