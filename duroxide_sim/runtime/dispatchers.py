@@ -139,7 +139,9 @@ class Services:
     ids: IdSource
     metrics: Metrics = attrs.field(factory=Metrics)
     renewer: Renewer = attrs.field(factory=NullRenewer)
-    run_coroutine: Callable[[Any], Any] | None = None
+    #: ``run_coroutine(awaitable, on_start)`` runs an async activity; ``on_start`` receives a
+    #: thread-safe function that cancels it.
+    run_coroutine: Callable[[Any, Callable[[Callable[[], None]], None]], Any] | None = None
     client_factory: Callable[[], Any] = lambda: None
     worker_id: str = "worker"
     #: Re-run every cached (warm) turn from scratch too and fail loudly if they differ. The
@@ -399,6 +401,41 @@ class WorkerDispatcher:
         self._sessions: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._session_cfg: SessionConfig | None = None
+        #: lock token -> how to cancel the async activity running under it (run_coroutine).
+        self._aborts: dict[str, Callable[[], None]] = {}
+        #: tokens of async activities cancelled because the runtime stopped: given back, not acked.
+        self._stopped_tokens: set[str] = set()
+
+    def _register_abort(self, token: str, abort: Callable[[], None]) -> None:
+        with self._lock:
+            self._aborts[token] = abort
+
+    def _abort(self, token: str) -> bool:
+        """Cancel the async activity running under ``token`` (True if there was one)."""
+        with self._lock:
+            abort = self._aborts.pop(token, None)
+        if abort is not None:
+            abort()
+        return abort is not None
+
+    def _lock_lost(self, token: str, ctx: ActivityContext) -> None:
+        """The renewer could not keep the lease (SPEC §11.2): the activity sees ``is_cancelled()``
+        at once; an async one that is still running after the grace period is cancelled (its
+        outcome is not committed: the lock is gone). A sync one cannot be interrupted."""
+        ctx._cancel()
+        grace_s = self.s.options.activity_cancellation_grace_period_ms / 1000.0
+        timer = threading.Timer(grace_s, self._abort, (token,))
+        timer.daemon = True
+        timer.start()
+
+    def abort_running(self) -> int:
+        """Runtime shutdown ran out of time: cancel every async activity still running; their
+        leases are given back (abandoned, attempt not counted) so another runtime runs them.
+        Returns how many were cancelled."""
+        with self._lock:
+            tokens = sorted(self._aborts)
+            self._stopped_tokens.update(tokens)
+        return sum(self._abort(t) for t in tokens)
 
     @property
     def owner_id(self) -> str:
@@ -502,7 +539,8 @@ class WorkerDispatcher:
             _log.warning("activity %r is not registered (instance %r); retrying in %d ms", item.name, item.instance, delay)
             return ActivityOutcome("abandon", delay_ms=delay)
         ctx = ctx or self.make_context(lease)
-        s.renewer.watch("worker", lease.lock_token, opts.worker_lock_timeout_ms, ctx._cancel)
+        token = lease.lock_token
+        s.renewer.watch("worker", token, opts.worker_lock_timeout_ms, lambda: self._lock_lost(token, ctx))
         try:
             arg = (
                 codec.decode_typed(item.input, handler.input_type, f"input of activity {item.name!r}")
@@ -513,16 +551,23 @@ class WorkerDispatcher:
             if handler.style == "async" or hasattr(result, "__await__"):
                 if s.run_coroutine is None:
                     raise RuntimeError("this runtime has no event loop for async activities")
-                result = s.run_coroutine(result)
+                result = s.run_coroutine(result, lambda abort: self._register_abort(token, abort))
             text = codec.encode(result, f"result of activity {item.name!r}")
-        except (Exception, SystemExit, GeneratorExit) as exc:  # noqa: BLE001 - activity code may raise anything
+        except BaseException as exc:  # noqa: BLE001 - activity code may raise anything
             # sys.exit() in an activity fails the activity; it used to end the worker thread
-            # (and, redelivered, every other one). KeyboardInterrupt still stops the process.
+            # (and, redelivered, every other one). So does asyncio.CancelledError from an async
+            # activity (a BaseException: it escaped, the lease was never acked, and the activity
+            # ran again after each lock expiry until poison). KeyboardInterrupt still stops the
+            # process.
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             s.metrics.inc("activity_app_errors")
             message = f"Activity '{item.name}' call failed: {type(exc).__name__}: {exc}"
             return ActivityOutcome("ack", _failed(item, ApplicationError(kind="ActivityFailed", message=message)))
         finally:
-            s.renewer.unwatch(lease.lock_token)
+            s.renewer.unwatch(token)
+            with self._lock:
+                self._aborts.pop(token, None)
         s.metrics.inc("activity_success")
         return ActivityOutcome("ack", ActivityCompletedMsg(instance=item.instance, execution_id=item.execution_id, id=item.id, result=text))
 
@@ -540,6 +585,11 @@ class WorkerDispatcher:
     def commit(self, lease: WorkItemLease, outcome: ActivityOutcome, carry: dict | None = None) -> bool:
         """Ack or abandon. False when the lock was lost (the activity was cancelled or stolen)."""
         provider = self.s.provider
+        with self._lock:
+            stopped = lease.lock_token in self._stopped_tokens
+            self._stopped_tokens.discard(lease.lock_token)
+        if stopped:  # cancelled by a runtime shutdown: not the activity's outcome
+            outcome = ActivityOutcome("abandon", delay_ms=None)
         try:
             if outcome.action == "abandon":
                 provider.abandon_work_item(lease.lock_token, outcome.delay_ms, False)

@@ -90,8 +90,12 @@ class RuntimeOptions:
 
 def renewal_period_ms(timeout_ms: int, buffer_ms: int) -> int:
     """SPEC §1: ``timeout - buffer`` (>= 1 s) when the timeout is >= 15 s, else ``ceil(timeout/2)``
-    rounded up to whole seconds (>= 1 s)."""
+    rounded up to whole seconds (>= 1 s). Where that whole-second period would not come before
+    the lock expires (a timeout of 1 s or less: the lock would lapse before every renewal and
+    each long step would be redelivered elsewhere), half the timeout instead."""
     if timeout_ms >= 15_000:
-        return max(timeout_ms - buffer_ms, 1_000)
-    half_s = -(-timeout_ms // 2000)  # ceil(timeout/2) in seconds
-    return max(half_s * 1000, 1_000)
+        period = max(timeout_ms - buffer_ms, 1_000)
+    else:
+        half_s = -(-timeout_ms // 2000)  # ceil(timeout/2) in seconds
+        period = max(half_s * 1000, 1_000)
+    return period if period < timeout_ms else max(timeout_ms // 2, 1)

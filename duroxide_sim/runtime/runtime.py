@@ -155,12 +155,19 @@ class Runtime:
             self.provider.cleanup_orphaned_sessions(opts.session_idle_timeout_ms)
 
     def shutdown(self, timeout_ms: int | None = None) -> None:
-        """Stop dispatching; wait up to ``timeout_ms`` (default 1000) for in-flight steps."""
+        """Stop dispatching; wait up to ``timeout_ms`` (default 1000) for in-flight steps. Async
+        activities still running then are cancelled and their work items given back for another
+        runtime (attempt not counted); sync activities cannot be interrupted and finish."""
         if self._driver is None:
             return
-        self._driver.stop(timeout_ms)
-        self._renewer.stop()
-        self._driver = None
+        driver, self._driver = self._driver, None
+        try:
+            if not driver.stop(timeout_ms) and self.worker_dispatcher.abort_running():
+                # Async activities still running past the timeout were cancelled; their threads
+                # give the leases back (a sync activity cannot be interrupted: it finishes).
+                driver.stop(1_000)
+        finally:
+            self._renewer.stop()
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """The runtime's counters (SPEC §14) as attributes (``m.orch_completions``, as in
