@@ -1001,14 +1001,17 @@ class InMemoryProvider:
     # --- simulation and test hooks -----------------------------------------------------------
 
     def next_wakeup_ms(self) -> int | None:
-        """Earliest future time at which a queued row becomes visible or a live lock expires
-        (None if nothing is pending), so a simulated clock can jump straight to it."""
+        """Earliest future time at which a queued row becomes visible or a live lock (instance,
+        work item, session) expires (None if nothing is pending), so a simulated clock can jump
+        straight to it."""
         with self._lock:
             now = self._now()
             times = [self._orch.next_visible_after(now), self._work.next_visible_after(now)]
             times = [t for t in times if t is not None]
             times += [lock.locked_until for lock in self._orch_locks.values() if lock.locked_until > now]
             times += [r.locked_until for r in self._work.rows.values() if r.locked_until and r.locked_until > now]
+            # A session held by a crashed worker blocks its queued activities until it expires.
+            times += [s.locked_until for s in self._sessions.values() if s.locked_until > now]
             return min(times, default=None)
 
     def _corrupt_history(self, instance: str, error: str | None = "injected history corruption") -> None:

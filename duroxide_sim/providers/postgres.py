@@ -1400,8 +1400,9 @@ class PostgresProvider(PostgresAdminMixin):
     # --- simulation and test hooks -------------------------------------------------------------
 
     def next_wakeup_ms(self) -> int | None:
-        """Earliest future time at which a queued row becomes visible or a live lock expires
-        (None if nothing is pending), so a simulated clock can jump straight to it."""
+        """Earliest future time at which a queued row becomes visible or a live lock (instance,
+        work item, session) expires (None if nothing is pending), so a simulated clock can jump
+        straight to it."""
         with self._tx("next_wakeup_ms", write=False) as db:
             now = self._now()
             return db.scalar(
@@ -1409,7 +1410,8 @@ class PostgresProvider(PostgresAdminMixin):
                 " SELECT MIN(visible_at) AS t FROM orchestrator_queue WHERE visible_at > %(now)s"
                 " UNION ALL SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > %(now)s"
                 " UNION ALL SELECT MIN(locked_until) FROM instance_locks WHERE locked_until > %(now)s"
-                " UNION ALL SELECT MIN(locked_until) FROM worker_queue WHERE locked_until > %(now)s) AS w",
+                " UNION ALL SELECT MIN(locked_until) FROM worker_queue WHERE locked_until > %(now)s"
+                " UNION ALL SELECT MIN(locked_until) FROM sessions WHERE locked_until > %(now)s) AS w",
                 {"now": now})
 
     def _corrupt_history(self, instance: str, error: str | None = "injected history corruption") -> None:

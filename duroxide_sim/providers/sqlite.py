@@ -1605,8 +1605,9 @@ class SqliteProvider(SqliteAdminMixin):
     # --- simulation and test hooks -------------------------------------------------------------
 
     def next_wakeup_ms(self) -> int | None:
-        """Earliest future time at which a queued row becomes visible or a live lock expires
-        (None if nothing is pending), so a simulated clock can jump straight to it."""
+        """Earliest future time at which a queued row becomes visible or a live lock (instance,
+        work item, session) expires (None if nothing is pending), so a simulated clock can jump
+        straight to it."""
         with self._tx("next_wakeup_ms", write=False) as db:
             now = self._now()
             return db.execute(
@@ -1614,7 +1615,9 @@ class SqliteProvider(SqliteAdminMixin):
                 " SELECT MIN(visible_at) AS t FROM orchestrator_queue WHERE visible_at > :now"
                 " UNION ALL SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > :now"
                 " UNION ALL SELECT MIN(locked_until) FROM instance_locks WHERE locked_until > :now"
-                " UNION ALL SELECT MIN(locked_until) FROM worker_queue WHERE locked_until > :now)",
+                " UNION ALL SELECT MIN(locked_until) FROM worker_queue WHERE locked_until > :now"
+                # A session held by a crashed worker blocks its queued activities until it expires.
+                " UNION ALL SELECT MIN(locked_until) FROM sessions WHERE locked_until > :now)",
                 {"now": now}).fetchone()[0]
 
     def _corrupt_history(self, instance: str, error: str | None = "injected history corruption") -> None:

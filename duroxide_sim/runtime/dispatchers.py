@@ -575,7 +575,9 @@ class WorkerDispatcher:
         if item.name == SYSCALL_UTC_NOW:
             text = str(self.s.clock.now_ms())
         elif item.name == SYSCALL_NEW_GUID:
-            text = self.s.ids.new_guid()
+            # An id source may tie the GUID to where it was asked for (the simulation's does).
+            guid_for = getattr(self.s.ids, "guid_for", None)
+            text = guid_for(item.instance, item.execution_id, item.id) if guid_for is not None else self.s.ids.new_guid()
         else:
             args = codec.decode(item.input)
             value = self.s.provider.get_kv_value(args["instance_id"], args["key"])

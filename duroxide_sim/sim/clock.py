@@ -4,6 +4,8 @@ function of its inputs."""
 
 from __future__ import annotations
 
+import hashlib
+
 __all__ = ["SimClock", "SequentialIds", "DEFAULT_EPOCH_MS"]
 
 #: 2026-01-01T00:00:00Z: a fixed, realistic starting time for simulated runs.
@@ -40,3 +42,12 @@ class SequentialIds:
     def new_guid(self) -> str:
         self._n += 1
         return f"{self._namespace:08x}-0000-4000-8000-{self._n:012x}"
+
+    @staticmethod
+    def guid_for(instance: str, execution_id: int, event_id: int) -> str:
+        """The GUID an orchestration's ``new_guid()`` gets in a simulation: a function of where
+        it was asked for (instance, execution, event id), not of the process or the seed, so
+        the fault-free twin draws the same GUIDs and an idempotency key made from one compares
+        equal (a counter per simulated process gave every run different keys)."""
+        digest = hashlib.sha256(f"{instance}\x00{execution_id}\x00{event_id}".encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{digest[:8]}-{digest[8:12]}-4{digest[13:16]}-8{digest[17:20]}-{digest[20:32]}"

@@ -672,13 +672,19 @@ class _Run:
             if alive and self._fault("crash", "step"):
                 self._crash(alive[self._below(len(alive))], "injected crash")
                 changed = True
-        if "lock_expiry" in active and self._fault("lock_expiry", "step"):
+        # Lock expiry is a jump "between fetch and ack": an opportunity only while some
+        # process holds fetched work (a jump with no lock held only moves time, making
+        # per-attempt timeouts fire that no lock problem would cause).
+        if "lock_expiry" in active and self._holding_work() and self._fault("lock_expiry", "step"):
             jump = max(self.options.orchestrator_lock_timeout_ms, self.options.worker_lock_timeout_ms) + 1
             self.clock.advance(jump)
             self._log("lock_expiry", advanced_ms=jump)
             self._wake_all()
             changed = True
         return changed
+
+    def _holding_work(self) -> bool:
+        return any(n.alive and (n.orch_items or n.leases or n.executed) for n in self.nodes)
 
     # --- the steps: one handler per kind, called as ``handler(node)`` --------------------------
 

@@ -89,7 +89,8 @@ class ExternalWorld:
         return True
 
     def delete(self, key: str) -> bool:
-        existed = self.state.pop(key, None) is not None
+        existed = key in self.state  # (a key holding None exists too)
+        self.state.pop(key, None)
         self._record("delete", key, None)
         return existed
 
