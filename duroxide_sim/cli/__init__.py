@@ -39,6 +39,7 @@ pool, aggregation into rows, :func:`run_seeds`, :class:`SimWorkerError`) lives i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -56,6 +57,7 @@ from .seeds import (
     _SimOptions,
     _TargetRef,
     _targets,
+    _variant_names,
     pool_left_running,
     run_seeds,
 )
@@ -105,52 +107,97 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": not failed, "scenarios": rows}, indent=2, sort_keys=True))
         return 1 if failed else 0
+    from rich.text import Text
+
     console = Console(highlight=False, width=max(Console().width, 150))
     table = Table(title="duroxide-sim: scenario properties under faults")
     for col in ("scenario", "seeds", "faults injected", "fault kinds", "properties checked", "failures", "seconds"):
         table.add_column(col, justify="right" if col in ("seeds", "faults injected", "failures", "seconds") else "left")
-    for r in rows:
-        table.add_row(r["scenario"], str(r["seeds"]), str(r["faults_injected"]), str(len(r["fault_kinds"])),
-                      ", ".join(r["properties"]), str(r["failures"]), f"{r['seconds']:.2f}")
+    for r in rows:  # names as Text: brackets in a scenario's name are not rich markup
+        table.add_row(Text(_printable(r["scenario"])), str(r["seeds"]), str(r["faults_injected"]), str(len(r["fault_kinds"])),
+                      Text(_printable(", ".join(r["properties"]))), str(r["failures"]), f"{r['seconds']:.2f}")
     console.print(table)
     for r in rows:
         if r["first_failure"]:
-            console.print(f"\n[bold red]FAILED[/] {r['scenario']}: {r['failures']} of {r['seeds']} seeds broke a property; first:")
-            console.print(r["first_failure"], markup=False)
+            line = Text("\nFAILED", style="bold red")
+            line.append(f" {_printable(r['scenario'])}: {r['failures']} of {r['seeds']} seeds broke a property; first:")
+            console.print(line)
+            # soft_wrap: the reproduce line must stay one line, to be pasted as it is
+            console.print(r["first_failure"], markup=False, soft_wrap=True)
     if not failed:
         console.print("all properties held")
     return 1 if failed else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """``run`` / ``explore``. A scenario module that cannot load or run is reported (with its
+    file and reason) and left out; the others still run, and the exit code is then 2."""
     path = pathlib.Path(args.path)
     if not path.exists():
         print(f"duroxide-sim: no such file or directory: {path}", file=sys.stderr)
         return 2
     try:
-        modules = _load_modules(path)
         _plan(args.faults, args.rate)
-    except Exception as exc:  # noqa: BLE001 - report import problems as input errors
+    except ValueError as exc:
+        print(f"duroxide-sim: --faults: {exc}", file=sys.stderr)
+        return 2
+    problems: list[tuple[str, str]] = []
+    try:
+        modules = _load_modules(path, problems)
+    except Exception as exc:  # noqa: BLE001 - the directory itself could not be read
         print(f"duroxide-sim: cannot load scenarios from {path}: {exc}", file=sys.stderr)
         return 2
-    targets = _targets(modules, args.variants)
-    if not targets:
-        print(f"duroxide-sim: no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}", file=sys.stderr)
+    targets = _targets(modules, args.variants, problems)
+    for where, problem in problems:
+        print(f"duroxide-sim: cannot load scenario {_printable(where)}: {_printable(problem)}", file=sys.stderr)
+    if args.variants not in (None, "all") and not targets and modules:
+        known = ", ".join(_variant_names(modules)) or "none"
+        print(f"duroxide-sim: no variant named {_printable(args.variants)!r} (known: {_printable(known)})", file=sys.stderr)
         return 2
-    for label, spec in targets:
+    runnable = []  # (index in targets, label, spec): worker processes find a scenario by its index
+    for index, (label, spec) in enumerate(targets):
         problem = _spec_problem(spec, args)
         if problem is not None:
-            print(f"duroxide-sim: scenario {label} cannot run: {problem}", file=sys.stderr)
-            return 2
+            print(f"duroxide-sim: scenario {_printable(label)} cannot run: {_printable(problem)}", file=sys.stderr)
+            problems.append((label, problem))
+        else:
+            runnable.append((index, label, spec))
+    if not runnable:
+        if not problems:
+            print(f"duroxide-sim: no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}",
+                  file=sys.stderr)
+        return 2
+    code = _run_and_report(runnable, args)
+    return 2 if problems and code == 0 else code
+
+
+def _run_and_report(runnable: list[tuple[int, str, Any]], args: argparse.Namespace) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     if args.jobs > 1:
-        return _cmd_run_jobs(targets, args)
-    if args.command == "explore":
-        rows = _run_targets(targets, range(args.first_seed, args.first_seed + 10**9), args, stop_at_first=True,
-                            budget_s=args.budget_s)
-    else:
-        rows = _run_targets(targets, seeds, args)
+        return _cmd_run_jobs(runnable, args)
+    targets = [(label, spec) for _, label, spec in runnable]
+    # With --json, stdout holds the one JSON document: anything scenario code prints goes to stderr.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    try:
+        with quiet_stdout:
+            if args.command == "explore":
+                rows = _run_targets(targets, range(args.first_seed, args.first_seed + 10**9), args, stop_at_first=True,
+                                    budget_s=args.budget_s)
+            else:
+                rows = _run_targets(targets, seeds, args)
+    except KeyboardInterrupt:
+        print("duroxide-sim: interrupted", file=sys.stderr)
+        return 130
+    except SimWorkerError as exc:
+        print(f"duroxide-sim: {_printable(str(exc))}", file=sys.stderr)
+        return 2
     return _report(rows, args)
+
+
+def _printable(text: str) -> str:
+    """Control characters (an escape sequence in a scenario's name) shown escaped, never sent
+    to the terminal raw."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _spec_problem(spec: Any, args: argparse.Namespace) -> str | None:
@@ -168,10 +215,12 @@ def _spec_problem(spec: Any, args: argparse.Namespace) -> str | None:
     return None
 
 
-def _cmd_run_jobs(targets: list[tuple[str, Any]], args: argparse.Namespace) -> int:
-    refs = [_TargetRef(args.path, args.variants, i, label) for i, (label, _spec) in enumerate(targets)]
+def _cmd_run_jobs(runnable: list[tuple[int, str, Any]], args: argparse.Namespace) -> int:
+    targets = [(label, spec) for _, label, spec in runnable]
+    refs = [_TargetRef(args.path, args.variants, i, label) for i, label, _spec in runnable]
     options = _SimOptions(args.faults, args.rate, args.provider, args.nodes, args.sandbox)
     progress = "bar" if sys.stderr.isatty() or args.progress else "lines"
+    previous = _sigterm_as_interrupt()
     try:
         if args.command == "explore":
             rows = _run_targets_jobs(targets, refs, range(args.first_seed, args.first_seed + 10**9), options, args.jobs,
@@ -187,7 +236,31 @@ def _cmd_run_jobs(targets: list[tuple[str, Any]], args: argparse.Namespace) -> i
     except KeyboardInterrupt:
         print("duroxide-sim: interrupted; the worker processes were stopped", file=sys.stderr)
         return _exit_now_if_stuck(130)
+    finally:
+        _restore_sigterm(previous)
     return _report(rows, args)
+
+
+def _sigterm_as_interrupt() -> Any:
+    """While worker processes run: SIGTERM (``kill``, ``timeout``, a cancelled CI job) stops
+    them the way Ctrl-C does, instead of leaving them running without their parent."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_now_if_stuck(code: int) -> int:
@@ -223,8 +296,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
     extra = {} if args.max_steps is None else {"max_steps": args.max_steps}
-    sim = Simulation(spec, args.seed, faults, provider=args.provider, nodes=args.nodes, sandbox=args.sandbox, **extra)
-    result = run_and_check(sim)
+    try:
+        sim = Simulation(spec, args.seed, faults, provider=args.provider, nodes=args.nodes, sandbox=args.sandbox, **extra)
+        result = run_and_check(sim)
+    except KeyboardInterrupt:
+        print("duroxide-sim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the spec's own code (setup, starts) raised: an input error
+        print(f"duroxide-sim: {args.ref} seed {args.seed} cannot run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     if args.trace:
         for line in result.trace:
             print(line)

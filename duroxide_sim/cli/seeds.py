@@ -44,27 +44,69 @@ from typing import Any
 __all__ = ["SimWorkerError", "run_seeds"]
 
 
-def _load_modules(path: pathlib.Path) -> list[Any]:
-    """Import every scenario module (``*.py`` defining ``SPEC``) under ``path``."""
+def _load_modules(path: pathlib.Path, problems: list[tuple[str, str]] | None = None) -> list[Any]:
+    """Import every scenario module (``*.py`` defining ``SPEC``) under ``path``.
+
+    A directory with ``__init__.py`` is a package: its modules are imported as
+    ``<dir>.<module>`` (their relative imports work). A flat directory's modules are imported by
+    file location, with the directory on ``sys.path`` (so ``from _helpers import x`` works).
+    Either way a module is registered in ``sys.modules`` under its name, and a module of the
+    same name loaded earlier from another directory is replaced, not reused.
+
+    With ``problems`` (a list), a module that fails to import is recorded there as ``(file,
+    reason)`` and the others still load; without it the first failure raises."""
     files = sorted(p for p in path.glob("*.py") if not p.name.startswith("_")) if path.is_dir() else [path]
-    root = path if path.is_dir() else path.parent
-    for entry in (str(pathlib.Path.cwd()), str(root.resolve().parent)):
+    root = (path if path.is_dir() else path.parent).resolve()
+    package = (root / "__init__.py").exists() and root.name.isidentifier()
+    for entry in (str(pathlib.Path.cwd()), str(root.parent)):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    if not package and str(root) not in sys.path:
+        sys.path.append(str(root))  # last: a scenario helper never shadows an installed module
+    if package:
+        _forget_if_elsewhere(root.name, root / "__init__.py")
     modules = []
     for file in files:
-        name = f"{root.name}.{file.stem}" if (root / "__init__.py").exists() else f"_duroxide_scenario_{file.stem}"
         try:
-            module = importlib.import_module(name)
-        except ImportError:
-            spec = importlib.util.spec_from_file_location(f"_duroxide_scenario_{file.stem}", file)
-            if spec is None or spec.loader is None:
-                raise ValueError(f"cannot import {file}") from None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            module = _import_scenario(file.resolve(), root, package)
+        except Exception as exc:  # noqa: BLE001 - the module's own code: reported per file
+            if problems is None:
+                raise
+            problems.append((str(file), f"{type(exc).__name__}: {exc}"))
+            continue
         if hasattr(module, "SPEC"):
             modules.append(module)
     return modules
+
+
+def _forget_if_elsewhere(name: str, file: pathlib.Path) -> None:
+    """Drop ``sys.modules[name]`` (and its submodules) when it was loaded from another file:
+    two scenario directories may use the same package or module name."""
+    loaded = sys.modules.get(name)
+    origin = getattr(loaded, "__file__", None)
+    if loaded is not None and (origin is None or pathlib.Path(origin).resolve() != file):
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+
+
+def _import_scenario(file: pathlib.Path, root: pathlib.Path, package: bool) -> Any:
+    if package:
+        name = f"{root.name}.{file.stem}"
+        _forget_if_elsewhere(name, file)
+        return importlib.import_module(name)
+    name = f"_duroxide_scenario_{file.stem}"
+    _forget_if_elsewhere(name, file)
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a repro line can then name a spec found as a module-level name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def _plan(faults: str, rate: float) -> Any:
@@ -79,9 +121,28 @@ def _plan(faults: str, rate: float) -> Any:
     return FaultPlan.from_json(faults)
 
 
-def _targets(modules: list[Any], variants: str | None) -> list[tuple[str, Any]]:
+def _targets(modules: list[Any], variants: str | None,
+             problems: list[tuple[str, str]] | None = None) -> list[tuple[str, Any]]:
+    """(label, spec) of every scenario (or planted-bug variant) of ``modules``. With
+    ``problems``, a module whose ``SPEC`` is not a SimSpec or whose ``VARIANTS`` is not a dict
+    of SimSpecs is recorded there and skipped; without it, that raises."""
+    from ..sim.harness import SimSpec
+
     out = []
     for module in modules:
+        where = getattr(module, "__file__", None) or module.__name__
+        problem = None
+        if not isinstance(module.SPEC, SimSpec):
+            problem = f"SPEC is a {type(module.SPEC).__name__}, not a SimSpec"
+        elif variants is not None and not isinstance(getattr(module, "VARIANTS", {}), dict):
+            problem = f"VARIANTS is a {type(module.VARIANTS).__name__}, not a dict of name -> SimSpec"
+        elif variants is not None and not all(isinstance(v, SimSpec) for v in getattr(module, "VARIANTS", {}).values()):
+            problem = "VARIANTS holds a value that is not a SimSpec"
+        if problem is not None:
+            if problems is None:
+                raise ValueError(f"{where}: {problem}")
+            problems.append((where, problem))
+            continue
         if variants is None:
             out.append((module.SPEC.name, module.SPEC))
             continue
@@ -89,6 +150,26 @@ def _targets(modules: list[Any], variants: str | None) -> list[tuple[str, Any]]:
             if variants in ("all", name):
                 out.append((f"{module.SPEC.name}/{name}", spec))
     return out
+
+
+def _variant_names(modules: list[Any]) -> list[str]:
+    names: dict[str, None] = {}
+    for module in modules:
+        variants = getattr(module, "VARIANTS", {})
+        if isinstance(variants, dict):
+            names.update(dict.fromkeys(str(k) for k in variants))
+    return list(names)
+
+
+def _printable(text: str) -> str:
+    """Control characters shown escaped, never sent to the terminal raw."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _properties(spec: Any) -> list[str]:
@@ -125,16 +206,19 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not live, transient=False) as progress:
         for index, (label, spec) in enumerate(targets):
-            task = progress.add_task(label, total=len(seeds))
+            task = progress.add_task(_escape_markup(_printable(label)), total=len(seeds))
             row: dict[str, Any] = {"scenario": label, "seeds": 0, "faults_injected": 0, "fault_kinds": set(),
                                    "properties": _properties(spec), "failures": 0, "first_failure": None,
                                    "budget_exhausted": 0, "seconds": 0.0}
             t0 = clock.now_ms()
             share_end = _share_end(began, budget_s, t0, len(targets) - index)
             for seed in seeds:
-                sim = Simulation(spec, seed, _plan(args.faults, args.rate), provider=args.provider, nodes=args.nodes,
-                                 sandbox=args.sandbox)
-                result = run_and_check(sim)
+                try:
+                    sim = Simulation(spec, seed, _plan(args.faults, args.rate), provider=args.provider, nodes=args.nodes,
+                                     sandbox=args.sandbox)
+                    result = run_and_check(sim)
+                except Exception as exc:  # noqa: BLE001 - as a worker process reports it (--jobs)
+                    raise SimWorkerError(label, seed, seed, f"{type(exc).__name__}: {exc}", seed=seed) from exc
                 row["seeds"] += 1
                 row["faults_injected"] += sum(result.faults_injected.values())
                 row["fault_kinds"].update(result.faults_injected)
@@ -145,7 +229,7 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
                         row["first_failure"] = result.failures[0].render()
                 progress.advance(task)
                 if not live and not quiet and (row["seeds"] % max(len(seeds) // 4, 1) == 0 or result.failures and row["failures"] == 1):
-                    print(f"{label}: {row['seeds']}/{len(seeds) if len(seeds) < 10**8 else '?'} seeds, "
+                    print(f"{_printable(label)}: {row['seeds']}/{len(seeds) if len(seeds) < 10**8 else '?'} seeds, "
                           f"{row['failures']} failing", file=sys.stderr, flush=True)
                 if stop_at_first and result.failures:
                     break
@@ -230,12 +314,17 @@ _WORKER_TARGETS: dict[tuple[str, str | None], list[tuple[str, Any]]] = {}
 def _worker_init() -> None:
     # Ctrl-C goes to the whole foreground process group: only the parent reacts (it stops the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Results travel back through the pool; what scenario code prints goes to stderr, so the
+    # parent's stdout (a --json document) holds nothing else.
+    sys.stdout = sys.stderr
 
 
 def _worker_spec(ref: _TargetRef) -> Any:
     key = (ref.path, ref.variants)
     if key not in _WORKER_TARGETS:
-        _WORKER_TARGETS[key] = _targets(_load_modules(pathlib.Path(ref.path)), ref.variants)
+        # Loaded as the parent did (broken modules skipped), so target indexes agree.
+        ignored: list[tuple[str, str]] = []
+        _WORKER_TARGETS[key] = _targets(_load_modules(pathlib.Path(ref.path), ignored), ref.variants, ignored)
     targets = _WORKER_TARGETS[key]
     if ref.index >= len(targets) or targets[ref.index][0] != ref.label:
         raise RuntimeError(f"the worker found other scenarios in {ref.path} than the parent: {[t[0] for t in targets]}")
@@ -352,7 +441,7 @@ class _RowBuilder:
     def __init__(self, label: str, spec: Any, total: int, progress: Any, lines: bool) -> None:
         self.label, self.spec, self.total = label, spec, total
         self.progress, self.lines = progress, lines
-        self.task = progress.add_task(label, total=total)
+        self.task = progress.add_task(_escape_markup(_printable(label)), total=total)
         self.summaries: list[_SeedSummary] = []
         self.done = self.failing = 0
         self.started_ms: int | None = None
@@ -368,7 +457,7 @@ class _RowBuilder:
         self.progress.advance(self.task, len(chunk.seeds))
         quarter = max(self.total // 4, 1)
         if self.lines and (self.done // quarter > before // quarter or (self.failing and not failing_before)):
-            print(f"{self.label}: {self.done}/{self.total if self.total < 10**8 else '?'} seeds, "
+            print(f"{_printable(self.label)}: {self.done}/{self.total if self.total < 10**8 else '?'} seeds, "
                   f"{self.failing} failing", file=sys.stderr, flush=True)
 
     def row(self, *, upto: int | None = None, seconds: float | None = None) -> dict[str, Any]:

@@ -121,9 +121,19 @@ def load_app(ref: str) -> Any:
         if str(pathlib.Path.cwd()) not in sys.path:
             sys.path.insert(0, str(pathlib.Path.cwd()))
         parts = path.with_suffix("").parts
-        # Imported by its dotted name (so its package's relative imports work) only when the
-        # path spells one: "../app.py" or "my-dir/app.py" are loaded from their location.
-        dotted = ".".join(parts) if not path.is_absolute() and all(p.isidentifier() for p in parts) else ""
+        # Imported by its dotted name (so its package's relative imports work): the name its
+        # enclosing packages (directories with __init__.py) give it, wherever the path points
+        # from; else the relative path when it spells one. Otherwise ("../app.py", a plain
+        # directory) it is loaded from its location.
+        dotted = ""
+        package_root = _package_root(path)
+        if package_root is not None:
+            root_dir, dotted = package_root
+            if str(root_dir) not in sys.path:
+                sys.path.insert(0, str(root_dir))
+            _forget_if_elsewhere(dotted, path.resolve())
+        elif not path.is_absolute() and all(p.isidentifier() for p in parts):
+            dotted = ".".join(parts)
         module = None
         if dotted:
             try:
@@ -166,6 +176,33 @@ def load_app(ref: str) -> Any:
     if not hasattr(module, name):
         raise ValueError(f"{where} has no attribute {name!r}")
     return getattr(module, name)
+
+
+def _package_root(path: Any) -> tuple[Any, str] | None:
+    """(the directory above the outermost enclosing package, the module's dotted name) for a
+    file inside a package (a directory with ``__init__.py``), else None."""
+    resolved = path.resolve()
+    names = [resolved.stem]
+    directory = resolved.parent
+    while (directory / "__init__.py").exists() and directory.name.isidentifier():
+        names.insert(0, directory.name)
+        directory = directory.parent
+    if len(names) == 1 or not resolved.stem.isidentifier():
+        return None
+    return directory, ".".join(names)
+
+
+def _forget_if_elsewhere(dotted: str, file: Any) -> None:
+    """Drop an already-imported module of that name (and its packages' entries) loaded from
+    another file: the reference names this one."""
+    import sys
+
+    loaded = sys.modules.get(dotted)
+    origin = getattr(loaded, "__file__", None)
+    if loaded is not None and origin is not None and __import__("pathlib").Path(origin).resolve() != file:
+        top = dotted.split(".")[0]
+        for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+            del sys.modules[key]
 
 
 def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: bool = False) -> list[Divergence]:
