@@ -8,7 +8,7 @@ Commands:
   the canonical trace; ``--timeline`` writes the run as a self-contained HTML timeline (lanes per
   instance and node over virtual time) and prints its path. Exit 1 when a property fails.
 
-* ``run PATH [--seeds N] [--faults all|swarm|none|JSON]`` - for every scenario module in PATH
+* ``run PATH [--seeds N] [--faults all|swarm|none|JSON] [--max-steps S]`` - for every scenario module in PATH
   (each defines ``SPEC``, a SimSpec), simulate N seeds with faults, check every property, show
   progress, print a table; a failing scenario prints its first failure and its repro line.
 * ``explore PATH [--budget-s S]`` - keep simulating new seeds until the budget runs out or a
@@ -208,7 +208,8 @@ def _spec_problem(spec: Any, args: argparse.Namespace) -> str | None:
 
     try:
         sim = Simulation(spec, args.first_seed, _plan(args.faults, args.rate), provider=args.provider,
-                         nodes=args.nodes, sandbox=args.sandbox)
+                         nodes=args.nodes, sandbox=args.sandbox,
+                         **({} if args.max_steps is None else {"max_steps": args.max_steps}))
         _Run(sim, sim.plan)
     except Exception as exc:  # noqa: BLE001 - anything the spec's own code raises
         return f"{type(exc).__name__}: {exc}"
@@ -218,7 +219,7 @@ def _spec_problem(spec: Any, args: argparse.Namespace) -> str | None:
 def _cmd_run_jobs(runnable: list[tuple[int, str, Any]], args: argparse.Namespace) -> int:
     targets = [(label, spec) for _, label, spec in runnable]
     refs = [_TargetRef(args.path, args.variants, i, label) for i, label, _spec in runnable]
-    options = _SimOptions(args.faults, args.rate, args.provider, args.nodes, args.sandbox)
+    options = _SimOptions(args.faults, args.rate, args.provider, args.nodes, args.sandbox, args.max_steps)
     progress = "bar" if sys.stderr.isatty() or args.progress else "lines"
     previous = _sigterm_as_interrupt()
     try:
@@ -474,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         run.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
         run.add_argument("--nodes", type=_positive_int, default=2)
         run.add_argument("--sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
+        run.add_argument("--max-steps", type=_positive_int, default=None,
+                         help="scheduler steps per seed before a run stops as not quiescent (default 200000)")
         run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
         run.add_argument("--json", action="store_true", help="print results as JSON")
         run.add_argument("--jobs", type=_jobs, default=1, metavar="N",

@@ -215,7 +215,7 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
             for seed in seeds:
                 try:
                     sim = Simulation(spec, seed, _plan(args.faults, args.rate), provider=args.provider, nodes=args.nodes,
-                                     sandbox=args.sandbox)
+                                     sandbox=args.sandbox, **_steps(args))
                     result = run_and_check(sim)
                 except Exception as exc:  # noqa: BLE001 - as a worker process reports it (--jobs)
                     raise SimWorkerError(label, seed, seed, f"{type(exc).__name__}: {exc}", seed=seed) from exc
@@ -278,6 +278,13 @@ class _SimOptions:
     provider: str
     nodes: int
     sandbox: bool
+    max_steps: int | None = None
+
+
+def _steps(options: Any) -> dict[str, int]:
+    """``max_steps`` for Simulation when the command line set it (else the harness default)."""
+    value = getattr(options, "max_steps", None)
+    return {} if value is None else {"max_steps": value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +358,7 @@ def _run_chunk(ref: _TargetRef, options: _SimOptions, first: int, stop: int, sto
     for seed in range(first, stop):
         try:
             sim = Simulation(spec, seed, _plan(options.faults, options.rate), provider=options.provider,
-                             nodes=options.nodes, sandbox=options.sandbox)
+                             nodes=options.nodes, sandbox=options.sandbox, **_steps(options))
             result = run_and_check(sim)
         except Exception:  # noqa: BLE001 - sent back and reported by the parent
             return _ChunkResult(out, started, clock.now_ms(), (seed, traceback.format_exc()))

@@ -128,6 +128,10 @@ class Metrics:
             return dict(self._counts)
 
 
+#: History length over which the from-scratch check of cached turns thins out (see process).
+_VERIFY_SPAN = 256
+
+
 @attrs.define(kw_only=True)
 class Services:
     """Everything the dispatchers need, injected."""
@@ -147,7 +151,8 @@ class Services:
     #: Re-run every cached (warm) turn from scratch too and fail loudly if they differ. The
     #: simulation turns this on; production leaves it off.
     verify_cache: bool = False
-    #: With ``verify_cache``: check one warm turn in this many (deterministically, by count).
+    #: With ``verify_cache``: check one warm turn in this many (deterministically, by count), and
+    #: one in ``every * (1 + history // 256)`` once histories grow long.
     verify_cache_every: int = 3
     #: Waits ``ms`` between ack retries (SPEC §3.1 step 10): ``time.sleep`` in production, the
     #: simulated clock moving forward in simulation.
@@ -232,7 +237,11 @@ class OrchestrationDispatcher:
                 return self._commit(item, result, carry)
             hits = self.cache.hits if self.cache is not None else 0
             result = execute_turn(inp, s.registry, self.cache)
-            if s.verify_cache and self.cache is not None and self.cache.hits > hits and self.cache.hits % s.verify_cache_every == 0:
+            # One warm turn in verify_cache_every is re-run from scratch, and fewer as the history
+            # grows (a from-scratch turn costs the whole history: checking every third turn of
+            # an ever-growing history made a long run quadratic in its length).
+            if (s.verify_cache and self.cache is not None and self.cache.hits > hits
+                    and self.cache.hits % (s.verify_cache_every * (1 + len(inp.history) // _VERIFY_SPAN)) == 0):
                 _verify_warm_turn(inp, s.registry, result)
             if result.kind == "unregistered":
                 delay = opts.unregistered_backoff_ms(item.attempt_count)

@@ -11,9 +11,9 @@ spec whose setup raises gave a traceback; a seed that raised in-process lost eve
 ``--faults`` was reported as a loading failure; ``--json`` broke when scenario code printed;
 brackets in scenario names were rich markup and control characters reached the terminal;
 Ctrl-C in-process gave a traceback; SIGTERM left ``--jobs`` workers running; an unknown
-``--variants`` name got a misleading message. Not fixed (no test): a livelocked scenario takes
-minutes to reach ``max_steps`` (the simulator's 1-in-3 from-scratch check of cached turns makes
-a run quadratic in its history length) and ``run`` has no ``--max-steps``.
+``--variants`` name got a misleading message; a livelocked scenario took minutes to reach
+``max_steps`` (the 1-in-3 from-scratch check of cached turns made a run quadratic in its history
+length; it now thins out as histories grow) and ``run`` had no ``--max-steps``.
 """
 
 from __future__ import annotations
@@ -500,3 +500,29 @@ def test_an_unknown_variant_name_says_so(tmp_path: pathlib.Path, capsys: pytest.
     code, _out, err = run_cli(["run", str(d), "--seeds", "1", "--variants", "duoble-charge"], capsys)
     assert code == 2
     assert "duoble-charge" in err and "double-charge" in err, err  # the typo and what exists
+
+
+LIVELOCK = textwrap.dedent('''
+    from duroxide_sim.sim.harness import SimSpec, Start
+
+    def setup(rt, world):
+        rt.register_activity("Poll", lambda ctx, x: x)
+
+        @rt.register_orchestration("Forever")
+        def forever(ctx, x):
+            while True:  # BUG: never ends (no exit condition, no continue-as-new)
+                yield ctx.schedule_activity("Poll", x)
+
+    SPEC = SimSpec(name="livelock", setup=setup, starts=[Start(instance="l", orchestration="Forever", input=1)])
+''')
+
+
+def test_max_steps_bounds_a_livelocked_scenario(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``run --max-steps`` ends each seed of a scenario that never quiesces, as a liveness
+    failure whose repro line carries the same bound."""
+    d = write_dir(tmp_path / "scen", {"livelock.py": LIVELOCK})
+    code, out, err = run_cli(["run", str(d), "--seeds", "1", "--faults", "none", "--max-steps", "3000", "--json"], capsys)
+    assert code == 1, err
+    row = json.loads(out)["scenarios"][0]
+    assert "no quiescence within 3000 steps" in row["first_failure"]
+    assert "--max-steps 3000" in row["first_failure"]
