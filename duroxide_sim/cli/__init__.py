@@ -52,6 +52,7 @@ from .seeds import (
     SimWorkerError,
     _load_modules,
     _plan,
+    _printable,
     _run_targets,
     _run_targets_jobs,
     _SimOptions,
@@ -194,10 +195,6 @@ def _run_and_report(runnable: list[tuple[int, str, Any]], args: argparse.Namespa
     return _report(rows, args)
 
 
-def _printable(text: str) -> str:
-    """Control characters (an escape sequence in a scenario's name) shown escaped, never sent
-    to the terminal raw."""
-    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _spec_problem(spec: Any, args: argparse.Namespace) -> str | None:

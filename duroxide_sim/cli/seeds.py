@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..testing.replay import _forget_if_elsewhere
+
 __all__ = ["SimWorkerError", "run_seeds"]
 
 
@@ -77,16 +79,6 @@ def _load_modules(path: pathlib.Path, problems: list[tuple[str, str]] | None = N
         if hasattr(module, "SPEC"):
             modules.append(module)
     return modules
-
-
-def _forget_if_elsewhere(name: str, file: pathlib.Path) -> None:
-    """Drop ``sys.modules[name]`` (and its submodules) when it was loaded from another file:
-    two scenario directories may use the same package or module name."""
-    loaded = sys.modules.get(name)
-    origin = getattr(loaded, "__file__", None)
-    if loaded is not None and (origin is None or pathlib.Path(origin).resolve() != file):
-        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-            del sys.modules[key]
 
 
 def _import_scenario(file: pathlib.Path, root: pathlib.Path, package: bool) -> Any:

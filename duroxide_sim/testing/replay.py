@@ -193,13 +193,15 @@ def _package_root(path: Any) -> tuple[Any, str] | None:
 
 
 def _forget_if_elsewhere(dotted: str, file: Any) -> None:
-    """Drop an already-imported module of that name (and its packages' entries) loaded from
-    another file: the reference names this one."""
+    """Drop an already-imported module of that name - with its top-level package and everything
+    under it - when it was loaded from another file (two scenario or app directories may use the
+    same names): the caller means this file."""
+    import pathlib
     import sys
 
     loaded = sys.modules.get(dotted)
     origin = getattr(loaded, "__file__", None)
-    if loaded is not None and origin is not None and __import__("pathlib").Path(origin).resolve() != file:
+    if loaded is not None and origin is not None and pathlib.Path(origin).resolve() != pathlib.Path(file).resolve():
         top = dotted.split(".")[0]
         for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
             del sys.modules[key]
