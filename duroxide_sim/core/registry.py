@@ -77,7 +77,15 @@ def _input_type(fn: Callable[..., Any]) -> Any:
     params = list(inspect.signature(fn).parameters.values())
     if len(params) < 2:
         return None
-    name = params[1].name
+    return resolve_annotation(fn, params[1].name)
+
+
+def resolve_annotation(fn: Callable[..., Any], name: str) -> Any:
+    """The annotation of parameter ``name`` (or ``"return"``) of a handler, resolved: through
+    ``typing.get_type_hints`` when it can, else the one annotation evaluated in the function's
+    module and closure. None when there is no annotation; ConfigurationError when a string
+    annotation names nothing reachable. Reads the function behind a ``functools.partial`` or a
+    callable object."""
     target = _annotated(fn)
     raw = getattr(target, "__annotations__", {}).get(name)
     if raw is None:
@@ -96,8 +104,9 @@ def _input_type(fn: Callable[..., Any]) -> Any:
     try:
         return eval(raw, scope)  # noqa: S307 - the user's own annotation, as typing evaluates it
     except Exception as exc:  # noqa: BLE001
+        what = "the return value" if name == "return" else f"parameter {name!r}"
         raise ConfigurationError(
-            f"cannot resolve the type annotation {raw!r} of parameter {name!r} of {getattr(fn, '__qualname__', fn)!r} "
+            f"cannot resolve the type annotation {raw!r} of {what} of {getattr(fn, '__qualname__', fn)!r} "
             f"({type(exc).__name__}: {exc}); define the type at module level, or register the handler untyped"
         ) from exc
 

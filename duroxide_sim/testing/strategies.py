@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ..core import codec
+from ..core.registry import resolve_annotation
 from ..errors import SerializationError
 from ..sim.checkers import run_and_check
 from ..sim.faults import FAULT_KINDS, FaultPlan
@@ -203,33 +204,11 @@ def types_of(registry_or_setup: Any) -> list[type]:
             continue
         params = list(inspect.signature(h.fn).parameters.values())
         wanted = ([params[1].name] if len(params) >= 2 else []) + ["return"]
-        try:
-            hints = typing.get_type_hints(h.fn)
-        except Exception:  # noqa: BLE001 - resolve the two annotations that matter one by one
-            hints = {n: _resolve_annotation(h, n) for n in wanted if n in getattr(h.fn, "__annotations__", {})}
-        annotations = [hints.get(n) for n in wanted]
+        annotations = [resolve_annotation(h.fn, n) for n in wanted]
         for tp in annotations:
             for cls in _record_types(tp):
                 found.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
     return list(found.values())
-
-
-def _resolve_annotation(handler: Any, name: str) -> Any:
-    """One annotation of a handler, evaluated in its module and closure; a string that names
-    nothing reachable is an error (silently skipping it would pass a type never checked)."""
-    fn = handler.fn
-    value = fn.__annotations__[name]
-    if not isinstance(value, str):
-        return value
-    scope = dict(getattr(fn, "__globals__", {}))
-    scope.update(inspect.getclosurevars(fn).nonlocals)
-    try:
-        return eval(value, scope)  # noqa: S307 - an annotation the user wrote, as typing does
-    except Exception as exc:  # noqa: BLE001
-        raise TypeError(
-            f"cannot resolve the annotation {value!r} of {name if name != 'return' else 'the return value'} of "
-            f"handler {handler.name!r} ({type(exc).__name__}: {exc}); define the type at module level (or make it "
-            "reachable from the handler) so its round trip can be checked") from exc
 
 
 def check_type_round_trips(registry_or_setup: Any, *, max_examples: int = 50) -> list[type]:
