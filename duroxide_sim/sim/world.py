@@ -47,6 +47,7 @@ class ExternalWorld:
         self.ledger: list[Effect] = []
         self._actor: tuple[str | None, str | None] = (None, None)
         self.executions: dict[str, int] = {}  # activity name -> times executed
+        self._canonical: Any = None  # the checkers' canonical form of ``state`` (sim/checkers.py)
 
     # --- set by the harness around each activity execution ---------------------------------
     def _enter(self, activity: str, instance: str) -> None:
