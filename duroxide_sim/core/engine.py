@@ -252,7 +252,11 @@ class _Engine:
         self.last_event_id = 0
         self.history_len = 0
         self.can: ContinueAsNewTask | None = None
-        self.kv: dict[str, tuple[str, int]] = dict(inp.kv_snapshot)
+        # The store an execution starts with, in key order: providers hand it over in their own
+        # order (SQLite sorted, memory by first write, the checkers rebuilt from history), and
+        # get_kv_all_keys() must not depend on which one stored it.
+        snapshot = inp.kv_snapshot
+        self.kv: dict[str, tuple[str, int]] = dict(sorted(snapshot.items())) if len(snapshot) > 1 else dict(snapshot)
         self.custom_status: str | None = started.initial_custom_status
         self.is_replaying = False
         self.logs: list[tuple[int, str]] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -124,24 +125,75 @@ class Handler:
     takes_input: bool = True
 
 
-#: Introspection results by (code object, annotations): a simulation re-registers the same
-#: functions on every simulated process restart, and ``inspect``/``get_type_hints`` dominate that.
+#: Introspection results by what they depend on (see :func:`_shape_key`): a simulation
+#: re-registers the same functions on every simulated process restart, and
+#: ``inspect``/``get_type_hints`` dominate that.
 _SHAPES: dict[Any, tuple[str, int, Any]] = {}
 _SHAPES_MAX = 4096
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class _Ident:
+    """Hashes and compares by identity, and keeps the object alive (so its id stays unique)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Ident) and other.obj is self.obj
+
+
+def _shape_key(fn: Callable[..., Any], *, typed: bool, activity: bool) -> Any:
+    """What a handler's shape depends on, or None (not cached). For each function of the
+    ``__wrapped__`` chain (``inspect.signature`` follows it, so every handler wrapped by one
+    ``functools.wraps`` decorator shares the wrapper's code but not its signature): the code
+    object and module globals by identity (code objects compare equal across files when their
+    bodies match), the annotations, and for typed handlers the closure variables that string
+    annotations name (a class local to ``setup`` is a new class on every call, and each
+    registration must resolve to its own). A function with its own ``__signature__`` is not
+    cached."""
+    parts: list[Any] = []
+    f: Any = fn
+    while True:
+        code = getattr(f, "__code__", None)
+        if code is None or "__signature__" in getattr(f, "__dict__", ()) or len(parts) > 32:
+            return None
+        annotations = getattr(f, "__annotations__", None) or {}
+        cells: tuple[Any, ...] = ()
+        closure = getattr(f, "__closure__", None)
+        if typed and closure:
+            names = frozenset(  # membership only
+                word for raw in annotations.values() if isinstance(raw, str) for word in _IDENTIFIER.findall(raw)
+            )
+            if names:
+                cells = tuple(
+                    (name, _Ident(_cell_value(cell)))
+                    for name, cell in zip(code.co_freevars, closure, strict=False)
+                    if name in names
+                )
+        parts.append((_Ident(code), id(getattr(f, "__globals__", None)), tuple(annotations.items()), cells))
+        f = getattr(f, "__wrapped__", None)
+        if f is None:
+            return (typed, activity, tuple(parts))
+
+
+def _cell_value(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell (a variable assigned later in the enclosing function)
+        return None
 
 
 def _shape(fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str, int, Any]:
-    """(style, parameter count, input type) of a handler function, cached by its code."""
-    key = None
-    code = getattr(fn, "__code__", None)
-    if code is not None:
+    """(style, parameter count, input type) of a handler function, cached (:func:`_shape_key`)."""
+    key = _shape_key(fn, typed=typed, activity=activity)
+    if key is not None:
         try:
-            # The code object's identity, not its value: code objects compare equal across
-            # files (and closures) when their bodies match, so value keys could lend one
-            # handler's input type to another. The key keeps the object alive, so the id stays
-            # unique while cached.
-            key = (id(code), code, id(getattr(fn, "__globals__", None)), typed, activity,
-                   tuple(getattr(fn, "__annotations__", {}).items()))
             hit = _SHAPES.get(key)
         except TypeError:  # an unhashable annotation: just do not cache
             key = hit = None

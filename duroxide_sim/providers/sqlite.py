@@ -51,6 +51,7 @@ from ..core.events import (
     KeyValueCleared, KeyValuesCleared, KeyValueSet, QueueMessage, StartOrchestration, TimerFiredMsg, WorkItem,
     dumps, loads,
 )
+from ..core.logsink import emit
 from ..errors import ProviderError, SerializationError
 from ._shared import HistoryView
 from ._shared import imported_executions as _imported_executions
@@ -1057,7 +1058,7 @@ class SqliteProvider(SqliteAdminMixin):
         try:
             return fetch()
         except ProviderError as exc:  # the ack is committed; the next plain fetch reports it
-            _log.debug("fetch after ack failed: %s", exc)
+            emit(_log, logging.DEBUG, "fetch after ack failed: %s", exc)
             return None
 
     @staticmethod
@@ -1070,7 +1071,7 @@ class SqliteProvider(SqliteAdminMixin):
         try:
             return fetch()
         except Exception as exc:  # noqa: BLE001 - the plain fetch will report it
-            _log.debug("fetch after ack failed (the ack runs again alone): %s", exc)
+            emit(_log, logging.DEBUG, "fetch after ack failed (the ack runs again alone): %s", exc)
             fetch_on[0] = False
             raise _RerunWithoutFetch() from exc
 

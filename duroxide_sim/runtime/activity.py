@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..core.logsink import emit
+
 __all__ = ["ActivityContext", "ACTIVITY_LOGGER"]
 
 ACTIVITY_LOGGER = "duroxide_sim.activity"
@@ -82,7 +84,8 @@ class ActivityContext:
         return self._client_factory()
 
     def _emit(self, level: int, message: str) -> None:
-        _log.log(
+        emit(
+            _log,
             level,
             "%s",
             message,

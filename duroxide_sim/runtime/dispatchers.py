@@ -51,6 +51,7 @@ from ..providers.base import (
     WorkItemLease,
 )
 from .activity import ActivityContext
+from ..core.logsink import emit
 from .options import RuntimeOptions
 
 __all__ = [
@@ -245,7 +246,7 @@ class OrchestrationDispatcher:
                 _verify_warm_turn(inp, s.registry, result)
             if result.kind == "unregistered":
                 delay = opts.unregistered_backoff_ms(item.attempt_count)
-                _log.warning("%s (instance %r); retrying in %d ms", result.message, item.instance, delay)
+                emit(_log, logging.WARNING, "%s (instance %r); retrying in %d ms", result.message, item.instance, delay)
                 provider.abandon_orchestration_item(item.lock_token, delay, False)
                 return None
             return self._commit(item, result, carry)
@@ -302,8 +303,8 @@ class OrchestrationDispatcher:
                     retries += 1
                     continue
                 if exc.retryable:
-                    _log.warning("ack of instance %r failed %d times (%s); abandoning the turn", item.instance,
-                                 retries + 1, exc)
+                    emit(_log, logging.WARNING, "ack of instance %r failed %d times (%s); abandoning the turn",
+                         item.instance, retries + 1, exc)
                     self._abandon_quietly(item.lock_token, 50)
                     return None
                 return self._commit_infrastructure_failure(item, exc)
@@ -365,7 +366,7 @@ class OrchestrationDispatcher:
         elif result.kind == "continued_as_new":
             m.inc("orch_continue_as_new")
         for level, message in result.logs:
-            _orch_log.log(level, "%s", message, extra={"instance_id": result.delta[0].instance_id if result.delta else ""})
+            emit(_orch_log, level, "%s", message, extra={"instance_id": result.delta[0].instance_id if result.delta else ""})
 
 
 def _verify_warm_turn(inp: TurnInput, registry: Registry, warm: TurnResult) -> None:
@@ -545,7 +546,7 @@ class WorkerDispatcher:
         handler = s.registry.activity(item.name)
         if handler is None:
             delay = opts.unregistered_backoff_ms(lease.attempt_count)
-            _log.warning("activity %r is not registered (instance %r); retrying in %d ms", item.name, item.instance, delay)
+            emit(_log, logging.WARNING, "activity %r is not registered (instance %r); retrying in %d ms", item.name, item.instance, delay)
             return ActivityOutcome("abandon", delay_ms=delay)
         ctx = ctx or self.make_context(lease)
         token = lease.lock_token

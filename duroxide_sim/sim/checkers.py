@@ -321,10 +321,19 @@ def _canonical_value(value: Any) -> Any:
     if isinstance(value, float):
         return float(f"{value:.12g}")
     if isinstance(value, list):
-        return sorted((_canonical_value(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True, default=repr))
+        return sorted((_canonical_value(v) for v in value), key=_sort_key)
     if isinstance(value, dict):
         return {k: _canonical_value(v) for k, v in value.items()}
     return value
+
+
+def _sort_key(value: Any) -> str:
+    """A total order for list items of any JSON-like shape (dicts with keys of mixed types,
+    which ``sort_keys`` cannot order, fall back to their repr)."""
+    try:
+        return json.dumps(value, sort_keys=True, default=repr)
+    except TypeError:
+        return repr(value)
 
 
 #: Fault-free twins by (spec, provider, max_steps, realized client operations), most

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 
 from ..core.events import HistoryEvent
+from ..core.logsink import captured
 from ..errors import DuroxideError, NondeterminismError, ProviderError
 from ..providers.faulty import FaultyProvider
 from ..providers.memory import InMemoryProvider
@@ -252,16 +253,6 @@ def _digest(events: Sequence[HistoryEvent]) -> str:
     records, whose repr lists every field in declaration order, is the same in every process,
     and survives a storage round trip unchanged; it costs a fifth of canonical JSON."""
     return hashlib.sha256("\x1e".join(map(repr, events)).encode("utf-8")).hexdigest()[:16]
-
-
-class _TraceLogHandler(logging.Handler):
-    def __init__(self, run: "_Run") -> None:
-        super().__init__(logging.DEBUG)
-        self.run = run
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.run._log("log", level=record.levelname, logger=record.name, message=record.getMessage(),
-                      instance=getattr(record, "instance_id", None))
 
 
 class _Node:
@@ -600,21 +591,16 @@ class _Run:
         return 0
 
     def execute(self) -> SimResult:
-        """Run with the package's log records captured into the trace (not printed): replay-safe
-        ``trace_*`` messages then show up, in order, where they happened."""
-        logger = logging.getLogger("duroxide_sim")
-        handler = _TraceLogHandler(self)
-        previous = (logger.propagate, logger.level)
-        logger.addHandler(handler)
-        logger.propagate = False
-        logger.setLevel(logging.DEBUG)
-        try:
-            with quiet_gc():
-                return self._execute()
-        finally:
-            logger.removeHandler(handler)
-            logger.propagate, level = previous
-            logger.setLevel(level)
+        """Run with the runtime's log records captured into the trace (not printed): replay-safe
+        ``trace_*`` messages then show up, in order, where they happened. They reach the trace
+        through :mod:`..core.logsink`, not through ``logging``, so the process's logging
+        configuration (levels, ``logging.disable``, a ``dictConfig``) cannot change the trace."""
+        with captured(self._log_record), quiet_gc():
+            return self._execute()
+
+    def _log_record(self, level: int, logger: str, message: str, extra: Any) -> None:
+        self._log("log", level=logging.getLevelName(level), logger=logger, message=message,
+                  instance=extra.get("instance_id") if extra else None)
 
     def _execute(self) -> SimResult:
         horizon = DEFAULT_EPOCH_MS + self.spec.horizon_ms

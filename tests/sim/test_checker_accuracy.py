@@ -283,7 +283,9 @@ WORLD_READ_IN_ORCHESTRATION = SimSpec(
 def test_planted_bugs_not_in_the_existing_tests_are_caught() -> None:
     seed, failure = _first(DEDUP_IN_MEMORY, FaultPlan.all(0.05), 10, "idempotency")
     assert "Probe::activity::send" in failure.message and "outbox" in failure.message
-    seed, failure = _first(OBJECT_SET_ORDER, FaultPlan.none(), 3, "determinism")
+    # Memory addresses decide the set's order, so a replay that allocates its tasks at addresses
+    # that happen to keep the order diverges nowhere: give it enough seeds to be certain.
+    seed, failure = _first(OBJECT_SET_ORDER, FaultPlan.none(), 20, "determinism")
     assert "schedule mismatch" in failure.message
     seed, failure = _first(WORLD_READ_IN_ORCHESTRATION, FaultPlan.none(), 3, "determinism")
     assert "Probe::activity::price" in failure.message

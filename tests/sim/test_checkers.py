@@ -207,3 +207,16 @@ def test_canonical_state_rewrites_only_values_that_need_it_and_follows_changes()
     scalars = ExternalWorld()
     scalars.put("a", 1)
     assert _canonical_state(types.SimpleNamespace(world=scalars)) == {"a": 1}
+
+
+def test_canonical_state_orders_list_items_whose_dicts_mix_key_types() -> None:
+    """A list of dicts with int and str keys (``sort_keys`` cannot order them) is still compared
+    as a multiset instead of crashing the checker."""
+    from duroxide_sim.sim.checkers import _canonical_state
+    from duroxide_sim.sim.world import ExternalWorld
+
+    a, b = ExternalWorld(), ExternalWorld()
+    for world, items in ((a, [{1: "x", "k": 2}, {"k": 1}]), (b, [{"k": 1}, {1: "x", "k": 2}])):
+        for item in items:
+            world.append("events", item)
+    assert _canonical_state(types.SimpleNamespace(world=a)) == _canonical_state(types.SimpleNamespace(world=b))
