@@ -18,7 +18,9 @@ LAYERS = ["errors", "core", "providers", "runtime", "sim", "testing", "cli"]
 NONDETERMINISTIC = {"time", "datetime", "random", "uuid", "threading", "asyncio", "socket", "subprocess", "secrets"}
 # Deliberate exceptions: the sandbox references these modules to *detect* their use, and the
 # harness creates the run's seeded random.Random instances (never the module-level functions).
-EXEMPT = {"sim/sandbox.py": NONDETERMINISTIC, "sim/harness.py": {"random"}}
+EXEMPT = {"sim/sandbox.py": NONDETERMINISTIC, "sim/harness.py": {"random"},
+          # async activities on a virtual-time asyncio loop (its clock is the simulation's)
+          "sim/vloop.py": {"asyncio"}}
 
 
 def _modules() -> list[pathlib.Path]:

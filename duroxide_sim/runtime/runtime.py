@@ -38,6 +38,7 @@ class Runtime:
         verify_cache: bool = False,
         runtime_id: str | None = None,
         sleep: Callable[[int], None] | None = None,
+        run_coroutine: Callable[..., Any] | None = None,
     ) -> None:
         from . import realtime
 
@@ -58,7 +59,9 @@ class Runtime:
             options=self.options,
             clock=self.clock,
             ids=ids or realtime.UuidIds(),
-            run_coroutine=realtime.run_coroutine,
+            # How async activities run: a fresh real event loop each (the simulation passes one
+            # on virtual time, sim/vloop.py).
+            run_coroutine=run_coroutine or realtime.run_coroutine,
             client_factory=lambda: Client(provider, clock=self.clock),
             worker_id=self.runtime_id,
             verify_cache=verify_cache,

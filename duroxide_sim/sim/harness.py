@@ -255,6 +255,19 @@ def _digest(events: Sequence[HistoryEvent]) -> str:
     return hashlib.sha256("\x1e".join(map(repr, events)).encode("utf-8")).hexdigest()[:16]
 
 
+def _virtual_run_coroutine(now_ms: Callable[[], int]) -> Callable[..., Any]:
+    """Async activities on virtual time (:mod:`.vloop`, imported with asyncio on first use)."""
+
+    def run(coro: Any, on_start: Any = None) -> Any:
+        from .vloop import run_virtual
+
+        # Seconds since the simulation's epoch: small numbers keep float time exact enough
+        # for asyncio's due-time comparisons (at ~1.7e9 s one ulp exceeds its resolution).
+        return run_virtual(coro, on_start, now_ms() - DEFAULT_EPOCH_MS)
+
+    return run
+
+
 class _Node:
     """One simulated runtime process."""
 
@@ -386,6 +399,7 @@ class _Run:
         self.fault_rng = random.Random(f"faults:{self.seed}")
         self.inputs_rng = random.Random(f"inputs:{self.seed}")
         self.clock = SimClock(DEFAULT_EPOCH_MS)
+        self.run_coroutine = _virtual_run_coroutine(self.clock.now_ms)  # async activities: sim/vloop.py
         self.world = ExternalWorld()
         self.trace = Trace()
         self.step = 0
@@ -501,7 +515,8 @@ class _Run:
     def _boot(self, index: int, incarnation: int = 0) -> _Node:
         namespace = (0xFFFFFF << 8 if self.is_twin else self.seed << 8) + index * 16 + incarnation
         rt = Runtime(self.provider, self.options, clock=self.clock, ids=SequentialIds(namespace),
-                     verify_cache=self.sim.verify_cache, runtime_id=f"sim-n{index}-{incarnation}")
+                     verify_cache=self.sim.verify_cache, runtime_id=f"sim-n{index}-{incarnation}",
+                     run_coroutine=self.run_coroutine)
         self.spec.setup(rt, self.world)
         if self.registry is None:
             self.registry = rt.registry
