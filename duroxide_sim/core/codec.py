@@ -185,7 +185,27 @@ def _default(value: Any) -> Any:
     return unstructured
 
 
+def check_text(text: str, what: str) -> str:
+    """``text`` if every store can hold it: SerializationError for a lone surrogate (what
+    ``os.fsdecode`` or ``errors="surrogateescape"`` make of undecodable bytes), which no store
+    can encode as UTF-8 - refused where it is set, with what and where, instead of failing the
+    commit that would store it."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SerializationError(
+                f"{what} is not valid Unicode text: it holds a lone surrogate ({text[exc.start]!r} at index "
+                f"{exc.start}), which cannot be stored; decode bytes strictly, or escape them first "
+                "(e.g. text.encode('utf-8', 'backslashreplace').decode())",
+                what=what,
+            ) from None
+    return text
+
+
 def check_size(text: str, what: str) -> str:
+    if not text.isascii():
+        check_text(text, what)
     size = len(text.encode("utf-8")) if len(text) * 4 > MAX_PAYLOAD_BYTES else len(text)
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLargeError(

@@ -632,7 +632,7 @@ class OrchestrationContext:
     # --- custom status ----------------------------------------------------------------------
 
     def set_custom_status(self, status: Any) -> None:
-        text = status if isinstance(status, str) else codec.encode(status, "custom status")
+        text = codec.check_text(status, "custom status") if isinstance(status, str) else codec.encode(status, "custom status")
         self._engine.custom_status = text
         self._engine.emit_plain(UpdateCustomStatus(status=text), _caller_site())
 
@@ -647,7 +647,8 @@ class OrchestrationContext:
 
     def set_kv_value(self, key: str, value: Any) -> None:
         _name(key, "KV key")
-        text = value if isinstance(value, str) else codec.encode(value, f"KV value for {key!r}")
+        what = f"KV value for {key!r}"
+        text = codec.check_text(value, what) if isinstance(value, str) else codec.encode(value, what)
         ts = self._engine.ctx_now()
         self._engine.kv[key] = (text, ts)
         self._engine.emit_plain(SetKeyValue(key=key, value=text, ts=ts), _caller_site())

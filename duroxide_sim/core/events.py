@@ -113,6 +113,19 @@ def _record(tag: str | None = None):
 # ---------------------------------------------------------------------------------------------
 
 
+def _storable(text: Any) -> Any:
+    """Error text as every store can hold it: a lone surrogate (undecodable bytes decoded with
+    ``surrogateescape``, e.g. a file name in an exception message) becomes its backslash escape.
+    Error texts are for people; everything else in them is kept as it is."""
+    if type(text) is not str or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @attrs.frozen(kw_only=True)
 class ErrorDetails:
     """Base of the four error categories. ``display_message()`` is the text users see."""
@@ -136,8 +149,8 @@ class ApplicationError(ErrorDetails):
 
     category: ClassVar[str] = "application"
     kind: str  # "ActivityFailed" | "OrchestrationFailed" | "Panicked" | "Cancelled"
-    message: str = ""
-    reason: str | None = None  # only for kind == "Cancelled"
+    message: str = attrs.field(default="", converter=_storable)
+    reason: str | None = attrs.field(default=None, converter=_storable)  # only for kind == "Cancelled"
 
     def display_message(self) -> str:
         if self.kind == "Cancelled":
@@ -155,7 +168,7 @@ class ConfigurationErrorDetails(ErrorDetails):
     category: ClassVar[str] = "configuration"
     kind: str = "Nondeterminism"
     resource: str = ""
-    message: str | None = None
+    message: str | None = attrs.field(default=None, converter=_storable)
 
     def display_message(self) -> str:
         return f"nondeterministic: {self.message or ''}"
@@ -166,7 +179,7 @@ class ConfigurationErrorDetails(ErrorDetails):
 class InfrastructureError(ErrorDetails):
     category: ClassVar[str] = "infrastructure"
     operation: str
-    message: str
+    message: str = attrs.field(converter=_storable)
     is_retryable: bool = False
 
     @property
@@ -194,8 +207,8 @@ class PoisonError(ErrorDetails):
     execution_id: int
     activity_name: str | None = None
     activity_id: int | None = None
-    error: str | None = None
-    message: str = ""
+    error: str | None = attrs.field(default=None, converter=_storable)
+    message: str = attrs.field(default="", converter=_storable)
 
     def display_message(self) -> str:
         n, m = self.attempt_count, self.max_attempts

@@ -16,7 +16,7 @@ import attrs
 from ..errors import ConfigurationError
 from ..providers.base import TagFilter
 
-__all__ = ["RuntimeOptions", "renewal_period_ms"]
+__all__ = ["RuntimeOptions", "renewal_period_ms", "RENEWAL_MARGIN_MS"]
 
 
 def _non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -88,14 +88,24 @@ class RuntimeOptions:
         return min(self.unregistered_backoff_base_ms * 2 ** min(max(attempt - 1, 0), 6), self.unregistered_backoff_max_ms)
 
 
+#: A renewal is due at least this long before the lock expires: the renewer looks every
+#: 100 ms (``realtime.ThreadRenewer``), so a period that ends closer to the expiry than two of
+#: its ticks plus some scheduling slack may renew a lock that has already lapsed.
+RENEWAL_MARGIN_MS = 250
+
+
 def renewal_period_ms(timeout_ms: int, buffer_ms: int) -> int:
     """SPEC §1: ``timeout - buffer`` (>= 1 s) when the timeout is >= 15 s, else ``ceil(timeout/2)``
-    rounded up to whole seconds (>= 1 s). Where that whole-second period would not come before
-    the lock expires (a timeout of 1 s or less: the lock would lapse before every renewal and
-    each long step would be redelivered elsewhere), half the timeout instead."""
+    rounded up to whole seconds (>= 1 s). Where that period would end within
+    ``RENEWAL_MARGIN_MS`` of the expiry (a 2,001 ms lock: 2,000 ms; a 1 s lock: 1 s; a 20 s lock
+    with a 50 ms buffer), it ends ``RENEWAL_MARGIN_MS`` before it instead (at least half the
+    timeout): otherwise the lock can lapse before its renewal, and each long step is cancelled
+    and redelivered."""
     if timeout_ms >= 15_000:
         period = max(timeout_ms - buffer_ms, 1_000)
     else:
         half_s = -(-timeout_ms // 2000)  # ceil(timeout/2) in seconds
         period = max(half_s * 1000, 1_000)
-    return period if period < timeout_ms else max(timeout_ms // 2, 1)
+    if period > timeout_ms - RENEWAL_MARGIN_MS:
+        period = max(timeout_ms - RENEWAL_MARGIN_MS, timeout_ms // 2, 1)
+    return period

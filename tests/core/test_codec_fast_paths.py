@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import attrs
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,3 +88,28 @@ def test_values_json_cannot_hold_are_refused_with_their_reason():
     with pytest.raises(SerializationError, match="circular reference") as info:
         codec.encode(circular, "input of activity 'a'")
     assert "input of activity 'a'" in str(info.value)
+
+
+def test_lone_surrogates_are_refused_where_text_is_set_and_escaped_in_error_texts() -> None:
+    """Undecodable bytes decoded with surrogateescape (``os.fsdecode``) give lone surrogates no
+    store can encode as UTF-8: SQLite failed the commit and the instance was retried until
+    poison. Payload and status/KV text is refused where it is set (naming it); error texts,
+    which are for people, keep everything else and escape the surrogate."""
+    import os
+
+    from duroxide_sim.core import codec
+    from duroxide_sim.core.events import ApplicationError, InfrastructureError
+    from duroxide_sim.errors import SerializationError
+
+    bad = os.fsdecode(b"report-\xff.csv")
+    with pytest.raises(SerializationError, match=r"custom status is not valid Unicode text: .*index 7"):
+        codec.check_text(bad, "custom status")
+    with pytest.raises(SerializationError, match="output is not valid Unicode"):
+        codec.encode_typed(bad, "output")
+    assert codec.check_text("zoë ☃", "x") == "zoë ☃"
+    assert codec.decode(codec.encode(bad)) == bad  # plain JSON escapes it: exact round trip
+    err = ApplicationError(kind="OrchestrationFailed", message=f"no such file: {bad}")
+    assert err.message == "no such file: report-\\udcff.csv"
+    assert err.message.encode("utf-8")
+    assert InfrastructureError(operation="x", message=bad).message == "report-\\udcff.csv"
+    assert ApplicationError(kind="ActivityFailed", message="zoë").message == "zoë"

@@ -786,3 +786,23 @@ def test_shutdown_called_from_inside_an_activity_stops_the_runtime_cleanly(rig):
     assert problems == []
     assert _wait_until(lambda: not [n for n in _runtime_threads(before) if n.startswith("duroxide-")], 2.0), \
         _runtime_threads(before)
+
+
+@pytest.mark.parametrize(("timeout_ms", "buffer_ms"), [(2_001, 500), (1_050, 500), (1_000, 500), (20_000, 50), (15_000, 0)])
+def test_renewal_comes_at_least_two_renewer_ticks_before_the_lock_expires(timeout_ms: int, buffer_ms: int) -> None:
+    """SPEC §1's period ends 1-99 ms before the expiry for these timeouts, and the renewer looks
+    only every 100 ms, so the lock lapsed before its renewal (a 2,001 ms worker lock cancelled
+    and re-ran a long activity until poison). Periods now end RENEWAL_MARGIN_MS before it."""
+    from duroxide_sim.runtime.options import RENEWAL_MARGIN_MS, renewal_period_ms
+
+    period = renewal_period_ms(timeout_ms, buffer_ms)
+    assert timeout_ms // 2 <= period <= timeout_ms - RENEWAL_MARGIN_MS
+    assert RENEWAL_MARGIN_MS >= 200  # two ticks of the 100 ms renewer
+
+
+def test_spec_renewal_periods_are_kept_where_they_leave_room() -> None:
+    from duroxide_sim.runtime.options import renewal_period_ms
+
+    assert renewal_period_ms(5_000, 2_000) == 3_000  # SPEC §1 defaults: 3 s / 25 s
+    assert renewal_period_ms(30_000, 5_000) == 25_000
+    assert renewal_period_ms(10_000, 0) == 5_000
