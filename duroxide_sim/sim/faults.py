@@ -40,12 +40,38 @@ FAULT_KINDS = (
 )
 
 
+def _unknown_kind(kind: Any, what: str = "fault kind") -> ValueError:
+    return ValueError(f"unknown {what} {kind!r}; known: {', '.join(FAULT_KINDS)}")
+
+
 def _check_rates(_inst: Any, _attr: Any, value: dict[str, float]) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"rates must be an object of fault kind -> probability, got {value!r}")
     for kind, p in value.items():
         if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"fault rate for {kind!r} must be within [0, 1], got {p}")
+            raise _unknown_kind(kind)
+        if type(p) not in (int, float) or not 0.0 <= p <= 1.0:  # (bool is not a rate)
+            raise ValueError(f"fault rate for {kind!r} must be a number within [0, 1], got {p!r}")
+
+
+def _script_entry(entry: Any) -> tuple[int, str]:
+    """One ``(opportunity, kind)`` entry, checked exactly: no truncated 1.5, no True for 1."""
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise ValueError(f"script entries are [opportunity, kind] pairs, got {entry!r}")
+    step, kind = entry
+    if type(step) is not int:
+        raise ValueError(f"script opportunity numbers are whole numbers starting at 1, got {step!r} in {list(entry)!r}")
+    if kind not in FAULT_KINDS:
+        raise _unknown_kind(kind, "scripted fault kind")
+    if step < 1:
+        raise ValueError(f"scripted fault opportunity numbers start at 1, got {step}")
+    return step, kind
+
+
+def _script(value: Any) -> tuple[tuple[int, str], ...]:
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"script must be a list of [opportunity, kind] pairs, got {value!r}")
+    return tuple(sorted(_script_entry(e) for e in value))
 
 
 def _check_non_negative(_inst: Any, attribute: Any, value: Any) -> None:
@@ -70,11 +96,8 @@ class FaultPlan:
     script: tuple[tuple[int, str], ...] = ()
 
     def __attrs_post_init__(self) -> None:
-        for step, kind in self.script:
-            if kind not in FAULT_KINDS:
-                raise ValueError(f"unknown scripted fault kind {kind!r}")
-            if step < 1:
-                raise ValueError(f"scripted fault opportunity numbers start at 1, got {step}")
+        for entry in self.script:
+            _script_entry(entry)
 
     @classmethod
     def none(cls) -> "FaultPlan":
@@ -100,7 +123,7 @@ class FaultPlan:
 
     @classmethod
     def scripted(cls, script: list[tuple[int, str]] | tuple[tuple[int, str], ...], until_ms: int = 10 * 60_000) -> "FaultPlan":
-        return cls({}, until_ms, 1_000, tuple(sorted((int(s), str(k)) for s, k in script)))
+        return cls({}, until_ms, 1_000, _script(script))
 
     def enabled(self) -> list[str]:
         scripted = {k for _, k in self.script}
@@ -130,12 +153,10 @@ class FaultPlan:
             unknown = sorted(set(data) - set(_JSON_KEYS))
             if unknown:  # a misspelt key would silently give a plan that injects nothing
                 raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(_JSON_KEYS)}")
-            return cls(
-                dict(data.get("rates", {})),
-                int(data.get("until_ms", 600_000)),
-                int(data.get("max_faults", 1000)),
-                tuple((int(s), str(k)) for s, k in data.get("script", ())),
-            )
+            rates = data.get("rates", {})
+            if not isinstance(rates, dict):
+                raise ValueError(f"rates must be an object of fault kind -> probability, got {rates!r}")
+            return cls(dict(rates), data.get("until_ms", 600_000), data.get("max_faults", 1000), _script(data.get("script", ())))
         except (ValueError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a fault plan: {exc}") from exc
 
