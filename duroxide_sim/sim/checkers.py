@@ -208,13 +208,33 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
         # yardstick for this run. Its outcomes and world are compared only when no instance was
         # poisoned; the spec's own invariants (below) still judge every run.
         if not result.budget_exhausted:
+            unfaulted: list[SimResult] = []
+
+            def without_faults() -> SimResult:
+                # The same seed with no fault injected: what its schedule alone does. A difference
+                # from the twin that this run shows too comes from scheduling (an outcome that
+                # depends on which completion lands first), not from a fault the workflow failed
+                # to tolerate; reporting it would blame whatever harmless fault the run had, and
+                # shrinking would end at that fault. Run only when a difference is found.
+                if not unfaulted:
+                    plain = Simulation(sim.spec, sim.seed, FaultPlan.none(), provider=sim.provider_kind,
+                                       nodes=sim.n_nodes, max_steps=sim.max_steps, check_invariants=False,
+                                       verify_cache=False)
+                    unfaulted.append(_Run(plain, plain.plan).execute())
+                return unfaulted[0]
+
             for inst, got in got_out.items():
                 want = ref_out.get(inst)
-                if want is not None and got != want:
-                    fail("outcome", f"outcome under faults {got!r} differs from fault-free {want!r}", inst,
-                         _step_of(result, inst))
-            if _canonical_state(result) != _canonical_state(reference):
-                fail("idempotency", _world_diff(result, reference))
+                if want is not None and got != want and without_faults().outputs().get(inst) != got:
+                    fail("outcome", f"outcome under faults {got!r} differs from fault-free {want!r} (the same seed "
+                         f"without faults gives {without_faults().outputs().get(inst)!r})", inst, _step_of(result, inst))
+            a, b = _canonical_state(result), _canonical_state(reference)
+            if a != b:
+                c = _canonical_state(without_faults())
+                keys = [k for k in dict.fromkeys(list(b) + list(a))
+                        if a.get(k, _ABSENT) != b.get(k, _ABSENT) and a.get(k, _ABSENT) != c.get(k, _ABSENT)]
+                if keys:
+                    fail("idempotency", _world_diff(result, reference, keys))
     # 6. user invariants
     for inv in sim.spec.invariants:
         try:
@@ -252,9 +272,16 @@ def _still_running(result: SimResult, instance: str) -> bool:
     return not any(isinstance(e, _TERMINAL) for e in executions[max(executions)])
 
 
-def _world_diff(result: SimResult, reference: SimResult) -> str:
+#: A key missing from a world (distinct from a key holding None).
+_ABSENT = object()
+
+
+def _world_diff(result: SimResult, reference: SimResult, keys: list[str] | None = None) -> str:
+    """What differs (``keys``: the keys to report, default every differing key), and which
+    activity wrote it."""
     a, b = _canonical_state(result), _canonical_state(reference)
-    keys = [k for k in dict.fromkeys(list(b) + list(a)) if a.get(k) != b.get(k)]
+    if keys is None:
+        keys = [k for k in dict.fromkeys(list(b) + list(a)) if a.get(k) != b.get(k)]
 
     def writers_of(key: str) -> list[str]:
         # Activities only (setup may have seeded the key), the one that ran more often than in
