@@ -54,6 +54,7 @@ from .seeds import (
     _plan,
     _printable,
     _run_targets,
+    shrink_rows,
     _run_targets_jobs,
     _SimOptions,
     _TargetRef,
@@ -186,6 +187,7 @@ def _run_and_report(runnable: list[tuple[int, str, Any]], args: argparse.Namespa
                                     budget_s=args.budget_s)
             else:
                 rows = _run_targets(targets, seeds, args)
+            _shrink(rows, targets, args, args)
     except KeyboardInterrupt:
         print("duroxide-sim: interrupted", file=sys.stderr)
         return 130
@@ -236,7 +238,22 @@ def _cmd_run_jobs(runnable: list[tuple[int, str, Any]], args: argparse.Namespace
         return _exit_now_if_stuck(130)
     finally:
         _restore_sigterm(previous)
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            _shrink(rows, targets, args, options)
+    except KeyboardInterrupt:
+        print("duroxide-sim: interrupted", file=sys.stderr)
+        return 130
     return _report(rows, args)
+
+
+def _shrink(rows: list[dict[str, Any]], targets: list[tuple[str, Any]], args: argparse.Namespace, options: Any) -> None:
+    """The first failure of each failing scenario, with its seed's plan shrunk (``--no-shrink``:
+    as found)."""
+    if not args.no_shrink and any(r.get("first_failing_seed") is not None for r in rows):
+        if not args.json:
+            print("duroxide-sim: shrinking the failing seeds' fault plans ...", file=sys.stderr, flush=True)
+        shrink_rows(rows, dict(targets), options)
 
 
 def _sigterm_as_interrupt() -> Any:
@@ -472,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         run.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
         run.add_argument("--nodes", type=_positive_int, default=2)
         run.add_argument("--sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
+        run.add_argument("--no-shrink", action="store_true",
+                         help="report a failing seed with the plan it ran (default: the fewest of its faults that still fail it)")
         run.add_argument("--max-steps", type=_positive_int, default=None,
                          help="scheduler steps per seed before a run stops as not quiescent (default 200000)")
         run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")

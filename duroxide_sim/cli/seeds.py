@@ -201,7 +201,7 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
             task = progress.add_task(_escape_markup(_printable(label)), total=len(seeds))
             row: dict[str, Any] = {"scenario": label, "seeds": 0, "faults_injected": 0, "fault_kinds": set(),
                                    "properties": _properties(spec), "failures": 0, "first_failure": None,
-                                   "budget_exhausted": 0, "seconds": 0.0}
+                                   "first_failing_seed": None, "unshrunk_failure": None, "budget_exhausted": 0, "seconds": 0.0}
             t0 = clock.now_ms()
             share_end = _share_end(began, budget_s, t0, len(targets) - index)
             for seed in seeds:
@@ -219,6 +219,7 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
                     row["failures"] += 1
                     if row["first_failure"] is None:
                         row["first_failure"] = result.failures[0].render()
+                        row["first_failing_seed"] = seed
                 progress.advance(task)
                 if not live and not quiet and (row["seeds"] % max(len(seeds) // 4, 1) == 0 or result.failures and row["failures"] == 1):
                     print(f"{_printable(label)}: {row['seeds']}/{len(seeds) if len(seeds) < 10**8 else '?'} seeds, "
@@ -233,6 +234,92 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
             if stop_at_first and row["failures"]:
                 break
     return rows
+
+
+# --- shrinking the plan of a failing seed ---------------------------------------------------------
+
+#: Simulations a shrink may run for one failing scenario (each is one seed's run and check).
+SHRINK_RUNS = 60
+
+
+def shrink_failure(spec: Any, seed: int, plan: Any, sim_kwargs: dict[str, Any], *,
+                   max_runs: int = SHRINK_RUNS) -> tuple[Any, str] | None:
+    """A smaller plan that fails ``seed`` with the same checker as ``plan`` does, as
+    ``(result, note)``; None when there is nothing smaller (or it fails differently).
+
+    Tried in order, within ``max_runs`` simulations: no faults at all; each fault the run
+    injected, alone (as a scripted plan: "``kind`` at its n-th opportunity"), earliest first;
+    then all of them as a script, removing one at a time while the failure stays. The random
+    plan's other draws (restart delays, which node crashes) differ under a script, so each
+    candidate is run and checked, never assumed."""
+    from ..sim.checkers import run_and_check
+    from ..sim.faults import FaultPlan
+    from ..sim.harness import Simulation
+
+    budget = [max_runs]
+
+    def run(candidate: Any) -> Any:
+        if budget[0] <= 0:
+            return None
+        budget[0] -= 1
+        return run_and_check(Simulation(spec, seed, candidate, **sim_kwargs))
+
+    original = run(plan)
+    if original is None or not original.failures or not original.fired:
+        return None
+    checker = original.failures[0].checker
+
+    def same(result: Any) -> bool:
+        return result is not None and any(f.checker == checker for f in result.failures)
+
+    injected = len(original.fired)
+    origin = f"seed {seed}'s plan ({plan.describe()}) injected {injected} fault{'s' if injected != 1 else ''}"
+    bare = run(FaultPlan.none())
+    if same(bare):
+        return bare, f"shrunk: {origin}; it fails the same way with no faults at all"
+    fired = list(dict.fromkeys(original.fired))
+    for entry in fired:
+        alone = run(FaultPlan.scripted([entry], plan.until_ms))
+        if same(alone):
+            return alone, f"shrunk: {origin}; the one fault {entry[1]} at opportunity {entry[0]} fails it the same way"
+    if len(fired) < 2:
+        return None
+    script, best = fired, run(FaultPlan.scripted(fired, plan.until_ms))
+    if not same(best):
+        return None
+    i = 0
+    while i < len(script) and budget[0] > 0:
+        trial = script[:i] + script[i + 1:]
+        result = run(FaultPlan.scripted(trial, plan.until_ms))
+        if same(result):
+            script, best = trial, result
+        else:
+            i += 1
+    return best, (f"shrunk: {origin}; these {len(script)} of them fail it the same way"
+                  + (" (shrinking stopped at its limit of runs)" if budget[0] <= 0 else ""))
+
+
+def shrink_rows(rows: list[dict[str, Any]], specs: dict[str, Any], options: Any) -> None:
+    """Replace each failing row's first failure by the failure of a shrunk plan (see
+    :func:`shrink_failure`), when one is found; the row keeps the original under
+    ``unshrunk_failure`` (None when the failure was not shrunk)."""
+    for row in rows:
+        seed = row.get("first_failing_seed")
+        spec = specs.get(row["scenario"])
+        if seed is None or spec is None:
+            continue
+        try:
+            found = shrink_failure(spec, seed, _plan(options.faults, options.rate),
+                                   {"provider": options.provider, "nodes": options.nodes, "sandbox": options.sandbox,
+                                    **_steps(options)})
+        except Exception as exc:  # noqa: BLE001 - the unshrunk failure is still reported
+            row["unshrunk_failure"] = row["first_failure"]
+            row["first_failure"] += f"\n(could not shrink its plan: {type(exc).__name__}: {exc})"
+            continue
+        if found is not None:
+            result, note = found
+            row["unshrunk_failure"] = row["first_failure"]
+            row["first_failure"] = result.failures[0].render() + f"\n({note})"
 
 
 # --- --jobs N: the seeds of each scenario spread over worker processes ---------------------------
@@ -472,7 +559,7 @@ def _aggregate(label: str, properties: list[str], summaries: list[_SeedSummary],
     """The row ``_run_targets`` builds, from per-seed summaries (any order; duplicates rejected)."""
     row: dict[str, Any] = {"scenario": label, "seeds": 0, "faults_injected": 0, "fault_kinds": set(),
                            "properties": properties, "failures": 0, "first_failure": None,
-                           "budget_exhausted": 0, "seconds": 0.0}
+                           "first_failing_seed": None, "unshrunk_failure": None, "budget_exhausted": 0, "seconds": 0.0}
     ordered = sorted(summaries, key=lambda s: s.seed)
     for a, b in zip(ordered, ordered[1:], strict=False):
         if a.seed == b.seed:
@@ -488,6 +575,7 @@ def _aggregate(label: str, properties: list[str], summaries: list[_SeedSummary],
             row["failures"] += 1
             if row["first_failure"] is None:
                 row["first_failure"] = s.failure
+                row["first_failing_seed"] = s.seed
     row["fault_kinds"] = sorted(row["fault_kinds"])
     return row
 

@@ -20,7 +20,34 @@ from ..errors import InvalidInputError, LockLostError, ProviderError
 from .base import ExecutionMetadata
 
 __all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "ImportedExecution", "imported_execution",
-           "imported_executions"]
+           "imported_executions", "ORPHAN_PARK_SHIFT", "PARKED_BELOW", "ORPHAN_RETENTION_MS",
+           "ORPHAN_SWEEP_INTERVAL_MS"]
+
+# --- orphan messages (SPEC §3.12) -------------------------------------------------------------
+#
+# An orphan is a queued message whose instance has no row, no history and no start /
+# ContinueAsNew item in its batch: typically a late ``raise_event`` / ``cancel_instance`` for an
+# instance that was deleted (retention) or never started. Every provider handles them alike:
+#
+# * A batch of QueueMessages only, with no start item queued, is deleted (SPEC §6.2).
+# * Anything else is PARKED the first time a fetch examines it: its ``visible_at`` is shifted
+#   down by ORPHAN_PARK_SHIFT, below PARKED_BELOW. Candidate scans start at PARKED_BELOW, so
+#   no later fetch walks past it again (fetch cost does not grow with the number of orphans,
+#   and an idle poll stays one empty look). A parked row still counts as visible (its
+#   ``visible_at`` is <= now), so when the instance's start arrives the start's batch carries
+#   it, in its original order and before anything newer, exactly as if it had waited visibly.
+# * Expiry: a parked row whose original ``visible_at`` is ORPHAN_RETENTION_MS in the past is
+#   deleted if its instance still has no row, no history and no start / ContinueAsNew item
+#   queued; if the instance exists by then (history imported, say), its parked rows are shifted
+#   back and delivered normally; with a start queued they are left for its batch. Each provider
+#   runs this sweep at most every ORPHAN_SWEEP_INTERVAL_MS of its clock, from a fetch (so a
+#   message expires between RETENTION and RETENTION + INTERVAL after it became visible).
+#
+# Real ``visible_at`` values (ms timestamps, fire times) are assumed to lie in (-2**61, 2**61).
+ORPHAN_PARK_SHIFT = 1 << 62
+PARKED_BELOW = -(1 << 61)
+ORPHAN_RETENTION_MS = 300_000  # 5 minutes (as the runtime's session idle timeout)
+ORPHAN_SWEEP_INTERVAL_MS = 60_000
 
 
 def parse_semver(text: str, what: str) -> tuple[int, int, int]:

@@ -34,6 +34,7 @@ from ..core.events import (
 from ..errors import (
     CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ProviderError,
 )
+from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW
 from ._shared import imported_executions as _imported_executions
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
@@ -163,7 +164,10 @@ class _Queue:
         that stops at the first key past ``now``: the same rows as ``irange(maximum=(now, inf))``
         without its setup, which costs more than the few rows a fetch usually looks at.)"""
         rows = self.rows
-        for visible_at, seq in self.order:
+        order = self.order
+        if order and order[0][0] < PARKED_BELOW:  # parked orphans (_shared.ORPHAN_PARK_SHIFT): not walked
+            order = order.islice(order.bisect_left((PARKED_BELOW,)))
+        for visible_at, seq in order:
             if visible_at > now:
                 return
             yield rows[seq]
@@ -212,6 +216,7 @@ class InMemoryProvider:
         self._work = _Queue()
         self._work_tokens: dict[str, int] = {}  # token -> row seq
         self._sessions: dict[str, _Session] = {}
+        self._orphan_sweep_at: int | None = None  # clock time of the next orphan expiry
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -369,11 +374,15 @@ class InMemoryProvider:
             bounds = None
             if filter is not None:
                 bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+            if self._orphan_sweep_at is None or now >= self._orphan_sweep_at:
+                self._orphan_sweep_at = now + ORPHAN_SWEEP_INTERVAL_MS
+                self._expire_orphans(now)
             order = self._orch.order
             if not order or order[0][0] > now:
                 return None  # nothing visible yet (the common empty poll): skip the scan's setup
             considered: set[str] = set()  # membership only; the order comes from the queue
             orphans: list[_OrchRow] = []
+            parked: list[_OrchRow] = []
             result = None
             for row in self._orch.visible(now):
                 instance = row.group
@@ -395,19 +404,46 @@ class InMemoryProvider:
                 if meta is None:
                     # Orphan: no row, no history, no start item. QueueMessages sent before the
                     # instance exists are dropped (SPEC §6.2); anything else may be racing its
-                    # start, so it stays queued while we move on to the next candidate.
+                    # start, so it stays queued, parked (see _shared.ORPHAN_PARK_SHIFT: no later
+                    # fetch walks past it, the start's batch still carries it, and it expires
+                    # after ORPHAN_RETENTION_MS), while we move on to the next candidate.
                     # A start item that is queued but not yet visible (abandoned with a delay
                     # after a failed first ack) means the instance is about to exist: keep its
                     # messages rather than drop them (found by the simulation).
                     pending_start = any(isinstance(r.item, (StartOrchestration, ContinueAsNew)) for r in self._orch.group(instance))
                     if not pending_start and all(isinstance(r.item, QueueMessage) for r in batch):
                         orphans.extend(batch)  # removed after the scan, which must not see removals
+                    else:
+                        parked.extend(r for r in batch if r.visible_at >= PARKED_BELOW)
                     continue
                 result = self._lock_batch(instance, batch, meta, lock_timeout_ms, now)
                 break
             for r in orphans:
                 self._orch.remove(r)
+            for r in parked:
+                self._orch.move(r, r.visible_at - ORPHAN_PARK_SHIFT)
             return result
+
+    def _expire_orphans(self, now: int) -> None:
+        """Parked orphans (SPEC §3.12) at least ORPHAN_RETENTION_MS old: deleted if their
+        instance still does not exist (no row, no history, no start / ContinueAsNew queued),
+        delivered normally if it exists by now, left for the start's batch if one is queued
+        (as SqliteProvider._expire_orphans)."""
+        order = self._orch.order
+        bound = now - ORPHAN_RETENTION_MS - ORPHAN_PARK_SHIFT
+        if not order or order[0][0] > bound:
+            return
+        instances = dict.fromkeys(self._orch.rows[seq].group for _, seq in order.irange(maximum=(bound, _INF)))
+        for instance in instances:
+            group = self._orch.group(instance)
+            if instance in self._instances or self._executions.get(instance):
+                for r in group:
+                    if r.visible_at < PARKED_BELOW:
+                        self._orch.move(r, r.visible_at + ORPHAN_PARK_SHIFT)
+            elif not any(isinstance(r.item, (StartOrchestration, ContinueAsNew)) for r in group):
+                for r in group:
+                    if r.visible_at <= bound:
+                        self._orch.remove(r)
 
     def _continue_as_new_pending(self, instance: str, batch: list[_OrchRow]) -> bool:
         """True when the instance's current execution continued-as-new and its ContinueAsNew item

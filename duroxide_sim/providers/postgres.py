@@ -89,6 +89,7 @@ from ..core.events import (
 )
 from ..errors import ConfigurationError, InvalidInputError, ProviderError, SerializationError
 from . import postgres_schema
+from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW
 from ._shared import imported_executions as _imported_executions
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
@@ -141,10 +142,11 @@ _UNKNOWN = object()
 # Visible rows of unlocked instances in (visible_at, id) order; the first row of each instance
 # is its oldest visible message, so first occurrences give SQLite's candidate order. ``{pin}``
 # is empty or _PIN_FILTER (capability filtering, SPEC §16 I30: incompatible instances are
-# skipped before anything is locked or read; a NULL pin is compatible).
+# skipped before anything is locked or read; a NULL pin is compatible). The range starts above
+# the parked orphans (see _shared.PARKED_BELOW), so they are never walked.
 _ORCH_CANDIDATES = """
     SELECT q.instance_id FROM orchestrator_queue q
-    WHERE q.visible_at <= %(now)s AND NOT EXISTS (
+    WHERE q.visible_at >= %(parked_below)s AND q.visible_at <= %(now)s AND NOT EXISTS (
         SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s) {pin}
     ORDER BY q.visible_at, q.id LIMIT %(limit)s OFFSET %(offset)s
 """
@@ -170,6 +172,24 @@ _CAN_PENDING = ("SELECT COALESCE((SELECT e.status = 'ContinuedAsNew' FROM instan
                 "WHERE instance_id = %(i)s AND item_kind = 'ContinueAsNew' AND lock_token IS DISTINCT FROM %(t)s)")
 _INSTANCE_INFO = ("SELECT orchestration_name, orchestration_version, current_execution_id, created_seq "
                   "FROM instances WHERE instance_id = %s")
+# Orphan expiry (SPEC §3.12; see _shared.ORPHAN_PARK_SHIFT), as SqliteProvider: parked rows
+# whose original visible_at is at least the retention old (bound %(b)s) are deleted while their
+# instance has no row, no history and no start / ContinueAsNew queued ...
+_EXPIRE_ORPHANS = """
+    DELETE FROM orchestrator_queue q WHERE q.visible_at <= %(b)s
+      AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id)
+      AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.instance_id = q.instance_id)
+      AND NOT EXISTS (SELECT 1 FROM orchestrator_queue s WHERE s.instance_id = q.instance_id
+                      AND s.item_kind IN ('StartOrchestration', 'ContinueAsNew'))
+"""
+# ... and every parked row of an instance that exists by now is delivered normally.
+_UNPARK_EXISTING = """
+    UPDATE orchestrator_queue SET visible_at = visible_at + %(shift)s
+    WHERE visible_at < %(parked_below)s AND instance_id IN (
+        SELECT q.instance_id FROM orchestrator_queue q WHERE q.visible_at <= %(b)s
+          AND (EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id)
+               OR EXISTS (SELECT 1 FROM executions e WHERE e.instance_id = q.instance_id)))
+"""
 
 
 def _key32(text: str) -> int:
@@ -305,6 +325,7 @@ class PostgresProvider(PostgresAdminMixin):
         self._pool_timeout_s = float(pool_timeout_s)
         self._channel = _channel_for(self.schema)
         self._schema_key = _key32(f"duroxide_sim:{self.schema}")
+        self._orphan_sweep_at: int | None = None  # clock time of the next orphan expiry
         self._url = url
         self._where, self._password = self._describe(url)
         self._conn_kwargs = {"autocommit": True, "connect_timeout": max(1, int(round(connect_timeout_s))),
@@ -777,7 +798,7 @@ class PostgresProvider(PostgresAdminMixin):
         ``poll_timeout_ms`` is ignored (short poll). An idle poll is one autocommit query.
         """
         op = "fetch_orchestration_item"
-        params: dict[str, Any] = {"limit": _FIRST_PAGE, "offset": 0}
+        params: dict[str, Any] = {"limit": _FIRST_PAGE, "offset": 0, "parked_below": PARKED_BELOW}
         query = _ORCH_CANDIDATES.format(pin="")
         if filter is not None:
             lo = _parse_semver(filter[0], "filter minimum")
@@ -786,6 +807,10 @@ class PostgresProvider(PostgresAdminMixin):
             params.update({f"hi{i}": v for i, v in enumerate(hi)})
             query = _ORCH_CANDIDATES.format(pin=_PIN_FILTER)
         now = params["now"] = self._now()
+        sweep_at = self._orphan_sweep_at
+        if sweep_at is None or now >= sweep_at:
+            self._orphan_sweep_at = now + ORPHAN_SWEEP_INTERVAL_MS
+            self._expire_orphans(now)
         page = self._probe(op, query, params)
         if not page:
             return None
@@ -814,6 +839,26 @@ class PostgresProvider(PostgresAdminMixin):
                 params["offset"] += params["limit"]
                 params["limit"] = _CANDIDATE_PAGE
                 page = db.all(query, params)
+
+    def _expire_orphans(self, now: int) -> None:
+        """Parked orphans (SPEC §3.12) at least ORPHAN_RETENTION_MS old: deleted if their
+        instance still does not exist, delivered normally if it exists by now, left for the
+        start's batch if one is queued (as SqliteProvider._expire_orphans). Run from a fetch at
+        most every ORPHAN_SWEEP_INTERVAL_MS per provider object; each statement walks only the
+        old parked rows (index on visible_at). A failure is logged, not raised: the fetch goes on
+        and the next sweep retries."""
+        params = {"b": now - ORPHAN_RETENTION_MS - ORPHAN_PARK_SHIFT, "shift": ORPHAN_PARK_SHIFT,
+                  "parked_below": PARKED_BELOW}
+        try:
+            with self._tx("expire_orphans") as db:
+                expired = db.execute(_EXPIRE_ORPHANS, params).rowcount
+                db.send(_UNPARK_EXISTING, params)
+        except ProviderError as exc:
+            _log.warning("expiring orphan messages failed (retried in %d ms): %s", ORPHAN_SWEEP_INTERVAL_MS, exc)
+            return
+        if expired:
+            _log.debug("expired %d queued message(s) for instances that did not exist %d ms after the messages "
+                       "became deliverable (SPEC §3.12)", expired, ORPHAN_RETENTION_MS)
 
     @staticmethod
     def _take_instance_lock(db: _Db, instance: str, token: str, has_row: bool, lock_timeout_ms: int, now: int) -> None:
@@ -909,15 +954,21 @@ class PostgresProvider(PostgresAdminMixin):
         """Release an instance just locked that has nothing to run now: untag its batch (attempt
         increments undone) and delete the lock row. For an ``orphan`` (no row, no history, no
         start item) QueueMessages sent before the instance exists are dropped instead (SPEC
-        §6.2); anything else may be racing its start, so it stays queued. A start item queued
-        but not yet visible (abandoned with a delay after a failed first ack) means the
-        instance is about to exist: then everything is kept."""
+        §6.2); anything else may be racing its start, so it stays queued, parked (see
+        _shared.ORPHAN_PARK_SHIFT: no later fetch walks past it, the start's batch still carries
+        it, and it expires after ORPHAN_RETENTION_MS). A start item queued but not yet visible
+        (abandoned with a delay after a failed first ack) means the instance is about to exist:
+        then everything is kept (parked)."""
         drop = False
         if orphan and messages and all(isinstance(m, QueueMessage) for m in messages):
             drop = db.one("SELECT 1 FROM orchestrator_queue WHERE instance_id = %s AND item_kind = ANY(%s) LIMIT 1",
                           (instance, list(_START_KINDS))) is None
         if drop:
             db.send("DELETE FROM orchestrator_queue WHERE lock_token = %s", (token,))
+        elif orphan:
+            db.send("UPDATE orchestrator_queue SET lock_token = NULL, attempt_count = GREATEST(0, attempt_count - 1), "
+                    "visible_at = CASE WHEN visible_at >= %s THEN visible_at - %s ELSE visible_at END "
+                    "WHERE lock_token = %s", (PARKED_BELOW, ORPHAN_PARK_SHIFT, token))
         else:
             db.send("UPDATE orchestrator_queue SET lock_token = NULL, attempt_count = GREATEST(0, attempt_count - 1) "
                     "WHERE lock_token = %s", (token,))

@@ -53,7 +53,7 @@ from ..core.events import (
 )
 from ..core.logsink import emit
 from ..errors import ProviderError, SerializationError
-from ._shared import HistoryView
+from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW, HistoryView
 from ._shared import imported_executions as _imported_executions
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
@@ -180,10 +180,34 @@ def _work_token_params(token: str) -> tuple[int, str]:
     return int(rid), token
 
 
-# Visible rows oldest first (index on visible_at, id) of instances without a live lock.
-_CANDIDATES = ("SELECT q.instance_id FROM orchestrator_queue q WHERE q.visible_at <= ? AND NOT EXISTS "
+# Visible rows oldest first (index on visible_at, id) of instances without a live lock. The
+# range starts above the parked orphans (see _shared.PARKED_BELOW), so they are never walked.
+_CANDIDATES = (f"SELECT q.instance_id FROM orchestrator_queue q WHERE q.visible_at >= {PARKED_BELOW} "
+               "AND q.visible_at <= ? AND NOT EXISTS "
                "(SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?) "
                "ORDER BY q.visible_at, q.id")
+# Park an orphan's visible, not yet parked rows (SPEC §3.12; see _shared.ORPHAN_PARK_SHIFT).
+_PARK_ORPHAN = (f"UPDATE orchestrator_queue SET visible_at = visible_at - {ORPHAN_PARK_SHIFT} "
+                f"WHERE instance_id = ? AND visible_at >= {PARKED_BELOW} AND visible_at <= ?")
+# The instance has no row, no history and no start / ContinueAsNew item queued (``q`` is a row of it).
+_STILL_ORPHAN = ("NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id) "
+                 "AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.instance_id = q.instance_id) "
+                 "AND NOT EXISTS (SELECT 1 FROM orchestrator_queue s WHERE s.instance_id = q.instance_id "
+                 "AND json_extract(s.work_item, '$.kind') IN ('StartOrchestration', 'ContinueAsNew'))")
+# Parked rows whose original visible_at is at least the retention old (bound: :b) ...
+_EXPIRE_ORPHANS = ("DELETE FROM orchestrator_queue WHERE id IN (SELECT q.id FROM orchestrator_queue q "
+                   f"WHERE q.visible_at <= :b AND {_STILL_ORPHAN})")
+# ... and every parked row of an instance that exists by now (delivered normally from here on).
+_UNPARK_EXISTING = (f"UPDATE orchestrator_queue SET visible_at = visible_at + {ORPHAN_PARK_SHIFT} "
+                    f"WHERE visible_at < {PARKED_BELOW} AND instance_id IN (SELECT q.instance_id FROM "
+                    "orchestrator_queue q WHERE q.visible_at <= :b AND (EXISTS (SELECT 1 FROM instances i "
+                    "WHERE i.instance_id = q.instance_id) OR EXISTS (SELECT 1 FROM executions e "
+                    "WHERE e.instance_id = q.instance_id)))")
+# Tables and views of the file, SQLite's own (sqlite_sequence, sqlite_stat1, ...) left out.
+_USER_TABLES = ("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY name")
+# Tables every duroxide_sim database has from schema version 1 on (sqlite_schema.MIGRATIONS).
+_OUR_MARKERS = frozenset({"schema_version", "provider_meta"})
 
 
 def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
@@ -239,6 +263,8 @@ class SqliteProvider(SqliteAdminMixin):
 
     def __init__(self, target: str, *, clock: Clock | None = None, memory: bool = False) -> None:
         self.clock: Clock | None = clock
+        if not memory:
+            target = self._resolve_path(target)
         self.path = target
         self._memory = memory
         self._where = ":memory:" if memory else repr(target)
@@ -261,13 +287,14 @@ class SqliteProvider(SqliteAdminMixin):
         # lock token -> (execution id, pin, kv_delta rows?) as its fetch read them (writer only)
         self._known_pins: dict[str, tuple[int, tuple[int, int, int] | None, bool]] = {}
         self._read_guard: Any = self._write_guard if memory else contextlib.nullcontext()
+        self._orphan_sweep_at: int | None = None  # clock time of the next orphan expiry (writer only)
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ProviderError(f"SqliteProvider needs SQLite >= {'.'.join(map(str, _MIN_SQLITE))}, "
                                 f"found {sqlite3.sqlite_version}", operation="open")
         if not memory:
             self._refuse_read_only(target)
         try:
-            conn = self._connect()
+            conn = self._connect(first=True)
             # The writer: every write transaction of this process runs on this one connection
             # under ``_write_guard`` (in-memory: every operation). Writes are serialized anyway,
             # and one connection keeps its page cache across them; with one connection per
@@ -282,7 +309,12 @@ class SqliteProvider(SqliteAdminMixin):
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, clock: Clock | None = None) -> "SqliteProvider":
         """Open (creating if missing) the database file at ``path`` and migrate it.
-        ``":memory:"`` gives the same as :meth:`in_memory`."""
+        ``":memory:"`` gives the same as :meth:`in_memory`.
+
+        A relative ``path`` is resolved against the working directory once, here: connections
+        opened later (one per thread) use the same file even after ``os.chdir``. An empty path
+        is refused. So is an existing database that is not a duroxide_sim one (it has tables,
+        none of them ours): it is left untouched, see :meth:`_refuse_foreign`."""
         target = os.fspath(path)
         if target == ":memory:":  # per-thread connections would each see a different database
             return cls.in_memory(clock=clock)
@@ -314,6 +346,12 @@ class SqliteProvider(SqliteAdminMixin):
                     source.close()
             except sqlite3.Error as exc:
                 raise _map_error(exc, "open", where) from exc
+            provider._where = where
+            try:
+                provider._refuse_foreign(provider._shared)
+            except sqlite3.Error as exc:
+                raise _map_error(exc, "open", where) from exc
+            provider._where = ":memory:"
             provider._open_id = provider._migrate(provider._shared)
         except BaseException:
             provider.close()
@@ -321,6 +359,21 @@ class SqliteProvider(SqliteAdminMixin):
         return provider
 
     # --- connections and transactions ----------------------------------------------------------
+
+    @staticmethod
+    def _resolve_path(target: Any) -> Any:
+        """``target`` made absolute (not normalized: ``..`` after a symlink keeps SQLite's
+        meaning); an empty or blank path is refused at once. (SQLite would open a private
+        temporary database per connection for ``""``, which never switches to WAL: the open
+        used to retry for the whole busy timeout and then fail with an unrelated message.)"""
+        if not (target.strip() if isinstance(target, (str, bytes)) else True):
+            raise ProviderError(
+                f"open: the SQLite database path is empty ({target!r}): pass the path of a database file "
+                "(a new path creates one), or \":memory:\" for a private in-memory database",
+                operation="open", retryable=False)
+        if isinstance(target, (str, bytes)) and not os.path.isabs(target):
+            return os.path.join(os.getcwd() if isinstance(target, str) else os.getcwdb(), target)
+        return target
 
     @staticmethod
     def _refuse_read_only(path: str) -> None:
@@ -331,7 +384,10 @@ class SqliteProvider(SqliteAdminMixin):
                 f"SQLite database {path!r} is read-only: SqliteProvider needs write access to the file and "
                 "to its directory (for the WAL and shared-memory files)", operation="open", retryable=False)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, first: bool = False) -> sqlite3.Connection:
+        """A new connection with this provider's settings. ``first``: the open's own connection,
+        which checks (reading only) that the file is empty or a duroxide_sim database before
+        anything changes it, the WAL switch included."""
         try:
             # check_same_thread=False only so close() may close other threads' connections;
             # each connection is used by the thread that made it (or under the lock).
@@ -346,31 +402,59 @@ class SqliteProvider(SqliteAdminMixin):
                 conn.execute("PRAGMA journal_mode = MEMORY")
                 conn.execute("PRAGMA synchronous = OFF")
             else:
-                self._journal_wal(conn)  # first read of the file: "not a database" here
+                if first:  # first read of the file: "not a database" here
+                    self._retry_busy(lambda: self._refuse_foreign(conn))
+                self._journal_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, no fsync per commit
                 conn.execute("PRAGMA cache_size = -32768")  # 32 MiB page cache per connection
                 conn.execute("PRAGMA temp_store = MEMORY")
         except sqlite3.Error as exc:
             conn.close()
             raise _map_error(exc, "open", self._where) from exc
+        except BaseException:  # a refused file (ProviderError), an interrupt
+            conn.close()
+            raise
         return conn
 
-    def _journal_wal(self, conn: sqlite3.Connection) -> None:
-        """``PRAGMA journal_mode = WAL``, waiting out another process that is creating or
-        converting the same new file: while it holds a lock on a file not yet in WAL mode, SQLite
-        answers SQLITE_BUSY at once (the busy timeout does not cover this pragma), so two services
-        starting together on a new path failed to open (found by tests/providers/
-        test_sqlite_processes.py). Retried with back-off (1 ms doubling to 50 ms) up to the busy
-        timeout; the waits are counted, not clocked (providers read no clock)."""
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Refuse (permanently, before anything is written) a database that is not ours.
+
+        Ours: no tables at all (a new or empty file; the schema is created) or the tables every
+        duroxide_sim database has (``schema_version`` and ``provider_meta``: any schema version,
+        older ones are migrated, newer ones refused by :meth:`_migrate`). Anything else is
+        another application's database, also when none of its tables is named like ours:
+        adding our tables to it would mix two applications' data in one file (and a name clash
+        such as ``instances`` failed the migration half-way, after the WAL switch had already
+        rewritten the file header). The file is only read here."""
+        names = [row[0] for row in conn.execute(_USER_TABLES)]
+        if not names or _OUR_MARKERS <= set(names):
+            return
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        raise ProviderError(
+            f"open: {self._where} is not a duroxide_sim database: it holds other tables ({shown}) and no "
+            "duroxide_sim schema (no schema_version / provider_meta tables). SqliteProvider does not add its "
+            "tables to another application's database; the file was left unchanged. Open a new path or an "
+            "empty database file instead", operation="open", retryable=False)
+
+    @staticmethod
+    def _retry_busy(step: Callable[[], None]) -> None:
+        """Run ``step`` of an open, waiting out another process that is creating or converting
+        the same new file: while it holds a lock on a file not yet in WAL mode, SQLite answers
+        SQLITE_BUSY at once to ``PRAGMA journal_mode`` (the busy timeout does not cover this
+        pragma), so two services starting together on a new path failed to open (found by
+        tests/providers/test_sqlite_processes.py). Retried with back-off (1 ms doubling to
+        50 ms) up to the busy timeout, also for a retryable ProviderError; the waits are
+        counted, not clocked (providers read no clock)."""
         waited, delay = 0.0, 0.001
         while True:
+            problem: Exception
             try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() == "wal":
-                    return
-                problem: Exception = ProviderError(
-                    f"open: SQLite database {self.path!r} stayed in journal mode {mode!r} instead of WAL",
-                    operation="open", retryable=True)
+                step()
+                return
+            except ProviderError as exc:
+                if not exc.retryable:
+                    raise
+                problem = exc
             except sqlite3.OperationalError as exc:
                 code = getattr(exc, "sqlite_errorcode", None)
                 busy = (code & 0xFF) == 5 if code is not None else "locked" in str(exc) or "busy" in str(exc)
@@ -382,6 +466,18 @@ class SqliteProvider(SqliteAdminMixin):
             threading.Event().wait(delay)
             waited += delay
             delay = min(delay * 2, 0.05)
+
+    def _journal_wal(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode = WAL``, retried while another opener holds the file (see
+        :meth:`_retry_busy`: the busy timeout does not cover this pragma)."""
+
+        def switch() -> None:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise ProviderError(f"open: SQLite database {self.path!r} stayed in journal mode {mode!r} "
+                                    "instead of WAL", operation="open", retryable=True)
+
+        self._retry_busy(switch)
 
     def _register(self, conn: sqlite3.Connection) -> None:
         with self._conns_lock:
@@ -830,7 +926,11 @@ class SqliteProvider(SqliteAdminMixin):
     def _fetch_orch(self, db: sqlite3.Connection, now: int, lock_timeout_ms: int, bounds: tuple | None,
                     op: str) -> OrchestrationItem | None:
         """The body of :meth:`fetch_orchestration_item`, inside the caller's write transaction."""
+        if self._orphan_sweep_at is None or now >= self._orphan_sweep_at:
+            self._orphan_sweep_at = now + ORPHAN_SWEEP_INTERVAL_MS
+            self._expire_orphans(db, now)
         orphans: list[int] = []
+        parked: list[tuple[str, int]] = []
         result = None
         # Walk visible rows oldest first (index on visible_at, id) and stop at the first
         # eligible instance: the cost is the rows skipped, not the queue length.
@@ -861,7 +961,9 @@ class SqliteProvider(SqliteAdminMixin):
             if meta is None:
                 # Orphan: no row, no history, no start item. QueueMessages sent before the
                 # instance exists are dropped (SPEC §6.2); anything else may be racing its
-                # start, so it stays queued while we move on to the next candidate.
+                # start, so it stays queued, parked (see _shared.ORPHAN_PARK_SHIFT: no later
+                # fetch walks past it, the start's batch still carries it, and it expires
+                # after ORPHAN_RETENTION_MS), while we move on to the next candidate.
                 # A start item that is queued but not yet visible (abandoned with a delay
                 # after a failed first ack) means the instance is about to exist: keep its
                 # messages rather than drop them (found by the simulation).
@@ -872,6 +974,8 @@ class SqliteProvider(SqliteAdminMixin):
                 ).fetchone()
                 if pending_start is None and all(isinstance(item, QueueMessage) for _, item in batch):
                     orphans.extend(rid for rid, _ in batch)
+                else:
+                    parked.append((instance, now))
                 continue
             attempts = max(count for _, _, count in rows) + 1
             seq = info[3] if info is not None else None
@@ -887,7 +991,23 @@ class SqliteProvider(SqliteAdminMixin):
             break
         if orphans:
             db.executemany("DELETE FROM orchestrator_queue WHERE id = ?", [(rid,) for rid in orphans])
+        if parked:  # after the scan, which must not see its rows move
+            db.executemany(_PARK_ORPHAN, parked)
         return result
+
+    @staticmethod
+    def _expire_orphans(db: sqlite3.Connection, now: int) -> None:
+        """Parked orphans (SPEC §3.12) at least ORPHAN_RETENTION_MS old: deleted if their
+        instance still does not exist (no row, no history, no start / ContinueAsNew queued),
+        delivered normally if it exists by now, left for the start's batch if one is queued.
+        Run from a fetch at most every ORPHAN_SWEEP_INTERVAL_MS; each statement walks only the
+        old parked rows (index on visible_at)."""
+        bound = {"b": now - ORPHAN_RETENTION_MS - ORPHAN_PARK_SHIFT}
+        expired = db.execute(_EXPIRE_ORPHANS, bound).rowcount
+        db.execute(_UNPARK_EXISTING, bound)
+        if expired:
+            emit(_log, logging.DEBUG, "expired %d queued message(s) for instances that did not exist %d ms after "
+                 "the messages became deliverable (SPEC §3.12)", expired, ORPHAN_RETENTION_MS)
 
     def _pin_compatible(self, db: sqlite3.Connection, instance: str, bounds: tuple,
                         execution_id: Any = _UNKNOWN) -> bool:

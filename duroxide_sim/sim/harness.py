@@ -176,6 +176,9 @@ class SimResult:
     divergences: list[tuple[int, str | None, str]] = attrs.Factory(list)
     #: The client operations (starts, signals) as realized for this seed.
     realized: tuple[list[Any], list[Any]] = ([], [])
+    #: The faults injected, as ``(opportunity number of its kind, kind)`` in order: the script
+    #: that names them (``FaultPlan.scripted``), for shrinking a failing seed's plan.
+    fired: list[tuple[int, str]] = attrs.Factory(list)
 
     @property
     def trace_hash(self) -> str:
@@ -404,6 +407,7 @@ class _Run:
         self.trace = Trace()
         self.step = 0
         self.faults_injected: dict[str, int] = {}
+        self.fired: list[tuple[int, str]] = []
         self.total_faults = 0
         self.rates = dict(plan.rates)
         self.fault_until_ms = DEFAULT_EPOCH_MS + plan.until_ms
@@ -507,6 +511,7 @@ class _Run:
 
     def _on_fault(self, kind: str, op: str) -> None:
         self.faults_injected[kind] = self.faults_injected.get(kind, 0) + 1
+        self.fired.append((self.kind_opportunities.get(kind, 0), kind))
         self.total_faults += 1
         self._log("fault", kind=kind, operation=op)
 
@@ -805,6 +810,7 @@ class _Run:
             steps=self.step,
             end_ms=self.clock.now_ms() - DEFAULT_EPOCH_MS,
             faults_injected=dict(sorted(self.faults_injected.items())),
+            fired=self.fired,
             histories=histories,
             statuses=statuses,
             world=self.world,

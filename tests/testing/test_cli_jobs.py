@@ -206,8 +206,8 @@ def test_aggregation_is_in_seed_order_whatever_order_chunks_arrive() -> None:
     random.Random(1).shuffle(shuffled)
     assert _aggregate("s", ["p"], shuffled) == expected
     assert expected == {"scenario": "s", "seeds": 10, "faults_injected": 4 + 5, "fault_kinds": ["crash", "drop"],
-                        "properties": ["p"], "failures": 2, "first_failure": "boom (seed 4)", "budget_exhausted": 5,
-                        "seconds": 0.0}
+                        "properties": ["p"], "failures": 2, "first_failure": "boom (seed 4)", "first_failing_seed": 4,
+                        "unshrunk_failure": None, "budget_exhausted": 5, "seconds": 0.0}
     # explore: only the seeds up to the lowest failing one count, even when later seeds ran.
     upto = _aggregate("s", ["p"], shuffled, upto=4)
     assert (upto["seeds"], upto["failures"], upto["first_failure"]) == (5, 1, "boom (seed 4)")

@@ -360,7 +360,7 @@ def test_json_is_one_document_with_stable_keys_matching_the_table(tmp_path: path
     data = json.loads(out)
     assert set(data) == {"ok", "scenarios"} and data["ok"] is False
     keys = {"scenario", "seeds", "faults_injected", "fault_kinds", "properties", "failures", "first_failure",
-            "budget_exhausted", "seconds"}
+            "first_failing_seed", "unshrunk_failure", "budget_exhausted", "seconds"}
     assert all(set(r) == keys for r in data["scenarios"])
     code2, table, _ = run_cli(argv, capsys)
     assert code2 == 1
