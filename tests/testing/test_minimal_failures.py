@@ -16,6 +16,11 @@ we check what a user relies on:
 4. a corrected workflow passes under the same settings;
 5. misuse (bad plan JSON, unknown fault kinds, a spec without ref, a setup that raises) gets a
    clear error.
+
+Written as a probe; the defects it found were fixed with it: a harmless (dropped) duplicate was
+blamed for an outcome the seed's schedule gives without faults (the checkers now ask that run);
+``run``/``explore`` reported the whole random plan (they now shrink it); plan JSON with
+``1.5`` opportunities, string rates or malformed scripts was truncated or refused unclearly.
 """
 
 from __future__ import annotations
