@@ -243,15 +243,15 @@ def _finish(
 
     violation = _check_limits(engine if ran_code else None, delta)
     if violation is not None:
-        cut = next((i for i, e in enumerate(delta) if isinstance(e, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew))), len(delta))
-        # Deliberate deviation (README): the violation *replaces* the turn's terminal event, so
-        # the history keeps exactly one terminal event and consecutive ids.
-        del delta[cut:]
-        add.last_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
+        # SPEC §10.3 (⚠, as stated): OrchestrationFailed is appended to the delta - after the
+        # turn's own terminal event when it has one (the last terminal event decides the
+        # status) - and the turn's work items are discarded. Activities the turn left open get
+        # their terminal breadcrumbs (once: those already written for the turn's own ending
+        # count), and their rows are still cancelled.
         error = ApplicationError(kind="OrchestrationFailed", message=violation)
         status, output, kind = "Failed", violation, "failed"
         add(OrchestrationFailed, details=error)
-        worker, orch, cancelled = [], [], []
+        worker, orch = [], []
         notify_parent(error, None)
         activity_breadcrumbs("orchestration_terminal_failed")
 

@@ -129,7 +129,10 @@ def verify_execution(
     if not isinstance(first, OrchestrationStarted):
         return f"instance {instance!r} execution {execution_id}: first event is {type(first).__name__}, not OrchestrationStarted"
     terminal_at = next((i for i, e in enumerate(history) if isinstance(e, _TERMINAL)), None)
-    terminal = history[terminal_at] if terminal_at is not None else None
+    # The last terminal event decides how the execution ended: a size-limit failure is appended
+    # after the turn's own terminal event (SPEC §10.3), and replaying that turn breaks the
+    # limit again.
+    terminal = next((e for e in reversed(history) if isinstance(e, _TERMINAL)), None)
     if isinstance(terminal, OrchestrationFailed) and terminal.details.category in ("poison", "infrastructure"):
         return None
     if isinstance(terminal, OrchestrationFailed) and terminal.event_id == 99999:

@@ -175,7 +175,8 @@ def imported_execution(instance: str, execution_id: int, events: Sequence[Any], 
     for event in events:
         if isinstance(event, CustomStatusUpdated):
             custom = event
-        elif status is None and isinstance(event, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)):
+        elif isinstance(event, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)):
+            # (the last one decides: a size-limit failure follows the turn's own ending, SPEC §10.3)
             ended_ms = event.timestamp_ms
             if isinstance(event, OrchestrationCompleted):
                 status, output = "Completed", event.output

@@ -8,9 +8,10 @@ history, KV and session operation. Management operations (SPEC §14) live in the
 :class:`PostgresAdminMixin` of ``postgres_admin.py`` and share this module's transaction helper.
 
 Behaviour matches :class:`~duroxide_sim.providers.sqlite.SqliteProvider` (and through it
-``InMemoryProvider``), with the same documented deviations: orphan instances are skipped
-instead of blocking the queue, the batch is ordered by ``(visible_at, id)``,
-``poll_timeout_ms`` is ignored. The shared conformance suite runs against it.
+``InMemoryProvider``), with the same documented deviations: orphan messages are parked
+instead of blocking the queue and expire after 5 minutes (``_shared.ORPHAN_PARK_SHIFT``), the
+batch is ordered by ``(visible_at, id)``, ``poll_timeout_ms`` is ignored. The shared
+conformance suite runs against it.
 
 Schema: every provider object works in one PostgreSQL schema (``connect`` -> ``public``,
 ``connect_with_schema`` -> any name), created if missing. Migrations run on open in one

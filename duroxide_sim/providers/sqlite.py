@@ -7,9 +7,10 @@ operation. Management operations (SPEC §14) live in the :class:`SqliteAdminMixi
 ``sqlite_admin.py``; they share this module's transaction helper.
 
 Behaviour matches :class:`~duroxide_sim.providers.memory.InMemoryProvider` (the reference
-implementation of the same contract, with the same documented deviations: orphan instances
-are skipped instead of blocking the queue, the batch is ordered by ``(visible_at, id)``,
-``poll_timeout_ms`` is ignored). The shared conformance suite (``duroxide_sim.testing.
+implementation of the same contract, with the same documented deviations: orphan messages
+are parked instead of blocking the queue (later fetches do not walk them; a late start still
+gets them; they expire after 5 minutes: ``_shared.ORPHAN_PARK_SHIFT``), the batch is ordered
+by ``(visible_at, id)``, ``poll_timeout_ms`` is ignored). The shared conformance suite (``duroxide_sim.testing.
 conformance``) runs against both.
 
 Concurrency: every operation is ONE transaction. Writes start with ``BEGIN IMMEDIATE`` (the

@@ -25,6 +25,7 @@ from itertools import compress
 from typing import Any
 
 from ..core.events import (
+    ApplicationError,
     SCHEDULE_EVENTS,
     ActivityCancelRequested,
     ActivityCompleted,
@@ -92,13 +93,18 @@ def check_well_formed(instance: str, execution: int, events: list[HistoryEvent])
     schedules: dict[int, HistoryEvent] = {}
     completed: set[int] = set()
     terminal_seen: HistoryEvent | None = None
+    limit_failure_seen = False
     last_id = 0
     for ev in events:
         if ev.event_id <= last_id:
             problems.append((f"event id {ev.event_id} does not increase (after {last_id})", ev.event_id))
         last_id = ev.event_id
         if terminal_seen is not None and not isinstance(ev, _CRUMBS):
-            problems.append((f"{type(ev).__name__} after terminal {type(terminal_seen).__name__}", ev.event_id))
+            if (isinstance(ev, OrchestrationFailed) and not limit_failure_seen
+                    and isinstance(ev.details, ApplicationError) and ev.details.kind == "OrchestrationFailed"):
+                limit_failure_seen = True  # a size-limit failure appended after the turn's ending (SPEC §10.3)
+            else:
+                problems.append((f"{type(ev).__name__} after terminal {type(terminal_seen).__name__}", ev.event_id))
         if isinstance(ev, SCHEDULE_EVENTS):
             schedules[ev.event_id] = ev
         want = _COMPLETES.get(type(ev))
@@ -163,8 +169,9 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
         if not executions:
             continue
         events = executions[max(executions)]
-        if any(isinstance(e, _TERMINAL) for e in events):
-            if isinstance(events[-1], OrchestrationContinuedAsNew) or any(isinstance(e, OrchestrationContinuedAsNew) for e in events):
+        ending = next((e for e in reversed(events) if isinstance(e, _TERMINAL)), None)
+        if ending is not None:
+            if isinstance(ending, OrchestrationContinuedAsNew):  # (the last terminal event decides, SPEC §10.3)
                 if result.quiescent:
                     fail("liveness", "continued-as-new but the next execution never started", inst)
             continue

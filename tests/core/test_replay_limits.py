@@ -136,9 +136,9 @@ def test_limit_failure_discards_dispatch_of_a_completing_turn():
     _limit_failure(r, "KV value for key 'k' (70000 bytes) exceeds limit (65536 bytes)")
 
 
-def test_limit_failure_replaces_the_terminal_event():
-    """§10.3 ⚠, deliberate deviation (README): the reference appends OrchestrationFailed after a
-    terminal event already in the delta; we replace it so a history has one terminal event."""
+def test_limit_failure_is_appended_after_the_terminal_event():
+    """§10.3 (⚠, built as stated): OrchestrationFailed is appended after a terminal event already
+    in the delta (the last terminal event decides the status)."""
 
     def orch(ctx, inp):
         ctx.set_custom_status("s" * 262_145)
@@ -146,7 +146,7 @@ def test_limit_failure_replaces_the_terminal_event():
 
     r = turn(orch, [started()])
     details = _limit_failure(r, "Custom status size (262145 bytes) exceeds limit (262144 bytes)")
-    assert list(r.delta) == new(custom_status(2, "s" * 262_145), failed(3, details))
+    assert list(r.delta) == new(custom_status(2, "s" * 262_145), completed(3, '"done"'), failed(4, details))
 
 
 def test_limit_failure_on_a_completing_turn_keeps_event_ids_consecutive():
