@@ -141,13 +141,15 @@ class CommitWaiter:
                 self._waiters.pop(event, None)
 
 
-def run_coroutine(coro: Any, on_start: Callable[[Callable[[], None]], None] | None = None) -> Any:
+def run_coroutine(coro: Any, on_start: Callable[[Callable[[], None]], None] | None = None,
+                  loop_factory: Callable[[], Any] | None = None) -> Any:
     """Run an async activity to completion as ``asyncio.run`` does: on a fresh event loop that
     is closed when it returns, after cancelling the tasks it left behind and shutting down its
     default executor. A task the activity started and did not await never resumes inside a
     later activity, and no loop or executor thread outlives the activity (or the runtime).
     ``on_start`` receives a function that cancels the activity from any thread (lock loss after
-    the grace period, runtime shutdown)."""
+    the grace period, runtime shutdown). ``loop_factory`` makes the loop (default: asyncio's;
+    the simulation passes a virtual-time one, ``sim/vloop.py``)."""
     import asyncio  # on first use: asyncio (with ssl) costs ~8 MiB of RSS and ~25 ms to import
 
     async def main() -> Any:
@@ -157,7 +159,8 @@ def run_coroutine(coro: Any, on_start: Callable[[Callable[[], None]], None] | No
             on_start(lambda: loop.call_soon_threadsafe(task.cancel))
         return await coro
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
 
 
 class ThreadRenewer:

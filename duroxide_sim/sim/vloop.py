@@ -33,6 +33,8 @@ import selectors
 from collections.abc import Callable
 from typing import Any
 
+from ..runtime.realtime import run_coroutine
+
 __all__ = ["VirtualTimeLoop", "run_virtual", "virtual_run_coroutine"]
 
 
@@ -112,18 +114,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
 
 def run_virtual(coro: Any, on_start: Callable[[Callable[[], None]], None] | None, start_ms: int) -> Any:
-    """Run an async activity on a fresh :class:`VirtualTimeLoop` whose clock starts at the
-    simulation's ``start_ms``. ``on_start`` receives a function that cancels the activity."""
-
-    async def main() -> Any:
-        if on_start is not None:
-            loop, task = asyncio.get_running_loop(), asyncio.current_task()
-            assert task is not None
-            on_start(lambda: loop.call_soon_threadsafe(task.cancel))
-        return await coro
-
-    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start_ms / 1000.0)) as runner:
-        return runner.run(main())
+    """Run an async activity as production does (``realtime.run_coroutine``: as ``asyncio.run``,
+    with the cancel hook), on a fresh :class:`VirtualTimeLoop` whose clock starts at
+    ``start_ms``. ``on_start`` receives a function that cancels the activity."""
+    return run_coroutine(coro, on_start, loop_factory=lambda: VirtualTimeLoop(start_ms / 1000.0))
 
 
 def virtual_run_coroutine(now_ms: Callable[[], int]) -> Callable[..., Any]:
