@@ -19,8 +19,9 @@ NONDETERMINISTIC = {"time", "datetime", "random", "uuid", "threading", "asyncio"
 # Deliberate exceptions: the sandbox references these modules to *detect* their use, and the
 # harness creates the run's seeded random.Random instances (never the module-level functions).
 EXEMPT = {"sim/sandbox.py": NONDETERMINISTIC, "sim/harness.py": {"random"},
-          # async activities on a virtual-time asyncio loop (its clock is the simulation's)
-          "sim/vloop.py": {"asyncio"}}
+          # async activities on a virtual-time asyncio loop (its clock is the simulation's), in
+          # a thread of their own when the simulation itself runs inside an event loop
+          "sim/vloop.py": {"asyncio", "threading"}}
 
 
 def _modules() -> list[pathlib.Path]:
