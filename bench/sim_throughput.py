@@ -16,7 +16,9 @@
     with every fault kind on at 5 %; activity executions are counted from the trace
     (``op == "work_exec"``). Figures: executions/s of the simulation alone
     (``Simulation(...).run()``) and of ``run_and_check`` (executions of the checked run over the
-    total time including the twin and the checkers). Median of ``--repeats`` seeds.
+    total time including the twin and the checkers). Median of ``--repeats`` seeds. With faults,
+    an instance the faults poisoned (its activity delivered ``max_attempts`` times: the
+    runtime's documented answer, which the checkers count as budget exhausted) counts as done.
 
 Prints one JSON line per measurement, then a small table. Issue targets (measured, not tuned
 here): >= 20,000 simulated activity executions/s with faults off, >= 5,000 with all faults on,
@@ -134,6 +136,8 @@ def w4_spec(instances: int) -> SimSpec:
 
     def all_return_k(result):
         for inst, st in result.statuses.items():
+            if st.status == "Failed" and str(st.error).startswith("poison:") and result.faults_injected:
+                continue  # faults used up its delivery budget (max_attempts): the runtime's documented answer
             if st.status != "Completed" or st.output != K:
                 return f"{inst}: {st.status} {st.output if st.status == 'Completed' else st.error!r}"
         return None
@@ -168,7 +172,8 @@ def bench_w4(instances: int, faults: str, repeats: int) -> list[dict]:
             result = sim.run() if mode == "run" else run_and_check(sim)
             dt = time.perf_counter() - t0
             execs = count_execs(result.trace)
-            done = sum(1 for st in result.statuses.values() if st.status == "Completed" and st.output == K)
+            done = sum(1 for st in result.statuses.values() if st.status == "Completed" and st.output == K
+                       or faults != "none" and st.status == "Failed" and str(st.error).startswith("poison:"))
             if done != instances or (mode == "run_and_check" and not result.ok):
                 ok = False
                 detail = detail or (result.failures[0].render().splitlines()[0][:200] if result.failures
