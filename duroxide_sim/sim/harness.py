@@ -258,17 +258,14 @@ def _digest(events: Sequence[HistoryEvent]) -> str:
     return hashlib.sha256("\x1e".join(map(repr, events)).encode("utf-8")).hexdigest()[:16]
 
 
-def _virtual_run_coroutine(now_ms: Callable[[], int]) -> Callable[..., Any]:
-    """Async activities on virtual time (:mod:`.vloop`, imported with asyncio on first use)."""
+def _virtual_run_coroutine(coro: Any, on_start: Any = None) -> Any:
+    """Async activities on virtual time (:mod:`.vloop`, imported with asyncio on first use).
+    Each activity's loop clock starts at 0 (``loop.time()`` has no meaning but differences, as
+    ``time.monotonic()``): elapsed times computed from it come out the same whenever the
+    activity runs, instead of differing in the last bits with the simulated time of day."""
+    from .vloop import run_virtual
 
-    def run(coro: Any, on_start: Any = None) -> Any:
-        from .vloop import run_virtual
-
-        # Seconds since the simulation's epoch: small numbers keep float time exact enough
-        # for asyncio's due-time comparisons (at ~1.7e9 s one ulp exceeds its resolution).
-        return run_virtual(coro, on_start, now_ms() - DEFAULT_EPOCH_MS)
-
-    return run
+    return run_virtual(coro, on_start, 0)
 
 
 class _Node:
@@ -402,7 +399,7 @@ class _Run:
         self.fault_rng = random.Random(f"faults:{self.seed}")
         self.inputs_rng = random.Random(f"inputs:{self.seed}")
         self.clock = SimClock(DEFAULT_EPOCH_MS)
-        self.run_coroutine = _virtual_run_coroutine(self.clock.now_ms)  # async activities: sim/vloop.py
+        self.run_coroutine = _virtual_run_coroutine  # async activities: sim/vloop.py
         self.world = ExternalWorld()
         self.trace = Trace()
         self.step = 0

@@ -99,3 +99,29 @@ def test_virtual_loop_activity_can_be_cancelled_through_on_start() -> None:
         pass
     else:  # pragma: no cover - the assertion below names the problem
         raise AssertionError("the activity was not cancelled")
+
+
+def test_elapsed_virtual_time_does_not_depend_on_when_the_activity_runs() -> None:
+    """Each activity's loop clock starts at 0: ``loop.time() - t0`` after ``sleep(4)`` is 4.0
+    exactly whether the activity runs at the start of a run or hours later (with the simulated
+    time of day as origin it came out 3.999999999999993 or 4.0000000000000036, so an activity
+    returning it gave outcomes that differed between schedules)."""
+
+    def setup(rt, world):
+        @rt.register_activity("Async::activity::elapsed")
+        async def elapsed(ctx, _):
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await asyncio.sleep(4)
+            return loop.time() - t0
+
+        @rt.register_orchestration("Async::orchestration::later")
+        def later(ctx, delay_ms):
+            yield ctx.schedule_timer(delay_ms)
+            return (yield ctx.schedule_activity("Async::activity::elapsed", None))
+
+    spec = SimSpec(name="elapsed", setup=setup,
+                   starts=[Start(instance=f"e{i}", orchestration="Async::orchestration::later", input=d)
+                           for i, d in enumerate((1, 1_234_567, 3_600_000 * 7 + 13))])
+    result = Simulation(spec, 0, FaultPlan.none()).run()
+    assert [result.statuses[f"e{i}"].output for i in range(3)] == [4.0, 4.0, 4.0]
