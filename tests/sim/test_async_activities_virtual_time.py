@@ -122,6 +122,6 @@ def test_elapsed_virtual_time_does_not_depend_on_when_the_activity_runs() -> Non
 
     spec = SimSpec(name="elapsed", setup=setup,
                    starts=[Start(instance=f"e{i}", orchestration="Async::orchestration::later", input=d)
-                           for i, d in enumerate((1, 1_234_567, 3_600_000 * 7 + 13))])
+                           for i, d in enumerate((15, 71, 3_600_000 * 7 + 13))])
     result = Simulation(spec, 0, FaultPlan.none()).run()
     assert [result.statuses[f"e{i}"].output for i in range(3)] == [4.0, 4.0, 4.0]
