@@ -311,9 +311,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
     extra = {} if args.max_steps is None else {"max_steps": args.max_steps}
+    # With --json, stdout holds the one JSON document: what scenario code prints goes to stderr.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        sim = Simulation(spec, args.seed, faults, provider=args.provider, nodes=args.nodes, sandbox=args.sandbox, **extra)
-        result = run_and_check(sim)
+        with quiet_stdout:
+            sim = Simulation(spec, args.seed, faults, provider=args.provider, nodes=args.nodes, sandbox=args.sandbox, **extra)
+            result = run_and_check(sim)
     except KeyboardInterrupt:
         print("duroxide-sim: interrupted", file=sys.stderr)
         return 130
@@ -327,10 +330,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         "spec": spec.name,
         "seed": args.seed,
         "plan": sim.plan.describe(),
+        "plan_json": sim.plan.to_json(),
         "steps": result.steps,
         "trace_sha256": result.trace_hash,
         "faults_injected": result.faults_injected,
-        "failures": [{"checker": f.checker, "instance": f.instance, "step": f.step, "message": f.message} for f in result.failures],
+        "failures": [{"checker": f.checker, "instance": f.instance, "step": f.step, "message": f.message, "repro": f.repro}
+                     for f in result.failures],
     }
     timeline = None
     if args.timeline:
@@ -338,16 +343,18 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
         try:
             timeline = write_timeline(result, args.timeline, spec_name=spec.name, repro=sim.repro_command())
-        except OSError as exc:
-            print(f"duroxide-sim: cannot write the timeline to {args.timeline}: {exc.strerror or exc}", file=sys.stderr)
+        except (OSError, ValueError) as exc:
+            print(f"duroxide-sim: cannot write the timeline to {_printable(str(args.timeline))}: "
+                  f"{_printable(str(getattr(exc, 'strerror', None) or exc))}", file=sys.stderr)
             return 2
         summary["timeline"] = str(timeline)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
-        print(f"{spec.name} seed {args.seed}: {result.steps} steps, faults: {sim.plan.describe()}, trace {result.trace_hash[:16]}")
-        for f in result.failures:
-            print(f.render())
+        print(_printable(f"{spec.name} seed {args.seed}: {result.steps} steps, faults: {sim.plan.describe()}, "
+                         f"trace {result.trace_hash[:16]}"))
+        for f in result.failures:  # control characters in messages shown escaped, line by line
+            print("\n".join(_printable(line) for line in f.render().split("\n")))
         if not result.failures:
             print("all properties hold")
         if timeline is not None:
@@ -425,8 +432,23 @@ def _event_line(ev: Any, t0: int) -> str:
     data = {k: v for k, v in to_dict(ev).items()
             if k not in ("kind", "event_id", "source_event_id", "timestamp_ms", "instance_id", "execution_id", "duroxide_version")}
     src = f" <- #{ev.source_event_id}" if ev.source_event_id is not None else ""
-    detail = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)[:80]}" for k, v in data.items())
-    return f"  #{ev.event_id:<4} +{ev.timestamp_ms - t0:>9} ms  {type(ev).__name__}{src}  {detail}"
+    parts = []
+    for k, v in data.items():
+        details = getattr(ev, "details", None) if k == "details" else None
+        if details is not None and hasattr(details, "display_message"):
+            # Why it failed: the whole message up to a bound, keeping its end (a traceback's
+            # last line is the exception), not the first 80 characters of its JSON.
+            text = details.display_message()
+            text = text if len(text) <= _SHOWN_ERROR else text[:100] + " ... " + text[-(_SHOWN_ERROR - 105):]
+            parts.append(f"{k}={json.dumps(text, ensure_ascii=False)}")
+        else:
+            parts.append(f"{k}={json.dumps(v, ensure_ascii=False)[:80]}")
+    # Control characters (C0, DEL, C1, lone surrogates) shown escaped: never raw on a terminal.
+    return _printable(f"  #{ev.event_id:<4} +{ev.timestamp_ms - t0:>9} ms  {type(ev).__name__}{src}  {', '.join(parts)}")
+
+
+#: Characters of an error message ``show`` prints (its beginning and its end).
+_SHOWN_ERROR = 600
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -463,8 +485,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         # Ids are printed as JSON strings when they hold control characters (a newline or an
         # escape sequence in an id must not reach the terminal raw).
         inst = doc["instance_id"]
-        shown = json.dumps(inst, ensure_ascii=False) if any(ord(c) < 32 or ord(c) == 127 for c in inst) else inst
-        print(f"{shown}  ({doc.get('orchestration_name')} {doc.get('orchestration_version')})")
+        shown = _printable(json.dumps(inst, ensure_ascii=False)) if not inst.isprintable() else inst
+        print(f"{shown}  ({_printable(str(doc.get('orchestration_name')))} {_printable(str(doc.get('orchestration_version')))})")
         for execution_id, events in document_events(doc).items():
             print(f" execution {execution_id}")
             t0 = events[0].timestamp_ms if events else 0

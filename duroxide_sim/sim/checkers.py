@@ -241,7 +241,7 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
                 keys = [k for k in dict.fromkeys(list(b) + list(a))
                         if a.get(k, _ABSENT) != b.get(k, _ABSENT) and a.get(k, _ABSENT) != c.get(k, _ABSENT)]
                 if keys:
-                    fail("idempotency", _world_diff(result, reference, keys))
+                    fail("idempotency", _world_diff(result, reference, keys), *_effect_site(result, reference, keys[0]))
     # 6. user invariants
     for inv in sim.spec.invariants:
         try:
@@ -279,6 +279,45 @@ def _still_running(result: SimResult, instance: str) -> bool:
     return not any(isinstance(e, _TERMINAL) for e in executions[max(executions)])
 
 
+def _writers_of(result: SimResult, reference: SimResult, key: str) -> list[str]:
+    """Activities that wrote ``key`` (setup may have seeded it: not an activity), the one that
+    ran more often than in the fault-free run first: that re-execution changed the world."""
+    names = [w for w in dict.fromkeys(result.world.writers(key) + reference.world.writers(key))
+             if w != "<outside an activity>"]
+    return sorted(names, key=lambda w: result.world.executions.get(w, 0) == reference.world.executions.get(w, 0))
+
+
+def _effect_site(result: SimResult, reference: SimResult, key: str) -> tuple[str | None, int | None]:
+    """(instance, step) of the execution that changed ``key`` differently from the fault-free
+    run: the instance whose activity wrote it more often than there (else its last writer), and
+    the step of that activity's second execution for it (the re-execution; else its last)."""
+    writers = _writers_of(result, reference, key)
+    if not writers:
+        return None, None
+    activity = writers[0]
+
+    def per_instance(world: Any) -> dict[str | None, int]:
+        counts: dict[str | None, int] = {}
+        for effect in world.ledger:
+            if effect.key == key and effect.activity == activity:
+                counts[effect.instance] = counts.get(effect.instance, 0) + 1
+        return counts
+
+    mine, theirs = per_instance(result.world), per_instance(reference.world)
+    instance = next((i for i, n in mine.items() if n > theirs.get(i, 0)), None)
+    if instance is None and mine:
+        instance = list(mine)[-1]
+    if instance is None:
+        return None, None
+    steps = []
+    for line in result.trace:
+        if '"work_exec"' in line:
+            rec = json.loads(line)
+            if rec.get("op") == "work_exec" and rec.get("instance") == instance and rec.get("activity") == activity:
+                steps.append(rec["step"])
+    return instance, (steps[1] if len(steps) > 1 else steps[-1] if steps else None)
+
+
 #: A key missing from a world (distinct from a key holding None).
 _ABSENT = object()
 
@@ -291,11 +330,7 @@ def _world_diff(result: SimResult, reference: SimResult, keys: list[str] | None 
         keys = [k for k in dict.fromkeys(list(b) + list(a)) if a.get(k) != b.get(k)]
 
     def writers_of(key: str) -> list[str]:
-        # Activities only (setup may have seeded the key), the one that ran more often than in
-        # the fault-free run first: that re-execution is what changed the world.
-        names = [w for w in dict.fromkeys(result.world.writers(key) + reference.world.writers(key))
-                 if w != "<outside an activity>"]
-        return sorted(names, key=lambda w: result.world.executions.get(w, 0) == reference.world.executions.get(w, 0))
+        return _writers_of(result, reference, key)
 
     def ran(w: str) -> tuple[int, int]:
         return result.world.executions.get(w, 0), reference.world.executions.get(w, 0)
@@ -462,10 +497,11 @@ def _run_and_check(sim: Simulation, *, check_repeat: bool) -> SimResult:
         again = _Run(sim, sim.plan).execute()
         if again.trace != result.trace:
             first = next((i for i, (x, y) in enumerate(zip(result.trace, again.trace, strict=False)) if x != y), min(len(result.trace), len(again.trace)))
+            step = json.loads(result.trace[first]).get("step") if first < len(result.trace) else result.steps
             failures.append(Failure(
                 checker="determinism",
                 message=f"same seed gave a different trace at line {first}: {result.trace[first] if first < len(result.trace) else '<end>'} vs {again.trace[first] if first < len(again.trace) else '<end>'}",
-                seed=sim.seed, step=first, repro=sim.repro_command(),
+                seed=sim.seed, step=step, repro=sim.repro_command(),
             ))
     result.failures = failures
     return result

@@ -75,9 +75,19 @@ _LEGEND = (
 )
 
 
+#: Characters HTML must not carry raw (C0 controls but tab/newline/CR, DEL, C1 controls, lone
+#: surrogates): shown as their ``\\xNN`` / ``\\uXXXX`` escape, as the text trace shows them.
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _unsafe_char(m: re.Match[str]) -> str:
+    return m.group().encode("unicode_escape").decode("ascii")
+
+
 def _e(value: Any) -> str:
-    """HTML-escape any value (text and attribute values alike)."""
-    return html.escape(str(value), quote=True)
+    """HTML-escape any value (text and attribute values alike); control characters and lone
+    surrogates become visible escapes (raw, they are parse errors, or unencodable)."""
+    return _UNSAFE.sub(_unsafe_char, html.escape(str(value), quote=True))
 
 
 def _cls(value: Any) -> str:
@@ -431,7 +441,8 @@ def write_timeline(result: SimResult, path: str | pathlib.Path, **kwargs: Any) -
     """Render ``result`` (keyword arguments as :func:`render_timeline`) to ``path`` (UTF-8)."""
     out = pathlib.Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_timeline(result, **kwargs), encoding="utf-8")
+    # (escaped text holds no lone surrogate; the guard keeps an unforeseen one from losing the page)
+    out.write_text(render_timeline(result, **kwargs), encoding="utf-8", errors="backslashreplace")
     return out
 
 

@@ -266,7 +266,7 @@ def test_the_printed_reproduce_line_reproduces_when_pasted_from_another_director
     elsewhere.mkdir()
     pasted = paste(lines[at][len("reproduce: "):], cwd=elsewhere)
     assert pasted.returncode == 1, f"the printed line {lines[at]!r} does not run: {pasted.stderr[-800:]}"
-    assert "idempotency (seed " in pasted.stdout, (failure_line, pasted.stdout)
+    assert "idempotency [" in pasted.stdout and "(seed " in pasted.stdout, (failure_line, pasted.stdout)
 
 
 def test_a_flat_scenario_without_ref_still_gets_a_reproduce_command(tmp_path: pathlib.Path,

@@ -221,7 +221,8 @@ def test_render_names_property_seed_step_and_repro(tmp_path) -> None:
     with pytest.raises(AssertionError) as err:
         check_simulation(spec, 3, FaultPlan.scripted([(1, "crash_after_effect")]))
     text = str(err.value)
-    assert text.startswith("idempotency (seed 3): activity 'Pay'")
+    # (the failure names the instance and the step of the re-execution that changed the world)
+    assert re.match(r"idempotency \[[^\]]+\] at step \d+ \(seed 3\): activity 'Pay'", text), text
     repro = _repro_of(text)
     assert "--seed 3" in repro and '"script":[[1,"crash_after_effect"]]' in repro
 
