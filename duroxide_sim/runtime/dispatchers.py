@@ -307,7 +307,7 @@ class OrchestrationDispatcher:
                          item.instance, retries + 1, exc)
                     self._abandon_quietly(item.lock_token, 50)
                     return None
-                return self._commit_infrastructure_failure(item, exc)
+                return self._commit_infrastructure_failure(item, exc, result)
         cache = self.cache
         if cache is not None and result.engine is not None and (
                 len(cache) < _FEW_ENGINES or result.engine.history_len >= _LONG_HISTORY):
@@ -315,22 +315,39 @@ class OrchestrationDispatcher:
         self._record(result)
         return result
 
-    def _commit_infrastructure_failure(self, item: OrchestrationItem, exc: ProviderError) -> TurnResult | None:
-        """SPEC §3.1 step 10: a permanent ack failure fails the instance on its fetched history."""
+    def _commit_infrastructure_failure(self, item: OrchestrationItem, exc: ProviderError,
+                                       result: TurnResult | None = None) -> TurnResult | None:
+        """SPEC §3.1 step 10: a permanent ack failure fails the instance on its fetched history.
+
+        A first turn has no fetched history: the instance is created failed, with its turn's
+        ``OrchestrationStarted`` and the error (and a parent hears of it). Abandoning it instead
+        re-ran the turn into the same refusal until poison, which hid the store's reason (a KV
+        key or a child id over PostgreSQL's index limit, say)."""
         details = InfrastructureError(operation="ack_orchestration_item", message=str(exc), is_retryable=False)
-        last = item.history[-1].event_id if item.history else 0
+        started = None
         if not item.history:
-            self._abandon_quietly(item.lock_token, 50)
-            return None
+            started = next((e for e in (result.delta if result is not None else ()) if isinstance(e, OrchestrationStarted)), None)
+            if started is None:
+                self._abandon_quietly(item.lock_token, 50)
+                return None
+        execution_id = result.execution_id if started is not None and result is not None else item.execution_id
+        last = item.history[-1].event_id if item.history else started.event_id  # type: ignore[union-attr]
         ev = OrchestrationFailed(
-            event_id=last + 1, instance_id=item.instance, execution_id=item.execution_id,
+            event_id=last + 1, instance_id=item.instance, execution_id=execution_id,
             timestamp_ms=self.s.clock.now_ms(), details=details,
         )
+        events: list[Any] = [ev] if started is None else [started, ev]
+        notify = []
+        if started is not None and started.parent_instance is not None and started.parent_id is not None:
+            notify = self._fill_parent_execution([SubOrchFailedMsg(
+                parent_instance=started.parent_instance, parent_execution_id=started.parent_execution_id or 0,
+                parent_id=started.parent_id, details=details)])
+        metadata = (ExecutionMetadata(status="Failed", output=details.display_message()) if started is None else
+                    ExecutionMetadata(status="Failed", output=details.display_message(), orchestration_name=started.name,
+                                      orchestration_version=started.version, parent_instance_id=started.parent_instance,
+                                      pinned_duroxide_version=started.duroxide_version))
         try:
-            self.s.provider.ack_orchestration_item(
-                item.lock_token, item.execution_id, [ev], [], [],
-                ExecutionMetadata(status="Failed", output=details.display_message()), [],
-            )
+            self.s.provider.ack_orchestration_item(item.lock_token, execution_id, events, [], notify, metadata, [])
         except ProviderError:
             self._abandon_quietly(item.lock_token, 50)
             return None

@@ -163,6 +163,10 @@ def run_coroutine(coro: Any, on_start: Callable[[Callable[[], None]], None] | No
         return runner.run(main())
 
 
+#: After a failed renewal, the next try comes this soon (or at the period, if shorter).
+_RENEW_RETRY_MS = 100  # the renewer's next tick: within RENEWAL_MARGIN_MS of a renewal that failed
+
+
 class ThreadRenewer:
     """Renews watched locks in the background at the SPEC §1 renewal period."""
 
@@ -214,7 +218,13 @@ class ThreadRenewer:
                     on_lost()
                     continue
                 except ProviderError as exc:
+                    # Retry soon, not a whole period later (by then the lock has expired: one
+                    # renewal lost to a dropped connection re-ran the activity elsewhere).
                     _log.warning("lock renewal failed (will retry): %s", exc)
+                    with self._lock:
+                        if token in self._watched:
+                            self._watched[token][3] = now + min(period, _RENEW_RETRY_MS)
+                    continue
                 with self._lock:
                     if token in self._watched:
                         self._watched[token][3] = now + period

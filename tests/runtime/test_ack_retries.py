@@ -106,3 +106,18 @@ def test_a_permanent_ack_failure_fails_the_instance_on_its_fetched_history():
     # The turn's ActivityCompleted / OrchestrationCompleted were discarded: the failure is
     # recorded right after the history the turn was fetched with.
     assert kinds == ["OrchestrationStarted", "ActivityScheduled", "OrchestrationFailed"]
+
+
+def test_a_permanent_ack_failure_of_a_first_turn_creates_the_instance_failed_with_the_cause():
+    """A first turn has no fetched history. It used to be abandoned and re-run into the same
+    refusal until poison ("exceeded N attempts"), which hid the store's reason (PostgreSQL
+    refusing a KV key over its index limit, say). Now the instance is created failed with its
+    OrchestrationStarted and the error."""
+    clock, provider, rt, client, waits = _setup()
+    provider.fail, provider.retryable = 1, False
+    assert rt.orchestration_dispatcher.step()
+    assert waits == [] and provider.abandons == []
+    status = client.get_status("i1")
+    assert status.status == "Failed"
+    assert "disk I/O error" in status.error and "poison" not in status.error
+    assert [type(e).__name__ for e in provider.read("i1")] == ["OrchestrationStarted", "OrchestrationFailed"]

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
-from duroxide_sim.errors import ConfigurationError
+from duroxide_sim.errors import ConfigurationError, ProviderError
 
 
 def _opts(**kw: Any) -> RuntimeOptions:
@@ -806,3 +806,31 @@ def test_spec_renewal_periods_are_kept_where_they_leave_room() -> None:
     assert renewal_period_ms(5_000, 2_000) == 3_000  # SPEC §1 defaults: 3 s / 25 s
     assert renewal_period_ms(30_000, 5_000) == 25_000
     assert renewal_period_ms(10_000, 0) == 5_000
+
+
+def test_one_failed_renewal_is_retried_before_the_lock_expires(rig):
+    """A renewal that fails with a retryable provider error (a dropped connection) used to be
+    tried again a whole renewal period later - after the lock expired - so the activity's ack
+    failed and it ran a second time. It is now retried within _RENEW_RETRY_MS."""
+    opts = _opts(worker_lock_timeout_ms=2_001)
+    rt = rig.runtime(opts)
+    real = rt.provider.renew_work_item_lock
+    failed: list[str] = []
+
+    def flaky(token, extend_ms):
+        if not failed:
+            failed.append(token)
+            raise ProviderError("connection lost", operation="renew_work_item_lock", retryable=True)
+        return real(token, extend_ms)
+
+    rt.provider.renew_work_item_lock = flaky
+    runs: list[str] = []
+    _register_long([rt], "sync", runs, threading.Lock(), 2.6)
+    rt.start()
+    c = Client(rt.provider)
+    c.start_orchestration("a", "O", "a")
+    assert _wait_until(lambda: c.get_status("a").is_terminal, 10.0)
+    assert failed, "the first renewal was not attempted"
+    assert runs == ["a"]
+    st = c.get_status("a")
+    assert (st.status, st.output) == ("Completed", "a")
