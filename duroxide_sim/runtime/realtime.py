@@ -399,7 +399,11 @@ class ThreadDriver:
                 self._maintenance()
             except Exception as exc:  # noqa: BLE001
                 # One report per outage (with the traceback), then quiet until it works again.
-                if not failing:
+                if not failing and isinstance(exc, ProviderError) and exc.retryable:
+                    # A transient store problem (a dropped connection): one line, no traceback.
+                    _log.warning("maintenance task failed, will retry (further failures are not logged until it "
+                                 "succeeds): %s", exc)
+                elif not failing:
                     _log.exception("maintenance task failed (further failures are not logged until it succeeds)")
                 else:
                     _log.debug("maintenance task still failing: %s", exc)
