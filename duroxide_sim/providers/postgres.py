@@ -77,6 +77,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import select
 import threading
 from collections import OrderedDict
@@ -138,6 +139,21 @@ _MAX_IDENT = 63  # PostgreSQL identifiers (NAMEDATALEN - 1 bytes)
 _FIRST_PAGE = 8  # candidates read by a fetch's first look; usually the first one is taken
 _CANDIDATE_PAGE = 128  # later pages (many candidates busy, filtered out or orphaned)
 _START_KINDS = (StartOrchestration.KIND, ContinueAsNew.KIND)
+# Connection failures that come from the settings themselves, not from the server's state
+# (matched on the lower-cased message: libpq reports option errors without a SQLSTATE, and
+# psycopg often none for the server's refusal at startup either): libpq's checks of the
+# options ('invalid sslmode value: "bogus"', 'invalid port number: "99999"', 'invalid integer
+# value "abc" for connection option "keepalives"', ...) and the server's refusal of startup
+# settings (``options=-c ...``) or of the client by pg_hba.conf. Anything else (refused,
+# unreachable, unresolvable, too many clients, starting up) stays retryable.
+_BAD_CONNECT_SETTING = re.compile(
+    r'invalid "?[a-z_]+"? value|invalid port number|invalid integer value|invalid connection option'
+    r'|invalid value "[^"]*" for (?:minimum|maximum) ssl protocol version|invalid ssl protocol version range'
+    r'|could not parse network address|could not match \d+ (?:host names|port numbers)'
+    r'|invalid when ssl support is not compiled in|require_auth method|is not supported on this platform'
+    r'|unrecognized configuration parameter|invalid value for parameter|cannot be changed without restarting'
+    r'|no pg_hba\.conf entry|server does not support ssl, but ssl was required'
+    r"|server doesn't support gssapi encryption, but it was required")
 _UNKNOWN = object()
 
 # Visible rows of unlocked instances in (visible_at, id) order; the first row of each instance
@@ -145,11 +161,17 @@ _UNKNOWN = object()
 # is empty or _PIN_FILTER (capability filtering, SPEC §16 I30: incompatible instances are
 # skipped before anything is locked or read; a NULL pin is compatible). The range starts above
 # the parked orphans (see _shared.PARKED_BELOW), so they are never walked.
+# Pages are keyset-paginated: a page starts after the (visible_at, id) of the previous page's
+# last row, (PARKED_BELOW, the least bigint) for the first. Never OFFSET: a fetch parks (moves below
+# PARKED_BELOW) or deletes the orphans it examines inside its transaction, so an OFFSET would
+# skip as many unexamined rows as were just handled (a ready instance behind fresh orphans
+# would be missed, and orphans left unexamined walked again by later fetches).
 _ORCH_CANDIDATES = """
-    SELECT q.instance_id FROM orchestrator_queue q
-    WHERE q.visible_at >= %(parked_below)s AND q.visible_at <= %(now)s AND NOT EXISTS (
+    SELECT q.instance_id, q.visible_at, q.id FROM orchestrator_queue q
+    WHERE q.visible_at >= %(parked_below)s AND q.visible_at <= %(now)s
+      AND (q.visible_at, q.id) > (%(after_at)s, %(after_id)s) AND NOT EXISTS (
         SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s) {pin}
-    ORDER BY q.visible_at, q.id LIMIT %(limit)s OFFSET %(offset)s
+    ORDER BY q.visible_at, q.id LIMIT %(limit)s
 """
 _PIN_FILTER = """
     AND NOT EXISTS (
@@ -396,6 +418,12 @@ class PostgresProvider(PostgresAdminMixin):
             state = getattr(exc, "sqlstate", None)
             text = self._redact(str(exc).strip())
             low = text.lower()
+            if _BAD_CONNECT_SETTING.search(low):
+                # Options libpq or the server refuse (sslmode=bogus, port 99999, keepalives=abc,
+                # options=-c bad=...): the URL is wrong, so no retry can ever succeed.
+                raise ProviderError(f"open: cannot connect to PostgreSQL {self._where}: invalid connection "
+                                    f"settings in the URL (fix the URL; retrying cannot help): {text}",
+                                    operation="open", retryable=False) from None
             permanent = state in ("28P01", "28000", "3D000") or "password" in low or "does not exist" in low \
                 or "authentication" in low
             raise ProviderError(f"open: cannot connect to PostgreSQL {self._where}: {text}", operation="open",
@@ -799,7 +827,8 @@ class PostgresProvider(PostgresAdminMixin):
         ``poll_timeout_ms`` is ignored (short poll). An idle poll is one autocommit query.
         """
         op = "fetch_orchestration_item"
-        params: dict[str, Any] = {"limit": _FIRST_PAGE, "offset": 0, "parked_below": PARKED_BELOW}
+        params: dict[str, Any] = {"limit": _FIRST_PAGE, "after_at": PARKED_BELOW, "after_id": -(1 << 63),
+                                  "parked_below": PARKED_BELOW}
         query = _ORCH_CANDIDATES.format(pin="")
         if filter is not None:
             lo = _parse_semver(filter[0], "filter minimum")
@@ -818,7 +847,7 @@ class PostgresProvider(PostgresAdminMixin):
         with self._tx(op) as db:
             seen: set[str] = set()
             while True:
-                for (instance,) in page:
+                for instance, _, _ in page:
                     if instance in seen:
                         continue
                     seen.add(instance)
@@ -837,7 +866,9 @@ class PostgresProvider(PostgresAdminMixin):
                         return result
                 if len(page) < params["limit"]:
                     return None
-                params["offset"] += params["limit"]
+                # Keyset paging (see _ORCH_CANDIDATES): rows parked or deleted above cannot
+                # shift the next page, so no unexamined candidate is skipped.
+                params["after_at"], params["after_id"] = page[-1][1], page[-1][2]
                 params["limit"] = _CANDIDATE_PAGE
                 page = db.all(query, params)
 
