@@ -325,13 +325,15 @@ class OrchestrationDispatcher:
         key or a child id over PostgreSQL's index limit, say)."""
         details = InfrastructureError(operation="ack_orchestration_item", message=str(exc), is_retryable=False)
         started = None
-        if not item.history:
+        # The first turn of an execution: of the instance (no history fetched), or of the
+        # execution a continue-as-new starts (its history is the previous execution's).
+        if not item.history or (result is not None and result.execution_id != item.execution_id):
             started = next((e for e in (result.delta if result is not None else ()) if isinstance(e, OrchestrationStarted)), None)
             if started is None:
                 self._abandon_quietly(item.lock_token, 50)
                 return None
         execution_id = result.execution_id if started is not None and result is not None else item.execution_id
-        last = item.history[-1].event_id if item.history else started.event_id  # type: ignore[union-attr]
+        last = started.event_id if started is not None else item.history[-1].event_id
         ev = OrchestrationFailed(
             event_id=last + 1, instance_id=item.instance, execution_id=execution_id,
             timestamp_ms=self.s.clock.now_ms(), details=details,

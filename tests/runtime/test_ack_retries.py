@@ -121,3 +121,33 @@ def test_a_permanent_ack_failure_of_a_first_turn_creates_the_instance_failed_wit
     assert status.status == "Failed"
     assert "disk I/O error" in status.error and "poison" not in status.error
     assert [type(e).__name__ for e in provider.read("i1")] == ["OrchestrationStarted", "OrchestrationFailed"]
+
+
+def test_a_permanent_ack_failure_of_a_continue_as_new_start_fails_the_new_execution():
+    """The first turn of the execution a continue-as-new starts is fetched with the previous
+    execution's history. A permanent ack failure there used to append OrchestrationFailed to
+    that previous (already continued-as-new) execution; it now creates the new execution, failed
+    with the reason, and leaves the previous one as it was."""
+    clock, provider, rt, client, waits = _setup()
+
+    @rt.register_orchestration("Again")
+    def again(ctx, n):
+        if n == 0:
+            return (yield ctx.continue_as_new(1))
+        return n
+
+    client.start_orchestration("c", "Again", 0)
+    for _ in range(3):  # i1's first turn and c's first turn (which continues as new)
+        if provider.read_with_execution("c", 1):
+            break
+        rt.orchestration_dispatcher.step()
+    assert [type(e).__name__ for e in provider.read_with_execution("c", 1)][-1] == "OrchestrationContinuedAsNew"
+    provider.fail, provider.retryable = 1, False
+    while rt.orchestration_dispatcher.step():
+        if provider.latest_execution_id("c") == 2:
+            break
+    first = [type(e).__name__ for e in provider.read_with_execution("c", 1)]
+    assert first[-1] == "OrchestrationContinuedAsNew" and first.count("OrchestrationFailed") == 0
+    assert [type(e).__name__ for e in provider.read_with_execution("c", 2)] == ["OrchestrationStarted", "OrchestrationFailed"]
+    status = client.get_status("c")
+    assert status.status == "Failed" and "disk I/O error" in status.error
