@@ -220,7 +220,7 @@ class _Engine:
     # an instance __dict__ this wide costs ~1.5 KiB each.
     __slots__ = (
         "handler", "instance", "execution_id", "now_ms", "fifo", "by_id", "pos_subs",
-        "pos_arrivals", "q_subs", "q_buffer", "dropped", "schedules", "completed", "crumbs",
+        "pos_arrivals", "q_subs", "q_buffer", "settled", "dropped", "schedules", "completed", "crumbs",
         "cancel_reason", "last_event_id", "history_len", "can", "kv", "custom_status", "is_replaying", "logs",
         "output", "events", "cursor", "stack", "waiting", "started_code", "requested_versions", "ctx",
         "input_text", "started_ms",
@@ -238,10 +238,15 @@ class _Engine:
         self.by_id: dict[int, _Slot] = {}
         # Containers most orchestrations never fill start as shared empty read-only ones and
         # are created on first write (a cached engine pays ~64-216 bytes for each empty one).
+        # Subscriptions by name: the *active* ones (not cancelled), in bind order; the n-th
+        # active subscription of a name receives its n-th arrival (SPEC §6.1, §6.2).
         self.pos_subs: dict[str, list[_Slot]] = _NO_MAP  # type: ignore[assignment]
         self.pos_arrivals: dict[str, list[str]] = _NO_MAP  # type: ignore[assignment]
         self.q_subs: dict[str, list[_Slot]] = _NO_MAP  # type: ignore[assignment]
         self.q_buffer: dict[str, list[tuple[int, str]]] = _NO_MAP  # type: ignore[assignment]  # (event_id, data)
+        # (kind, name) -> w: the first w active subscriptions of the name are all done, so a
+        # settle starts there (an actor's n-th message costs O(1), not O(n): see _settle).
+        self.settled: dict[tuple[str, str], int] = _NO_MAP  # type: ignore[assignment]
         self.dropped: list[_Slot] = []
         # Incremental views of the history walked so far, so a cached engine can take the next
         # turn without rescanning history (see replay.EngineCache).
@@ -521,8 +526,33 @@ class _Engine:
             return
         slot.dropped = True
         if slot.kind in ("wait", "queue"):
-            slot.cancelled = True
+            self._cancel_sub(slot)
         self.dropped.append(slot)
+
+    def _cancel_sub(self, slot: _Slot) -> None:
+        """Mark a subscription cancelled (dropped, or a breadcrumb in history): it leaves its
+        name's active list, and the later ones move up a position (they now pair with earlier
+        arrivals). Other kinds of slot are only marked."""
+        if slot.cancelled:
+            return
+        slot.cancelled = True
+        kind = slot.kind
+        if kind == "wait":
+            subs = self.pos_subs.get(slot.name)  # type: ignore[arg-type]
+        elif kind == "queue":
+            subs = self.q_subs.get(slot.name)  # type: ignore[arg-type]
+        else:
+            return
+        if not subs:
+            return  # not bound yet: _bind leaves a cancelled slot out
+        for p in range(len(subs) - 1, -1, -1):  # usually the newest
+            if subs[p] is slot:
+                del subs[p]
+                key = (kind, slot.name)
+                w = self.settled.get(key, 0)  # type: ignore[arg-type]
+                if p < w:
+                    self.settled[key] = w - 1  # type: ignore[index]
+                return
 
     # --- walking history ----------------------------------------------------------------------
 
@@ -593,11 +623,10 @@ class _Engine:
                     self.kv[ev.key] = (ev.value, ev.last_updated_at_ms)  # Recommend: recorded ts
             return False
         if isinstance(ev, ExternalEvent):
-            subs = self.pos_subs.get(ev.name, [])
+            active = self.pos_subs.get(ev.name, ())
             if self.pos_arrivals is _NO_MAP:
                 self.pos_arrivals = {}
             arrivals = self.pos_arrivals.setdefault(ev.name, [])
-            active = [s for s in subs if not s.cancelled]
             if len(active) > len(arrivals):
                 arrivals.append(ev.data)
                 self._settle_positional(ev.name)
@@ -613,7 +642,7 @@ class _Engine:
             self.add_crumb(type(ev), ev.source_event_id)  # type: ignore[attr-defined]
             slot = self.by_id.get(ev.source_event_id)  # type: ignore[arg-type]
             if slot is not None:
-                slot.cancelled = True
+                self._cancel_sub(slot)
             return False
         if isinstance(ev, (ActivityCancelRequested, SubOrchestrationCancelRequested)):
             self.add_crumb(type(ev), ev.source_event_id)  # type: ignore[attr-defined]
@@ -630,29 +659,49 @@ class _Engine:
         elif isinstance(ev, ExternalSubscribed):
             if self.pos_subs is _NO_MAP:
                 self.pos_subs = {}
-            self.pos_subs.setdefault(ev.name, []).append(slot)
+            subs = self.pos_subs.setdefault(ev.name, [])
+            if not slot.cancelled:
+                subs.append(slot)
             self._settle_positional(ev.name)
         elif isinstance(ev, QueueSubscribed):
             if self.q_subs is _NO_MAP:
                 self.q_subs = {}
-            self.q_subs.setdefault(ev.name, []).append(slot)
+            subs = self.q_subs.setdefault(ev.name, [])
+            if not slot.cancelled:
+                subs.append(slot)
             self._settle_queue(ev.name)
             return True
         return False
 
     def _settle_positional(self, name: str) -> None:
-        arrivals = self.pos_arrivals.get(name, [])
-        active = [s for s in self.pos_subs.get(name, []) if not s.cancelled]
-        for idx, slot in enumerate(active):
-            if idx < len(arrivals) and not slot.done:
-                self._resolve_text(slot, arrivals[idx])
+        """Give the n-th active wait on ``name`` the n-th arrival, for every pair not done yet."""
+        arrivals = self.pos_arrivals.get(name)
+        if arrivals:
+            self._settle("wait", name, self.pos_subs.get(name, ()), arrivals, False)
 
     def _settle_queue(self, name: str) -> None:
-        buffer = self.q_buffer.get(name, [])
-        active = [s for s in self.q_subs.get(name, []) if not s.cancelled]
-        for idx, slot in enumerate(active):
-            if idx < len(buffer) and not slot.done:
-                self._resolve_text(slot, buffer[idx][1])
+        """Give the n-th active dequeue on ``name`` the n-th buffered message (same pairing)."""
+        buffer = self.q_buffer.get(name)
+        if buffer:
+            self._settle("queue", name, self.q_subs.get(name, ()), buffer, True)
+
+    def _settle(self, kind: str, name: str, active: Any, items: list[Any], pair: bool) -> None:
+        # Pairs below the watermark are done (each pass leaves every pair it reaches done;
+        # arrivals only grow; a cancelled subscription below it lowers it by one), so the
+        # pass starts there: the same pairing as walking every pair from 0, without the
+        # quadratic cost for an actor that waits on one name thousands of times.
+        n = min(len(active), len(items))
+        key = (kind, name)
+        w = self.settled.get(key, 0)
+        if n <= w:
+            return
+        for idx in range(w, n):
+            slot = active[idx]
+            if not slot.done:
+                self._resolve_text(slot, items[idx][1] if pair else items[idx])
+        if self.settled is _NO_MAP:
+            self.settled = {}
+        self.settled[key] = n
 
     def _resolve(self, slot: _Slot, value: Any) -> None:
         slot.finish(True, value)

@@ -70,7 +70,7 @@ def test_parked_engine_keeps_no_history_and_no_instance_dict():
     assert engine.fifo is NO_FIFO, "a drained FIFO is given back instead of keeping an empty deque"
     assert not hasattr(engine, "inp"), "the turn's input (history, messages) is not kept"
     # Containers an activity chain never writes stay the shared read-only empties.
-    for name in ("pos_subs", "pos_arrivals", "q_subs", "q_buffer", "requested_versions", "crumbs"):
+    for name in ("pos_subs", "pos_arrivals", "q_subs", "q_buffer", "settled", "requested_versions", "crumbs"):
         value = getattr(engine, name)
         assert not value and not isinstance(value, (dict, set)), name
 
