@@ -20,6 +20,11 @@
     an instance the faults poisoned (its activity delivered ``max_attempts`` times: the
     runtime's documented answer, which the checkers count as budget exhausted) counts as done.
 
+(c) Ceilings: the W4-shaped work run by the production runtime alone (one Runtime, in-memory
+    provider, SequentialDriver; no scheduler, trace, faults or checks), and per scenario the
+    median ms of its fault-free run on one simulated process without checks (``floor_ms``).
+    Every simulated step executes the same runtime code, so the simulator cannot beat these.
+
 Prints one JSON line per measurement, then a small table. Issue targets (measured, not tuned
 here): >= 20,000 simulated activity executions/s with faults off, >= 5,000 with all faults on,
 >= 50 seeds/s per scenario.
@@ -95,8 +100,10 @@ def bench_scenario(name: str, spec: object, seeds: int, budget_s: float) -> dict
         times.append(time.perf_counter() - t0)
         seed += 1
     total = sum(times)
+    floor_ms = scenario_runtime_alone_ms(spec, min(len(times), 10))
     return {
         "benchmark": "sim_seeds_per_s", "scenario": name, "faults": f"all@{FAULT_RATE}", "seeds": len(times),
+        "floor_ms": round(floor_ms, 2),
         "seconds": round(total, 4), "seeds_per_s": round(len(times) / total, 2) if total else None,
         "seed_median_ms": round(statistics.median(times) * 1000, 2), "seed_max_ms": round(max(times) * 1000, 2),
         "failed_seeds": failures, "errors": errors, "first_failure": first_failure,
@@ -151,6 +158,51 @@ def w4_spec(instances: int) -> SimSpec:
     )
 
 
+def bench_w4_runtime_alone(instances: int, repeats: int) -> dict:
+    """The same W4-shaped work run by the production runtime alone: one Runtime on the in-memory
+    provider stepped by :class:`~duroxide_sim.sim.SequentialDriver` (orchestration step, worker
+    step, in turn), no scheduler, trace, faults, cache verification or provider self-checks.
+    Every simulated activity executes this same runtime code, so this is the ceiling for the
+    simulator's activity executions/s on this machine."""
+    from duroxide_sim import Client, Runtime, RuntimeOptions
+    from duroxide_sim.providers.memory import InMemoryProvider
+    from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
+    from duroxide_sim.sim.clock import DEFAULT_EPOCH_MS
+
+    rates = []
+    for _ in range(repeats):
+        clock = SimClock(DEFAULT_EPOCH_MS)
+        provider = InMemoryProvider(clock)
+        rt = Runtime(provider, RuntimeOptions(), clock=clock, ids=SequentialIds(0))
+        w4_spec(instances).setup(rt, None)
+        driver = SequentialDriver(rt, clock, max_steps=2_000_000)
+        client = Client(provider, clock=clock, sleep=driver.sleep)
+        for i in range(instances):
+            client.start_orchestration(f"w4-{i:05d}", "Many", K)
+        t0 = time.perf_counter()
+        driver.run_until_quiet()
+        dt = time.perf_counter() - t0
+        done = sum(1 for i in range(instances) if client.get_orchestration_status(f"w4-{i:05d}").output == K)
+        assert done == instances, f"{done}/{instances} completed"
+        rates.append(instances * K / dt)
+    return {
+        "benchmark": "runtime_alone_activity_execs_per_s", "workload": f"W4-shaped {instances}x{K}", "faults": "-",
+        "mode": "runtime alone", "repeats": repeats, "execs_per_s_median": round(statistics.median(rates)),
+        "execs_per_s_min": round(min(rates)), "execs_per_s_max": round(max(rates)), "ok": True,
+    }
+
+
+def scenario_runtime_alone_ms(spec: object, seeds: int) -> float:
+    """Median ms per seed of the scenario's fault-free run on one simulated process with the
+    cache verification and provider self-checks off and no checkers: the least a seed costs."""
+    times = []
+    for seed in range(seeds):
+        t0 = time.perf_counter()
+        Simulation(spec, seed, FaultPlan.none(), nodes=1, check_invariants=False, verify_cache=False).run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
 def count_execs(trace: list[str]) -> int:
     n = 0
     for line in trace:
@@ -193,17 +245,24 @@ def bench_w4(instances: int, faults: str, repeats: int) -> list[dict]:
     return out
 
 
+def _floor(r: dict) -> str:
+    """The scenario's least cost per seed (fault-free, one process, no checks) as ms and seeds/s."""
+    ms = r.get("floor_ms")
+    return f"{ms:.0f} ms ({1000 / ms:.0f}/s)" if ms else "-"
+
+
 def render(seed_rows: list[dict], exec_rows: list[dict], jobs: int = 1) -> str:
+    floor_head = "runtime alone: fault-free, 1 process, no checks, ms/seed (seeds/s)"
     if jobs > 1:
-        lines = [f"| scenario (all faults at 5 %) | seeds | seeds/s | median ms/seed | max ms/seed | seeds ({jobs} processes) | seeds/s with {jobs} processes | "
+        lines = [f"| scenario (all faults at 5 %) | seeds | seeds/s | median ms/seed | max ms/seed | {floor_head} | seeds ({jobs} processes) | seeds/s with {jobs} processes | "
                  f"target >= 50 seeds/s (1 process) | target >= 50 seeds/s ({jobs} processes) | check failures |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
     else:
-        lines = ["| scenario (all faults at 5 %) | seeds | seeds/s | median ms/seed | max ms/seed | target >= 50 seeds/s | check failures |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [f"| scenario (all faults at 5 %) | seeds | seeds/s | median ms/seed | max ms/seed | {floor_head} | target >= 50 seeds/s | check failures |",
+                 "|---|---|---|---|---|---|---|---|"]
     for r in seed_rows:
         if "seeds_per_s" not in r:
-            lines.append(f"| {r['scenario']} | - | import failed | | | |{' | | | |' if jobs > 1 else ''} {r.get('first_failure', '')[:80]} |")
+            lines.append(f"| {r['scenario']} | - | import failed | | | | |{' | | | |' if jobs > 1 else ''} {r.get('first_failure', '')[:80]} |")
             continue
         met = "met" if (r["seeds_per_s"] or 0) >= 50 else "missed"
         fails = f"{r['failed_seeds'] + r['errors']}/{r['seeds']}"
@@ -220,13 +279,17 @@ def render(seed_rows: list[dict], exec_rows: list[dict], jobs: int = 1) -> str:
                 if r.get("first_failure_jobs"):
                     fails += f": {r['first_failure_jobs'][:100]}"
             lines.append(f"| {r['scenario']} | {r['seeds']} | {r['seeds_per_s']:.1f} | {r['seed_median_ms']:.0f} | "
-                         f"{r['seed_max_ms']:.0f} | {r.get('seeds_jobs', 0)} | {multi} | {met} | {met_jobs} | {fails} |")
+                         f"{r['seed_max_ms']:.0f} | {_floor(r)} | {r.get('seeds_jobs', 0)} | {multi} | {met} | {met_jobs} | {fails} |")
             continue
         lines.append(f"| {r['scenario']} | {r['seeds']} | {r['seeds_per_s']:.1f} | {r['seed_median_ms']:.0f} | "
-                     f"{r['seed_max_ms']:.0f} | {met} | {fails} |")
+                     f"{r['seed_max_ms']:.0f} | {_floor(r)} | {met} | {fails} |")
     lines += ["", "| W4-shaped simulation | faults | mode | activity executions/s median (min–max) | seconds (median) | executions | target |",
               "|---|---|---|---|---|---|---|"]
     for r in exec_rows:
+        if r["mode"] == "runtime alone":
+            lines.append(f"| {r['workload']} | - | runtime alone (no simulator: the ceiling) | {r['execs_per_s_median']:,} "
+                         f"({r['execs_per_s_min']:,}–{r['execs_per_s_max']:,}) | | | - |")
+            continue
         target = 20_000 if r["faults"] == "none" else 5_000
         met = "met" if r["execs_per_s_median"] >= target else "missed"
         lines.append(f"| {r['workload']} | {r['faults']} | {r['mode']} | {r['execs_per_s_median']:,} "
@@ -281,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         for row in bench_w4(args.instances, faults, args.repeats):
             exec_rows.append(row)
             print(json.dumps(row), flush=True)
+    print(f"W4-shaped {args.instances}x{K}, runtime alone ...", file=sys.stderr, flush=True)
+    row = bench_w4_runtime_alone(args.instances, args.repeats)
+    exec_rows.append(row)
+    print(json.dumps(row), flush=True)
     elapsed = time.perf_counter() - began
 
     table = render(seed_rows, exec_rows, args.jobs)
