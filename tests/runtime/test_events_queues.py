@@ -216,6 +216,38 @@ def test_buffered_queue_drains_in_one_turn(world):
     assert ks[fired + 1:] == ["QueueSubscribed"] * 4 + ["OrchestrationCompleted"]
 
 
+def _burst_actor(world, pause_every):
+    @world.runtime.register_orchestration("O")
+    def orch(ctx, n):
+        yield ctx.schedule_timer(1_000)  # the burst arrives meanwhile: one batch of n messages
+        out = []
+        for i in range(n):
+            if pause_every and i and i % pause_every == 0:
+                yield ctx.schedule_timer(0)  # ends the turn: the next one drains the rest
+            out.append((yield ctx.dequeue_event("q")))
+        return out
+
+    world.client.start_orchestration("i1", "O", 150)
+    world.run_for(10)
+    for i in range(150):
+        world.client.enqueue_event("i1", "q", i)
+
+
+def test_draining_more_than_100_buffered_messages_in_one_turn_fails_the_instance(world):
+    """SPEC §3.7 (as the reference): each dequeue of a buffered message is one iteration of the
+    turn's quiescence loop, and more than 100 fail the instance (documented in the README)."""
+    _burst_actor(world, pause_every=0)
+    st = world.result("i1")
+    assert st.status == "Failed"
+    assert "quiescence_loop" in str(st.error)
+
+
+def test_a_timer_every_fifty_messages_drains_a_burst_of_150(world):
+    """The README's workaround: a zero timer every < 100 messages ends the turn; nothing is lost."""
+    _burst_actor(world, pause_every=50)
+    assert world.result("i1").output == list(range(150))
+
+
 def test_queues_are_independent_by_name(world):
     """Each queue name has its own buffer."""
 
