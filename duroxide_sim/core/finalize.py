@@ -60,6 +60,7 @@ _CRUMB_TYPES: dict[str, type] = {
 }
 _CRUMB_LABELS = {"activity": "activities", "sub": "sub-orchestrations", "wait": "external waits", "queue": "persistent waits"}
 _CRUMB_CLASSES = tuple(_CRUMB_TYPES.values())
+_NO_CRUMBS: frozenset[tuple[type, int | None]] = frozenset()
 
 
 def _reconcile_dropped(
@@ -79,8 +80,11 @@ def _reconcile_dropped(
     crumb_types = _CRUMB_TYPES
     labels = _CRUMB_LABELS
     crumb_classes = _CRUMB_CLASSES
-    # Breadcrumbs already written (one pass over the events this engine did not walk before).
-    existing: set[tuple[type, int | None]] = set(engine.crumbs) if warm or walked_from else set()
+    # Breadcrumbs already written: those the engine knows (a warm or caught-up one; looked up
+    # in place, not copied: an actor's crumbs grow with its history), plus one pass over the
+    # events this engine did not walk before, plus this turn's.
+    known = engine.crumbs if warm or walked_from else _NO_CRUMBS
+    existing: set[tuple[type, int | None]] = set()
     persisted_dropped: dict[type, set[int]] = {}
     if not warm:
         for e in history[walked_from:] if walked_from else history:
@@ -106,7 +110,7 @@ def _reconcile_dropped(
                 )
     for slot in engine.dropped:
         cls = crumb_types.get(slot.kind)
-        if cls is None or slot.event_id is None or (cls, slot.event_id) in existing:
+        if cls is None or slot.event_id is None or (cls, slot.event_id) in existing or (cls, slot.event_id) in known:
             continue
         if slot.done and slot.kind in ("activity", "sub"):
             continue  # completed before the drop took effect: nothing to cancel
@@ -170,8 +174,13 @@ def _finish(
             if isinstance(ev, ActivityCancelRequested) and ev.reason == "dropped_future":
                 cancelled.append((inst, exe, ev.source_event_id))  # type: ignore[arg-type]
             elif isinstance(ev, SubOrchestrationCancelRequested) and ev.reason == "dropped_future":
-                sched = next(e for e in [*history, *delta] if e.event_id == ev.source_event_id)
-                orch.append(CancelInstance(instance=child_instance_id(inst, sched.instance), reason="parent dropped sub-orchestration future"))  # type: ignore[attr-defined]
+                # The dropped slot knows its child (bound from the schedule event); a scan of
+                # the whole history per dropped child made such turns grow with the history.
+                child = next((s.child for s in engine.dropped if s.kind == "sub" and s.event_id == ev.source_event_id), None)
+                if child is None:
+                    sched = next(e for e in [*history, *delta] if e.event_id == ev.source_event_id)
+                    child = sched.instance  # type: ignore[attr-defined]
+                orch.append(CancelInstance(instance=child_instance_id(inst, child), reason="parent dropped sub-orchestration future"))
 
     def notify_parent(details: ErrorDetails | None, result: str | None) -> None:
         if started.parent_instance is None or started.parent_id is None:

@@ -109,7 +109,12 @@ class HistoryView(Sequence[Any]):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return tuple(self._events[: self._n][index])
+            # Only the selected events are copied (a catch-up turn slices off a short suffix
+            # of a long history).
+            start, stop, step = index.indices(self._n)
+            if step == 1:
+                return tuple(self._events[start:stop]) if start < stop else ()
+            return tuple(self._events[i] for i in range(start, stop, step))
         i = index.__index__()
         if i < 0:
             i += self._n

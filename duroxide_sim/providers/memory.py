@@ -34,7 +34,7 @@ from ..core.events import (
 from ..errors import (
     CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ProviderError,
 )
-from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW
+from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW, HistoryView
 from ._shared import imported_executions as _imported_executions
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
@@ -117,6 +117,9 @@ class _WorkRow:
 class _OrchLock:
     token: str
     locked_until: int
+    #: The rows this lock tagged at fetch (its batch): ack and release touch these, not every
+    #: row queued for the instance.
+    rows: list[Any] = attrs.Factory(list)
 
 
 @attrs.define
@@ -180,6 +183,27 @@ class _Queue:
         if len(seqs) == 1:
             return [rows[s] for s in seqs]
         return sorted((rows[s] for s in seqs), key=_row_order)
+
+    def members(self, key: Hashable) -> list[Any]:
+        """The group's rows in no particular order (a copy: callers may move or remove them),
+        for callers that do not need :meth:`group`'s sort."""
+        seqs = self.groups.get(key)
+        if not seqs:
+            return []
+        rows = self.rows
+        return [rows[s] for s in seqs]
+
+    def visible_group(self, key: Hashable, now: int) -> list[Any]:
+        """The group's rows visible at ``now``, oldest first: filtered before sorting, so rows
+        queued for later (an instance's far-off timers) cost a comparison, not a sort."""
+        seqs = self.groups.get(key)
+        if not seqs:
+            return []
+        rows = self.rows
+        batch = [row for row in map(rows.__getitem__, seqs) if row.visible_at <= now]
+        if len(batch) > 1:
+            batch.sort(key=_row_order)
+        return batch
 
     def next_visible_after(self, now: int) -> int | None:
         i = self.order.bisect_right((now, _INF))
@@ -281,7 +305,7 @@ class InMemoryProvider:
         lock = self._orch_locks.pop(instance, None)
         if lock is not None:
             del self._orch_tokens[lock.token]
-            for row in self._orch.group(instance):
+            for row in lock.rows:
                 if row.lock_token == lock.token:
                     row.lock_token = None
 
@@ -339,12 +363,17 @@ class InMemoryProvider:
         execution = self._executions.setdefault(instance, {}).get(execution_id)
         if execution is None:
             execution = self._executions[instance][execution_id] = _Execution(started_at=now)
-        # Stored verbatim, ordered by event_id like the SQLite primary key / ORDER BY.
+        # Stored verbatim, ordered by event_id like the SQLite primary key / ORDER BY. Fetches
+        # hand out HistoryViews of this list (its first n events), so events are only ever
+        # appended in place; an event inserted before others (append_with_execution) goes into
+        # a new list, leaving the views already handed out unchanged.
         for event in events:
             if not execution.events or event.event_id > execution.events[-1].event_id:
                 execution.events.append(event)
             else:
-                bisect.insort(execution.events, event, key=_event_id)
+                copy = list(execution.events)
+                bisect.insort(copy, event, key=_event_id)
+                execution.events = copy
         return execution
 
     def _current_execution(self, instance: str) -> tuple[int, _Execution | None] | None:
@@ -397,7 +426,7 @@ class InMemoryProvider:
                     pin = current[1].pin if current and current[1] else None
                     if pin is not None and not bounds[0] <= pin <= bounds[1]:
                         continue  # skipped before locking or reading history (SPEC §16 I30)
-                batch = [r for r in self._orch.group(instance) if r.visible_at <= now]
+                batch = self._orch.visible_group(instance, now)
                 meta = self._batch_metadata(instance, batch)
                 if meta is not None and self._continue_as_new_pending(instance, batch):
                     continue
@@ -410,7 +439,7 @@ class InMemoryProvider:
                     # A start item that is queued but not yet visible (abandoned with a delay
                     # after a failed first ack) means the instance is about to exist: keep its
                     # messages rather than drop them (found by the simulation).
-                    pending_start = any(isinstance(r.item, (StartOrchestration, ContinueAsNew)) for r in self._orch.group(instance))
+                    pending_start = any(isinstance(r.item, (StartOrchestration, ContinueAsNew)) for r in self._orch.members(instance))
                     if not pending_start and all(isinstance(r.item, QueueMessage) for r in batch):
                         orphans.extend(batch)  # removed after the scan, which must not see removals
                     else:
@@ -456,18 +485,18 @@ class InMemoryProvider:
             return False
         if any(isinstance(r.item, ContinueAsNew) for r in batch):
             return False
-        return any(isinstance(r.item, ContinueAsNew) for r in self._orch.group(instance))
+        return any(isinstance(r.item, ContinueAsNew) for r in self._orch.members(instance))
 
     def _batch_metadata(self, instance: str, batch: list[_OrchRow]) -> tuple[str, str | None, int, tuple] | None:
         row = self._instances.get(instance)
         if row is not None:
             execution = self._executions.get(instance, {}).get(row.current_execution_id)
-            return row.name, row.version, row.current_execution_id, tuple(execution.events) if execution else ()
+            return row.name, row.version, row.current_execution_id, HistoryView(execution.events) if execution else ()
         current = self._current_execution(instance)
         if current is not None and current[1] is not None:  # history without a row
             for event in current[1].events:
                 if isinstance(event, OrchestrationStarted):
-                    return event.name, event.version, current[0], tuple(current[1].events)
+                    return event.name, event.version, current[0], HistoryView(current[1].events)
         for r in batch:
             if isinstance(r.item, (StartOrchestration, ContinueAsNew)):
                 return r.item.orchestration, r.item.version, 1, ()
@@ -480,7 +509,7 @@ class InMemoryProvider:
         if old is not None:  # an expired lock is taken over: its token becomes unknown
             del self._orch_tokens[old.token]
         token = self._new_token()
-        self._orch_locks[instance] = _OrchLock(token, now + lock_timeout_ms)
+        self._orch_locks[instance] = _OrchLock(token, now + lock_timeout_ms, batch)
         self._orch_tokens[token] = instance
         attempts = 0
         for r in batch:
@@ -526,8 +555,9 @@ class InMemoryProvider:
             for item in orchs:
                 self._check_orch_item(item, op)
             # ---- mutate ----
-            for row in self._orch.group(instance):
-                if row.lock_token == lock_token:
+            queued = self._orch.rows
+            for row in self._orch_locks[instance].rows:  # the batch (held lock: checked above)
+                if row.lock_token == lock_token and queued.get(row.seq) is row:
                     self._orch.remove(row)
             row = self._instances.get(instance)
             if metadata.orchestration_name is not None:
@@ -604,7 +634,7 @@ class InMemoryProvider:
             if instance is None:
                 raise _lock_lost("abandon_orchestration_item", lock_token,
                                  f"Invalid lock token {lock_token!r}: unknown or already released")
-            for row in self._orch.group(instance):
+            for row in self._orch.members(instance):
                 if ignore_attempt and row.lock_token == lock_token:
                     row.attempt_count = max(0, row.attempt_count - 1)
                 if delay_ms is not None and row.visible_at <= now:

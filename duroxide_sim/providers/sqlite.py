@@ -851,31 +851,38 @@ class SqliteProvider(SqliteAdminMixin):
                              "the turn must not commit", instance_id=row[0])
         return row[0]
 
-    def _take_orch_lock(self, db: sqlite3.Connection, token: str, now: int, op: str) -> str:
+    def _take_orch_lock(self, db: sqlite3.Connection, token: str, now: int, op: str) -> tuple[str, int]:
         """:meth:`_held_orch_lock` and the release of that lock in one statement (SQLite >=
         3.35: ``DELETE ... RETURNING``; older: the check, then the delete). On LockLostError
-        the caller's transaction rolls back, so a held lock stays held."""
+        the caller's transaction rolls back, so a held lock stays held. Returns the instance
+        and the lock's fetch time (``locked_at``: the rows it tagged were visible by then)."""
         if not _HAS_RETURNING:
             instance = self._held_orch_lock(db, token, now, op)
+            locked_at = db.execute("SELECT locked_at FROM instance_locks WHERE instance_id = ?", (instance,)).fetchone()[0]
             db.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
-            return instance
-        rows = db.execute("DELETE FROM instance_locks WHERE lock_token = ? RETURNING instance_id, locked_until",
+            return instance, locked_at
+        rows = db.execute("DELETE FROM instance_locks WHERE lock_token = ? RETURNING instance_id, locked_until, locked_at",
                           (token,)).fetchall()
         if not rows:
             raise _lock_lost(op, token, f"Invalid lock token {token!r}: unknown, already released, taken over "
                              "after expiry, or its instance was deleted")
-        instance, locked_until = rows[0]
+        instance, locked_until, locked_at = rows[0]
         if locked_until <= now:
             raise _lock_lost(op, token, f"Instance lock expired for instance {instance!r} (lock token {token!r}); "
                              "the turn must not commit", instance_id=instance)
-        return instance
+        return instance, locked_at
 
-    @staticmethod
-    def _release_orch_lock(db: sqlite3.Connection, instance: str) -> None:
-        row = db.execute("SELECT lock_token FROM instance_locks WHERE instance_id = ?", (instance,)).fetchone()
+    # The rows a lock tagged were visible at its fetch (``locked_at``) and stay so while it is
+    # held, so statements on them name ``visible_at <= locked_at``: idx_orch_instance then walks
+    # only those, not rows queued for later (an instance with thousands of far-off timers paid
+    # for all of them on every ack).
+    _TAGGED = "instance_id = ? AND visible_at <= ? AND lock_token = ?"
+
+    @classmethod
+    def _release_orch_lock(cls, db: sqlite3.Connection, instance: str) -> None:
+        row = db.execute("SELECT lock_token, locked_at FROM instance_locks WHERE instance_id = ?", (instance,)).fetchone()
         if row is not None:
-            db.execute("UPDATE orchestrator_queue SET lock_token = NULL WHERE instance_id = ? AND lock_token = ?",
-                       (instance, row[0]))
+            db.execute(f"UPDATE orchestrator_queue SET lock_token = NULL WHERE {cls._TAGGED}", (instance, row[1], row[0]))
             db.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
 
     @staticmethod
@@ -1210,7 +1217,7 @@ class SqliteProvider(SqliteAdminMixin):
         ``texts``: the JSON of the delta, worker and orchestrator items, serialized before the
         transaction (:func:`_serialize_ack`) so the write lock is not held for it."""
         # Checks the lock and releases it (the whole ack rolls back if anything below fails).
-        instance = self._take_orch_lock(db, lock_token, now, op)
+        instance, locked_at = self._take_orch_lock(db, lock_token, now, op)
         few = len(delta) <= _FEW_EVENTS
         if few:  # duplicates are then detected by the primary key as each row is inserted
             for event in delta:
@@ -1227,8 +1234,7 @@ class SqliteProvider(SqliteAdminMixin):
             self._check_orch_item(item, op)
         # Every row of the batch carries this token (fetch tagged them), so deleting them
         # leaves no row tagged with it: releasing the lock is deleting its row (done above).
-        db.execute("DELETE FROM orchestrator_queue WHERE instance_id = ? AND lock_token = ?",
-                   (instance, lock_token))
+        db.execute(f"DELETE FROM orchestrator_queue WHERE {self._TAGGED}", (instance, locked_at, lock_token))
         has_row = self._upsert_instance(db, instance, execution_id, metadata, now)
         # The execution row is created by its first ack; later acks only update it. The fetch
         # remembered the stored pin of an existing row: the same pin is not written again.
@@ -1399,17 +1405,19 @@ class SqliteProvider(SqliteAdminMixin):
         op = "abandon_orchestration_item"
         with self._tx(op) as db:
             now = self._now()
-            row = db.execute("SELECT instance_id FROM instance_locks WHERE lock_token = ?", (lock_token,)).fetchone()
+            row = db.execute("SELECT instance_id, locked_at FROM instance_locks WHERE lock_token = ?",
+                             (lock_token,)).fetchone()
             if row is None:
                 raise _lock_lost(op, lock_token, f"Invalid lock token {lock_token!r}: unknown or already released")
-            instance = row[0]
+            instance, locked_at = row
             if ignore_attempt:
-                db.execute("UPDATE orchestrator_queue SET attempt_count = MAX(0, attempt_count - 1) "
-                           "WHERE instance_id = ? AND lock_token = ?", (instance, lock_token))
+                db.execute(f"UPDATE orchestrator_queue SET attempt_count = MAX(0, attempt_count - 1) WHERE {self._TAGGED}",
+                           (instance, locked_at, lock_token))
+            # Untag before hiding: the delay moves tagged rows past locked_at.
+            self._release_orch_lock(db, instance)
             if delay_ms is not None:
                 db.execute("UPDATE orchestrator_queue SET visible_at = MAX(visible_at, ?) "
                            "WHERE instance_id = ? AND visible_at <= ?", (now + delay_ms, instance, now))
-            self._release_orch_lock(db, instance)
 
     def renew_orchestration_item_lock(self, lock_token: str, extend_ms: int) -> None:
         """Extend a held, unexpired instance lock to now + ``extend_ms``."""

@@ -4,6 +4,8 @@ instead of a fresh tuple copy, and it behaves like the tuple it replaces."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
 from duroxide_sim.providers._shared import HistoryView
@@ -98,3 +100,82 @@ def test_a_reader_never_sees_cached_events_its_snapshot_does_not_hold(tmp_path):
     assert provider.read("w") == committed
     assert provider.read_with_execution("w", 1) == committed
     provider.close()
+
+
+@given(
+    events=st.lists(st.integers(0, 99), max_size=12),
+    extra=st.lists(st.integers(0, 99), max_size=4),
+    start=st.none() | st.integers(-15, 15),
+    stop=st.none() | st.integers(-15, 15),
+    step=st.none() | st.integers(-4, 4).filter(lambda s: s != 0),
+)
+def test_slices_select_what_the_same_slice_of_a_tuple_selects(events, extra, start, stop, step):
+    """Slicing copies only the selected events (a catch-up turn slices a short suffix off a long
+    history), including negative and out-of-range bounds and steps; events appended after the
+    view was taken are never included."""
+    backing = list(events)
+    view = HistoryView(backing)
+    backing.extend(extra)
+    assert view[start:stop:step] == tuple(events)[start:stop:step]
+
+
+def test_memory_fetch_hands_out_a_view_that_an_out_of_order_insert_leaves_unchanged():
+    """The in-memory provider's fetch returns a view of its stored history (not a copy per turn);
+    an event inserted before others (``append_with_execution``) goes into a new list, so a view
+    already handed out still shows exactly what its fetch saw."""
+    from duroxide_sim.core.events import ActivityScheduled, OrchestrationStarted, StartOrchestration
+    from duroxide_sim.providers.memory import InMemoryProvider
+    from duroxide_sim.sim import SimClock
+
+    provider = InMemoryProvider(SimClock())
+    env = {"instance_id": "i", "execution_id": 1, "timestamp_ms": 0}
+    provider.append_with_execution("i", 1, [
+        OrchestrationStarted(event_id=1, name="O", version="1.0.0", input="null", **env),
+        ActivityScheduled(event_id=5, name="a", input="1", **env),
+    ])
+    provider.enqueue_for_orchestrator(StartOrchestration(instance="i", orchestration="O", input="null"), None)
+    item = provider.fetch_orchestration_item(30_000)
+    assert isinstance(item.history, HistoryView)
+    before = tuple(item.history)
+    assert [e.event_id for e in before] == [1, 5]
+    provider.append_with_execution("i", 1, [ActivityScheduled(event_id=3, name="b", input="2", **env)])
+    assert tuple(item.history) == before
+    assert [e.event_id for e in provider.read("i")] == [1, 3, 5]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_abandon_with_delay_and_ignore_attempt_untags_every_batch_row(tmp_path, kind):
+    """Abandoning hides the batch for the delay and gives back the attempt; the rows keep no lock
+    tag (the providers' self-check walks every row), the next fetch after the delay gets the same
+    batch with the same attempt count, and its ack removes all of it - also with rows queued
+    for much later beside them (an instance's far-off timers, which the ack no longer walks)."""
+    from duroxide_sim.core.events import ExternalRaised, StartOrchestration, TimerFiredMsg
+    from duroxide_sim.providers.base import ExecutionMetadata
+    from duroxide_sim.providers.memory import InMemoryProvider
+    from duroxide_sim.sim import SimClock
+
+    clock = SimClock()
+    provider = InMemoryProvider(clock) if kind == "memory" else SqliteProvider.open(tmp_path / "a.db", clock=clock)
+    provider.enqueue_for_orchestrator(StartOrchestration(instance="i", orchestration="O", input="null"), None)
+    provider.enqueue_for_orchestrator(ExternalRaised(instance="i", name="e", data="1"), None)
+    for n in range(5):  # queued for an hour from now: not part of any batch below
+        provider.enqueue_for_orchestrator(TimerFiredMsg(instance="i", execution_id=1, id=100 + n, fire_at_ms=0), 3_600_000)
+    first = provider.fetch_orchestration_item(30_000)
+    assert first is not None and len(first.messages) == 2 and first.attempt_count == 1
+    provider.abandon_orchestration_item(first.lock_token, 1_000, True)
+    provider._check()
+    assert provider.fetch_orchestration_item(30_000) is None  # hidden for the delay
+    clock.advance(1_000)
+    again = provider.fetch_orchestration_item(30_000)
+    assert again is not None and [type(m).__name__ for m in again.messages] == ["StartOrchestration", "ExternalRaised"]
+    assert again.attempt_count == 1  # the abandoned fetch's attempt was given back
+    from duroxide_sim.core.events import OrchestrationStarted
+    started = OrchestrationStarted(event_id=1, instance_id="i", execution_id=1, timestamp_ms=clock.now_ms(),
+                                   name="O", version="1.0.0", input="null")
+    provider.ack_orchestration_item(again.lock_token, 1, [started], [], [],
+                                    ExecutionMetadata(orchestration_name="O", orchestration_version="1.0.0"))
+    provider._check()
+    assert provider.fetch_orchestration_item(30_000) is None  # the batch is gone; the timers wait
+    clock.advance(3_600_000)
+    later = provider.fetch_orchestration_item(30_000)
+    assert later is not None and len(later.messages) == 5
