@@ -57,6 +57,16 @@ def _event_id(event: HistoryEvent) -> int:
     return event.event_id
 
 
+#: Histories up to this long are handed to a fetch as a tuple copy (indexing a tuple is C-speed,
+#: and a turn indexes its history several times); longer ones as a HistoryView, so a turn never
+#: pays a copy of a long history.
+_COPY_HISTORY_UP_TO = 64
+
+
+def _history_of(events: list[HistoryEvent]) -> Sequence[HistoryEvent]:
+    return tuple(events) if len(events) <= _COPY_HISTORY_UP_TO else HistoryView(events)
+
+
 def _row_order(row: Any) -> tuple[int, int]:
     return (row.visible_at, row.seq)
 
@@ -491,12 +501,12 @@ class InMemoryProvider:
         row = self._instances.get(instance)
         if row is not None:
             execution = self._executions.get(instance, {}).get(row.current_execution_id)
-            return row.name, row.version, row.current_execution_id, HistoryView(execution.events) if execution else ()
+            return row.name, row.version, row.current_execution_id, _history_of(execution.events) if execution else ()
         current = self._current_execution(instance)
         if current is not None and current[1] is not None:  # history without a row
             for event in current[1].events:
                 if isinstance(event, OrchestrationStarted):
-                    return event.name, event.version, current[0], HistoryView(current[1].events)
+                    return event.name, event.version, current[0], _history_of(current[1].events)
         for r in batch:
             if isinstance(r.item, (StartOrchestration, ContinueAsNew)):
                 return r.item.orchestration, r.item.version, 1, ()
