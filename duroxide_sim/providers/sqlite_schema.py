@@ -13,7 +13,7 @@ from __future__ import annotations
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS"]
 
 #: The schema this code writes. Opening a database with a newer version is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each migration is a list of single statements (``executescript`` would COMMIT implicitly
 # and break the one-transaction migration). Migration N upgrades a version N-1 database.
@@ -138,6 +138,13 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     # activity runs again after its lock expires, as after any lost lock).
     (3, (
         """DROP INDEX idx_worker_token""",
+    )),
+    # Version 4: a new instance's row takes ``MAX(created_seq) + 1``; without an index that was
+    # a scan of every instance on the first ack of each new instance and sub-orchestration
+    # (measured 429 us at 10,000 instances: building a large store was quadratic). The index
+    # also serves the listings ordered by creation.
+    (4, (
+        """CREATE INDEX idx_instances_seq ON instances (created_seq)""",
     )),
 )
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
