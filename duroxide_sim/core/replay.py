@@ -172,11 +172,16 @@ class EngineCache:
 
     Anything else (a crash, a redeploy, a continue-as-new, a history that does not extend the
     engine's) falls back to a full replay. Both reuses count as ``hits`` (catch-ups also as
-    ``catchups``). Bounded: the least recently used engine is dropped beyond ``capacity``.
+    ``catchups``). Bounded: the least recently used engine is dropped beyond ``capacity``; the
+    engines put as ``short`` (cheap to replay) have their own, smaller LRU bound
+    ``short_capacity``, so stale ones (instances that another runtime runs now, or that were
+    deleted) age out instead of filling the cache and keeping new ones out.
     """
 
-    def __init__(self, capacity: int = 1024, lock: Any = None) -> None:
+    def __init__(self, capacity: int = 1024, lock: Any = None, short_capacity: int | None = None) -> None:
         self.capacity = capacity
+        self.short_capacity = short_capacity
+        self._short: OrderedDict[str, None] = OrderedDict()  # the short entries, LRU order
         self._items: OrderedDict[str, _Engine] = OrderedDict()
         self._lock = lock if lock is not None else contextlib.nullcontext()  # injected: core has no threads
         self.hits = 0  # warm turns and catch-ups
@@ -205,6 +210,7 @@ class EngineCache:
         The caller walks ``history[engine.history_len:]`` (empty for a warm engine) as replay."""
         with self._lock:
             engine = self._items.pop(instance, None)
+            self._short.pop(instance, None)
         if (
             engine is None
             or engine.execution_id != execution_id
@@ -220,20 +226,30 @@ class EngineCache:
             self.catchups += 1
         return engine
 
-    def put(self, instance: str, engine: _Engine) -> None:
+    def put(self, instance: str, engine: _Engine, *, short: bool = False) -> None:
         with self._lock:
-            self._items[instance] = engine
-            self._items.move_to_end(instance)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            items, shorts = self._items, self._short
+            items[instance] = engine
+            items.move_to_end(instance)
+            if short and self.short_capacity is not None:
+                shorts[instance] = None
+                shorts.move_to_end(instance)
+                while len(shorts) > self.short_capacity:
+                    items.pop(shorts.popitem(last=False)[0], None)
+            else:
+                shorts.pop(instance, None)
+            while len(items) > self.capacity:
+                shorts.pop(items.popitem(last=False)[0], None)
 
     def evict(self, instance: str) -> None:
         with self._lock:
             self._items.pop(instance, None)
+            self._short.pop(instance, None)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._short.clear()
 
 
 def _same_start(engine: _Engine, first: HistoryEvent) -> bool:

@@ -265,6 +265,11 @@ class InMemoryProvider:
         with self._lock:
             self._listeners.append(callback)
 
+    def remove_wakeup_listener(self, callback: Callable[[str], None]) -> None:
+        """Undo :meth:`add_wakeup_listener` (a stopped runtime, a client that is gone)."""
+        with self._lock:
+            self._listeners = [c for c in self._listeners if c is not callback]
+
     def _now(self) -> int:
         if self.clock is None:
             raise ProviderError(
@@ -1085,7 +1090,8 @@ class InMemoryProvider:
             times = [self._orch.next_visible_after(now), self._work.next_visible_after(now)]
             times = [t for t in times if t is not None]
             times += [lock.locked_until for lock in self._orch_locks.values() if lock.locked_until > now]
-            times += [r.locked_until for r in self._work.rows.values() if r.locked_until and r.locked_until > now]
+            rows = self._work.rows  # locked rows are exactly those with a token: not every queued row
+            times += [t for t in (rows[seq].locked_until for seq in self._work_tokens.values()) if t and t > now]
             # A session held by a crashed worker blocks its queued activities until it expires.
             times += [s.locked_until for s in self._sessions.values() if s.locked_until > now]
             return min(times, default=None)

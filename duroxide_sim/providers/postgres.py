@@ -608,6 +608,12 @@ class PostgresProvider(PostgresAdminMixin):
             if self.clock is None:
                 self.clock = clock
 
+    def remove_wakeup_listener(self, callback: Callable[[str], None]) -> None:
+        """Undo :meth:`add_wakeup_listener` (a stopped runtime, a client that is gone); the
+        LISTEN thread keeps running (it is one per provider object)."""
+        with self._listeners_lock:
+            self._listeners = [c for c in self._listeners if c is not callback]
+
     def add_wakeup_listener(self, callback: Callable[[str], None]) -> None:
         """Call ``callback("orchestrator"|"worker")`` after commits that add work: at once for
         this object's commits, through LISTEN/NOTIFY for other provider objects' (other

@@ -708,6 +708,16 @@ class SqliteProvider(SqliteAdminMixin):
         with self._listeners_lock:
             self._commit_listeners.append(callback)
 
+    def remove_wakeup_listener(self, callback: Callable[[str], None]) -> None:
+        """Undo :meth:`add_wakeup_listener` (a stopped runtime); unknown callbacks are ignored."""
+        with self._listeners_lock:
+            self._listeners = [c for c in self._listeners if c is not callback]
+
+    def remove_commit_listener(self, callback: Callable[[str], None]) -> None:
+        """Undo :meth:`add_commit_listener` (a client that is gone); unknown callbacks are ignored."""
+        with self._listeners_lock:
+            self._commit_listeners = [c for c in self._commit_listeners if c is not callback]
+
     def _now(self) -> int:
         if self.clock is None:
             raise ProviderError(

@@ -68,9 +68,11 @@ __all__ = [
 _orch_log = logging.getLogger(ORCHESTRATION_LOGGER)
 
 #: Engine cache admission: engines of short histories (replaying them costs little) are kept
-#: only while the cache holds fewer than _FEW_ENGINES engines, so thousands of concurrent small
-#: instances do not each pin a live generator (~3 KiB each once parked: about 1.5 MiB for
-#: 512); long histories are always kept (up to ``instance_cache_size``).
+#: in an LRU of at most _FEW_ENGINES, so thousands of concurrent small instances do not each pin
+#: a live generator (~3 KiB each once parked: about 1.5 MiB for 512); long histories are kept
+#: up to ``instance_cache_size``. (Admitting short ones only while the whole cache held fewer
+#: than 512 let stale engines - instances another runtime took over, or deleted ones - fill it
+#: for good: the hit rate of a long-running process fell to zero.)
 _FEW_ENGINES = 512
 _LONG_HISTORY = 32
 #: SPEC §3.1 step 10: a retryable ack failure is retried up to _ACK_RETRIES times, waiting
@@ -178,7 +180,7 @@ class OrchestrationDispatcher:
         opts = services.options
         self.filter = opts.supported_versions or ("0.0.0", ENGINE_VERSION)
         size = opts.instance_cache_size
-        self.cache = EngineCache(size, threading.Lock()) if size > 0 else None
+        self.cache = EngineCache(size, threading.Lock(), short_capacity=min(size, _FEW_ENGINES)) if size > 0 else None
 
     def fetch(self) -> OrchestrationItem | None:
         item = self.s.provider.fetch_orchestration_item(self.s.options.orchestrator_lock_timeout_ms, 0, self.filter)
@@ -309,9 +311,9 @@ class OrchestrationDispatcher:
                     return None
                 return self._commit_infrastructure_failure(item, exc, result)
         cache = self.cache
-        if cache is not None and result.engine is not None and (
-                len(cache) < _FEW_ENGINES or result.engine.history_len >= _LONG_HISTORY):
-            cache.put(item.instance, result.engine)  # committed: the next turn may resume it
+        if cache is not None and result.engine is not None:
+            # committed: the next turn may resume it
+            cache.put(item.instance, result.engine, short=result.engine.history_len < _LONG_HISTORY)
         self._record(result)
         return result
 

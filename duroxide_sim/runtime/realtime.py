@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,18 @@ class Signal:
         return self._lock.acquire(True, min(max(timeout_s, 0.0), threading.TIMEOUT_MAX))
 
 
+def _weak_callback(method: Any) -> Callable[[Any], None]:
+    """A callback that calls the bound ``method`` while its object lives, and does nothing after."""
+    ref = weakref.WeakMethod(method)
+
+    def callback(arg: Any) -> None:
+        target = ref()
+        if target is not None:
+            target(arg)
+
+    return callback
+
+
 class CommitWaiter:
     """A client's sleep that ends early when the provider reports a commit in this process.
 
@@ -100,13 +113,21 @@ class CommitWaiter:
         self._lock = threading.Lock()
         self._waiters: dict[Signal, str | None] = {}
         self._local = threading.local()
+        # The provider holds only a weak reference to this waiter: a Client dropped by its
+        # owner (one per request, one per ``ctx.get_client()``) is freed, and its callback is
+        # taken off the provider then. Before, every Client stayed registered forever, and each
+        # commit called all of them.
         add_commit = getattr(provider, "add_commit_listener", None)
         if add_commit is not None:
-            add_commit(self._wake)
+            add, remove, method = add_commit, getattr(provider, "remove_commit_listener", None), self._wake
         else:
             add = getattr(provider, "add_wakeup_listener", None)
-            if add is not None:
-                add(self._on_commit)
+            remove, method = getattr(provider, "remove_wakeup_listener", None), self._on_commit
+        if add is not None:
+            callback = _weak_callback(method)
+            add(callback)
+            if remove is not None:
+                weakref.finalize(self, remove, callback)
 
     def _on_commit(self, kind: str) -> None:
         if kind == "committed":

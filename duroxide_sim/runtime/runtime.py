@@ -10,6 +10,7 @@ The clock, id source and driver are injectable; by default they come from ``real
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +63,7 @@ class Runtime:
             # How async activities run: a fresh real event loop each (the simulation passes one
             # on virtual time, sim/vloop.py).
             run_coroutine=run_coroutine or realtime.run_coroutine,
-            client_factory=lambda: Client(provider, clock=self.clock),
+            client_factory=self._shared_client,
             worker_id=self.runtime_id,
             verify_cache=verify_cache,
             # Back-off between ack retries: real sleep on the wall clock; an injected clock that
@@ -75,6 +76,17 @@ class Runtime:
         self._driver: Any = None
         self._renewer: Any = None
         self._last_cleanup = 0
+        self._client: Client | None = None
+        self._client_lock = threading.Lock()
+        self._wake_listener: Callable[[str], None] | None = None
+
+    def _shared_client(self) -> Client:
+        """The Client that ``ctx.get_client()`` hands to activities: one per runtime (a Client
+        is safe to share between threads), not a new one per call."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = Client(self.provider, clock=self.clock)
+            return self._client
 
     # --- registration (decorator-friendly, duroxide-python names) ---------------------------
 
@@ -143,7 +155,8 @@ class Runtime:
             ),
         )
         if hasattr(self.provider, "add_wakeup_listener"):
-            self.provider.add_wakeup_listener(self._driver.wake)
+            self._wake_listener = self._driver.wake  # the same object is removed at shutdown
+            self.provider.add_wakeup_listener(self._wake_listener)
         self._driver.start()
         return self
 
@@ -164,6 +177,10 @@ class Runtime:
         if self._driver is None:
             return
         driver, self._driver = self._driver, None
+        remove = getattr(self.provider, "remove_wakeup_listener", None)
+        if remove is not None and self._wake_listener is not None:
+            remove(self._wake_listener)  # a stopped runtime is not kept alive by the provider
+            self._wake_listener = None
         try:
             if not driver.stop(timeout_ms) and self.worker_dispatcher.abort_running():
                 # Async activities still running past the timeout were cancelled; their threads
