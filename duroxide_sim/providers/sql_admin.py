@@ -188,7 +188,10 @@ class SqlAdminMixin:
 
     def _delete_ids(self, db: Any, ids: list[str]) -> DeleteInstanceResult:
         instances = executions = events = messages = 0
+        forget = getattr(self, "_forget_history", None)  # SQLite's decoded-history cache
         for instance in ids:
+            if forget is not None:
+                forget(instance)  # a cache only: dropping it early is harmless if the delete rolls back
             executions += self._x(db, "SELECT COUNT(*) FROM executions WHERE instance_id = ?", (instance,)).fetchone()[0]
             events += self._x(db, "DELETE FROM history WHERE instance_id = ?", (instance,)).rowcount
             self._x(db, "DELETE FROM executions WHERE instance_id = ?", (instance,))

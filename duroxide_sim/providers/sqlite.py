@@ -1420,6 +1420,7 @@ class SqliteProvider(SqliteAdminMixin):
             if row is None:
                 raise _lock_lost(op, lock_token, f"Invalid lock token {lock_token!r}: unknown or already released")
             instance, locked_at = row
+            self._known_pins.pop(lock_token, None)  # filled by the fetch, read only by an ack
             if ignore_attempt:
                 db.execute(f"UPDATE orchestrator_queue SET attempt_count = MAX(0, attempt_count - 1) WHERE {self._TAGGED}",
                            (instance, locked_at, lock_token))

@@ -152,3 +152,35 @@ def test_a_cache_full_of_deleted_instances_still_caches_new_ones():
     driver.run_until_quiet()
     assert all(client.get_orchestration_status(f"c{n}").output == 4 for n in range(20))
     assert cache.hits - hits == 20 * 4  # every turn after the first resumed its cached engine
+
+
+def test_sqlite_forgets_deleted_histories_and_abandoned_fetches(tmp_path):
+    """The decoded-history cache drops an instance when it is deleted (before, entries of
+    deleted instances stayed until 1,024 newer ones pushed them out, each a whole decoded
+    history), and an abandoned fetch leaves nothing in the per-lock bookkeeping."""
+    from duroxide_sim.core.events import ExternalRaised
+
+    clock = SimClock()
+    provider = SqliteProvider.open(tmp_path / "h.db", clock=clock)
+    rt = Runtime(provider, RuntimeOptions(), clock=clock, ids=SequentialIds(0))
+
+    @rt.register_orchestration("Wait")
+    def wait(ctx, _):
+        return (yield ctx.wait_for_event("go"))
+
+    driver = SequentialDriver(rt, clock)
+    client = Client(provider, clock=clock, sleep=driver.sleep)
+    client.start_orchestration("a", "Wait")
+    client.start_orchestration("b", "Wait")
+    driver.run_until_quiet()
+    client.raise_event("a", "go", 1)
+    driver.run_until_quiet()
+    assert client.read_execution_history("a", 1)  # a management read caches the decoded history
+    client.delete_instance("a", False)
+    assert "a" not in provider._hcache
+
+    provider.enqueue_for_orchestrator(ExternalRaised(instance="b", name="other", data="1"), None)
+    item = provider.fetch_orchestration_item(30_000)
+    assert item is not None and item.instance == "b"
+    provider.abandon_orchestration_item(item.lock_token, None, True)
+    assert item.lock_token not in provider._known_pins
