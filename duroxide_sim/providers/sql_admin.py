@@ -34,6 +34,16 @@ __all__ = ["SqlAdminMixin", "TERMINAL_STATUSES"]
 
 TERMINAL_STATUSES = ("Completed", "Failed", "ContinuedAsNew")
 _DEFAULT_BULK_LIMIT = 1000  # SPEC §14: default limit of the bulk delete/prune filters
+#: Ids per ``IN (...)`` list (under SQLite's oldest limit of 999 parameters per statement).
+_CHUNK = 500
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 _NEWEST_FIRST = "ORDER BY i.created_at DESC, i.created_seq DESC"
 _CURRENT_EXECUTION = ("LEFT JOIN executions e "
                       "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id")
@@ -177,13 +187,19 @@ class SqlAdminMixin:
                 if self._status(db, instance) == "Running":
                     raise InstanceStillRunning(f"Instance {instance!r} is still running. Use force=True to "
                                                "delete anyway, or cancel it first.", instance_id=instance)
+        # Children of the chosen ids through idx_instances_parent (not a walk of every instance
+        # with a parent: deleting instances one by one was quadratic in the store's size).
         chosen = set(ids)
-        for child, parent in self._x(db, "SELECT instance_id, parent_instance_id FROM instances "
-                                        "WHERE parent_instance_id IS NOT NULL ORDER BY created_seq").fetchall():
-            if parent in chosen and child not in chosen:
-                raise ProviderError(
-                    f"Cannot delete: instance {parent!r} has child {child!r} outside the delete set (created after "
-                    "the tree was read?). Re-fetch the tree and retry.", operation="delete_instances_atomic")
+        outside = []
+        for chunk in _chunks(ids):
+            outside += [row for row in self._x(db, "SELECT created_seq, instance_id, parent_instance_id FROM instances "
+                                                   f"WHERE parent_instance_id IN ({_marks(len(chunk))})", chunk).fetchall()
+                        if row[1] not in chosen]
+        if outside:
+            _, child, parent = min(outside)  # the first one created, as a walk in creation order finds
+            raise ProviderError(
+                f"Cannot delete: instance {parent!r} has child {child!r} outside the delete set (created after "
+                "the tree was read?). Re-fetch the tree and retry.", operation="delete_instances_atomic")
         return self._delete_ids(db, ids)
 
     def _delete_ids(self, db: Any, ids: list[str]) -> DeleteInstanceResult:
@@ -225,23 +241,28 @@ class SqlAdminMixin:
 
     def _select(self, db: Any, filter: InstanceFilter, *, roots_terminal: bool) -> list[str]:
         """Instances matching ``filter`` (filters AND-ed), oldest first, up to the limit."""
+        # The filters and the limit run in SQL, and explicit ids are looked up by key: a bulk
+        # call naming one instance read every instance before (O(store) per call).
         ids = filter.instance_ids
         limit = filter.limit if filter.limit is not None else _DEFAULT_BULK_LIMIT
-        out: list[str] = []
-        rows = self._x(db, "SELECT i.instance_id, i.parent_instance_id, e.status, e.completed_at FROM instances i "
-                          f"{_CURRENT_EXECUTION} ORDER BY i.created_seq").fetchall()
-        for instance, parent, status, completed_at in rows:
-            if len(out) >= limit:
-                break
-            if ids is not None and instance not in ids:
-                continue  # an empty id list therefore selects nothing
-            if roots_terminal and (parent is not None or status not in TERMINAL_STATUSES):
-                continue
-            cutoff = filter.completed_before
-            if cutoff is not None and (completed_at is None or completed_at >= cutoff):
-                continue
-            out.append(instance)
-        return out
+        where: list[str] = []
+        params: list[Any] = []
+        if roots_terminal:
+            where.append(f"i.parent_instance_id IS NULL AND e.status IN ({_marks(len(TERMINAL_STATUSES))})")
+            params += TERMINAL_STATUSES
+        if filter.completed_before is not None:
+            where.append("e.completed_at < ?")  # (NULL: not completed, never matches)
+            params.append(filter.completed_before)
+        head = f"SELECT i.created_seq, i.instance_id FROM instances i {_CURRENT_EXECUTION}"
+        if ids is None:
+            sql = head + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY i.created_seq LIMIT ?"
+            return [row[1] for row in self._x(db, sql, (*params, max(limit, 0))).fetchall()]
+        rows: list[tuple[int, str]] = []
+        for chunk in _chunks(list(dict.fromkeys(ids))):  # an empty id list selects nothing
+            sql = head + " WHERE " + " AND ".join([*where, f"i.instance_id IN ({_marks(len(chunk))})"])
+            rows += self._x(db, sql, (*params, *chunk)).fetchall()
+        rows.sort()
+        return [instance for _, instance in rows[:max(limit, 0)]]
 
     def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteInstanceResult:
         """Delete the terminal roots matching ``filter`` with their trees; Running ones are skipped."""

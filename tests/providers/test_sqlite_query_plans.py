@@ -75,3 +75,45 @@ def test_per_operation_statements_search_indexes_instead_of_scanning():
     for sql, plan in deletes + untags:
         assert "idx_orch_instance (instance_id=? AND visible_at<?)" in plan, (sql, plan)
     provider._check()
+
+
+def test_management_calls_naming_instances_look_them_up_by_key():
+    """A bulk delete/prune naming one instance, and the child check of an atomic delete, search
+    the instances table by key (primary key, ``idx_instances_parent``) instead of reading every
+    instance: deleting a large store one instance at a time was quadratic."""
+    from duroxide_sim.providers.base import InstanceFilter, PruneOptions
+
+    clock = SimClock()
+    provider = SqliteProvider.in_memory(clock=clock)
+    for n in range(4):
+        provider.enqueue_for_orchestrator(StartOrchestration(instance=f"i{n}", orchestration="O", input="null"), None)
+        item = provider.fetch_orchestration_item(30_000)
+        started = OrchestrationStarted(event_id=1, instance_id=item.instance, execution_id=1,
+                                       timestamp_ms=clock.now_ms(), name="O", version="1.0.0", input="null")
+        provider.ack_orchestration_item(item.lock_token, 1, [started], [], [], ExecutionMetadata(
+            status="Completed", output="1", orchestration_name="O", orchestration_version="1.0.0"))
+
+    statements: list[str] = []
+    provider._shared.set_trace_callback(statements.append)
+    try:
+        provider.prune_executions_bulk(InstanceFilter(instance_ids=["i0"]), PruneOptions(keep_last=1))
+        provider.delete_instance_bulk(InstanceFilter(instance_ids=["i1"]))
+        provider.delete_instances_atomic(["i2"], False)
+    finally:
+        provider._shared.set_trace_callback(None)
+    selects = [(sql, plan) for sql, plan in _plans(provider, statements, "instances")
+               if sql.lstrip().upper().startswith("SELECT") and "FROM instances" in sql]
+    assert len(selects) >= 3, statements
+    for sql, plan in selects:
+        assert "SCAN" not in plan, (sql, plan)
+
+    statements.clear()
+    provider._shared.set_trace_callback(statements.append)
+    try:
+        provider.delete_instance_bulk(InstanceFilter(limit=1))  # no ids: filters and limit in SQL
+    finally:
+        provider._shared.set_trace_callback(None)
+    selects = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and "FROM instances i" in sql]
+    assert selects and all("LIMIT 1" in sql and "parent_instance_id IS NULL" in sql for sql in selects), selects
+    remaining = [row[0] for row in provider._shared.execute("SELECT instance_id FROM instances ORDER BY instance_id")]
+    assert remaining == ["i3"]  # i1 (bulk by id), i2 (atomic), then the oldest left, i0 (limit 1)
