@@ -238,6 +238,7 @@ class InMemoryProvider:
         self._seq = 0  # queue rows and instance creation order
         self._token_seq = 0  # lock tokens
         self._instances: dict[str, _Instance] = {}
+        self._children: dict[str, dict[str, None]] = {}  # parent -> children in creation order
         # Executions live apart from instance rows: histories may exist without a row
         # (append_with_execution, or an ack without a name), as in the SQLite schema.
         self._executions: dict[str, dict[int, _Execution]] = {}
@@ -582,6 +583,7 @@ class InMemoryProvider:
                         current_execution_id=execution_id, created_at=now, updated_at=now, seq=self._next_seq(),
                         parent_instance_id=metadata.parent_instance_id,  # immutable once created
                     )
+                    self._add_child(row.parent_instance_id, instance)
                 else:
                     row.name = metadata.orchestration_name
                     if metadata.orchestration_version is not None:  # a NULL version is filled in later
@@ -823,6 +825,7 @@ class InMemoryProvider:
                         name=md.orchestration_name, version=md.orchestration_version, current_execution_id=execution_id,
                         created_at=info.started_ms, updated_at=info.started_ms, seq=self._next_seq(),
                         parent_instance_id=md.parent_instance_id)
+                    self._add_child(row.parent_instance_id, instance)
                 else:
                     row.name = md.orchestration_name
                     if md.orchestration_version is not None:
@@ -957,7 +960,13 @@ class InMemoryProvider:
     def list_children(self, instance: str) -> list[str]:
         """Direct children, in creation order; unknown -> []."""
         with self._lock:
-            return [i for i, r in self._instances.items() if r.parent_instance_id == instance]
+            return list(self._children.get(instance, ()))
+
+    def _add_child(self, parent: str | None, child: str) -> None:
+        """Index a new instance row under its parent (creation order: dicts keep insertion order,
+        and a row is created once; deleted and created again, it goes to the end)."""
+        if parent is not None:
+            self._children.setdefault(parent, {})[child] = None
 
     def get_parent_id(self, instance: str) -> str | None:
         """Parent id, None for roots; unknown -> InstanceNotFound."""
@@ -984,13 +993,16 @@ class InMemoryProvider:
                     if self._status(instance) == "Running":
                         raise InstanceStillRunning(f"Instance {instance!r} is still running. Use force=True to "
                                                    "delete anyway, or cancel it first.", instance_id=instance)
-            for child, row in self._instances.items():
-                if row.parent_instance_id in ids and child not in ids:
-                    raise ProviderError(
-                        f"Cannot delete: instance {row.parent_instance_id!r} has child {child!r} outside the delete "
-                        "set (created after the tree was read?). Re-fetch the tree and retry.",
-                        operation="delete_instances_atomic",
-                    )
+            chosen = set(ids)  # membership only
+            outside = [(self._instances[child].seq, child, parent) for parent in ids
+                       for child in self._children.get(parent, ()) if child not in chosen]
+            if outside:
+                _, child, parent = min(outside)  # the first one created
+                raise ProviderError(
+                    f"Cannot delete: instance {parent!r} has child {child!r} outside the delete "
+                    "set (created after the tree was read?). Re-fetch the tree and retry.",
+                    operation="delete_instances_atomic",
+                )
             return self._delete_ids(ids)
 
     def _delete_ids(self, ids: list[str]) -> DeleteInstanceResult:
@@ -1009,7 +1021,14 @@ class InMemoryProvider:
                 del self._orch_tokens[lock.token]
             for table in (self._kv_store, self._kv_delta, self._corrupt):
                 table.pop(instance, None)
-            instances += self._instances.pop(instance, None) is not None
+            row = self._instances.pop(instance, None)
+            if row is not None:
+                instances += 1
+                siblings = self._children.get(row.parent_instance_id) if row.parent_instance_id is not None else None
+                if siblings is not None:
+                    siblings.pop(instance, None)
+                    if not siblings:
+                        del self._children[row.parent_instance_id]  # type: ignore[arg-type]
         chosen = set(ids)
         for wrow in [r for r in self._work.rows.values() if r.item.instance in chosen]:
             self._remove_work_row(wrow)  # a running activity then fails renew/ack harmlessly
@@ -1031,11 +1050,14 @@ class InMemoryProvider:
         ids = filter.instance_ids
         limit = filter.limit if filter.limit is not None else _DEFAULT_BULK_LIMIT
         out: list[str] = []
-        for instance, row in self._instances.items():
+        if ids is None:
+            candidates: Any = self._instances.items()
+        else:  # named instances are looked up, not searched for among all of them
+            found = [(self._instances[i].seq, i) for i in dict.fromkeys(ids) if i in self._instances]
+            candidates = [(i, self._instances[i]) for _, i in sorted(found)]
+        for instance, row in candidates:
             if len(out) >= limit:
                 break
-            if ids is not None and instance not in ids:
-                continue  # an empty id list therefore selects nothing
             ex = self._executions.get(instance, {}).get(row.current_execution_id)
             if roots_terminal and (row.parent_instance_id is not None or ex is None or ex.status not in _TERMINAL):
                 continue
@@ -1128,8 +1150,12 @@ class InMemoryProvider:
                     ids = list(map(_event_id, execution.events))
                     walked += len(ids)
                     assert all(map(operator.lt, ids, ids[1:])), (instance, ids)  # strictly increasing
+            children: dict[str, dict[str, None]] = {}
             for instance, row in self._instances.items():
                 assert row.current_execution_id in self._executions.get(instance, {}), instance
+                if row.parent_instance_id is not None:
+                    children.setdefault(row.parent_instance_id, {})[instance] = None
+            assert {p: list(c) for p, c in self._children.items()} == {p: list(c) for p, c in children.items()}
             for kv in self._kv_store.values():
                 assert kv and all(isinstance(e, KvEntry) for e in kv.values())
             walked += len(self._instances) + len(self._kv_store)
