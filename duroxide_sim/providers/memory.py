@@ -235,6 +235,7 @@ class InMemoryProvider:
         self.clock: Clock | None = clock
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str], None]] = []
+        self._commit_listeners: list[Callable[[str], None]] = []
         self._seq = 0  # queue rows and instance creation order
         self._token_seq = 0  # lock tokens
         self._instances: dict[str, _Instance] = {}
@@ -270,6 +271,17 @@ class InMemoryProvider:
         """Undo :meth:`add_wakeup_listener` (a stopped runtime, a client that is gone)."""
         with self._lock:
             self._listeners = [c for c in self._listeners if c is not callback]
+
+    def add_commit_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(instance_id)`` after each orchestration ack of that instance, so a
+        client waiting for one instance wakes for that instance only (not for every commit)."""
+        with self._lock:
+            self._commit_listeners.append(callback)
+
+    def remove_commit_listener(self, callback: Callable[[str], None]) -> None:
+        """Undo :meth:`add_commit_listener` (a client that is gone)."""
+        with self._lock:
+            self._commit_listeners = [c for c in self._commit_listeners if c is not callback]
 
     def _now(self) -> int:
         if self.clock is None:
@@ -613,9 +625,15 @@ class InMemoryProvider:
                 visible_at = item.fire_at_ms if isinstance(item, TimerFiredMsg) else now
                 self._orch.add(_OrchRow(self._next_seq(), item, visible_at))
             self._release_orch_lock(instance)
-        # "committed" lets in-process clients waiting on an instance look again at once.
+        # "committed" (and the commit listeners, named by instance) let in-process clients
+        # waiting on an instance look again at once.
         if self._listeners:
             self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"])
+        for callback in self._commit_listeners:
+            try:
+                callback(instance)
+            except Exception:  # pragma: no cover - defensive
+                _log.exception("commit listener failed")
 
     def _apply_kv(self, instance: str, delta: Sequence[HistoryEvent]) -> None:
         for event in delta:
