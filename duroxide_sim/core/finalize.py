@@ -174,13 +174,11 @@ def _finish(
             if isinstance(ev, ActivityCancelRequested) and ev.reason == "dropped_future":
                 cancelled.append((inst, exe, ev.source_event_id))  # type: ignore[arg-type]
             elif isinstance(ev, SubOrchestrationCancelRequested) and ev.reason == "dropped_future":
-                # The dropped slot knows its child (bound from the schedule event); a scan of
-                # the whole history per dropped child made such turns grow with the history.
-                child = next((s.child for s in engine.dropped if s.kind == "sub" and s.event_id == ev.source_event_id), None)
-                if child is None:
-                    sched = next(e for e in [*history, *delta] if e.event_id == ev.source_event_id)
-                    child = sched.instance  # type: ignore[attr-defined]
-                orch.append(CancelInstance(instance=child_instance_id(inst, child), reason="parent dropped sub-orchestration future"))
+                # This turn's breadcrumbs come from _reconcile_dropped, for bound slots of
+                # engine.dropped: the slot knows its child (a scan of the whole history per
+                # dropped child made such turns grow with the history).
+                child = next(s.child for s in engine.dropped if s.kind == "sub" and s.event_id == ev.source_event_id)
+                orch.append(CancelInstance(instance=child_instance_id(inst, child), reason="parent dropped sub-orchestration future"))  # type: ignore[arg-type]
 
     def notify_parent(details: ErrorDetails | None, result: str | None) -> None:
         if started.parent_instance is None or started.parent_id is None:
