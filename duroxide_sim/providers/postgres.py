@@ -335,7 +335,9 @@ class PostgresProvider(PostgresAdminMixin):
         self.schema = _check_schema_name(schema)
         self._closed = False
         self._listeners: list[Callable[[str], None]] = []
-        self._listeners_lock = threading.Lock()
+        # Reentrant: a Client's listener is removed by a weakref finalizer (runtime/realtime.py),
+        # which the garbage collector may run in a thread that holds this lock already.
+        self._listeners_lock = threading.RLock()
         self._tokens = itertools.count(1)
         self._hcache: OrderedDict[str, tuple[int, int, tuple[HistoryEvent, ...]]] = OrderedDict()
         self._hcache_lock = threading.Lock()

@@ -271,7 +271,9 @@ class SqliteProvider(SqliteAdminMixin):
         self._where = ":memory:" if memory else repr(target)
         self._listeners: list[Callable[[str], None]] = []
         self._commit_listeners: list[Callable[[str], None]] = []
-        self._listeners_lock = threading.Lock()
+        # Reentrant: a Client's listener is removed by a weakref finalizer (runtime/realtime.py),
+        # which the garbage collector may run in a thread that holds this lock already.
+        self._listeners_lock = threading.RLock()
         self._tokens = itertools.count(1)
         self._closed = False
         self._local = threading.local()

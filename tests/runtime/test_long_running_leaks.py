@@ -184,3 +184,28 @@ def test_sqlite_forgets_deleted_histories_and_abandoned_fetches(tmp_path):
     assert item is not None and item.instance == "b"
     provider.abandon_orchestration_item(item.lock_token, None, True)
     assert item.lock_token not in provider._known_pins
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_client_freed_while_its_provider_holds_the_listener_lock_does_not_deadlock(kind, tmp_path):
+    """The weakref finalizer that takes a freed Client's listener off the provider can run in a
+    thread that holds the provider's listener lock (the garbage collector runs finalizers where
+    it finds the object dead): that lock must be reentrant."""
+    import threading
+
+    provider = _provider(kind, tmp_path, SimClock())
+    lock = provider._lock if kind == "memory" else provider._listeners_lock
+    box = [Client(provider)]
+    finished = threading.Event()
+
+    def free_inside_the_lock():
+        with lock:
+            box.clear()  # the last reference: the finalizer runs here, in this thread
+            gc.collect()
+        finished.set()
+
+    thread = threading.Thread(target=free_inside_the_lock, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert finished.is_set(), "removing the listener deadlocked on the provider's lock"
+    assert _listener_count(provider) == 0
