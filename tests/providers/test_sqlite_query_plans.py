@@ -117,3 +117,39 @@ def test_management_calls_naming_instances_look_them_up_by_key():
     assert selects and all("LIMIT 1" in sql and "parent_instance_id IS NULL" in sql for sql in selects), selects
     remaining = [row[0] for row in provider._shared.execute("SELECT instance_id FROM instances ORDER BY instance_id")]
     assert remaining == ["i3"]  # i1 (bulk by id), i2 (atomic), then the oldest left, i0 (limit 1)
+
+
+def test_a_version_3_database_gets_the_index_on_open_and_keeps_numbering(tmp_path, monkeypatch):
+    """Schema v4 only adds ``idx_instances_seq``: a database written by the previous version
+    (schema 3) is upgraded in place on open, keeps its instances, and numbers new ones after
+    them."""
+    import sqlite3
+
+    from duroxide_sim.providers import sqlite_schema
+
+    path = tmp_path / "v3.db"
+    clock = SimClock()
+    with monkeypatch.context() as m:
+        m.setattr(sqlite_schema, "MIGRATIONS", tuple(v for v in sqlite_schema.MIGRATIONS if v[0] <= 3))
+        m.setattr(sqlite_schema, "SCHEMA_VERSION", 3)
+        old = SqliteProvider.open(path, clock=clock)
+        for n in range(3):
+            old.enqueue_for_orchestrator(StartOrchestration(instance=f"old{n}", orchestration="O", input="null"), None)
+            _ack_start(old, clock, old.fetch_orchestration_item(30_000), f"old{n}")
+        old.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+    assert "idx_instances_seq" not in {r[1] for r in raw.execute("PRAGMA index_list(instances)")}
+    raw.close()
+
+    new = SqliteProvider.open(path, clock=clock)
+    new.enqueue_for_orchestrator(StartOrchestration(instance="new", orchestration="O", input="null"), None)
+    _ack_start(new, clock, new.fetch_orchestration_item(30_000), "new")
+    new._check()
+    new.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 4
+    assert "idx_instances_seq" in {r[1] for r in raw.execute("PRAGMA index_list(instances)")}
+    assert raw.execute("SELECT instance_id FROM instances ORDER BY created_seq").fetchall() == [
+        ("old0",), ("old1",), ("old2",), ("new",)]
+    raw.close()
