@@ -873,6 +873,21 @@ class InMemoryProvider:
         with self._lock:
             return len(self._orch.groups.get(instance, ()))
 
+    def queued_work(self) -> dict[str, list[WorkItem]]:
+        """Everything still queued, by the instance it is for: orchestrator messages (visible or
+        not, locked or not, parked orphans too) then activity items (queued or in flight), each
+        in queue order. Reads both whole queues: for diagnostics and the simulator's liveness
+        checker (what can still move an instance once a run stops), not for hot paths."""
+        with self._lock:
+            out: dict[str, list[WorkItem]] = {}
+            for seq in sorted(self._orch.rows):
+                item = self._orch.rows[seq].item
+                out.setdefault(item.target_instance, []).append(item)
+            for seq in sorted(self._work.rows):
+                work = self._work.rows[seq].item
+                out.setdefault(work.instance, []).append(work)
+            return out
+
     def read_status(self, instance: str) -> tuple[str, str | None, str | None, int] | None:
         """Cheap status read for clients: ``(execution status, output, custom status, version)``
         of the current execution; None when there is no instance row (read history instead)."""

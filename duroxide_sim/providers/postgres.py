@@ -1443,6 +1443,18 @@ class PostgresProvider(PostgresAdminMixin):
         return int(self._probe("pending_messages", "SELECT COUNT(*) FROM orchestrator_queue WHERE instance_id = %s",
                                (instance,))[0][0])
 
+    def queued_work(self) -> dict[str, list[WorkItem]]:
+        """Everything still queued, by the instance it is for: orchestrator messages (visible or
+        not, locked or not, parked orphans too) then activity items (queued or in flight), each
+        in queue order. Reads both whole queues: for diagnostics and the simulator's liveness
+        checker (what can still move an instance once a run stops), not for hot paths."""
+        op = "queued_work"
+        out: dict[str, list[WorkItem]] = {}
+        for table in ("orchestrator_queue", "worker_queue"):
+            for instance, text in self._probe(op, f"SELECT instance_id, work_item FROM {table} ORDER BY id", ()):
+                out.setdefault(instance, []).append(self._load_work(text, op))
+        return out
+
     def read_status(self, instance: str) -> tuple[str, str | None, str | None, int] | None:
         """Cheap status read for clients: ``(execution status, output, custom status, version)``
         of the current execution, from the instance and execution rows (no history decoding).

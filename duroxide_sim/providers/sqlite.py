@@ -1696,6 +1696,19 @@ class SqliteProvider(SqliteAdminMixin):
             return int(db.execute("SELECT COUNT(*) FROM orchestrator_queue WHERE instance_id = ?",
                                   (instance,)).fetchone()[0])
 
+    def queued_work(self) -> dict[str, list[WorkItem]]:
+        """Everything still queued, by the instance it is for: orchestrator messages (visible or
+        not, locked or not, parked orphans too) then activity items (queued or in flight), each
+        in queue order. Reads both whole queues: for diagnostics and the simulator's liveness
+        checker (what can still move an instance once a run stops), not for hot paths."""
+        op = "queued_work"
+        out: dict[str, list[WorkItem]] = {}
+        with self._tx(op, write=False) as db:
+            for table in ("orchestrator_queue", "worker_queue"):
+                for instance, text in db.execute(f"SELECT instance_id, work_item FROM {table} ORDER BY id").fetchall():
+                    out.setdefault(instance, []).append(self._load_work(text, op))
+        return out
+
     def read_status(self, instance: str) -> tuple[str, str | None, str | None, int] | None:
         """Cheap status read for clients: ``(execution status, output, custom status, version)``
         of the current execution, from the instance and execution rows (no history decoding).

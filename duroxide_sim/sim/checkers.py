@@ -6,7 +6,11 @@
                       message names the activity whose re-execution changed it;
 3. ``outcome``        each instance's outcome equals its fault-free outcome (fault-transparent specs);
 4. ``liveness``       after faults stop, every instance is terminal or waits only on external
-                      events / timers beyond the horizon; the run must reach quiescence;
+                      events / timers beyond the horizon; the run must reach quiescence within
+                      its step budget. A run that stops at the horizon with work left (an eternal
+                      monitor keeps a timer queued) still judges every instance that nothing can
+                      move any more: nothing queued for it in the store, no client operation to
+                      come (``SimResult.settled``); instances with work queued get no verdict;
 5. ``well_formed``    ids increase, completions match schedules of the right kind, no completion
                       is applied twice, at most one terminal event;
 6. ``invariants``     the spec's own callables over the result;
@@ -50,6 +54,7 @@ from ..core.events import (
     TimerFired,
 )
 from ..core import codec
+from ..core.turn import child_instance_id
 from ..core.verify import kv_snapshots, verify_execution
 from .faults import FaultPlan
 from .gc_pause import quiet_gc
@@ -172,31 +177,33 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
         ending = next((e for e in reversed(events) if isinstance(e, _TERMINAL)), None)
         if ending is not None:
             if isinstance(ending, OrchestrationContinuedAsNew):  # (the last terminal event decides, SPEC §10.3)
-                if result.quiescent:
+                if result.settled(inst):
                     fail("liveness", "continued-as-new but the next execution never started", inst)
             continue
         done = {e.source_event_id for e in events if type(e) in _COMPLETES or isinstance(e, _CRUMBS)}
         for ev in events:
             if not isinstance(ev, SCHEDULE_EVENTS) or ev.event_id in done:
                 continue
-            if isinstance(ev, ExternalSubscribed) and result.quiescent and _event_dropped(events, ev):
+            if isinstance(ev, ExternalSubscribed) and result.settled(inst) and _event_dropped(events, ev):
                 fail("liveness", f"waits for event {ev.name!r}, which was raised before it subscribed and so was "
                      "dropped (positional events reach only subscriptions that exist; SPEC §6.1): the sender "
                      "raced the subscription", inst, _step_of(result, inst))
                 continue
             if isinstance(ev, (ExternalSubscribed, QueueSubscribed)):
                 continue  # waiting for a signal nobody may send: allowed
-            if isinstance(ev, SubOrchestrationScheduled) and _still_running(result, ev.instance):
-                continue  # the child is judged on its own (it may be waiting for a signal too)
-            if isinstance(ev, TimerCreated) and (not result.quiescent or ev.fire_at_ms - 1_767_225_600_000 > end_ms):
+            if isinstance(ev, SubOrchestrationScheduled):
+                child = child_instance_id(inst, ev.instance)  # (auto ids are recorded relative to the parent)
+                if _still_running(result, child) or not result.settled(child):
+                    continue  # the child is judged on its own (it may be waiting for a signal too), or is yet to start
+            if isinstance(ev, TimerCreated) and (not result.settled(inst) or ev.fire_at_ms - 1_767_225_600_000 > end_ms):
                 continue
-            if not result.quiescent:
-                continue  # horizon reached with work in flight: not a verdict
+            if not result.settled(inst):
+                continue  # stopped with work queued for it (or a client operation to come): not a verdict
             fail("liveness", f"stuck: {type(ev).__name__} id {ev.event_id} ({getattr(ev, 'name', '')}) never completed", inst,
                  _step_of(result, inst))
     ran = {r.get("instance") for r in result.trace._records if r.get("op") == "orch_turn"}
     for inst, status in result.statuses.items():
-        if status.status == "NotFound" and result.quiescent and inst not in ran:
+        if status.status == "NotFound" and result.settled(inst) and inst not in ran:
             fail("liveness", "instance never started", inst)  # (one that ran and was deleted did start)
     # 3. outcome equivalence and 2. idempotency, against the fault-free twin
     # With no fault injected, a difference from the twin (one canonical schedule) is scheduling,

@@ -180,6 +180,18 @@ class SimResult:
     #: The faults injected, as ``(opportunity number of its kind, kind)`` in order: the script
     #: that names them (``FaultPlan.scripted``), for shrinking a failing seed's plan.
     fired: list[tuple[int, str]] = attrs.Factory(list)
+    #: Runs that stopped with work left (the horizon or the step budget; None when quiescent):
+    #: what the store still held, by the instance it is for (orchestrator messages, activity
+    #: items), and the instances a client operation was still to reach. The liveness checker
+    #: judges an instance of such a run only when neither holds anything for it.
+    queued: dict[str, list[Any]] | None = None
+    to_come: frozenset[str] = frozenset()
+
+    def settled(self, instance: str) -> bool:
+        """Nothing can move ``instance`` any more: the run went quiet, or it stopped with nothing
+        queued for the instance and no client operation still to reach it."""
+        return self.quiescent or (self.queued is not None and instance not in self.queued
+                                  and instance not in self.to_come)
 
     @property
     def trace_hash(self) -> str:
@@ -826,4 +838,10 @@ class _Run:
             crash_reports=self.crash_reports,
             divergences=self.divergences,
             realized=self.realized,
+            queued=None if quiescent else self._queued(),
+            to_come=frozenset(op.instance for op in self.pending),
         )
+
+    def _queued(self) -> dict[str, list[Any]] | None:
+        reader = getattr(self.inner, "queued_work", None)
+        return reader() if reader is not None else None
