@@ -168,7 +168,11 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
                 fail("determinism", f"replay from scratch diverged: {problem}", inst, _step_of(result, inst))
     # 4. liveness
     if not result.quiescent and result.steps >= sim.max_steps:
-        fail("liveness", f"no quiescence within {sim.max_steps} steps (livelock?)", step=result.steps)
+        # A livelock spins at one virtual time; an eternal orchestration (a monitor's timer loop)
+        # moves the clock on: it needs a horizon the step budget reaches, not a fix.
+        moved = (f"; virtual time reached {_duration(result.end_ms)} of the {_duration(sim.spec.horizon_ms)} horizon "
+                 "(an eternal orchestration needs a shorter horizon_ms or a larger max_steps)") if result.end_ms > 0 else ""
+        fail("liveness", f"no quiescence within {sim.max_steps} steps (livelock?){moved}", step=result.steps)
     end_ms = result.end_ms
     for inst, executions in result.histories.items():
         if not executions:
@@ -276,6 +280,13 @@ def _event_dropped(events: list[HistoryEvent], waiting: ExternalSubscribed) -> b
     subscriptions = sum(1 for e in events if isinstance(e, ExternalSubscribed) and e.name == name)
     arrived = sum(1 for e in events if isinstance(e, ExternalEvent) and e.name == name)
     return arrived >= subscriptions
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1_000)):
+        if ms >= size:
+            return f"{ms / size:.1f} {unit}"
+    return f"{ms} ms"
 
 
 def _still_running(result: SimResult, instance: str) -> bool:

@@ -28,7 +28,7 @@ from duroxide_sim.providers.memory import InMemoryProvider
 from duroxide_sim.providers.sqlite import SqliteProvider
 from duroxide_sim.sim.checkers import run_and_check
 from duroxide_sim.sim.faults import FaultPlan
-from duroxide_sim.sim.harness import Signal, SimSpec, Start
+from duroxide_sim.sim.harness import Signal, Simulation, SimSpec, Start
 
 REF = "tests/sim/test_liveness_without_quiescence.py"
 HOUR = 3_600_000
@@ -143,8 +143,6 @@ def _lose(monkeypatch: pytest.MonkeyPatch, provider: str, keep) -> None:
 def _liveness(spec: SimSpec, provider: str, seeds: range, plan: FaultPlan | None = None):
     out = []
     for seed in seeds:
-        from duroxide_sim.sim.harness import Simulation
-
         result = run_and_check(Simulation(spec, seed, plan or FaultPlan.none(), provider=provider))
         out.append((result, [f for f in result.failures if f.checker == "liveness"]))
     return out
@@ -190,8 +188,6 @@ def test_correct_work_beside_a_monitor_passes_every_fault_kind(provider: str) ->
         for seed in seeds:
             plan = {"none": FaultPlan.none(), "all": FaultPlan.all(0.05), "heavy": FaultPlan.all(0.2),
                     "swarm": FaultPlan.swarm(random.Random(seed))}[kind]
-            from duroxide_sim.sim.harness import Simulation
-
             result = run_and_check(Simulation(WORK_BESIDE_MONITOR, seed, plan, provider=provider))
             assert not result.quiescent
             assert result.ok, [f.render() for f in result.failures]
@@ -247,3 +243,17 @@ def test_parent_of_an_auto_id_child_waiting_for_an_event_is_not_stuck() -> None:
         assert result.quiescent
         assert result.statuses["k1::sub::2"].status == "Running"
         assert not hits, [f.render() for f in hits]
+
+
+def test_a_step_budget_spent_by_an_eternal_monitor_says_how_far_time_got() -> None:
+    """A monitor with a 1-minute timer over the default 7-day horizon needs ~10,000 cycles: the
+    step budget runs out first. That is reported (the run proves nothing about the later
+    days), and the message tells it apart from a livelock: the clock moved, to where."""
+    def setup(rt, world):
+        _monitor(rt)
+
+    spec = SimSpec(name="monitor-only", setup=setup, starts=[MONITOR])
+    result = run_and_check(Simulation(spec, 0, FaultPlan.none(), max_steps=3_000))
+    (hit,) = [f for f in result.failures if f.checker == "liveness"]
+    assert hit.message.startswith("no quiescence within 3000 steps (livelock?); virtual time reached ")
+    assert "of the 7.0 d horizon (an eternal orchestration needs a shorter horizon_ms or a larger max_steps)" in hit.message

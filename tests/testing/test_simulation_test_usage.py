@@ -142,10 +142,16 @@ QUIET = dict(database=None, deadline=None, suppress_health_check=list(HealthChec
 
 
 def test_hypothesis_failure_repro_command_reproduces_the_same_failure(tmp_path, capsys) -> None:
-    """The repro line of a Hypothesis-found failure, run through the CLI, gives the same failure."""
+    """The repro line of a Hypothesis-found failure, run through the CLI, gives the same failure.
+
+    A fixed Hypothesis seed, not ``derandomize``: derandomize seeds from the test's digest, which
+    names the spec's ``ref`` - a path under this session's tmp_path - so every pytest session
+    drew other plans, and some found no failure in 100 examples: a flaky test (measured: 2 of 60
+    Hypothesis seeds miss it)."""
     spec = _spec_from(tmp_path, ONE_CRASH_BUG)
 
-    @simulation_test(spec, hypothesis_settings=settings(max_examples=100, derandomize=True, **QUIET))
+    @hypothesis_seed(0)
+    @simulation_test(spec, hypothesis_settings=settings(max_examples=100, **QUIET))
     def test_inner(result) -> None:
         pass
 
@@ -191,7 +197,8 @@ def test_failure_in_the_extra_assertions_names_a_repro_command(tmp_path) -> None
     """When fn(result) itself fails, the report still gives the run's repro command."""
     spec = _spec_from(tmp_path, LOOP_SPEC.replace("input=40", "input=3"))
 
-    @simulation_test(spec, kinds=("crash",), hypothesis_settings=settings(max_examples=50, derandomize=True, **QUIET))
+    @hypothesis_seed(0)  # (not derandomize: its seed depends on tmp_path, see above)
+    @simulation_test(spec, kinds=("crash",), hypothesis_settings=settings(max_examples=50, **QUIET))
     def test_inner(result) -> None:
         assert not result.faults_injected.get("crash"), "a crash happened"
 
