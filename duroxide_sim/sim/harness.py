@@ -30,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from ..core.events import HistoryEvent
+from ..core.events import ActivityExecute, HistoryEvent
 from ..core.logsink import captured
 from ..errors import DuroxideError, NondeterminismError, ProviderError
 from ..providers.faulty import FaultyProvider
@@ -843,5 +843,17 @@ class _Run:
         )
 
     def _queued(self) -> dict[str, list[Any]] | None:
+        """What the store still holds by instance, leaving out activity items no simulated
+        process will ever fetch (a tag outside every worker's filter, or no worker slots): those
+        cannot move their instance, so they do not make it unsettled."""
         reader = getattr(self.inner, "queued_work", None)
-        return reader() if reader is not None else None
+        if reader is None:
+            return None
+        opts = self.options
+        serves = opts.worker_tag_filter.matches if opts.worker_concurrency > 0 else (lambda _tag: False)
+        out: dict[str, list[Any]] = {}
+        for inst, items in reader().items():
+            live = [i for i in items if not isinstance(i, ActivityExecute) or serves(i.tag)]
+            if live:
+                out[inst] = live
+        return out
