@@ -267,6 +267,7 @@ def shrink_failure(spec: Any, seed: int, plan: Any, sim_kwargs: dict[str, Any], 
     original = run(plan)
     if original is None or not original.failures or not original.fired:
         return None
+    plan = original.plan  # the plan as run ("swarm" is drawn from the seed)
     checker = original.failures[0].checker
 
     def same(result: Any) -> bool:

@@ -608,6 +608,23 @@ def test_cli_reports_a_minimal_plan(bugs, command, tmp_path, capsys) -> None:
         "instead of a shrunk plan; one crash_after_effect suffices")
 
 
+def test_cli_shrinks_a_swarm_plan(bugs, tmp_path, capsys) -> None:
+    """``run --faults swarm``: each seed draws its own plan; the failing seed's plan is shrunk
+    like any other. The shrinker was handed the word "swarm" instead of the plan the seed drew
+    and reported "(could not shrink its plan: AttributeError: 'str' object has no attribute
+    'describe')" with the whole random plan."""
+    d = _scenario_dir(tmp_path)
+    capsys.readouterr()
+    code = main(["run", str(d), "--json", "--seeds", "30", "--faults", "swarm"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    first = json.loads(out)["scenarios"][0]["first_failure"]
+    assert "could not shrink" not in first, first
+    seed, plan, kw = parse_repro(repro_of(first))
+    assert plan.rates == {} and len(plan.script) == 1, first
+    assert not run_and_check(Simulation(bugs["PAY"], seed, plan, **kw)).ok
+
+
 # --- 5: misuse gets clear errors -------------------------------------------------------------------
 
 
