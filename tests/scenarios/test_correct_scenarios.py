@@ -76,3 +76,16 @@ def test_instance_actor_history_stays_bounded_over_1000_iterations() -> None:
         assert result.ok, result.failures[0].render()
         module = scenario("instance_actor")
         assert len(result.histories[module.actor_id("db-long")]) > 1_000
+
+
+def test_instance_actor_invariants_accept_an_actor_the_faults_poisoned() -> None:
+    """Swarm seed 2052 draws heavy lock expiry and crashes after effects: one actor uses up its
+    delivery budget (poison, SPEC §10.2) - the runtime's documented answer, counted as
+    ``budget_exhausted``. The scenario's own invariants reported it as a broken property."""
+    from duroxide_sim.sim.checkers import run_and_check
+    from duroxide_sim.sim.harness import Simulation
+    from scenarios import instance_actor
+
+    result = run_and_check(Simulation(instance_actor.SPEC, 2052, "swarm"))
+    assert any(str(st.error).startswith("poison:") for st in result.statuses.values() if st.status == "Failed")
+    assert result.ok, [f.render() for f in result.failures]
