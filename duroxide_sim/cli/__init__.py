@@ -371,12 +371,25 @@ def _open_db(path: str, *, must_exist: bool) -> Any:
     return SqliteProvider.open(path, clock=SystemClock())
 
 
+def _read_db(path: str) -> Any:
+    """A database to read only (export, show): an in-memory copy, so a read-only file (a CI
+    fixture, a mounted backup) works, and the file is never migrated, counted or created."""
+    from ..providers.sqlite import SqliteProvider
+    from ..runtime.realtime import SystemClock
+
+    if not pathlib.Path(path).is_file():
+        raise ValueError(f"no such database file: {path}")
+    return SqliteProvider.snapshot_of(path, clock=SystemClock())
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..errors import DuroxideError
     from ..runtime.history_io import export_to_path
 
     try:
-        provider = _open_db(args.db, must_exist=True)
+        provider = _read_db(args.db)
+        if not args.instance and not provider.list_instances():
+            raise ValueError(f"no instances in {args.db}: nothing to export")
         written = export_to_path(provider, args.out, args.instance or None)
     except (ValueError, DuroxideError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
@@ -409,7 +422,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         app = load_app(args.app)
-        divergences = replay_source(args.source, app, latest=args.latest)
+        divergences = replay_source(args.source, app, latest=args.latest, sandbox=not args.no_sandbox)
     except (ValueError, TypeError, ImportError, DuroxideError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
@@ -420,7 +433,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         what = "in-flight instance(s) would break on upgrade" if args.latest else "execution(s) diverge from the current code"
         print(f"{len(divergences)} {what}:")
         for d in divergences:
-            print(f"  {d.render()}")
+            print(f"  {_printable(d.render())}")
     else:
         print("every history replays cleanly" if not args.latest else "no in-flight instance would break")
     return 1 if divergences else 0
@@ -469,7 +482,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                       f"{json.dumps(rest, sort_keys=True)[:160]}")
             return 0
         if source.is_file() and source.suffix != ".json":
-            provider = _open_db(str(source), must_exist=True)
+            provider = _read_db(str(source))
             ids = [args.instance] if args.instance else list(reversed(provider.list_instances()))
             docs = [export_instance(provider, i) for i in ids]
         else:
@@ -535,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     rpl.add_argument("source", help="an export (file or directory) or a SQLite database")
     rpl.add_argument("--app", required=True, help="path/to/file.py:NAME (a SimSpec or a register(runtime) function)")
     rpl.add_argument("--latest", action="store_true", help="replay in-flight instances with the latest version")
+    rpl.add_argument("--no-sandbox", action="store_true",
+                     help="do not report clock, randomness or I/O calls of orchestration code that still replays")
     rpl.add_argument("--json", action="store_true")
     rpl.set_defaults(func=_cmd_replay)
     shw = sub.add_parser("show", help="print an instance's history as a timeline")

@@ -11,8 +11,10 @@ registered code, with no new messages, and compares what the code does with what
 
 Each report says what differs and, where the code's side has one, the source line (the yield
 of new work or of the continue-as-new, the innermost user frame of a new exception).
-Failures not produced by the code (poison, infrastructure) are not re-derivable and are
-accepted as recorded. An execution after a continue-as-new starts with the KV store its
+Failures the runtime imposed (poison, infrastructure) are not re-derivable: the steps recorded
+before them must replay without a schedule mismatch, and the ending is accepted as recorded; a
+size-limit failure (SPEC §10.3) is accepted when the replayed history breaks the same limit.
+A recorded nondeterminism failure is compared without the file:line it names. An execution after a continue-as-new starts with the KV store its
 predecessors left (:func:`kv_snapshots` rebuilds it from their events). Used by the simulation's
 determinism checker and the CI replay checker. Pure: no clock, no I/O.
 """
@@ -36,6 +38,7 @@ from .events import (
     OrchestrationFailed,
     OrchestrationStarted,
 )
+from .finalize import _check_limits
 from .nondeterminism import describe_event
 from .registry import Registry
 from .replay import TurnInput, execute_turn
@@ -89,6 +92,14 @@ def _without_traceback(text: str | None) -> str | None:
     return text
 
 
+_SITE = re.compile(r"(, |: )at .+?:\d+( \(instance )")
+
+
+def _without_sites(message: str) -> str:
+    """A nondeterminism message without the ``at file:line`` of the code's side."""
+    return _SITE.sub(r"\1at <site>\2", message)
+
+
 def _raise_site(error: ErrorDetails | None) -> str:
     """`` at file:line`` of the innermost user frame of an exception the engine formatted."""
     text = error.display_message() if error is not None else ""
@@ -133,10 +144,14 @@ def verify_execution(
     # after the turn's own terminal event (SPEC §10.3), and replaying that turn breaks the
     # limit again.
     terminal = next((e for e in reversed(history) if isinstance(e, _TERMINAL)), None)
-    if isinstance(terminal, OrchestrationFailed) and terminal.details.category in ("poison", "infrastructure"):
-        return None
     if isinstance(terminal, OrchestrationFailed) and terminal.event_id == 99999:
-        return None
+        return None  # poisoned because its history could not be read: nothing to replay
+    # Poison and infrastructure failures are the runtime's, not the code's (the turn that got
+    # them may never have run the code): the recorded steps before them are still the code's,
+    # and must replay without a schedule mismatch; how it would have gone on is not known.
+    imposed = isinstance(terminal, OrchestrationFailed) and terminal.details.category in ("poison", "infrastructure")
+    if imposed and terminal_at is not None and terminal_at <= 1:
+        return None  # no step of the code was recorded (poison writes the OrchestrationStarted itself)
     persisted = list(history[:terminal_at]) if terminal_at is not None else list(history)
     now = history[-1].timestamp_ms
     inspect: list[Any] = []
@@ -160,10 +175,19 @@ def verify_execution(
         return f"{where}: {result.message}"
     if result.kind == "failed" and isinstance(result.error, ConfigurationErrorDetails):
         recorded = terminal.details.display_message() if isinstance(terminal, OrchestrationFailed) else None
-        if recorded != result.error.display_message():
+        # (a recorded nondeterminism failure names the production checkout's file and line)
+        if recorded is None or _without_sites(recorded) != _without_sites(result.error.display_message()):
             return result.error.display_message()  # already names instance, execution, event, line
         return None
+    if imposed:
+        return None
     new_work = _new_work(engine, result.delta)
+    if (isinstance(terminal, OrchestrationFailed) and result.kind == "continue" and new_work is None
+            and terminal.details.category == "application" and getattr(terminal.details, "kind", None) == "OrchestrationFailed"
+            and engine is not None and _check_limits(engine, persisted) == terminal.details.message):
+        # A size limit (SPEC §10.3) failed the instance in a turn whose code went on waiting: the
+        # offending event is in the replayed history and breaks the same limit.
+        return None
     if terminal is None:
         if new_work is not None:
             return f"{where}: replay of a running history produced new work the history lacks: code did {new_work}"

@@ -19,6 +19,7 @@ Use from pytest::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ from ..core.events import OrchestrationCompleted, OrchestrationContinuedAsNew, O
 from ..core.registry import Registry
 from ..core.verify import kv_snapshots, verify_execution
 from ..errors import InvalidInputError
-from ..runtime.history_io import document_events, export_instance, load_documents
+from ..runtime.history_io import _check_doc, document_events, export_instance, load_documents
 
 __all__ = ["Divergence", "load_app", "build_registry", "replay_documents", "replay_source", "assert_replays"]
 
@@ -42,7 +43,10 @@ class Divergence:
 
     def render(self) -> str:
         state = "in-flight" if self.in_flight else "finished"
-        return f"{self.instance} (execution {self.execution_id}, {state}): {self.message}"
+        # An id with control characters (a newline, a carriage return, an escape sequence) is
+        # shown as a JSON string: one line per divergence, nothing raw on a terminal or CI log.
+        shown = self.instance if self.instance.isprintable() else json.dumps(self.instance)
+        return f"{shown} (execution {self.execution_id}, {state}): {self.message}"
 
 
 class _LatestRegistry(Registry):
@@ -207,9 +211,20 @@ def _forget_if_elsewhere(dotted: str, file: Any) -> None:
             del sys.modules[key]
 
 
-def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: bool = False) -> list[Divergence]:
+def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: bool = False,
+                     sandbox: bool = True) -> list[Divergence]:
+    """Every divergence of ``docs`` from the code of ``registry``.
+
+    With ``sandbox`` (the default) the replays run under the simulator's
+    :class:`~duroxide_sim.sim.sandbox.Sandbox`: orchestration code that reads the clock, draws
+    randomness or does I/O is reported even where its history still replays - a
+    ``time.time()`` branch follows the recorded path only until the day it does not. Each call
+    line is reported once, on the first execution that made the call."""
+    from ..sim.sandbox import Sandbox
+
     reg: Registry = _LatestRegistry(registry) if latest else registry
     out: list[Divergence] = []
+    seen_calls: dict[tuple[str, int], Divergence] = {}
     for doc in docs:
         executions = document_events(doc)
         if not executions:
@@ -221,7 +236,19 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
             in_flight = execution_id == last and not terminal
             if latest and not in_flight:
                 continue
-            problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps.get(execution_id))
+            if sandbox:
+                with Sandbox() as box:
+                    problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps.get(execution_id))
+                for v in box.violations:
+                    site = (v.filename, v.lineno)  # (uuid4 reads os.urandom: one report per line)
+                    if site not in seen_calls:
+                        seen_calls[site] = Divergence(doc["instance_id"], execution_id, (
+                            f"nondeterministic call: {v.render()} - orchestration code must not read the clock, draw "
+                            "randomness or do I/O (use ctx.utc_now(), ctx.new_guid(), an activity); this history "
+                            "still replays, but another run of the code may take another path"), in_flight)
+                        out.append(seen_calls[site])
+            else:
+                problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps.get(execution_id))
             if problem is not None:
                 out.append(Divergence(doc["instance_id"], execution_id, problem, in_flight))
     return out
@@ -237,26 +264,36 @@ def _documents_from(source: str) -> list[dict[str, Any]]:
         # A read-only check: an in-memory copy, so the file may be read-only and stays untouched.
         provider = SqliteProvider.snapshot_of(path)
         try:
-            return [export_instance(provider, i) for i in reversed(provider.list_instances())]
+            # Checked like an export file: a database whose history rows are missing or corrupt
+            # is an input error (exit 2), not a divergence of the code, and never a clean pass.
+            docs = []
+            for instance in reversed(provider.list_instances()):
+                doc = export_instance(provider, instance)
+                if not doc["executions"]:
+                    raise InvalidInputError(f"{path}: instance {instance!r} has no history rows (a truncated copy "
+                                            "or a failed restore?): nothing of it can be replayed")
+                docs.append(_check_doc(doc, f"{path}: instance {instance!r}"))
+            return docs
         finally:
             getattr(provider, "close", lambda: None)()
     return load_documents(path)
 
 
-def replay_source(source: str, app: Any, *, latest: bool = False) -> list[Divergence]:
+def replay_source(source: str, app: Any, *, latest: bool = False, sandbox: bool = True) -> list[Divergence]:
     """Replay an export (file or directory) or a SQLite database against ``app``. A source that
     holds no history at all raises :class:`InvalidInputError`: "every history replays cleanly"
-    after checking nothing would let CI pass on a wrong path."""
+    after checking nothing would let CI pass on a wrong path. ``sandbox``: see
+    :func:`replay_documents`."""
     docs = _documents_from(source)
     if not docs:
         raise InvalidInputError(f"no recorded histories in {source}: nothing to replay")
-    return replay_documents(docs, build_registry(app), latest=latest)
+    return replay_documents(docs, build_registry(app), latest=latest, sandbox=sandbox)
 
 
-def assert_replays(source: str, app: Any | str, *, latest: bool = False) -> None:
+def assert_replays(source: str, app: Any | str, *, latest: bool = False, sandbox: bool = True) -> None:
     """pytest helper: fail with every divergence listed (one per line)."""
     target: Callable[..., Any] | Any = load_app(app) if isinstance(app, str) else app
-    divergences = replay_source(source, target, latest=latest)
+    divergences = replay_source(source, target, latest=latest, sandbox=sandbox)
     if divergences:
         raise AssertionError(
             f"{len(divergences)} recorded execution(s) no longer replay:\n" + "\n".join(d.render() for d in divergences)
