@@ -94,16 +94,17 @@ class ManagementNotAvailable(DuroxideError, NotImplementedError):
     """The provider does not implement the management (admin) capability."""
 
 
-class InstanceNotFound(DuroxideError, LookupError):
-    """No instance with that id exists."""
+class InstanceNotFound(DuroxideError, LookupError, RuntimeError):
+    """No instance with that id exists. Also a ``RuntimeError``, as duroxide-python raises it."""
 
 
 class InstanceStillRunning(DuroxideError, RuntimeError):
     """The instance is running; pass ``force=True`` to delete it anyway."""
 
 
-class CannotDeleteSubOrchestration(DuroxideError, ValueError):
-    """Sub-orchestrations are deleted with their root, never on their own."""
+class CannotDeleteSubOrchestration(DuroxideError, ValueError, RuntimeError):
+    """Sub-orchestrations are deleted with their root, never on their own. Also a
+    ``RuntimeError``, as duroxide-python raises it."""
 
 
 class OperationTimeout(DuroxideError, RuntimeError, TimeoutError):

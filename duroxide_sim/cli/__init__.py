@@ -422,10 +422,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         app = load_app(args.app)
-        divergences = replay_source(args.source, app, latest=args.latest, sandbox=not args.no_sandbox)
+        skipped: list[tuple[str, int]] = []
+        divergences = replay_source(args.source, app, latest=args.latest, sandbox=not args.no_sandbox, skipped=skipped)
     except (ValueError, TypeError, ImportError, DuroxideError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
+    if skipped:
+        first = ", ".join(f"{_printable(i)} execution {e}" for i, e in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"note: {len(skipped)} execution(s) not replayed: earlier executions of their instances were pruned, and "
+              f"with them what the KV store held when these started ({first})", file=sys.stderr)
     if args.json:
         print(json.dumps([{"instance": d.instance, "execution": d.execution_id, "in_flight": d.in_flight, "message": d.message}
                           for d in divergences], indent=2))

@@ -20,6 +20,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import json
+import types
 import typing
 from typing import Any
 
@@ -100,6 +101,26 @@ def _strict_converter() -> Any:
             raise ValueError(f"expected null, got {_kind(value)}")
 
     conv.register_structure_hook_func(lambda t: t is type(None), none_hook)
+
+    # A union of JSON scalars (``int | str``, ``int | float | None``): the member of the value's
+    # exact JSON kind, as the hooks above would read it (cattrs has no hook for such unions).
+    scalar_kinds = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+
+    def is_scalar_union(tp: Any) -> bool:
+        args = typing.get_args(tp)
+        return (typing.get_origin(tp) in (typing.Union, types.UnionType) and bool(args)
+                and all(a in scalar_kinds for a in args))
+
+    def scalar_union_hook(value: Any, tp: Any) -> Any:
+        args = typing.get_args(tp)
+        kind = type(value)
+        if kind in args:
+            return value
+        if kind is int and float in args:
+            return float(value)
+        raise ValueError(f"expected {' or '.join(scalar_kinds[a] for a in args)}, got {_kind(value)}")
+
+    conv.register_structure_hook_func(is_scalar_union, scalar_union_hook)
 
     def sequence_factory(tp: Any, c: Any) -> Any:
         inner = (homogenous_tuple_structure_factory(tp, c) if (typing.get_origin(tp) or tp) is tuple
@@ -235,7 +256,10 @@ def encode(value: Any, what: str = "payload") -> str:
     """Plain encoding: always JSON (``None`` -> ``"null"``, ``"a"`` -> ``'"a"'``)."""
     t = type(value)
     if t is int:
-        text = int.__repr__(value)  # what json.dumps writes (and the same digit-limit error)
+        try:
+            text = int.__repr__(value)  # what json.dumps writes
+        except ValueError as exc:  # over the interpreter's int-to-text digit limit
+            raise SerializationError(f"{what} cannot be encoded as JSON: {exc}", what=what) from exc
     elif t is str:
         text = _encode_str(value)
     elif t is bool or value is None:
@@ -287,7 +311,7 @@ def decode(text: str | None) -> Any:
                 return value
     try:
         return json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # (text of many "[": not JSON this parser reads)
         return text
 
 

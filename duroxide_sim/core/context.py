@@ -244,6 +244,11 @@ class RetryTask(DurableTask):
     def body(self, ctx: "OrchestrationContext") -> Generator[DurableTask, Any, Any]:
         return _retry_loop(ctx, self.activity, self.policy)
 
+    def with_tag(self, tag: str) -> "RetryTask":
+        """Route every attempt to workers whose ``worker_tag_filter`` accepts ``tag`` (as
+        duroxide-python allows on retry tasks too)."""
+        return RetryTask(self.activity.with_tag(tag), self.policy)
+
 
 @attrs.frozen
 class Either2:
@@ -654,6 +659,7 @@ class OrchestrationContext:
         self._engine.emit_plain(SetKeyValue(key=key, value=text, ts=ts), _caller_site())
 
     def get_kv_value(self, key: str) -> str | None:
+        _name(key, "KV key")  # (a non-string key is refused, as set_kv_value refuses it)
         entry = self._engine.kv.get(key)
         return None if entry is None else entry[0]
 
@@ -667,6 +673,7 @@ class OrchestrationContext:
         return len(self._engine.kv)
 
     def clear_kv_value(self, key: str) -> None:
+        _name(key, "KV key")  # (a non-string key would clear nothing here and fail the ack, or worse)
         self._engine.kv.pop(key, None)
         self._engine.emit_plain(ClearKeyValue(key=key), _caller_site())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import types
 from collections import deque
 from types import MappingProxyType
 from typing import Any
@@ -215,6 +216,9 @@ _NO_MAP: Any = MappingProxyType({})
 _NO_SET: Any = frozenset()
 
 
+#: What an orchestration call returns that the engine drives: a generator or a coroutine.
+_RESUMABLE = (types.GeneratorType, types.CoroutineType)
+
 class _Engine:
     # Slots: a cached engine (replay.EngineCache) lives between turns, often hundreds at once;
     # an instance __dict__ this wide costs ~1.5 KiB each.
@@ -344,7 +348,10 @@ class _Engine:
             except BaseException as exc:  # noqa: BLE001 - user code may raise anything
                 self._finish_error(exc)
                 return
-            if self.handler.style == "plain" or not hasattr(result, "send"):
+            # What the call returned decides, not how the function looked when registered: a
+            # decorator (functools.wraps), a callable object or a lambda may hand back a
+            # generator or a coroutine from a function that is neither itself.
+            if not isinstance(result, _RESUMABLE):
                 self._finish_value(result)
                 return
             self.stack.append(result)
@@ -514,6 +521,11 @@ class _Engine:
             if i != winner:
                 self._drop(child._st)
         slot = task.children[winner]._st
+        if not slot.ok and not isinstance(slot.value, TaskFailedError):
+            # The winner completed, but its result does not fit the type the code asked for (a
+            # typed schedule's result_type): raised at the yield, as a plain typed yield raises
+            # it - not handed over as an error text in place of the value.
+            return False, slot.value
         if task.mode == "raw":
             return True, (winner, slot.ok, slot.value)
         if task.mode == "either":

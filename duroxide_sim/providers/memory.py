@@ -20,7 +20,7 @@ import logging
 import math
 import operator
 import threading
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -819,7 +819,8 @@ class InMemoryProvider:
             self._validate_events(instance, execution_id, events, "append_with_execution")
             self._append(instance, execution_id, events, now)
 
-    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]]) -> None:
+    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
+                       kv_base: Mapping[str, tuple[str, int]] | None = None) -> None:
         """Restore a recorded instance: events verbatim plus what their acks stored beside them
         (see SqliteProvider.import_history); all or nothing."""
         op = "import_history"
@@ -860,6 +861,19 @@ class InMemoryProvider:
                 self._apply_kv(instance, events)
                 if md.status in _TERMINAL:
                     self._merge_kv(instance)
+            if kv_base is not None:  # (pruned executions: the stored KV store as exported)
+                self._kv_store.pop(instance, None)
+                if kv_base:
+                    self._kv_store[instance] = {k: KvEntry(v, ts) for k, (v, ts) in kv_base.items()}
+
+    def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
+        """The instance's stored KV store without the current execution's own changes: what the
+        current execution started with while it runs (the KV store a turn of it replays from),
+        everything once it has ended. ``{key: (value, last_updated_at_ms)}``; empty for an unknown
+        instance. Export carries it for instances whose earlier executions were pruned (their
+        KV events, which would rebuild it, are gone)."""
+        with self._lock:
+            return {k: (e.value, e.last_updated_at_ms) for k, e in sorted(self._kv_store.get(instance, {}).items())}
 
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""

@@ -81,7 +81,7 @@ import re
 import select
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..core.events import (
@@ -1395,9 +1395,11 @@ class PostgresProvider(PostgresAdminMixin):
             self._validate_events(db, instance, execution_id, events, op)
             self._append(db, instance, execution_id, events, now)
 
-    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]]) -> None:
+    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
+                       kv_base: Mapping[str, tuple[str, int]] | None = None) -> None:
         """Restore a recorded instance: events verbatim plus what their acks stored beside them
-        (see SqliteProvider.import_history); one transaction, refused when the instance exists."""
+        (see SqliteProvider.import_history, also for ``kv_base``); one transaction, refused when
+        the instance exists."""
         op = "import_history"
         plans = []
         for execution_id, events, info in _imported_executions(instance, executions, op):
@@ -1432,6 +1434,21 @@ class PostgresProvider(PostgresAdminMixin):
                 self._apply_kv(db, instance, events)
                 if md.status in TERMINAL_STATUSES:
                     self._merge_kv(db, instance)
+            if kv_base is not None:
+                db.send("DELETE FROM kv_store WHERE instance_id = %s", (instance,))
+                for k, (v, ts) in sorted(kv_base.items()):
+                    db.send("INSERT INTO kv_store (instance_id, key, value, last_updated_at_ms) VALUES (%s, %s, %s, %s)",
+                            (instance, k, _store_text(v), ts))
+
+    def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
+        """The instance's stored KV store without the current execution's own changes: what the
+        current execution started with while it runs (the KV store a turn of it replays from),
+        everything once it has ended. ``{key: (value, last_updated_at_ms)}``; empty for an unknown
+        instance. Export carries it for instances whose earlier executions were pruned (their
+        KV events, which would rebuild it, are gone)."""
+        rows = self._probe("kv_base", "SELECT key, value, last_updated_at_ms FROM kv_store WHERE instance_id = %s "
+                           "ORDER BY key", (instance,))
+        return {k: (_load_text(v), int(ts)) for k, v, ts in rows}
 
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""

@@ -44,7 +44,7 @@ import _thread
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..core.events import (
@@ -1649,13 +1649,16 @@ class SqliteProvider(SqliteAdminMixin):
             self._validate_events(db, instance, execution_id, events, op)
             self._append(db, instance, execution_id, events, now)
 
-    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]]) -> None:
+    def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
+                       kv_base: Mapping[str, tuple[str, int]] | None = None) -> None:
         """Restore a recorded instance (``duroxide-sim import``): its executions' events verbatim,
         plus what their turns' acks stored beside them, read back from the events: the instance
         row (name, version, parent, current execution, created/updated at the recorded times),
         each execution's status, output and pin, the last custom status, and the KV store (each
-        execution's KV events, merged at its end as an ack does). One transaction; refused
-        (nothing written) when the instance already exists or an event id repeats."""
+        execution's KV events, merged at its end as an ack does; ``kv_base``, when given, is the
+        stored KV store as exported - see :meth:`kv_base` - for an instance whose earlier
+        executions were pruned). One transaction; refused (nothing written) when the instance
+        already exists or an event id repeats."""
         op = "import_history"
         with self._tx(op) as db:
             if db.execute("SELECT 1 FROM instances WHERE instance_id = ? UNION ALL "
@@ -1683,6 +1686,20 @@ class SqliteProvider(SqliteAdminMixin):
                 self._apply_kv(db, instance, events)
                 if md.status in TERMINAL_STATUSES:
                     self._merge_kv(db, instance)
+            if kv_base is not None:
+                db.execute("DELETE FROM kv_store WHERE instance_id = ?", (instance,))
+                db.executemany("INSERT INTO kv_store (instance_id, key, value, last_updated_at_ms) VALUES (?, ?, ?, ?)",
+                               [(instance, k, v, ts) for k, (v, ts) in sorted(kv_base.items())])
+
+    def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
+        """The instance's stored KV store without the current execution's own changes: what the
+        current execution started with while it runs (the KV store a turn of it replays from),
+        everything once it has ended. ``{key: (value, last_updated_at_ms)}``; empty for an unknown
+        instance. Export carries it for instances whose earlier executions were pruned (their
+        KV events, which would rebuild it, are gone)."""
+        with self._tx("kv_base", write=False) as db:
+            return {k: (v, ts) for k, v, ts in db.execute(
+                "SELECT key, value, last_updated_at_ms FROM kv_store WHERE instance_id = ? ORDER BY key", (instance,))}
 
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""

@@ -33,13 +33,14 @@ from ..core.events import (
     to_dict,
 )
 from ..errors import (
+    InstanceNotFound,
     InvalidInputError,
     ManagementNotAvailable,
     OperationTimeout,
     OrchestrationFailedError,
     ProviderError,
 )
-from ..providers.base import Clock, InstanceFilter, PruneOptions
+from ..providers.base import Clock, InstanceFilter, InstanceTree, PruneOptions
 from .records import Event, OrchestrationStats, event_record
 
 __all__ = ["Client", "OrchestrationResult", "Event", "OrchestrationStats", "event_to_public_dict", "MAX_INSTANCE_ID_BYTES", "MAX_ANY_INSTANCE_ID_BYTES"]
@@ -148,33 +149,29 @@ class Client:
     def start_orchestration_versioned(self, instance_id: str, name: str, input: Any, version: str) -> None:
         self._start(instance_id, name, codec.encode(input, f"input of orchestration {name!r}"), version)
 
-    def start_orchestration_typed(self, instance_id: str, name: str, input: Any = None) -> None:
-        self._start(instance_id, name, codec.encode_typed(input, f"input of orchestration {name!r}"), None)
-
-    def start_orchestration_versioned_typed(self, instance_id: str, name: str, input: Any, version: str) -> None:
-        self._start(instance_id, name, codec.encode_typed(input, f"input of orchestration {name!r}"), version)
 
     def raise_event(self, instance_id: str, event_name: str, data: Any = None) -> None:
         self.provider.enqueue_for_orchestrator(
             ExternalRaised(instance=_check_id(instance_id), name=_check_name(event_name, "event name"), data=codec.encode(data, f"data of event {event_name!r}"))
         )
 
-    def raise_event_typed(self, instance_id: str, event_name: str, data: Any = None) -> None:
-        self.provider.enqueue_for_orchestrator(
-            ExternalRaised(instance=_check_id(instance_id), name=_check_name(event_name, "event name"), data=codec.encode_typed(data, f"data of event {event_name!r}"))
-        )
 
     def enqueue_event(self, instance_id: str, queue_name: str, data: Any = None) -> None:
         self.provider.enqueue_for_orchestrator(
             QueueMessage(instance=_check_id(instance_id), name=_check_name(queue_name, "queue name"), data=codec.encode(data, f"message for queue {queue_name!r}"))
         )
 
-    def enqueue_event_typed(self, instance_id: str, queue_name: str, data: Any = None) -> None:
-        self.provider.enqueue_for_orchestrator(
-            QueueMessage(instance=_check_id(instance_id), name=_check_name(queue_name, "queue name"), data=codec.encode_typed(data, f"message for queue {queue_name!r}"))
-        )
 
     raise_event_persistent = enqueue_event  # deprecated Rust name
+
+    # The client's typed start/raise/enqueue are aliases of the plain calls, as in duroxide-python
+    # (SPEC §17): a str is JSON-encoded like any value, so an order id "12345" arrives as the
+    # string "12345", not as the number a raw pass-through made of it. (The orchestration
+    # context's typed calls are the ones that pass strings through raw.)
+    start_orchestration_typed = start_orchestration
+    start_orchestration_versioned_typed = start_orchestration_versioned
+    raise_event_typed = raise_event
+    enqueue_event_typed = enqueue_event
 
     def cancel_instance(self, instance_id: str, reason: str | None = None) -> None:
         if reason is not None and not isinstance(reason, str):
@@ -356,7 +353,13 @@ class Client:
         return list(self.provider.read_with_execution(_check_id(instance_id), _check_execution_id(execution_id)))
 
     def get_instance_tree(self, instance_id: str) -> Any:
-        return self._admin().get_instance_tree(_check_id(instance_id))
+        """The instance and its descendants. An unknown id gives a tree of that id alone, as
+        duroxide-python answers (the provider's own call raises InstanceNotFound)."""
+        admin = self._admin()
+        try:
+            return admin.get_instance_tree(_check_id(instance_id))
+        except InstanceNotFound:
+            return InstanceTree(root_id=instance_id, all_ids=(instance_id,))
 
     def get_system_metrics(self) -> Any:
         return self._admin().get_system_metrics()

@@ -4,7 +4,8 @@ One document per instance::
 
     {"format": "duroxide-sim-history", "version": 1,
      "instance_id": "...", "orchestration_name": "...", "orchestration_version": "1.0.0",
-     "executions": [{"execution_id": 1, "events": [<canonical event objects>]}, ...]}
+     "executions": [{"execution_id": 1, "events": [<canonical event objects>]}, ...],
+     "kv_base": {"key": ["value", last_updated_at_ms], ...}}   # only when executions were pruned
 
 Events use the engine's canonical JSON form (``core.events.to_dict``), so a document is
 byte-stable: exporting the same history twice gives the same file. A directory export holds one
@@ -44,6 +45,7 @@ __all__ = [
     "load_documents",
     "import_documents",
     "document_events",
+    "document_kv_base",
 ]
 
 FORMAT = "duroxide-sim-history"
@@ -66,7 +68,7 @@ def export_instance(provider: Any, instance: str) -> dict[str, Any]:
         if isinstance(events[0], OrchestrationStarted):
             name, version = events[0].name, events[0].version
         executions.append({"execution_id": execution_id, "events": [to_dict(e) for e in events]})
-    return {
+    doc = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "instance_id": instance,
@@ -74,6 +76,13 @@ def export_instance(provider: Any, instance: str) -> dict[str, Any]:
         "orchestration_version": version,
         "executions": executions,
     }
+    reader = getattr(provider, "kv_base", None)
+    if executions and executions[0]["execution_id"] > 1 and reader is not None:
+        # Earlier executions were pruned, and with them the KV events that rebuild the store:
+        # the stored KV store goes along (see the providers' kv_base), so an import resumes with
+        # it and a replay knows what the current execution started with.
+        doc["kv_base"] = {k: [v, ts] for k, (v, ts) in reader(instance).items()}
+    return doc
 
 
 def _dumps(doc: dict[str, Any]) -> str:
@@ -186,6 +195,11 @@ def _check_doc(doc: Any, where: str) -> dict[str, Any]:
     except SerializationError as exc:
         raise SerializationError(f"{where}: {exc}") from None
     instance = doc["instance_id"]
+    kv_base = doc.get("kv_base")
+    if kv_base is not None and not (isinstance(kv_base, dict) and all(
+            isinstance(k, str) and isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+            and type(e[1]) is int and e[1] in _INT64 for k, e in kv_base.items())):
+        raise SerializationError(f"{where}: kv_base must map each key to [value (a string), last_updated_at_ms (an integer)]")
     if not doc["executions"]:
         raise SerializationError(f"{where}: instance {instance!r} has no executions")
     previous = 0
@@ -289,6 +303,13 @@ def document_events(doc: dict[str, Any]) -> dict[int, list[HistoryEvent]]:
     return {ex["execution_id"]: [from_dict(e, "event") for e in ex["events"]] for ex in doc["executions"]}
 
 
+def document_kv_base(doc: dict[str, Any]) -> dict[str, tuple[str, int]] | None:
+    """The stored KV store a (validated) document carries - exported with instances whose earlier
+    executions were pruned - or None."""
+    kv = doc.get("kv_base")
+    return None if kv is None else {k: (v, ts) for k, (v, ts) in kv.items()}
+
+
 def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
     """Restore each document's instance in ``provider`` (its ``import_history``: the events
     verbatim plus the instance row, execution statuses, custom status and KV store their acks
@@ -313,6 +334,10 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
     count = 0
     for doc in docs:
         executions = document_events(doc)
-        restore(doc["instance_id"], sorted(executions.items()))
+        kv_base = document_kv_base(doc)
+        if kv_base is None:
+            restore(doc["instance_id"], sorted(executions.items()))
+        else:
+            restore(doc["instance_id"], sorted(executions.items()), kv_base=kv_base)
         count += len(executions)
     return count

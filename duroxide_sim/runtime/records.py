@@ -99,7 +99,7 @@ def _embedded(text: Any) -> Any:
         return text
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: text of many "[")
         return text
 
 
@@ -124,6 +124,6 @@ def event_record(ev: HistoryEvent) -> Event:
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True

@@ -257,6 +257,11 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
                 want, got = ref_out.get(inst), got_out.get(inst, _NOT_FOUND)
                 if inst in cut or want is None or got == want:
                     continue
+                if inst not in got_out and "::sub::" in inst:
+                    # An auto child id names the event position of its schedule (SPEC §7), which
+                    # a message recorded earlier or later moves: the child exists under another
+                    # id here, and its parent's outcome is compared.
+                    continue
                 plain = without_faults().outputs().get(inst, _NOT_FOUND)
                 if plain != got:
                     fail("outcome", f"outcome under faults {got!r} differs from fault-free {want!r} (the same seed "

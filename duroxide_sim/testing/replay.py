@@ -25,11 +25,16 @@ from typing import Any
 
 import attrs
 
-from ..core.events import OrchestrationCompleted, OrchestrationContinuedAsNew, OrchestrationFailed
+from ..core.events import (
+    KeyValueCleared, KeyValuesCleared, KeyValueSet, OrchestrationCompleted, OrchestrationContinuedAsNew,
+    OrchestrationFailed,
+)
 from ..core.registry import Registry
 from ..core.verify import kv_snapshots, verify_execution
 from ..errors import InvalidInputError
-from ..runtime.history_io import _check_doc, document_events, export_instance, load_documents
+from ..runtime.history_io import _check_doc, document_events, document_kv_base, export_instance, load_documents
+
+_ENDINGS = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
 
 __all__ = ["Divergence", "load_app", "build_registry", "replay_documents", "replay_source", "assert_replays"]
 
@@ -211,15 +216,46 @@ def _forget_if_elsewhere(dotted: str, file: Any) -> None:
             del sys.modules[key]
 
 
+def _kv_starts(executions: dict[int, list[Any]], kv_base: dict[str, tuple[str, int]] | None) -> dict[int, Any]:
+    """The KV store each execution started with, None where it is not known.
+
+    Complete histories rebuild it from the events (:func:`kv_snapshots`). When earlier executions
+    were pruned, the document's ``kv_base`` (the stored KV store: the running execution's start,
+    or everything once the last one ended) gives the last execution's start, and an earlier one's
+    only through executions that changed no key (a KV event cannot be undone to see what was
+    there before it). A document without ``kv_base`` (an older export) is replayed as before."""
+    ids = sorted(executions)
+    if ids[0] == 1 or kv_base is None:
+        return kv_snapshots(executions)
+    out: dict[int, Any] = dict.fromkeys(ids)
+    last = ids[-1]
+    ended = any(isinstance(e, _ENDINGS) for e in executions[last])
+    if ended and _changes_kv(executions[last]):
+        return out
+    out[last] = dict(kv_base)
+    for execution_id in reversed(ids[:-1]):
+        if _changes_kv(executions[execution_id]):
+            break
+        out[execution_id] = dict(kv_base)
+    return out
+
+
+def _changes_kv(events: list[Any]) -> bool:
+    return any(isinstance(e, (KeyValueSet, KeyValueCleared, KeyValuesCleared)) for e in events)
+
+
 def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: bool = False,
-                     sandbox: bool = True) -> list[Divergence]:
+                     sandbox: bool = True, skipped: list[tuple[str, int]] | None = None) -> list[Divergence]:
     """Every divergence of ``docs`` from the code of ``registry``.
 
     With ``sandbox`` (the default) the replays run under the simulator's
     :class:`~duroxide_sim.sim.sandbox.Sandbox`: orchestration code that reads the clock, draws
     randomness or does I/O is reported even where its history still replays - a
     ``time.time()`` branch follows the recorded path only until the day it does not. Each call
-    line is reported once, on the first execution that made the call."""
+    line is reported once, on the first execution that made the call.
+
+    Executions whose starting KV store is unknown (earlier executions pruned, see
+    :func:`_kv_starts`) are not replayed; ``(instance, execution)`` of each goes to ``skipped``."""
     from ..sim.sandbox import Sandbox
 
     reg: Registry = _LatestRegistry(registry) if latest else registry
@@ -230,15 +266,19 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
         if not executions:
             continue
         last = max(executions)
-        snaps = kv_snapshots(executions)
+        snaps = _kv_starts(executions, document_kv_base(doc))
         for execution_id, events in executions.items():
-            terminal = any(isinstance(e, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)) for e in events)
+            terminal = any(isinstance(e, _ENDINGS) for e in events)
             in_flight = execution_id == last and not terminal
             if latest and not in_flight:
                 continue
+            if snaps[execution_id] is None:
+                if skipped is not None:
+                    skipped.append((doc["instance_id"], execution_id))
+                continue
             if sandbox:
                 with Sandbox() as box:
-                    problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps.get(execution_id))
+                    problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps[execution_id])
                 for v in box.violations:
                     site = (v.filename, v.lineno)  # (uuid4 reads os.urandom: one report per line)
                     if site not in seen_calls:
@@ -248,7 +288,7 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
                             "still replays, but another run of the code may take another path"), in_flight)
                         out.append(seen_calls[site])
             else:
-                problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps.get(execution_id))
+                problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps[execution_id])
             if problem is not None:
                 out.append(Divergence(doc["instance_id"], execution_id, problem, in_flight))
     return out
@@ -279,7 +319,8 @@ def _documents_from(source: str) -> list[dict[str, Any]]:
     return load_documents(path)
 
 
-def replay_source(source: str, app: Any, *, latest: bool = False, sandbox: bool = True) -> list[Divergence]:
+def replay_source(source: str, app: Any, *, latest: bool = False, sandbox: bool = True,
+                  skipped: list[tuple[str, int]] | None = None) -> list[Divergence]:
     """Replay an export (file or directory) or a SQLite database against ``app``. A source that
     holds no history at all raises :class:`InvalidInputError`: "every history replays cleanly"
     after checking nothing would let CI pass on a wrong path. ``sandbox``: see
@@ -287,7 +328,7 @@ def replay_source(source: str, app: Any, *, latest: bool = False, sandbox: bool 
     docs = _documents_from(source)
     if not docs:
         raise InvalidInputError(f"no recorded histories in {source}: nothing to replay")
-    return replay_documents(docs, build_registry(app), latest=latest, sandbox=sandbox)
+    return replay_documents(docs, build_registry(app), latest=latest, sandbox=sandbox, skipped=skipped)
 
 
 def assert_replays(source: str, app: Any | str, *, latest: bool = False, sandbox: bool = True) -> None:

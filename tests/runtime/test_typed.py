@@ -144,7 +144,9 @@ def test_typed_event_and_queue(world, style):
 
 
 def test_typed_string_is_not_re_encoded(world):
-    """Typed APIs pass a str through raw: the orchestration sees exactly that text."""
+    """The context's typed calls pass a str through raw (the activity's input is that text); the
+    client's typed start is an alias of the plain one (JSON-encodes it, as duroxide-python does),
+    which a typed orchestration reads back as the same string."""
 
     @world.runtime.register_activity_typed("Upper")
     def upper(ctx, text: str):
