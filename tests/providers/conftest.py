@@ -4,7 +4,8 @@
 private server this test process starts on first use (``tests/pg_server.py``), so
 ``python -m pytest`` works locally with nothing set up. ``pg_schema``: a fresh, unique schema
 name per call; every schema handed out is dropped at teardown. The other provider tests never
-request these fixtures, so they start nothing.
+request these fixtures, so they start nothing. ``each_provider``: a test run once per shipped
+provider (memory, SQLite file, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -50,3 +51,27 @@ def pg_schema(pg_url: str) -> Iterator[Callable[[str], str]]:
 
     yield make
     drop_schemas(pg_url, made)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def each_provider(request, tmp_path):
+    """``(provider, clock)`` for each shipped provider in turn: InMemoryProvider, SqliteProvider
+    on a file, PostgresProvider in a fresh schema (its server started on first use). Checked
+    (``_check``) and closed after the test."""
+    from duroxide_sim.providers.memory import InMemoryProvider
+    from duroxide_sim.providers.sqlite import SqliteProvider
+    from duroxide_sim.testing.conformance import ConformanceClock
+
+    clock = ConformanceClock()
+    if request.param == "memory":
+        provider = InMemoryProvider(clock)
+    elif request.param == "sqlite":
+        provider = SqliteProvider.open(tmp_path / "each.db", clock=clock)
+    else:
+        from duroxide_sim.providers.postgres import PostgresProvider
+
+        url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
+        provider = PostgresProvider.connect_with_schema(url, schema("each"), clock=clock)
+    yield provider, clock
+    provider._check()
+    getattr(provider, "close", lambda: None)()

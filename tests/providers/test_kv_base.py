@@ -12,26 +12,12 @@ from __future__ import annotations
 import pytest
 
 from duroxide_sim.core.events import KeyValueSet
-from duroxide_sim.providers.memory import InMemoryProvider
-from duroxide_sim.providers.sqlite import SqliteProvider
-from duroxide_sim.testing.conformance import ConformanceClock, ack, can_ev, create, fetch, meta, start_item, started
+from duroxide_sim.testing.conformance import ack, can_ev, create, fetch, meta, start_item, started
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def provider(request, tmp_path):
-    clock = ConformanceClock()
-    if request.param == "memory":
-        p = InMemoryProvider(clock)
-    elif request.param == "sqlite":
-        p = SqliteProvider.open(tmp_path / "kv.db", clock=clock)
-    else:
-        from duroxide_sim.providers.postgres import PostgresProvider
-
-        url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
-        p = PostgresProvider.connect_with_schema(url, schema("kvbase"), clock=clock)
-    yield p
-    p._check()
-    getattr(p, "close", lambda: None)()
+@pytest.fixture
+def provider(each_provider):
+    return each_provider[0]
 
 
 def _set(inst, eid, key, value, execution=1, ts=5):

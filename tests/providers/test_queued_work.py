@@ -12,28 +12,14 @@ from __future__ import annotations
 import pytest
 
 from duroxide_sim.core.events import ActivityCompletedMsg, ExternalRaised, TimerFiredMsg
-from duroxide_sim.providers.memory import InMemoryProvider
-from duroxide_sim.providers.sqlite import SqliteProvider
 from duroxide_sim.testing.conformance import (
-    ConformanceClock, act, act_done, ack, create, fetch, meta, wfetch,
+    act, act_done, ack, create, fetch, meta, wfetch,
 )
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def pair(request, tmp_path):
-    clock = ConformanceClock()
-    if request.param == "memory":
-        provider = InMemoryProvider(clock)
-    elif request.param == "sqlite":
-        provider = SqliteProvider.open(tmp_path / "q.db", clock=clock)
-    else:
-        from duroxide_sim.providers.postgres import PostgresProvider
-
-        url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
-        provider = PostgresProvider.connect_with_schema(url, schema("queued"), clock=clock)
-    yield provider, clock
-    provider._check()
-    getattr(provider, "close", lambda: None)()
+@pytest.fixture
+def pair(each_provider):
+    return each_provider
 
 
 def _kinds(queued):
