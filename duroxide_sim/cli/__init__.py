@@ -486,7 +486,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 print(f"step {rec.get('step')!s:>6}  t={rec.get('t')!s:>10} ms  {rec.get('op')!s:<14} "
                       f"{json.dumps(rest, sort_keys=True)[:160]}")
             return 0
-        if source.is_file() and source.suffix != ".json":
+        if source.is_file() and source.suffix.lower() != ".json":
             provider = _read_db(str(source))
             ids = [args.instance] if args.instance else list(reversed(provider.list_instances()))
             docs = [export_instance(provider, i) for i in ids]

@@ -112,7 +112,7 @@ def export_to_path(provider: Any, out: str | pathlib.Path, instances: Iterable[s
     ids = list(instances) if instances is not None else list(reversed(provider.list_instances()))
     docs = [export_instance(provider, i) for i in dict.fromkeys(ids)]  # each instance once
     try:
-        if out.suffix == ".json":
+        if out.suffix.lower() == ".json":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(_dumps(docs[0]) if len(docs) == 1 else json.dumps(docs, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             return [out]

@@ -123,6 +123,8 @@ def load_app(ref: str) -> Any:
     if ":" not in ref:
         raise ValueError(f"app reference {ref!r} must look like path/to/file.py:NAME or package.module:NAME")
     where, name = ref.rsplit(":", 1)
+    if ".py:" in where:
+        raise ValueError(f"app reference {ref!r} must look like path/to/file.py:NAME (one ':' after the file)")
     if where.endswith(".py"):
         path = pathlib.Path(where)
         if not path.exists():
@@ -298,7 +300,7 @@ def _documents_from(source: str) -> list[dict[str, Any]]:
     import pathlib
 
     path = pathlib.Path(source)
-    if path.is_file() and path.suffix not in (".json",):
+    if path.is_file() and path.suffix.lower() != ".json":
         from ..providers.sqlite import SqliteProvider
 
         # A read-only check: an in-memory copy, so the file may be read-only and stays untouched.

@@ -385,6 +385,33 @@ def test_recorded_nondeterminism_failure_verdict_does_not_depend_on_the_checkout
     assert at_prod_path == at_ci_path, f"same code: diverges at the production path={at_prod_path}, elsewhere={at_ci_path}"
 
 
+def test_an_export_named_in_capitals_is_an_export(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--out history.JSON`` writes one file (it made a directory), and ``replay``/``show`` of
+    ``history.JSON`` read it as an export (they opened it as a SQLite database: "is not a SQLite
+    database")."""
+    db = tmp_path / "prod.db"
+    _record(_app(_wait_body), [("a", "O", 1)], provider=_sqlite(db))[2].close()
+    out = tmp_path / "history.JSON"
+    assert cli(["export", str(db), "--out", str(out)]) == 0
+    assert out.is_file()
+    app = _module(tmp_path / "caps_app.py", _WAIT_APP.format(activity="A"))
+    capsys.readouterr()
+    assert cli(["replay", str(out), "--app", f"{app}:register"]) == 0, capsys.readouterr()
+    assert cli(["show", str(out)]) == 0
+    assert "OrchestrationStarted" in capsys.readouterr().out
+
+
+def test_an_app_reference_with_two_names_says_so(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--app app.py:register:extra`` said "No module named '/.../app'"."""
+    db = tmp_path / "prod.db"
+    _record(_app(_wait_body), [("a", "O", 1)], provider=_sqlite(db))[2].close()
+    app = _module(tmp_path / "two_app.py", _WAIT_APP.format(activity="A"))
+    capsys.readouterr()
+    assert cli(["replay", str(db), "--app", f"{app}:register:extra"]) == 2
+    err = capsys.readouterr().err
+    assert "one ':' after the file" in err and "No module named" not in err, err
+
+
 def test_export_of_a_read_only_database(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``replay`` reads a read-only database (a CI fixture, a read-only mount of a production
     backup) through an in-memory copy; ``export``, the step that turns that database into
