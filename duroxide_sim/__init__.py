@@ -31,7 +31,7 @@ from .errors import (
 
 if TYPE_CHECKING:  # the names below are imported on first use (see __getattr__)
     from .core.codec import MAX_PAYLOAD_BYTES
-    from .core.context import Backoff, Either2, Either3, OrchestrationContext, RetryPolicy
+    from .core.context import MAX_TIMER_DELAY_MS, Backoff, Either2, Either3, OrchestrationContext, RetryPolicy
     from .core.registry import Registry
     from .providers.base import (
         DeleteInstanceResult,
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (see __getattr__)
 _LAZY = {
     "MAX_PAYLOAD_BYTES": ".core.codec",
     "Backoff": ".core.context", "Either2": ".core.context", "Either3": ".core.context",
-    "OrchestrationContext": ".core.context", "RetryPolicy": ".core.context",
+    "OrchestrationContext": ".core.context", "RetryPolicy": ".core.context", "MAX_TIMER_DELAY_MS": ".core.context",
     "Registry": ".core.registry",
     "DeleteInstanceResult": ".providers.base", "ExecutionInfo": ".providers.base", "InstanceFilter": ".providers.base",
     "InstanceInfo": ".providers.base", "InstanceTree": ".providers.base", "PruneOptions": ".providers.base",
@@ -124,6 +124,7 @@ __all__ = [
     "InvalidInputError",
     "LockLostError",
     "MAX_PAYLOAD_BYTES",
+    "MAX_TIMER_DELAY_MS",
     "ManagementNotAvailable",
     "NondeterminismError",
     "OperationTimeout",

@@ -11,7 +11,7 @@ EXPECTED_ALL = {
     "ActivityContext", "Backoff", "CannotDeleteSubOrchestration", "Client", "ConfigurationError",
     "DeleteInstanceResult", "DuroxideError", "Either2", "Either3", "ExecutionInfo", "InMemoryProvider",
     "InstanceFilter", "InstanceInfo", "InstanceNotFound", "InstanceStillRunning", "InstanceTree",
-    "InvalidInputError", "LockLostError", "MAX_PAYLOAD_BYTES", "ManagementNotAvailable",
+    "InvalidInputError", "LockLostError", "MAX_PAYLOAD_BYTES", "MAX_TIMER_DELAY_MS", "ManagementNotAvailable",
     "NondeterminismError", "OperationTimeout", "OrchestrationContext", "OrchestrationFailedError",
     "OrchestrationResult", "PayloadTooLargeError", "ProviderError", "PruneOptions", "PruneResult",
     "QueueDepths", "Registry", "RetryPolicy", "Runtime", "RuntimeOptions", "SerializationError", "SqliteProvider",
@@ -83,3 +83,14 @@ def test_a_plain_sqlite_program_does_not_load_the_heavy_optional_modules() -> No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_testing_helpers_import_from_the_package_the_readme_names() -> None:
+    """README: ``@simulation_test(SPEC)`` and ``check_type_round_trips(setup)`` come with
+    ``duroxide_sim.testing``; they lived only in ``duroxide_sim.testing.strategies`` (ImportError)."""
+    from duroxide_sim.testing import assert_replays, check_type_round_trips, simulation_test
+    from duroxide_sim.testing import replay, strategies
+
+    assert simulation_test is strategies.simulation_test
+    assert check_type_round_trips is strategies.check_type_round_trips
+    assert assert_replays is replay.assert_replays

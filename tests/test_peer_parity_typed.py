@@ -472,3 +472,27 @@ def test_text_of_many_open_brackets_is_a_string_not_a_recursion_error(world):
     assert (st.status, st.output) == ("Completed", 5000), st.error
     kinds = [e.kind for e in world.client.read_execution_history("i", 1)]
     assert kinds[:2] == ["OrchestrationStarted", "ActivityScheduled"]
+
+
+def test_kv_keys_are_checked_the_same_way_everywhere(world):
+    """README: KV keys must be non-empty strings in every KV call. The client's reads accepted
+    "" (None, and ``wait_for_kv_value`` waited out its timeout) and the context's
+    ``get_kv_value_from_instance`` accepted any key."""
+    from duroxide_sim import InvalidInputError
+
+    for read in (lambda: world.client.get_kv_value("i", ""), lambda: world.client.get_kv_value_typed("i", ""),
+                 lambda: world.client.wait_for_kv_value("i", "", 1)):
+        with pytest.raises(InvalidInputError, match="KV key must be a non-empty string"):
+            read()
+
+    @world.runtime.register_orchestration("O")
+    def orch(ctx, _):
+        try:
+            yield ctx.get_kv_value_from_instance("other", 1)
+        except TypeError as exc:
+            return str(exc)
+        return "accepted"
+
+    world.client.start_orchestration("i", "O")
+    world.run()
+    assert "KV key name must be a non-empty string" in world.result("i").output

@@ -107,7 +107,11 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
 
     failed = any(r["failures"] for r in rows)
     if args.json:
-        print(json.dumps({"ok": not failed, "scenarios": rows}, indent=2, sort_keys=True))
+        # Scenarios left out (a module that cannot load, a spec that cannot run) make the document
+        # not ok, and are listed: the exit code (2) alone would not reach a JSON consumer.
+        load_errors = [{"scenario": where, "problem": problem} for where, problem in getattr(args, "_load_errors", [])]
+        print(json.dumps({"ok": not failed and not load_errors, "scenarios": rows, "load_errors": load_errors},
+                         indent=2, sort_keys=True))
         return 1 if failed else 0
     from rich.text import Text
 
@@ -144,8 +148,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"duroxide-sim: --faults: {exc}", file=sys.stderr)
         return 2
     problems: list[tuple[str, str]] = []
+    args._load_errors = problems  # (reported in the --json document too)
+    # With --json, stdout holds the one JSON document: what scenario modules print while they are
+    # imported and checked (their setup runs once here) goes to stderr, as during the run.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        modules = _load_modules(path, problems)
+        with quiet_stdout:
+            modules = _load_modules(path, problems)
     except Exception as exc:  # noqa: BLE001 - the directory itself could not be read
         print(f"duroxide-sim: cannot load scenarios from {path}: {exc}", file=sys.stderr)
         return 2
@@ -158,7 +167,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     runnable = []  # (index in targets, label, spec): worker processes find a scenario by its index
     for index, (label, spec) in enumerate(targets):
-        problem = _spec_problem(spec, args)
+        with quiet_stdout:
+            problem = _spec_problem(spec, args)
         if problem is not None:
             print(f"duroxide-sim: scenario {_printable(label)} cannot run: {_printable(problem)}", file=sys.stderr)
             problems.append((label, problem))
@@ -304,15 +314,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from ..sim.faults import FaultPlan
     from ..sim.harness import Simulation
 
+    # With --json, stdout holds the one JSON document: what scenario code prints (when its module
+    # is imported too) goes to stderr.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        spec = load_spec(args.ref)
+        with quiet_stdout:
+            spec = load_spec(args.ref)
         faults: Any = "swarm" if args.faults == "swarm" else (None if args.faults == "none" else FaultPlan.from_json(args.faults))
     except (ValueError, ImportError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
     extra = {} if args.max_steps is None else {"max_steps": args.max_steps}
-    # With --json, stdout holds the one JSON document: what scenario code prints goes to stderr.
-    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
         with quiet_stdout:
             sim = Simulation(spec, args.seed, faults, provider=args.provider, nodes=args.nodes, sandbox=args.sandbox, **extra)
@@ -440,7 +452,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         for d in divergences:
             print(f"  {_printable(d.render())}")
     else:
-        print("every history replays cleanly" if not args.latest else "no in-flight instance would break")
+        clean = "every history replays cleanly" if not args.latest else "no in-flight instance would break"
+        print(clean if not skipped else f"{clean} of those replayed ({len(skipped)} execution(s) not replayed: see the note)")
     return 1 if divergences else 0
 
 

@@ -586,6 +586,7 @@ class OrchestrationContext:
         return ActivityTask(SYSCALL_UTC_NOW, "", post="int")
 
     def get_kv_value_from_instance(self, instance_id: str, key: str) -> ActivityTask:
+        _name(key, "KV key")
         payload = codec.encode({"instance_id": instance_id, "key": key})
         return ActivityTask(SYSCALL_GET_KV, payload, post="kv")
 

@@ -340,13 +340,8 @@ class SqliteProvider(SqliteAdminMixin):
         where = repr(target)
         provider = cls.in_memory(clock=clock)
         try:
-            uri = pathlib.Path(target).absolute().as_uri()
             try:
-                source = sqlite3.connect(f"{uri}?mode=ro", uri=True)
-                try:
-                    source.backup(provider._shared)
-                finally:
-                    source.close()
+                cls._copy_into(pathlib.Path(target), provider._shared)
             except sqlite3.Error as exc:
                 raise _map_error(exc, "open", where) from exc
             provider._where = where
@@ -360,6 +355,35 @@ class SqliteProvider(SqliteAdminMixin):
             provider.close()
             raise
         return provider
+
+    @staticmethod
+    def _copy_into(path: pathlib.Path, target: sqlite3.Connection) -> None:
+        """Copy the database at ``path`` into ``target`` reading only. A WAL database's reader
+        needs its ``-shm`` file beside it: in a directory it may not write (a read-only mount)
+        the file and its ``-wal`` are copied to a temporary directory first and read there, so
+        the committed transactions still in the WAL are not missed."""
+        import shutil
+        import tempfile
+
+        def read(file: pathlib.Path) -> None:
+            source = sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro", uri=True)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+
+        try:
+            read(path)
+        except sqlite3.OperationalError:
+            if os.access(path.parent, os.W_OK):
+                raise
+            with tempfile.TemporaryDirectory(prefix="duroxide-snapshot-") as tmp:
+                copy = pathlib.Path(tmp) / "db"
+                shutil.copyfile(path, copy)
+                wal = path.with_name(path.name + "-wal")
+                if wal.is_file():
+                    shutil.copyfile(wal, copy.with_name("db-wal"))
+                read(copy)
 
     # --- connections and transactions ----------------------------------------------------------
 

@@ -104,8 +104,8 @@ def _check_record(value: Any, cls: type, what: str) -> Any:
 
 
 def _check_key(key: Any) -> str:
-    if not isinstance(key, str):
-        raise InvalidInputError(f"KV key must be a string, got {type(key).__name__}")
+    if not isinstance(key, str) or not key:
+        raise InvalidInputError(f"KV key must be a non-empty string, got {key!r}"[:200])
     return key
 
 

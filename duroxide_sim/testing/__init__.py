@@ -1,6 +1,8 @@
 """Public testing helpers for duroxide_sim users.
 
-``duroxide_sim.testing.conformance`` is the provider conformance suite (SPEC §16 A–I): a third
+``simulation_test`` and ``check_type_round_trips`` (from ``.strategies``: Hypothesis-driven
+simulations and typed round trips) and ``assert_replays`` (from ``.replay``: the CI replay
+check) are importable from here. ``duroxide_sim.testing.conformance`` is the provider conformance suite (SPEC §16 A–I): a third
 party provider runs it with one import and one fixture (see that module's docstring).
 
 Importing this package registers the conformance module for pytest's assertion rewriting (when
@@ -17,4 +19,16 @@ except ImportError:  # pragma: no cover - pytest is a test-time dependency only
 else:
     pytest.register_assert_rewrite("duroxide_sim.testing.conformance")
 
-__all__: list[str] = []
+__all__ = ["simulation_test", "check_type_round_trips", "assert_replays"]
+
+# Imported on first use (PEP 562): the strategies need Hypothesis, a test-time dependency.
+_LAZY = {"simulation_test": ".strategies", "check_type_round_trips": ".strategies", "assert_replays": ".replay"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)

@@ -351,6 +351,47 @@ def test_a_bad_faults_value_is_a_usage_error_about_faults(tmp_path: pathlib.Path
 
 # --- --json and exit codes ----------------------------------------------------------------------
 
+NOISY = textwrap.dedent('''
+    from duroxide_sim.sim.harness import SimSpec, Start
+
+    print("printed at import")
+
+    def setup(rt, world):
+        print("printed in setup")
+        rt.register_orchestration("Hello", lambda ctx, x: x)
+
+    SPEC = SimSpec(name="noisy", setup=setup, starts=[Start(instance="h", orchestration="Hello", input=1)])
+''')
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_json_stays_one_document_when_scenario_code_prints_at_import(tmp_path: pathlib.Path, jobs: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A scenario that prints when imported or set up: its output went to stdout before the JSON
+    document (the modules were loaded, and each spec checked once, outside the redirect), so
+    the document did not parse. ``reproduce --json`` likewise."""
+    d = write_dir(tmp_path / "scen", {"noisy.py": NOISY})
+    code, out, err = run_cli(["run", str(d), "--seeds", "2", "--jobs", jobs, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["ok"] is True
+    assert "printed at import" in err and "printed in setup" in err
+    code, out, err = run_cli(["reproduce", str(d / "noisy.py") + ":SPEC", "--seed", "0", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["spec"] == "noisy", out
+
+
+def test_json_lists_the_scenarios_it_left_out(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A module that cannot load left the other scenarios running and exited 2, but the JSON
+    document said ``"ok": true`` and did not name it."""
+    d = write_dir(tmp_path / "scen", {"good.py": scenario(), "broken.py": "import no_such_module_xyz\n"})
+    code, out, err = run_cli(["run", str(d), "--seeds", "2", "--faults", "none", "--json"], capsys)
+    assert code == 2, err
+    data = json.loads(out)
+    assert data["ok"] is False
+    assert [e["scenario"] for e in data["load_errors"]] == [str(d / "broken.py")] or \
+        any("broken" in e["scenario"] for e in data["load_errors"]), data["load_errors"]
+    assert "no_such_module_xyz" in data["load_errors"][0]["problem"]
+
 def test_json_is_one_document_with_stable_keys_matching_the_table(tmp_path: pathlib.Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     d = write_dir(tmp_path / "scen", {"good.py": scenario(), "buggy.py": scenario("payments-buggy", bug=True)})
@@ -358,7 +399,7 @@ def test_json_is_one_document_with_stable_keys_matching_the_table(tmp_path: path
     code, out, _ = run_cli([*argv, "--json"], capsys)
     assert code == 1
     data = json.loads(out)
-    assert set(data) == {"ok", "scenarios"} and data["ok"] is False
+    assert set(data) == {"ok", "scenarios", "load_errors"} and data["ok"] is False and data["load_errors"] == []
     keys = {"scenario", "seeds", "faults_injected", "fault_kinds", "properties", "failures", "first_failure",
             "first_failing_seed", "unshrunk_failure", "budget_exhausted", "seconds"}
     assert all(set(r) == keys for r in data["scenarios"])

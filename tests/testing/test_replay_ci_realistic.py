@@ -258,6 +258,7 @@ def test_pruned_execution_whose_starting_kv_store_is_unknown_is_named_not_judged
     assert cli(["replay", str(db), "--app", f"{app}:register"]) == 0
     captured = capsys.readouterr()
     assert "note: 1 execution(s) not replayed" in captured.err and "k execution 2" in captured.err, captured.err
+    assert "of those replayed (1 execution(s) not replayed" in captured.out, captured.out
     changed = _module(tmp_path / "kv_counter_changed.py", _KV_APP.replace('str(count))', 'str(count * 10))'))
     assert cli(["replay", str(db), "--app", f"{changed}:register"]) == 1
     out = capsys.readouterr().out
@@ -410,6 +411,28 @@ def test_an_app_reference_with_two_names_says_so(tmp_path: pathlib.Path, capsys:
     assert cli(["replay", str(db), "--app", f"{app}:register:extra"]) == 2
     err = capsys.readouterr().err
     assert "one ':' after the file" in err and "No module named" not in err, err
+
+
+def test_a_database_on_a_read_only_mount_is_read(tmp_path: pathlib.Path) -> None:
+    """A WAL database's reader needs its -shm file beside it: on a read-only mount (a backup, a CI
+    fixture volume) ``replay``, ``export`` and ``show`` failed with "unable to open database
+    file" (exit 2). Run in a private mount namespace (``unshare -m``, as root) where the
+    directory is bind-mounted read-only."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    db = ro / "app.db"
+    _record(_app(_wait_body), [("a", "O", 1)], provider=_sqlite(db))[2].close()  # (a backup: no -wal/-shm)
+    assert sorted(f.name for f in ro.iterdir()) == ["app.db"]
+    app = _module(tmp_path / "ro_app.py", _WAIT_APP.format(activity="A"))
+    script = (f"mount --bind {ro} {ro} && mount -o remount,ro,bind {ro} && "
+              f"{sys.executable} -m duroxide_sim show {db} && "
+              f"{sys.executable} -m duroxide_sim replay {db} --app {app}:register && "
+              f"{sys.executable} -m duroxide_sim export {db} --out {tmp_path / 'out'}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ExternalSubscribed" in done.stdout and "every history replays cleanly" in done.stdout, done.stdout
+    assert (tmp_path / "out" / "a.json").is_file()
 
 
 def test_export_of_a_read_only_database(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
