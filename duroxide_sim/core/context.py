@@ -26,7 +26,7 @@ import attrs
 
 from . import codec
 from .events import ClearKeyValue, ClearKeyValues, SetKeyValue, UpdateCustomStatus
-from .registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW
+from .registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW, parse_semver
 from .texts import text_problem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -149,6 +149,15 @@ class DequeueTask(DurableTask):
         return f"dequeue from {self.name!r}"
 
 
+def _version(version: Any) -> str | None:
+    """A version the code asks for: None (the registry's policy) or a semver string, checked at
+    the call - a dict or a number (``continue_as_new_versioned(version, input)``, the Rust
+    argument order) would otherwise reach the store's version columns and fail every ack."""
+    if version is not None:
+        parse_semver(version)  # ConfigurationError naming it
+    return version
+
+
 class SubOrchestrationTask(DurableTask):
     __slots__ = ("name", "instance", "input", "version", "result_type")
 
@@ -159,7 +168,7 @@ class SubOrchestrationTask(DurableTask):
         self.name = name
         self.instance = instance
         self.input = input
-        self.version = version
+        self.version = _version(version)
         self.result_type = result_type
 
     def describe(self) -> str:
@@ -176,7 +185,7 @@ class DetachedStartTask(DurableTask):
         self.name = name
         self.instance = instance
         self.input = input
-        self.version = version
+        self.version = _version(version)
 
 
 class ContinueAsNewTask(DurableTask):
@@ -187,7 +196,7 @@ class ContinueAsNewTask(DurableTask):
     def __init__(self, input: str, version: str | None) -> None:
         super().__init__()
         self.input = input
-        self.version = version
+        self.version = _version(version)
 
 
 class AllTask(DurableTask):

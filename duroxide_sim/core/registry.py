@@ -48,9 +48,25 @@ def parse_semver(version: str) -> tuple[int, int, int]:
     if not isinstance(version, str):
         raise ConfigurationError(f"version must be a string like '1.2.0', got {type(version).__name__}")
     parts = version.split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ConfigurationError(f"version {version!r} is not semver 'major.minor.patch'")
+    if len(parts) != 3 or not all(_SEMVER_NUMBER.fullmatch(p) for p in parts):
+        raise ConfigurationError(f"version {version!r}"[:120] + " is not semver 'major.minor.patch' (ASCII numbers "
+                                 "without leading zeros, at most 18 digits each)")
     return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def parse_engine_version(text: str) -> tuple[int, int, int]:
+    """An engine version (a pin, a ``supported_versions`` bound) as ``(major, minor, patch)``; a
+    ``-pre``/``+build`` suffix is ignored, as the providers' capability filters ignore it.
+    ConfigurationError for anything else."""
+    if not isinstance(text, str):
+        raise ConfigurationError(f"version must be a string like '0.1.0', got {type(text).__name__}")
+    return parse_semver(text.split("+", 1)[0].split("-", 1)[0])
+
+
+#: A semver number: no leading zero (``01.0.0`` would order as 1.0.0 but match as another
+#: string), ASCII digits only (``str.isdigit`` accepts ``²`` and Arabic-Indic digits), and small
+#: enough for the providers' 64-bit version columns.
+_SEMVER_NUMBER = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -304,6 +320,18 @@ class Registry:
 
     def orchestration_names(self) -> list[str]:
         return list(self._orchestrations)
+
+    def policy_version(self, name: str) -> str | None:
+        """The exact version the name's policy starts, or None (Latest)."""
+        return self._policies.get(name)
+
+    def describe_missing(self, name: str, version: str | None = None) -> str:
+        """What :meth:`resolve` did not find, in words: ``orchestration 'F' version 3.0.0 (its
+        version policy) is not registered (registered: 1.0.0)``."""
+        wanted, why = (version, "") if version else (self._policies.get(name), " (its version policy)")
+        what = f"orchestration {name!r}" + (f" version {wanted}{why}" if wanted else "")
+        known = self.versions(name)
+        return f"{what} is not registered" + (f" (registered: {', '.join(known)})" if known else "")
 
     def versions(self, name: str) -> list[str]:
         return [h.version for _, h in self._orchestrations.get(name, [])]

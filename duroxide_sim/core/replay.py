@@ -311,8 +311,7 @@ def execute_turn(
         return _corrupt(inp, execution_id, history, "corrupted history: empty")
     handler = registry.resolve(name, version)
     if handler is None:
-        what = f"orchestration {name!r}" + (f" version {version}" if version else "")
-        return TurnResult(kind="unregistered", execution_id=execution_id, message=f"{what} is not registered")
+        return TurnResult(kind="unregistered", execution_id=execution_id, message=registry.describe_missing(name, version))
 
     delta: list[HistoryEvent] = []
     add = _Builder(delta, history[-1].event_id if history else 0, inp.instance, execution_id, inp.now_ms)

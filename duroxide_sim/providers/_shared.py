@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -62,11 +63,13 @@ def parse_semver(text: str, what: str) -> tuple[int, int, int]:
 
 def _parse_semver_uncached(text: Any, what: str) -> tuple[int, int, int]:
     parts = str(text).split("+", 1)[0].split("-", 1)[0].split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise InvalidInputError(f"{what} must be a semver 'major.minor.patch', got {text!r}")
+    if len(parts) != 3 or not all(_SEMVER_NUMBER.fullmatch(p) for p in parts):
+        raise InvalidInputError(f"{what} must be a semver 'major.minor.patch' (ASCII numbers without leading "
+                                f"zeros, at most 18 digits each), got {text!r}"[:300])
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
+_SEMVER_NUMBER = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
 _parse_semver_str = functools.lru_cache(maxsize=256)(_parse_semver_uncached)
 
 

@@ -29,6 +29,7 @@ from ..core.events import (
     ActivityExecute,
     ActivityFailedMsg,
     ApplicationError,
+    ContinueAsNew,
     InfrastructureError,
     OrchestrationFailed,
     OrchestrationStarted,
@@ -38,9 +39,9 @@ from ..core.events import (
     SubOrchestrationScheduled,
     WorkItem,
 )
-from ..core.registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW, Registry
+from ..core.registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW, Registry, parse_engine_version
 from ..core.replay import EngineCache, TurnInput, TurnResult, execute_turn, poison_turn
-from ..errors import LockLostError, NondeterminismError, ProviderError
+from ..errors import DuroxideError, LockLostError, NondeterminismError, ProviderError
 from ..providers.base import (
     Clock,
     ExecutionMetadata,
@@ -179,6 +180,8 @@ class OrchestrationDispatcher:
         self.s = services
         opts = services.options
         self.filter = opts.supported_versions or ("0.0.0", ENGINE_VERSION)
+        self._bounds = tuple(parse_engine_version(v) for v in self.filter)
+        self._pins: dict[str | None, bool] = {}  # pinned engine version -> in range
         size = opts.instance_cache_size
         self.cache = EngineCache(size, threading.Lock(), short_capacity=min(size, _FEW_ENGINES)) if size > 0 else None
 
@@ -228,6 +231,12 @@ class OrchestrationDispatcher:
         provider = s.provider
         s.renewer.watch("orchestration", item.lock_token, opts.orchestrator_lock_timeout_ms, lambda: None)
         try:
+            if not self._compatible(item):
+                # SPEC §12: the provider's capability filter let through an execution pinned to
+                # an engine version outside this runtime's range: left for a runtime that runs
+                # it (1 s; the attempt is not counted - the turn never ran).
+                provider.abandon_orchestration_item(item.lock_token, 1_000, True)
+                return None
             inp = self.turn_input(item)
             if item.history_error is not None:
                 if item.attempt_count > opts.max_attempts:
@@ -254,6 +263,24 @@ class OrchestrationDispatcher:
             return self._commit(item, result, carry)
         finally:
             s.renewer.unwatch(item.lock_token)
+
+    def _compatible(self, item: OrchestrationItem) -> bool:
+        """The fetched execution's pin (its OrchestrationStarted's engine version) lies in this
+        runtime's supported range. No pin, no history yet, or a continue-as-new that starts a
+        new execution (pinned to this runtime) is compatible."""
+        history = item.history
+        if not history:
+            return True
+        pin = getattr(history[0], "duroxide_version", None)
+        ok = self._pins.get(pin)  # (a few distinct pins: one dict lookup per turn)
+        if ok is None:
+            try:
+                ok = pin is None or self._bounds[0] <= parse_engine_version(pin) <= self._bounds[1]
+            except DuroxideError:
+                ok = True  # unreadable: the turn's own checks report it
+            if len(self._pins) < 64:
+                self._pins[pin] = ok
+        return ok or any(type(m) is ContinueAsNew for m in item.messages)
 
     def _fill_parent_execution(self, items: tuple[WorkItem, ...]) -> list[WorkItem]:
         out: list[WorkItem] = []

@@ -34,6 +34,23 @@ def _tag_filter(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigurationError(f"RuntimeOptions.worker_tag_filter must be a TagFilter, got {type(value).__name__}")
 
 
+def _versions(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """``supported_versions``: None, or ``(minimum, maximum)`` engine versions (semver), in order."""
+    if value is None:
+        return
+    from ..core.registry import parse_engine_version
+
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigurationError(f"RuntimeOptions.supported_versions must be None or a (minimum, maximum) pair of "
+                                 f"versions like ('0.0.0', '0.1.0'), got {value!r}"[:300])
+    try:
+        low, high = (parse_engine_version(v) for v in value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"RuntimeOptions.supported_versions: {exc}") from None
+    if low > high:
+        raise ConfigurationError(f"RuntimeOptions.supported_versions: minimum {value[0]!r} is above maximum {value[1]!r}")
+
+
 def _default(value: Any) -> Any:
     """A field whose ``None`` means "the default" (the peer SDK's convention)."""
     return attrs.converters.default_if_none(value)
@@ -71,7 +88,7 @@ class RuntimeOptions:
     unregistered_backoff_max_ms: int = attrs.field(default=60_000, validator=_non_negative, kw_only=True)
     activity_cancellation_grace_period_ms: int = attrs.field(default=10_000, validator=_non_negative, kw_only=True)
     session_cleanup_interval_ms: int = attrs.field(default=300_000, validator=_positive, kw_only=True)
-    supported_versions: tuple[str, str] | None = attrs.field(default=None, kw_only=True)
+    supported_versions: tuple[str, str] | None = attrs.field(default=None, kw_only=True, validator=_versions)
     #: Live orchestration engines kept between turns (0 disables): a turn then costs its new
     #: events instead of a replay of the whole history.
     instance_cache_size: int = attrs.field(default=1024, validator=_non_negative, kw_only=True)

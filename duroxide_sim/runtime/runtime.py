@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..core.registry import Registry
+from ..core.registry import Registry, parse_semver
 from ..errors import ConfigurationError
 from ..providers.base import Clock
 from .client import Client
@@ -117,9 +117,11 @@ class Runtime:
         return self._decorate(lambda f: self.registry.add_orchestration(name, f, typed=True), fn)
 
     def register_orchestration_versioned(self, name: str, version: str, fn: Callable[..., Any] | None = None) -> Any:
+        parse_semver(version)  # (None is not "the default version" here: a missing value is refused)
         return self._decorate(lambda f: self.registry.add_orchestration(name, f, version=version), fn)
 
     def register_orchestration_versioned_typed(self, name: str, version: str, fn: Callable[..., Any] | None = None) -> Any:
+        parse_semver(version)
         return self._decorate(lambda f: self.registry.add_orchestration(name, f, version=version, typed=True), fn)
 
     def set_orchestration_version_policy(self, name: str, exact_version: str | None) -> None:

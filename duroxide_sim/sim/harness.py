@@ -483,10 +483,16 @@ class _Run:
             if not isinstance(op, Start):
                 raise ValueError(f"SimSpec {self.spec.name!r}: starts must be Start records, got {op!r}")
             if self.registry.resolve(op.orchestration, op.version) is None:
+                versions = self.registry.versions(op.orchestration)
+                if versions:  # the name is registered, not the version asked for (or its policy's)
+                    wanted = op.version or self.registry.policy_version(op.orchestration)
+                    why = "" if op.version else " (its version policy)"
+                    raise ValueError(f"SimSpec {self.spec.name!r}: instance {op.instance!r} starts orchestration "
+                                     f"{op.orchestration!r} version {wanted}{why}, which its setup does not register "
+                                     f"(registered versions: {', '.join(versions)})")
                 known = ", ".join(repr(n) for n in self.registry.orchestration_names()) or "none"
-                what = f"{op.orchestration!r}" + (f" version {op.version}" if op.version else "")
-                raise ValueError(f"SimSpec {self.spec.name!r}: instance {op.instance!r} starts orchestration {what}, "
-                                 f"which its setup does not register (registered: {known})")
+                raise ValueError(f"SimSpec {self.spec.name!r}: instance {op.instance!r} starts orchestration "
+                                 f"{op.orchestration!r}, which its setup does not register (registered: {known})")
         for op in signals:
             if not isinstance(op, Signal):
                 raise ValueError(f"SimSpec {self.spec.name!r}: signals must be Signal records, got {op!r}")

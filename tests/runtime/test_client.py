@@ -503,7 +503,7 @@ def test_kv_keys_cancel_reasons_and_status_versions_are_type_checked(app):
     world = app
     world.client.start_orchestration("w", "Waiter")
     world.run()
-    with pytest.raises(InvalidInputError, match="KV key must be a string"):
+    with pytest.raises(InvalidInputError, match="KV key must be a non-empty string"):
         world.client.get_kv_value("w", 5)
     with pytest.raises(InvalidInputError, match="cancel reason must be a string"):
         world.client.cancel_instance("w", 3)
