@@ -19,6 +19,7 @@ Use from pytest::
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -278,19 +279,17 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
                 if skipped is not None:
                     skipped.append((doc["instance_id"], execution_id))
                 continue
-            if sandbox:
-                with Sandbox() as box:
-                    problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps[execution_id])
-                for v in box.violations:
-                    site = (v.filename, v.lineno)  # (uuid4 reads os.urandom: one report per line)
-                    if site not in seen_calls:
-                        seen_calls[site] = Divergence(doc["instance_id"], execution_id, (
-                            f"nondeterministic call: {v.render()} - orchestration code must not read the clock, draw "
-                            "randomness or do I/O (use ctx.utc_now(), ctx.new_guid(), an activity); this history "
-                            "still replays, but another run of the code may take another path"), in_flight)
-                        out.append(seen_calls[site])
-            else:
+            box = Sandbox() if sandbox else None
+            with box if box is not None else contextlib.nullcontext():
                 problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps[execution_id])
+            for v in box.violations if box is not None else ():
+                site = (v.filename, v.lineno)  # (uuid4 reads os.urandom: one report per line)
+                if site not in seen_calls:
+                    seen_calls[site] = Divergence(doc["instance_id"], execution_id, (
+                        f"nondeterministic call: {v.render()} - orchestration code must not read the clock, draw "
+                        "randomness or do I/O (use ctx.utc_now(), ctx.new_guid(), an activity); this history "
+                        "still replays, but another run of the code may take another path"), in_flight)
+                    out.append(seen_calls[site])
             if problem is not None:
                 out.append(Divergence(doc["instance_id"], execution_id, problem, in_flight))
     return out
