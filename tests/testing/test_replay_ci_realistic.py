@@ -33,6 +33,7 @@ from duroxide_sim.providers.sqlite import SqliteProvider
 from duroxide_sim.runtime.history_io import export_instance
 from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
 from duroxide_sim.testing.replay import build_registry, load_app, replay_documents
+from tests.testing.test_replay_divergences import _record  # (the same recording helper)
 
 HERE = pathlib.Path(__file__).resolve()
 REPO = HERE.parents[2]
@@ -41,24 +42,6 @@ REPO = HERE.parents[2]
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _record(register, starts, after=None, provider=None):
-    """Run ``register``'s orchestrations to quiescence; return (docs, client, provider)."""
-    clock = SimClock()
-    provider = provider(clock) if provider is not None else InMemoryProvider(clock)
-    rt = Runtime(provider, clock=clock, ids=SequentialIds())
-    register(rt)
-    driver = SequentialDriver(rt, clock)
-    client = Client(provider, clock=clock, sleep=driver.sleep)
-    for inst, name, inp in starts:
-        client.start_orchestration(inst, name, inp)
-    driver.run_until_quiet()
-    if after is not None:
-        after(client)
-        driver.run_until_quiet()
-    docs = [export_instance(provider, i) for i in reversed(provider.list_instances())]
-    return docs, client, provider
 
 
 def _sqlite(path: pathlib.Path):
