@@ -352,6 +352,9 @@ class Simulation:
             raise ValueError(f"provider must be 'memory' or 'sqlite', got {provider!r}")
         if type(seed) is not int:
             raise ValueError(f"seed must be an integer, got {seed!r}")
+        if not isinstance(spec, SimSpec):
+            hint = " (a 'file.py:NAME' reference: load it with duroxide_sim.cli.load_spec)" if isinstance(spec, str) else ""
+            raise TypeError(f"Simulation needs a SimSpec, got {type(spec).__name__}{hint}")
         for name, value in (("nodes", nodes), ("max_steps", max_steps)):
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -21,6 +21,11 @@ else:
 
 __all__ = ["simulation_test", "check_type_round_trips", "assert_replays"]
 
+#: Defaults the pytest plugin sets from its command-line options for the whole session
+#: (``--sim-sandbox``: ``{"sandbox": True}``), read by ``@simulation_test``; an argument given to
+#: the decorator wins.
+SESSION_DEFAULTS: dict[str, object] = {}
+
 # Imported on first use (PEP 562): the strategies need Hypothesis, a test-time dependency.
 _LAZY = {"simulation_test": ".strategies", "check_type_round_trips": ".strategies", "assert_replays": ".replay"}
 

@@ -56,6 +56,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "simulation: a test that runs duroxide_sim simulations")
+    from . import SESSION_DEFAULTS
+
+    # --sim-sandbox reaches @simulation_test too (its seeds and plans come from Hypothesis, so
+    # --sim-seed and --sim-faults do not apply to it)
+    SESSION_DEFAULTS.clear()
+    if config.getoption("--sim-sandbox", default=False):
+        SESSION_DEFAULTS["sandbox"] = True
     faults = config.getoption("--sim-faults", default=None)
     if faults is not None:
         try:
@@ -98,6 +105,9 @@ def simulate(request: pytest.FixtureRequest) -> Any:
     sandbox = config.getoption("--sim-sandbox")
 
     def run(spec: Any, seeds: Any = None, faults: Any = None, **kw: Any) -> list[Any]:
+        if seeds is not None and (isinstance(seeds, (int, str, bytes)) or not hasattr(seeds, "__iter__")):
+            raise TypeError(f"simulate(): seeds must be an iterable of seed numbers, e.g. range({seeds!r}) or [7], "
+                            f"got {seeds!r} (how many seeds to run by default: --sim-runs)"[:300])
         seed_list = [chosen] if chosen is not None else list(seeds if seeds is not None else range(runs))
         if not seed_list:
             raise ValueError("simulate() got no seeds to run: a property checked on no seed would pass vacuously")
@@ -154,7 +164,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     lines = []
-    for rep in terminalreporter.stats.get("failed", []):
+    # (a simulation that fails inside a fixture is a setup error, filed under "error")
+    for rep in [*terminalreporter.stats.get("failed", []), *terminalreporter.stats.get("error", [])]:
         for title, content in getattr(rep, "sections", []):
             if title == "duroxide-sim repro":
                 lines.append(content)

@@ -30,6 +30,7 @@ from ..errors import SerializationError
 from ..sim.checkers import run_and_check
 from ..sim.faults import FAULT_KINDS, FaultPlan
 from ..sim.harness import Simulation, SimResult, SimSpec
+from . import SESSION_DEFAULTS
 
 __all__ = ["seeds", "fault_plans", "simulation_test", "check_simulation", "check_type_round_trips", "types_of"]
 
@@ -113,6 +114,9 @@ def simulation_test(
             return fn(*args, **kwargs, **{result_param: result})
 
         def run(*args: Any, seed: int, plan: FaultPlan, **kwargs: Any) -> None:
+            nonlocal sim_kwargs
+            if "sandbox" not in sim_kwargs and SESSION_DEFAULTS.get("sandbox"):  # (set by the pytest plugin)
+                sim_kwargs = {**sim_kwargs, "sandbox": True}  # pytest --sim-sandbox
             result = run_and_check(Simulation(spec, seed, plan, **sim_kwargs))
             if result.failures:
                 smaller = _single_fault_failure(spec, seed, plan, sim_kwargs, kinds, max_opportunity)

@@ -1,11 +1,14 @@
-"""The pytest plugin as users meet it: option validation, the fixtures, repro lines, cleanup.
+"""The pytest integration as a user meets it (fixtures, options, repro lines, cleanup): a probe
+written in session 9, kept.
 
-Every test asserts what a demanding pytest user would expect. Found by a probe in session 6 and
-fixed: a bad ``--sim-faults`` was an error per test instead of a usage error at start-up; a
-plan with a misspelt key or negative limits was accepted (injecting nothing); the repro line
-was not relative to the directory pytest ran in; ``simulate(faults="none"/"all")`` was refused.
+Each test asserts what the README ("Testing integrations") and the plugin/strategies docstrings
+promise. Found and fixed (those tests failed before): ``simulate()`` given a spec reference string
+or a setup function failed with an unrelated AttributeError; ``seeds=3`` with a bare TypeError; a
+simulation failing inside a user's fixture was missing from the repro summary; ``--sim-sandbox``
+did not reach ``@simulation_test``.
 """
 
+import os
 import re
 import shlex
 import threading
@@ -15,6 +18,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 SPEC_MODULE = '''
+import time
 from duroxide_sim.sim.harness import SimSpec, Start
 
 def setup(rt, world):
@@ -34,227 +38,282 @@ def ok_setup(rt, world):
     rt.register_orchestration("Hello", lambda ctx, x: x)
 
 OK = SimSpec(name="ok", setup=ok_setup, starts=[Start(instance="a", orchestration="Hello", input=1)])
-'''
 
-TESTS = '''
-import pytest
-from specmod import SPEC, OK
-
-def test_pay(simulate):
-    simulate(SPEC)
-
-def test_plain():
-    pass
-'''
-
-CRASHY = '{"rates": {"crash_after_effect": 0.5}}'
-
-
-def _repro_lines(result: pytest.RunResult) -> list[str]:
-    """The lines of the plugin's terminal summary section."""
-    lines = result.stdout.lines
-    start = next(i for i, ln in enumerate(lines) if "duroxide-sim: reproduce failing simulations" in ln)
-    return [ln for ln in lines[start + 1:] if ln.startswith("pytest ")]
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(specmod=SPEC_MODULE, test_pay=TESTS)
-    pytester.syspathinsert()
-    return pytester
-
-
-# --- option validation -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("faults", ["{bad json", "[1, 2]", '{"rates": {"meteor": 1}}', "ALL"])
-def test_invalid_sim_faults_is_a_usage_error_like_sim_runs(project: pytest.Pytester, faults: str) -> None:
-    """--sim-runs 0 stops the session with a usage error (exit 4); --sim-faults should too,
-    once, instead of failing every simulation test with a traceback (and passing the rest)."""
-    result = project.runpytest("-p", "no:cacheprovider", "--sim-faults", faults)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
-    assert "--sim-faults" in result.stderr.str()
-
-
-@pytest.mark.parametrize(
-    "faults",
-    [
-        '{"rate": {"crash_after_effect": 0.5}}',  # misspelled key: silently no faults at all
-        '{"rates": {"crash_after_effect": 0.5}, "until_ms": -1}',  # fault window before time 0
-        '{"rates": {"crash_after_effect": 0.5}, "max_faults": -3}',
-    ],
-)
-def test_sim_faults_plan_that_cannot_inject_anything_is_rejected(project: pytest.Pytester, faults: str) -> None:
-    """A plan JSON with a misspelled key or a negative window/budget must not quietly become
-    'no faults' (the non-idempotent Pay then passes every seed)."""
-    control = project.runpytest("-p", "no:cacheprovider", "--sim-faults", CRASHY, "--sim-runs", "5", "test_pay.py::test_pay")
-    control.assert_outcomes(failed=1)
-    result = project.runpytest("-p", "no:cacheprovider", "--sim-faults", faults, "--sim-runs", "5", "test_pay.py::test_pay")
-    assert result.ret != pytest.ExitCode.OK, f"--sim-faults {faults} was accepted and the buggy spec passed"
-    assert "--sim-faults" in result.stdout.str() + result.stderr.str()
-
-
-def test_sim_runs_sim_seed_and_faults_none_are_honoured(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(specmod=SPEC_MODULE, test_opts='''
-from specmod import OK
-
-def test_runs(simulate, request):
-    results = simulate(OK)
-    seed = request.config.getoption("--sim-seed")
-    want = [seed] if seed is not None else list(range(request.config.getoption("--sim-runs")))
-    assert [r.seed for r in results] == want
-    if request.config.getoption("--sim-faults") == "none":
-        assert all(not r.plan.enabled() for r in results)
-''')
-    pytester.syspathinsert()
-    pytester.runpytest("-p", "no:cacheprovider", "--sim-runs", "3").assert_outcomes(passed=1)
-    pytester.runpytest("-p", "no:cacheprovider", "--sim-seed", "-7").assert_outcomes(passed=1)
-    pytester.runpytest("-p", "no:cacheprovider", "--sim-faults", "none").assert_outcomes(passed=1)
-    bad = pytester.runpytest("-p", "no:cacheprovider", "--sim-seed", "x")
-    assert bad.ret == pytest.ExitCode.USAGE_ERROR
-
-
-# --- the simulate fixture --------------------------------------------------------------------------
-
-
-def test_simulate_accepts_the_option_vocabulary_for_faults(pytester: pytest.Pytester) -> None:
-    """--sim-faults takes all | swarm | none | JSON; simulate(spec, faults=...) should take the
-    same words (faults='none' is the natural way to ask for a fault-free run)."""
-    pytester.makepyfile(specmod=SPEC_MODULE, test_words='''
-import pytest
-from specmod import OK
-
-@pytest.mark.parametrize("word", ["none", "all", "swarm"])
-def test_word(simulate, word):
-    results = simulate(OK, seeds=[0, 1], faults=word)
-    if word == "none":
-        assert all(not r.plan.enabled() for r in results)
-''')
-    pytester.syspathinsert()
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
-
-
-def test_swarm_repro_line_reproduces_the_failure(project: pytest.Pytester) -> None:
-    result = project.runpytest("-p", "no:cacheprovider", "--sim-faults", "swarm", "--sim-runs", "40", "test_pay.py::test_pay")
-    result.assert_outcomes(failed=1)
-    line = _repro_lines(result)[0]
-    args = shlex.split(line)[1:]
-    again = project.runpytest("-p", "no:cacheprovider", *args)
-    again.assert_outcomes(failed=1)
-    seed = args[args.index("--sim-seed") + 1]
-    assert f"(seed {seed})" in again.stdout.str()
-
-
-def test_parametrized_test_repro_line_reproduces(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(specmod=SPEC_MODULE, test_par='''
-import pytest
-from specmod import SPEC
-
-@pytest.mark.parametrize("label", ["a b", "c'd"])
-def test_pay(simulate, label):
-    simulate(SPEC)
-''')
-    pytester.syspathinsert()
-    result = pytester.runpytest("-p", "no:cacheprovider", "--sim-faults", CRASHY, "--sim-runs", "10")
-    result.assert_outcomes(failed=2)
-    lines = _repro_lines(result)
-    assert len(lines) == 2
-    again = pytester.runpytest("-p", "no:cacheprovider", *shlex.split(lines[1])[1:])
-    again.assert_outcomes(failed=1)
-
-
-def test_repro_line_works_from_a_subdirectory(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Running pytest from a sub-directory of the rootdir: the printed command, pasted into the
-    same shell, must find the test (pytest itself prints cwd-relative node ids)."""
-    pytester.makeini("[pytest]\n")
-    sub = pytester.mkpydir("sub")
-    (sub / "specmod.py").write_text(SPEC_MODULE)
-    (sub / "test_sub.py").write_text(
-        "import os, sys\nsys.path.insert(0, os.path.dirname(__file__))\nfrom specmod import SPEC\n\n"
-        "def test_pay(simulate):\n    simulate(SPEC)\n"
-    )
-    monkeypatch.chdir(sub)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_sub.py", "--sim-faults", CRASHY, "--sim-runs", "10")
-    result.assert_outcomes(failed=1)
-    line = _repro_lines(result)[0]
-    again = pytester.runpytest_subprocess("-p", "no:cacheprovider", *shlex.split(line)[1:])
-    assert "not found" not in again.stdout.str() + again.stderr.str(), line
-    again.assert_outcomes(failed=1)
-
-
-def test_sim_sandbox_flags_clock_calls_and_repro_keeps_the_flag(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_box='''
-import time
-from duroxide_sim.sim.harness import SimSpec, Start
-
-def setup(rt, world):
+def clock_setup(rt, world):
     @rt.register_orchestration("Clock")
     def clock(ctx, _):
         return int(time.time() > 0)   # BUG: wall clock in orchestration code
 
-SPEC = SimSpec(name="clock", setup=setup, starts=[Start(instance="c", orchestration="Clock")])
+CLOCK = SimSpec(name="clock", setup=clock_setup, starts=[Start(instance="c", orchestration="Clock")])
+'''
 
-def test_clock(simulate):
-    simulate(SPEC, seeds=[0])
+CRASHY = '{"rates": {"crash_after_effect": 0.5}}'
+SUMMARY = "duroxide-sim: reproduce failing simulations"
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(specmod=SPEC_MODULE)
+    pytester.syspathinsert()
+    return pytester
+
+
+def _summary_lines(result: pytest.RunResult) -> list[str]:
+    lines = result.stdout.lines
+    starts = [i for i, ln in enumerate(lines) if SUMMARY in ln]
+    if not starts:
+        return []
+    return [ln for ln in lines[starts[0] + 1:] if ln.startswith("pytest ")]
+
+
+# --- misuse of simulate() --------------------------------------------------------------------------
+
+
+def test_simulate_with_something_that_is_not_a_simspec_says_so(project: pytest.Pytester) -> None:
+    """A spec reference string (what `duroxide-sim run/reproduce` take) or the setup function
+    instead of a SimSpec: the error should name the expected type, not fail deep inside the
+    harness with an AttributeError about 'options' (the CLI reports 'a SPEC that is not a SimSpec')."""
+    project.makepyfile(test_misuse='''
+from specmod import ok_setup
+
+def test_ref(simulate):
+    simulate("specmod.py:OK", seeds=[0])
+
+def test_setup_fn(simulate):
+    simulate(ok_setup, seeds=[0])
 ''')
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--sim-sandbox")
-    result.assert_outcomes(failed=1)
+    result = project.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
     out = result.stdout.str()
-    assert "sandbox" in out and "time.time" in out
-    assert re.search(r"^pytest test_box\.py::test_clock --sim-seed 0 .*--sim-sandbox$", out, re.M), out
+    assert "has no attribute 'options'" not in out, out[-3000:]
+    assert len(re.findall(r"^E .*SimSpec", out, re.M)) >= 2, out[-3000:]
 
 
-def test_spec_whose_setup_raises_names_the_cause(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_bad='''
-from duroxide_sim.sim.harness import SimSpec, Start
+def test_simulate_with_an_integer_seeds_runs_that_many_or_names_the_argument(project: pytest.Pytester) -> None:
+    """`duroxide-sim run --seeds N` takes a count, so `simulate(spec, seeds=3)` is a natural slip.
+    It should either run 3 seeds or raise an error naming `seeds` - not the bare
+    "'int' object is not iterable" from inside the fixture."""
+    project.makepyfile(test_seeds='''
+from specmod import OK
 
-def setup(rt, world):
-    raise RuntimeError("config missing: PAYMENTS_URL")
+def test_count(simulate):
+    results = simulate(OK, seeds=3)
+    assert [r.seed for r in results] == [0, 1, 2]
+''')
+    result = project.runpytest("-p", "no:cacheprovider")
+    if result.ret == 0:
+        return
+    out = result.stdout.str()
+    assert "'int' object is not iterable" not in out, out[-3000:]
+    assert re.search(r"^E .*seeds", out, re.M), out[-3000:]
 
-SPEC = SimSpec(name="bad", setup=setup, starts=[Start(instance="a", orchestration="Hello")])
+
+def test_simulate_with_a_bad_faults_value_names_the_accepted_forms(project: pytest.Pytester) -> None:
+    project.makepyfile(test_faults='''
+from specmod import OK
 
 def test_bad(simulate):
-    simulate(SPEC, seeds=[0])
+    simulate(OK, seeds=[0], faults=0.5)
 ''')
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = project.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    out = result.stdout.str()
-    assert "RuntimeError: config missing: PAYMENTS_URL" in out
-    assert re.search(r"^test_bad\.py:\d+: RuntimeError$", out, re.M), out  # the user's raising line
+    assert "faults must be 'all', 'swarm', 'none'" in result.stdout.str()
 
 
-# --- fixture cleanup -------------------------------------------------------------------------------
+# --- repro line --------------------------------------------------------------------------------------
+
+
+def test_repro_summary_lists_a_simulation_that_fails_in_a_fixture(project: pytest.Pytester) -> None:
+    """simulate() called from the user's own fixture: the failure is a setup error, and the
+    'reproduce failing simulations' summary should still list its repro line (it lists the
+    same failure when simulate() is called in the test body)."""
+    project.makepyfile(test_fx='''
+import pytest
+from specmod import SPEC
+
+@pytest.fixture
+def results(simulate):
+    return simulate(SPEC)
+
+def test_uses(results):
+    pass
+
+def test_body(simulate):
+    simulate(SPEC)
+''')
+    result = project.runpytest("-p", "no:cacheprovider", "--sim-faults", CRASHY, "--sim-runs", "10")
+    result.assert_outcomes(failed=1, errors=1)
+    lines = _summary_lines(result)
+    assert any("test_fx.py::test_body" in ln for ln in lines), lines
+    assert any("test_fx.py::test_uses" in ln for ln in lines), result.stdout.str()[-2500:]
+
+
+def test_repro_line_of_a_test_method_in_a_class_reproduces(project: pytest.Pytester) -> None:
+    project.makepyfile(test_cls='''
+from specmod import SPEC
+
+class TestPay:
+    def test_pay(self, simulate):
+        simulate(SPEC)
+''')
+    result = project.runpytest("-p", "no:cacheprovider", "--sim-faults", CRASHY, "--sim-runs", "10")
+    result.assert_outcomes(failed=1)
+    line = _summary_lines(result)[0]
+    assert "test_cls.py::TestPay::test_pay" in line
+    args = shlex.split(line)[1:]
+    again = project.runpytest("-p", "no:cacheprovider", *args)
+    again.assert_outcomes(failed=1)
+    assert f"(seed {args[args.index('--sim-seed') + 1]})" in again.stdout.str()
+
+
+# --- options -----------------------------------------------------------------------------------------
+
+
+def test_sim_sandbox_option_reaches_simulation_test(project: pytest.Pytester) -> None:
+    """The plugin's --sim-sandbox is documented as 'flag clock/random/I-O calls in orchestration
+    code' for simulation tests; `@simulation_test(SPEC)` is the README's one-line simulation
+    test, so `pytest --sim-sandbox` should flag the wall-clock call there too (simulate() does)."""
+    project.makepyfile(test_st='''
+from duroxide_sim.testing import simulation_test
+from specmod import CLOCK
+
+@simulation_test(CLOCK, max_examples=3)
+def test_clock(result):
+    pass
+
+def test_fixture(simulate):
+    simulate(CLOCK, seeds=[0])
+''')
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    result = project.runpytest("-p", "no:cacheprovider", "--sim-sandbox")
+    assert "test_st.py::test_fixture" in result.stdout.str() and result.ret != 0
+    result.assert_outcomes(failed=2)
+
+
+def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
+    out = pytester.runpytest("--help").stdout.str()
+    for opt in ("--sim-seed", "--sim-runs", "--sim-faults", "--sim-sandbox"):
+        assert opt in out
+    assert "seeds per simulation test (default 20)" in out
+    assert "all (default) | swarm | none | fault plan JSON" in out
+
+
+def test_plugin_can_be_disabled_with_p_no(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_dis='''
+def test_x(request):
+    assert not request.config.pluginmanager.has_plugin("duroxide_sim.testing.pytest_plugin")
+
+def test_y(sim_world):
+    pass
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:duroxide_sim.testing.pytest_plugin")
+    result.assert_outcomes(passed=1, errors=1)
+    assert "fixture 'sim_world' not found" in result.stdout.str()
+
+
+@pytest.mark.parametrize("args", [["--sim-seed", "1.5"], ["--sim-seed", "x"], ["--sim-runs", "-1"], ["--sim-faults", "{bad"]])
+def test_bad_option_values_are_usage_errors(project: pytest.Pytester, args: list[str]) -> None:
+    project.makepyfile(test_o="def test_o():\n    pass\n")
+    result = project.runpytest("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert args[0] in result.stderr.str()
+
+
+def test_hypothesis_profile_from_the_command_line_drives_simulation_test(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('from hypothesis import settings\nsettings.register_profile("tiny", max_examples=3)\n')
+    pytester.makepyfile(specmod=SPEC_MODULE, test_prof='''
+from duroxide_sim.testing import simulation_test
+from specmod import OK
+CALLS = []
+
+@simulation_test(OK)
+def test_holds(result):
+    CALLS.append(result.seed)
+
+def test_count():
+    assert len(CALLS) == 3
+''')
+    pytester.syspathinsert()
+    pytester.runpytest("-p", "no:cacheprovider", "--hypothesis-profile", "tiny").assert_outcomes(passed=2)
+
+
+# --- fixtures: async code, cleanup -------------------------------------------------------------------
+
+
+def _open_db_files() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith((".db", ".db-wal", ".db-shm", "-journal")):
+            out.append(target)
+    return out
 
 
 @pytest.mark.realtime
-def test_runtime_fixtures_stop_their_threads_when_the_test_fails(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_rt='''
+def test_async_orchestrations_through_every_fixture_and_clean_teardown(pytester: pytest.Pytester) -> None:
+    """async def orchestrations/activities work through sim_world, memory_runtime and
+    sqlite_runtime; failing and unstarted tests leave no threads and no open SQLite files."""
+    pytester.makepyfile(test_async='''
+import asyncio
 import pytest
 
+def register(rt):
+    @rt.register_activity("Double")
+    async def double(ctx, x):
+        await asyncio.sleep(0.01)
+        return x * 2
+
+    @rt.register_orchestration("O")
+    async def o(ctx, x):
+        y = await ctx.schedule_activity("Double", x)
+        await ctx.schedule_timer(10)
+        return y + 1
+
+def test_sim(sim_world):
+    register(sim_world.runtime)
+    sim_world.client.start_orchestration("o", "O", 3)
+    assert sim_world.client.wait_for_orchestration("o", 10**9).output == 7
+
 @pytest.mark.parametrize("name", ["memory_runtime", "sqlite_runtime"])
-def test_fails(request, name):
+@pytest.mark.parametrize("fail", [False, True])
+def test_rt(request, name, fail):
     h = request.getfixturevalue(name)
-    h.runtime.register_activity("Greet", lambda ctx, n: f"Hello, {n}!")
-
-    @h.runtime.register_orchestration("Hello")
-    def hello(ctx, n):
-        return (yield ctx.schedule_activity("Greet", n))
-
+    register(h.runtime)
     h.start()
-    h.client.start_orchestration("h", "Hello", "W")
-    assert h.client.wait_for_orchestration("h", 5_000).output == "Hello, W!"
-    assert False, "planted failure"
+    h.client.start_orchestration("o", "O", 3)
+    assert h.client.wait_for_orchestration("o", 5000).output == 7
+    assert not fail, "planted failure"
 
-def test_sim_world_fails(sim_world):
-    @sim_world.runtime.register_orchestration("T")
-    def t(ctx, _):
-        yield ctx.schedule_timer(1_000)
-        return 1
-    sim_world.client.start_orchestration("t", "T")
-    assert False, "planted failure"
+def test_unstarted(sqlite_runtime, memory_runtime):
+    pass
+
+class TestInClass:
+    def test_sqlite(self, sqlite_runtime):
+        sqlite_runtime.start()
+        assert sqlite_runtime.client.get_orchestration_status("nope").status == "NotFound"
 ''')
     before = {t.ident for t in threading.enumerate()}
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(failed=3)
+    fds_before = _open_db_files()
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=5, failed=2)
     left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
     assert left == [], left
+    assert _open_db_files() == fds_before
+
+
+def test_sandboxed_failure_leaves_no_hooks_behind(project: pytest.Pytester) -> None:
+    project.makepyfile(test_box='''
+import sys, time, random, uuid, builtins, os
+from specmod import CLOCK
+
+ORIG = (time.time, random.random, uuid.uuid4, builtins.open, os.urandom, sys.getprofile(), sys.gettrace())
+
+def test_a(simulate):
+    simulate(CLOCK, seeds=[0, 1], sandbox=True)
+
+def test_b():
+    assert (time.time, random.random, uuid.uuid4, builtins.open, os.urandom, sys.getprofile(), sys.gettrace()) == ORIG
+''')
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1, failed=1)
