@@ -1080,6 +1080,17 @@ class InMemoryProvider:
         for wrow in [r for r in self._work.rows.values() if r.item.instance in chosen]:
             self._remove_work_row(wrow)  # a running activity then fails renew/ack harmlessly
             messages += 1
+        # Children whose start is still queued (scheduled by a committed turn, not yet run): no
+        # instance row puts them in the tree, so they would start after the delete as orphans
+        # nobody can delete, and complete into a recreated parent (SPEC §16 F20/F21).
+        unstarted = dict.fromkeys(
+            r.item.instance for r in self._orch.rows.values()
+            if type(r.item) is StartOrchestration and r.item.parent_instance in chosen
+            and r.item.instance not in chosen and r.item.instance not in self._instances)
+        for child in unstarted:
+            for row in self._orch.group(child):
+                self._orch.remove(row)
+                messages += 1
         return DeleteInstanceResult(instances_deleted=instances, executions_deleted=executions,
                                     events_deleted=events, queue_messages_deleted=messages)
 

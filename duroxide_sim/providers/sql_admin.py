@@ -220,8 +220,33 @@ class SqlAdminMixin:
             for table in ("kv_store", "kv_delta"):
                 self._x(db, f"DELETE FROM {table} WHERE instance_id = ?", (instance,))
             instances += self._x(db, "DELETE FROM instances WHERE instance_id = ?", (instance,)).rowcount
+        messages += self._delete_unstarted_children(db, set(ids))
         return DeleteInstanceResult(instances_deleted=instances, executions_deleted=executions,
                                     events_deleted=events, queue_messages_deleted=messages)
+
+    def _delete_unstarted_children(self, db: Any, deleted: set[str]) -> int:
+        """Children of deleted instances whose start is still queued (scheduled by a committed
+        turn, not yet run): no instance row puts them in the tree, so without this they started
+        after the delete, as orphans nobody could delete, and completed into a recreated parent
+        (SPEC §16 F20/F21). Their queued messages go with the tree. (Not a hot path: the queue's
+        start items are read once per delete.)"""
+        import json
+
+        children = []
+        for instance, text in self._x(db, "SELECT instance_id, work_item FROM orchestrator_queue WHERE work_item LIKE ?",
+                                      ('%"StartOrchestration"%',)).fetchall():
+            try:
+                item = json.loads(text)
+            except ValueError:
+                continue
+            if (isinstance(item, dict) and item.get("kind") == "StartOrchestration" and item.get("parent_instance") in deleted
+                    and instance not in deleted
+                    and self._x(db, "SELECT 1 FROM instances WHERE instance_id = ?", (instance,)).fetchone() is None):
+                children.append(instance)
+        removed = 0
+        for child in dict.fromkeys(children):
+            removed += self._x(db, "DELETE FROM orchestrator_queue WHERE instance_id = ?", (child,)).rowcount
+        return removed
 
     def delete_instances_atomic(self, ids: Sequence[str], force: bool) -> DeleteInstanceResult:
         """Delete exactly ``ids`` (history, executions, both queues, locks, KV, rows), all or
