@@ -216,7 +216,7 @@ class Client:
     get_orchestration_status = get_status
 
     def _wait(self, check: Callable[[], Any], timeout_ms: int, instance: str | None = None) -> Any:
-        if not isinstance(timeout_ms, int) or timeout_ms < 0:
+        if type(timeout_ms) is not int or timeout_ms < 0:  # (a bool is not a timeout)
             raise InvalidInputError(f"timeout_ms must be a non-negative integer, got {timeout_ms!r}")
         deadline = self.clock.now_ms() + timeout_ms
         delay = 1
