@@ -12,6 +12,7 @@ import os
 import traceback
 import types
 from collections import deque
+from asyncio.events import _get_running_loop, _set_running_loop
 from types import MappingProxyType
 from typing import Any
 
@@ -216,6 +217,18 @@ _NO_MAP: Any = MappingProxyType({})
 _NO_SET: Any = frozenset()
 
 
+class _NotDurableLoop:
+    """The running event loop asyncio sees while orchestration code runs: any use of it raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise TypeError(f"orchestration code used asyncio (event loop .{name}); asyncio is not durable: a "
+                        "replay would not reproduce it. Use the context's tasks: ctx.schedule_timer for "
+                        "asyncio.sleep, ctx.all / ctx.race for gather / wait, an activity for other async work")
+
+
+_NOT_DURABLE_LOOP = _NotDurableLoop()
+
+
 #: What an orchestration call returns that the engine drives: a generator or a coroutine.
 _RESUMABLE = (types.GeneratorType, types.CoroutineType)
 
@@ -335,8 +348,20 @@ class _Engine:
         return h.fn(*args)
 
     def poll(self) -> None:
+        """Run the code until it waits. While it runs, asyncio's running loop is a guard whose
+        every method refuses with a message naming the problem: ``asyncio.sleep``,
+        ``create_task``, ``gather`` or ``Future()`` in orchestration code otherwise failed with
+        "no running event loop" (or, in a thread without a loop, installed one in it)."""
         if self.output is not None:
             return
+        previous = _get_running_loop()
+        _set_running_loop(_NOT_DURABLE_LOOP)
+        try:
+            self._poll()
+        finally:
+            _set_running_loop(previous)
+
+    def _poll(self) -> None:
         send: Any = None
         throw: BaseException | None = None
         if not self.started_code:
@@ -463,6 +488,11 @@ class _Engine:
                     "this task was created by another orchestration run (another instance, or an earlier "
                     "replay of this one); keep no tasks in globals or closures between runs: create them "
                     "in the orchestration")
+            if getattr(st, "dropped", False) and not st.done:
+                # It lost a race and was cancelled (its activity cancelled, its subscription
+                # dropped): waiting for it would wait forever.
+                raise TypeError(f"this task ({task.describe()}) lost a race and was cancelled: its result will never "
+                                "arrive; use the race's winner, or schedule it again")
             return
         if not task.leaf:
             if isinstance(task, RetryTask):

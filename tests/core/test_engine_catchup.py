@@ -410,9 +410,10 @@ def drifting_drop(ctx, _):
     yield ctx.schedule_activity("step", 0)  # the race/join decision is taken after this
     wait, timer = ctx.wait_for_event("approve"), ctx.schedule_timer(1_000)
     if MODE["race"]:
-        yield ctx.race(wait, timer)  # the timer wins: the wait is dropped (a breadcrumb is written)...
-        return (yield wait)  # ...and awaited anyway: nothing new is scheduled
-    return (yield ctx.all([wait, timer]))  # the same schedules, but nothing is dropped
+        yield ctx.race(wait, timer)  # the timer wins: the wait is dropped (a breadcrumb is written)
+    else:
+        yield ctx.all([wait, timer])  # the same schedules, but nothing is dropped
+    return (yield ctx.wait_for_event("again"))  # then both wait for another event
 
 
 DRIFT = registry(Drifting=drifting, DriftingDrop=drifting_drop)
@@ -456,13 +457,14 @@ def test_dropped_future_mismatch_in_the_suffix_fails_like_a_cold_replay():
         world = World("DriftingDrop", None, runtimes=2, reg=DRIFT)
         world.turn(0)  # schedules the activity; runtime 0 parks
         world.turn(1)  # the activity completes: subscribes and starts the timer
-        world.turn(1)  # the timer fires: runtime 1 drops the wait and writes the breadcrumb
-        assert isinstance(world.history[-1], ExternalSubscribedCancelled)
-        # The code now joins instead of racing, and drops nothing. (The decision is taken in
-        # the suffix: runtime 0's engine had not got there yet.)
+        world._later(world.future[0][0], raised("approve", '"late"'))  # arrives with the timer, after it
+        world.turn(1, size=2)  # the timer fires: the race drops the wait (breadcrumb), the late event
+        assert isinstance(world.history[-1], ExternalSubscribedCancelled)  # is kept for audit only
+        # The code now joins instead of racing, and drops nothing: the late event completes the
+        # join. (The decision is taken in the suffix: runtime 0's engine had not got there yet.)
         MODE.update(race=False)
         inp = TurnInput(instance=INSTANCE, execution_id=1, orchestration_name="DriftingDrop", version=None,
-                        history=list(world.history), messages=[raised("approve", '"late"')], now_ms=world.now,
+                        history=list(world.history), messages=[raised("noise", '"x"')], now_ms=world.now,
                         kv_snapshot={})
         cache = world.caches[0]
         got = execute_turn(inp, DRIFT, cache)
