@@ -21,10 +21,7 @@ NONDETERMINISTIC = {"time", "datetime", "random", "uuid", "threading", "asyncio"
 EXEMPT = {"sim/sandbox.py": NONDETERMINISTIC, "sim/harness.py": {"random"},
           # async activities on a virtual-time asyncio loop (its clock is the simulation's), in
           # a thread of their own when the simulation itself runs inside an event loop
-          "sim/vloop.py": {"asyncio", "threading"},
-          # while orchestration code runs, asyncio's running loop is a guard whose every method
-          # refuses (asyncio in orchestration code fails naming the problem): it runs no asyncio
-          "core/engine.py": {"asyncio"}}
+          "sim/vloop.py": {"asyncio", "threading"}}
 
 
 def _modules() -> list[pathlib.Path]:

@@ -9,10 +9,10 @@ events and work in :mod:`.finalize`. Pure: no clock, no I/O."""
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 import types
 from collections import deque
-from asyncio.events import _get_running_loop, _set_running_loop
 from types import MappingProxyType
 from typing import Any
 
@@ -354,12 +354,18 @@ class _Engine:
         "no running event loop" (or, in a thread without a loop, installed one in it)."""
         if self.output is not None:
             return
-        previous = _get_running_loop()
-        _set_running_loop(_NOT_DURABLE_LOOP)
+        # (Looked up, not imported: a process that never imported asyncio pays nothing for it,
+        # and its orchestration code has no asyncio to misuse.)
+        events = sys.modules.get("asyncio.events")
+        if events is None:
+            self._poll()
+            return
+        previous = events._get_running_loop()
+        events._set_running_loop(_NOT_DURABLE_LOOP)
         try:
             self._poll()
         finally:
-            _set_running_loop(previous)
+            events._set_running_loop(previous)
 
     def _poll(self) -> None:
         send: Any = None
