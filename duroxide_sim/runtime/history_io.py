@@ -46,6 +46,7 @@ __all__ = [
     "import_documents",
     "document_events",
     "document_kv_base",
+    "check_document",
 ]
 
 FORMAT = "duroxide-sim-history"
@@ -178,7 +179,7 @@ def _check_instance_id(instance: Any) -> None:
         raise SerializationError(f"instance_id {problem}")
 
 
-def _check_doc(doc: Any, where: str) -> dict[str, Any]:
+def check_document(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise SerializationError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
@@ -286,7 +287,7 @@ def load_documents(path: str | pathlib.Path) -> list[dict[str, Any]]:
         data = _read_json(file)
         items = data if isinstance(data, list) else [data]
         for item in items:
-            doc = _check_doc(item, str(file))
+            doc = check_document(item, str(file))
             if index is not None and index[file.name] != doc["instance_id"]:
                 raise SerializationError(f"{file}: holds instance {doc['instance_id']!r}, but index.json says "
                                          f"{index[file.name]!r}")
@@ -324,7 +325,7 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
         raise InvalidInputError(f"{type(provider).__name__} cannot import histories (it has no import_history)")
     seen: set[str] = set()
     for n, doc in enumerate(docs):
-        _check_doc(doc, f"document #{n}")
+        check_document(doc, f"document #{n}")
         instance = doc["instance_id"]
         if instance in seen:
             raise InvalidInputError(f"instance {instance!r} appears twice among the documents")

@@ -33,7 +33,7 @@ from ..core.events import (
 from ..core.registry import Registry
 from ..core.verify import kv_snapshots, verify_execution
 from ..errors import InvalidInputError
-from ..runtime.history_io import _check_doc, document_events, document_kv_base, export_instance, load_documents
+from ..runtime.history_io import check_document, document_events, document_kv_base, export_instance, load_documents
 
 _ENDINGS = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
 
@@ -313,7 +313,7 @@ def _documents_from(source: str) -> list[dict[str, Any]]:
                 if not doc["executions"]:
                     raise InvalidInputError(f"{path}: instance {instance!r} has no history rows (a truncated copy "
                                             "or a failed restore?): nothing of it can be replayed")
-                docs.append(_check_doc(doc, f"{path}: instance {instance!r}"))
+                docs.append(check_document(doc, f"{path}: instance {instance!r}"))
             return docs
         finally:
             getattr(provider, "close", lambda: None)()

@@ -32,8 +32,8 @@ from duroxide_sim.providers.base import PruneOptions
 from duroxide_sim.providers.sqlite import SqliteProvider
 from duroxide_sim.runtime.history_io import export_instance
 from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
-from duroxide_sim.testing.replay import build_registry, load_app, replay_documents
-from tests.testing.test_replay_divergences import _record  # (the same recording helper)
+from duroxide_sim.testing.replay import load_app
+from tests.testing.test_replay_divergences import _acts, _record, _replay  # (the same helpers)
 
 HERE = pathlib.Path(__file__).resolve()
 REPO = HERE.parents[2]
@@ -46,16 +46,6 @@ REPO = HERE.parents[2]
 
 def _sqlite(path: pathlib.Path):
     return lambda clock: SqliteProvider.open(str(path), clock=clock)
-
-
-def _replay(docs, register, *, latest=False):
-    return replay_documents(docs, build_registry(register), latest=latest)
-
-
-def _acts(rt):
-    rt.register_activity("A", lambda ctx, x: x + 1)
-    rt.register_activity("B", lambda ctx, x: x * 2)
-    rt.register_activity("C", lambda ctx, x: x)
 
 
 def _app(body, name="O"):
