@@ -249,7 +249,8 @@ def shrink_failure(spec: Any, seed: int, plan: Any, sim_kwargs: dict[str, Any], 
 
     Tried in order, within ``max_runs`` simulations: no faults at all; each fault the run
     injected, alone (as a scripted plan: "``kind`` at its n-th opportunity"), earliest first;
-    then all of them as a script, removing one at a time while the failure stays. The random
+    then all of them as a script, removing one at a time while the failure stays, pass after
+    pass until none can go (each remaining fault is needed, unless the runs ran out). The random
     plan's other draws (restart delays, which node crashes) differ under a script, so each
     candidate is run and checked, never assumed."""
     from ..sim.checkers import run_and_check
@@ -288,14 +289,24 @@ def shrink_failure(spec: Any, seed: int, plan: Any, sim_kwargs: dict[str, Any], 
     script, best = fired, run(FaultPlan.scripted(fired, plan.until_ms))
     if not same(best):
         return None
-    i = 0
-    while i < len(script) and budget[0] > 0:
-        trial = script[:i] + script[i + 1:]
-        result = run(FaultPlan.scripted(trial, plan.until_ms))
-        if same(result):
-            script, best = trial, result
-        else:
-            i += 1
+    # Passes over the script until one removes nothing: a fault kept in an early pass may become
+    # removable once later ones are gone (a single pass left plans with faults still to spare).
+    # Scripts known to pass (each fault alone, above) are not run again.
+    no_failure = {(entry,) for entry in fired}
+    changed = True
+    while changed and budget[0] > 0:
+        changed = False
+        i = 0
+        while i < len(script) and budget[0] > 0:
+            trial = script[:i] + script[i + 1:]
+            result = None if tuple(trial) in no_failure else run(FaultPlan.scripted(trial, plan.until_ms))
+            if same(result):
+                script, best = trial, result
+                changed = True
+            else:
+                if result is not None:
+                    no_failure.add(tuple(trial))
+                i += 1
     return best, (f"shrunk: {origin}; these {len(script)} of them fail it the same way"
                   + (" (shrinking stopped at its limit of runs)" if budget[0] <= 0 else ""))
 

@@ -395,6 +395,11 @@ class RetryPolicy:
             backoff = Backoff.exponential()
         elif isinstance(spec, Backoff):
             backoff = spec
+        elif not isinstance(spec, str):
+            # duroxide-python passes it on to the core, which fails the orchestration ("expected
+            # a string"): refused at the call here, with the values it takes.
+            raise TypeError(f"retry backoff must be 'exponential', 'fixed', another string (linear) or a Backoff, "
+                            f"got {type(spec).__name__} {spec!r}")
         elif spec == "fixed":
             backoff = Backoff.fixed(1000)
         else:
@@ -488,7 +493,7 @@ class OrchestrationContext:
         return RetryTask(self.schedule_activity(name, input), RetryPolicy.from_dict(retry))
 
     def schedule_activity_with_retry_on_session(self, name: str, input: Any, retry: Any, session_id: str) -> RetryTask:
-        return RetryTask(self.schedule_activity(name, input, session_id), RetryPolicy.from_dict(retry))
+        return RetryTask(self.schedule_activity_on_session(name, input, session_id), RetryPolicy.from_dict(retry))
 
     def schedule_activity_typed(self, name: str, input: Any = None, result_type: Any = None) -> ActivityTask:
         return ActivityTask(_name(name, "activity"), codec.encode_typed(input, f"input of activity {name!r}"), None, None, result_type)
@@ -496,6 +501,8 @@ class OrchestrationContext:
     def schedule_activity_on_session_typed(
         self, name: str, input: Any = None, session_id: str | None = None, result_type: Any = None
     ) -> ActivityTask:
+        if session_id is None:  # (duroxide-python's core fails the orchestration: "expected a string")
+            raise TypeError("schedule_activity_on_session_typed requires a session_id")
         task = self.schedule_activity_typed(name, input, result_type)
         task.session_id = _sid(session_id)
         return task
