@@ -24,7 +24,9 @@ Commands:
   database against the current code (REF = ``path/to/file.py:NAME``: a SimSpec or a
   ``register(runtime)`` function); every divergence is listed with instance, execution, event
   id, recorded vs current call and source line. ``--latest`` replays in-flight instances with
-  the latest registered version (will an upgrade break them?).
+  the latest registered version (will an upgrade break them?). The replay runs a second time,
+  in a subprocess under another ``PYTHONHASHSEED``, and adds what only that one finds (code
+  that depends on a set's iteration order; ``--no-hash-seed-check`` skips it).
 * ``show SOURCE [--instance ID]`` - an instance's history as a readable timeline, from a SQLite
   database, an export, or a trace file (``reproduce --trace`` output).
 
@@ -439,6 +441,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, ImportError, DuroxideError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
+    if not args.no_hash_seed_check:
+        divergences = divergences + _hash_seed_divergences(args, divergences)
     if skipped:
         first = ", ".join(f"{_printable(i)} execution {e}" for i, e in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         print(f"note: {len(skipped)} execution(s) not replayed: earlier executions of their instances were pruned, and "
@@ -455,6 +459,32 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         clean = "every history replays cleanly" if not args.latest else "no in-flight instance would break"
         print(clean if not skipped else f"{clean} of those replayed ({len(skipped)} execution(s) not replayed: see the note)")
     return 1 if divergences else 0
+
+
+def _hash_seed_divergences(args: argparse.Namespace, found: list[Any]) -> list[Any]:
+    """Divergences a second replay under another ``PYTHONHASHSEED`` finds and this one did not:
+    the code depends on string hashing (a set's iteration order), which production processes
+    draw at random - this process may iterate in the recorded order by chance."""
+    from ..testing.hashseed import replay_under_another_hash_seed
+    from ..testing.replay import Divergence
+
+    try:
+        seed, rows = replay_under_another_hash_seed(args.source, args.app, latest=args.latest)
+    except (RuntimeError, OSError) as exc:
+        print(f"note: the replay under another hash seed (set-order check) could not run: {_printable(str(exc))}",
+              file=sys.stderr)
+        return []
+    known = {(d.instance, d.execution_id, d.message) for d in found}
+    extra = []
+    for row in rows:
+        key = (row.get("instance"), row.get("execution"), row.get("message"))
+        if key not in known and isinstance(key[0], str) and isinstance(key[1], int):
+            known.add(key)
+            extra.append(Divergence(key[0], key[1], (
+                f"{key[2]} [found only under PYTHONHASHSEED={seed}: the code depends on string hashing - the "
+                "iteration order of a set (or another hash-ordered collection), which differs between processes; "
+                "iterate sorted(...) instead]"), bool(row.get("in_flight"))))
+    return extra
 
 
 def _event_line(ev: Any, t0: int) -> str:
@@ -568,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     rpl.add_argument("--latest", action="store_true", help="replay in-flight instances with the latest version")
     rpl.add_argument("--no-sandbox", action="store_true",
                      help="do not report clock, randomness or I/O calls of orchestration code that still replays")
+    rpl.add_argument("--no-hash-seed-check", action="store_true",
+                     help="do not replay a second time under another PYTHONHASHSEED (the set-order check)")
     rpl.add_argument("--json", action="store_true")
     rpl.set_defaults(func=_cmd_replay)
     shw = sub.add_parser("show", help="print an instance's history as a timeline")

@@ -240,7 +240,7 @@ class _Engine:
         "pos_arrivals", "q_subs", "q_buffer", "settled", "dropped", "schedules", "completed", "crumbs",
         "cancel_reason", "last_event_id", "history_len", "can", "kv", "custom_status", "is_replaying", "logs",
         "output", "events", "cursor", "stack", "waiting", "started_code", "requested_versions", "ctx",
-        "input_text", "started_ms",
+        "input_text", "started_ms", "root_frame", "unwalked",
     )
 
     def __init__(self, inp: TurnInput, handler: Handler, started: OrchestrationStarted, execution_id: int) -> None:
@@ -286,6 +286,12 @@ class _Engine:
         self.events: list[HistoryEvent] = []
         self.cursor = 0
         self.stack: list[Any] = []
+        # The frame of the generator/coroutine the orchestration call returned: once the code has
+        # returned, its f_lineno is the line of the return (see return_site).
+        self.root_frame: Any = None
+        # Events of the last turn's walk left unwalked because the code returned first (SPEC §3.4:
+        # the rest of the history is not walked); read by the CI replay check (verify).
+        self.unwalked = 0
         self.waiting: DurableTask | None = None
         self.started_code = False
         self.requested_versions: dict[int, str | None] = _NO_MAP  # type: ignore[assignment]
@@ -385,6 +391,7 @@ class _Engine:
             if not isinstance(result, _RESUMABLE):
                 self._finish_value(result)
                 return
+            self.root_frame = getattr(result, "gi_frame", None) or getattr(result, "cr_frame", None)
             self.stack.append(result)
         else:
             if self.waiting is None or not self._ready(self.waiting):
@@ -478,6 +485,14 @@ class _Engine:
         except Exception as exc:  # noqa: BLE001
             self.output = (False, ApplicationError(kind="OrchestrationFailed", message=str(exc)))
 
+    def return_site(self) -> tuple[str, int] | None:
+        """(file, line) of the ``return`` that ended the code (None: not returned yet, plain
+        function, or not user code). A finished generator's frame keeps its last line."""
+        frame = self.root_frame
+        if frame is None or self.stack or not _is_user_code(frame.f_code):
+            return None
+        return frame.f_code.co_filename, frame.f_lineno
+
     def _finish_error(self, exc: BaseException) -> None:
         self.output = (False, ApplicationError(kind="OrchestrationFailed", message=_format_exception(exc)))
 
@@ -505,7 +520,7 @@ class _Engine:
                 raise TypeError("retry tasks cannot be joined or raced; yield them on their own")
             children = task.children  # type: ignore[attr-defined]
             if site is False:
-                site = _site_of(self.stack[0]) if self.stack else None
+                site = _site_of(self.stack[0]) if self.stack else self.return_site()
             for child in children:
                 self._start(child, site)
             comp = _Comp(len(children), self)
@@ -517,7 +532,8 @@ class _Engine:
             task._st = comp
             return
         if site is False:
-            site = _site_of(self.stack[0]) if self.stack else None
+            # (no stack: `return ctx.continue_as_new(...)` - the site is the return's line)
+            site = _site_of(self.stack[0]) if self.stack else self.return_site()
         kind = _ACTION_KIND[type(task)]
         action = _action_for(task, kind, self.now_ms)
         slot = _Slot(task, kind, action, site, self)

@@ -427,6 +427,7 @@ def execute_turn(
     persisted = len(history) - walked_from
     engine.is_replaying = persisted > 0
     must_poll = resumed is None
+    engine.unwalked = 0
     try:
         for i, ev in enumerate(events):
             engine.cursor = i
@@ -436,6 +437,7 @@ def execute_turn(
                 engine.poll()
                 must_poll = False
                 if engine.output is not None:
+                    engine.unwalked = len(events) - i
                     break
             if engine.apply(ev):
                 must_poll = True

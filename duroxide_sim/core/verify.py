@@ -27,16 +27,19 @@ from typing import Any
 
 from .events import (
     SCHEDULE_EVENTS,
+    ActivityScheduled,
     ConfigurationErrorDetails,
     ErrorDetails,
     HistoryEvent,
     KeyValueCleared,
     KeyValuesCleared,
     KeyValueSet,
+    OrchestrationChained,
     OrchestrationCompleted,
     OrchestrationContinuedAsNew,
     OrchestrationFailed,
     OrchestrationStarted,
+    SubOrchestrationScheduled,
 )
 from .finalize import _check_limits
 from .nondeterminism import describe_event
@@ -181,6 +184,13 @@ def verify_execution(
         return None
     if imposed:
         return None
+    skipped = _step_after_the_end(engine, persisted, result.delta)
+    if skipped is not None:
+        # The code ended (returned, raised) before the recorded history did: SPEC §3.4 stops the
+        # walk there, so a turn would not notice a removed step - but the history holds work the
+        # code no longer does (a deleted final step, a shorter loop), which CI must report.
+        return (f"{where}: the code ended with {_outcome(result)}{_ending_site(engine, result)} before the recorded "
+                f"{describe_event(skipped)} (event {skipped.event_id}): the history has a step the code no longer takes")
     new_work = _new_work(engine, result.delta)
     if (isinstance(terminal, OrchestrationFailed) and result.kind == "continue" and new_work is None
             and terminal.details.category == "application" and getattr(terminal.details, "kind", None) == "OrchestrationFailed"
@@ -219,11 +229,47 @@ def _outcome(result: Any) -> str:
     return f"{result.kind}({result.output!r})"
 
 
+def _step_after_the_end(engine: Any, persisted: Sequence[HistoryEvent], delta: Sequence[HistoryEvent]) -> HistoryEvent | None:
+    """The first recorded schedule the replay did not reach because the code ended first, and
+    that the code's last actions do not account for. (The walk stops when the code returns, so
+    what it asked for in that last resumption - a detached start before its ``return``, say - is
+    recorded after the stop; the replay turns those actions into new events, in order, which
+    must be the same steps.)"""
+    unwalked = getattr(engine, "unwalked", 0) if engine is not None else 0
+    if not unwalked or unwalked > len(persisted):
+        return None
+    recorded = [e for e in persisted[len(persisted) - unwalked:] if isinstance(e, SCHEDULE_EVENTS)]
+    emitted = [e for e in delta if isinstance(e, SCHEDULE_EVENTS)]
+    for i, ev in enumerate(recorded):
+        if i >= len(emitted) or not _same_step(ev, emitted[i]):
+            return ev
+    return None
+
+
+def _same_step(a: HistoryEvent, b: HistoryEvent) -> bool:
+    """Two schedule events ask for the same step (SPEC §3.5's matching fields; a timer's fire
+    time follows the turn's clock, not the code)."""
+    if type(a) is not type(b):
+        return False
+    fields = _STEP_FIELDS.get(type(a), ("name",) if hasattr(a, "name") else ())
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+_STEP_FIELDS: dict[type, tuple[str, ...]] = {
+    ActivityScheduled: ("name", "input", "session_id", "tag"),
+    SubOrchestrationScheduled: ("name", "input"),
+    OrchestrationChained: ("name", "instance", "input"),
+}
+
+
 def _ending_site(engine: Any, result: Any) -> str:
-    """Where the replayed code ended differently: its continue-as-new, or the raise."""
+    """Where the replayed code ended differently: its return, its continue-as-new, or the raise."""
     if result.kind == "continued_as_new" and engine is not None and engine.can is not None:
         site = getattr(engine.can._st, "site", None)
         return f" at {site[0]}:{site[1]}" if site else ""
     if result.kind == "failed":
         return _raise_site(result.error)
+    if result.kind == "completed" and engine is not None:
+        site = engine.return_site()
+        return f" at {site[0]}:{site[1]} (its return)" if site else ""
     return ""

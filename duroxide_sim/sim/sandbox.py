@@ -11,7 +11,8 @@ sleep``, ``time.localtime/gmtime/ctime/asctime/strftime`` without their time arg
 read the clock then; with it they are pure), ``datetime.now/utcnow/today`` (also on
 subclasses, as libraries such as pendulum or freezegun define), module-level ``random.*`` (the
 hidden global ``Random``) and any ``Random`` seeded from the OS (``random.Random()``,
-``random.seed()``), ``uuid.uuid1/uuid4``, ``os.urandom/getrandom``, ``print`` (use
+``random.seed()``), ``uuid.uuid1/uuid4``, ``os.urandom/getrandom``, reading ``os.environ`` (``os.getenv``
+included), ``print`` (use
 ``ctx.trace_*``), ``open``, sockets, and starting threads. A clock read by ``logging`` is
 reported as logging (use ``ctx.trace_*``, which is replay-safe).
 
@@ -126,6 +127,9 @@ def _forbidden_py() -> dict[Any, str]:
         uuid.uuid1.__code__: "uuid.uuid1()",
         threading.Thread.start.__code__: "threading.Thread.start()",
         random.Random.seed.__code__: "random.Random() / seed() without a seed (OS entropy)",
+        # os.environ[...], .get, os.getenv, `in`, iteration: all reach these (Python code in os.py)
+        os._Environ.__getitem__.__code__: "os.environ / os.getenv() (the environment differs between machines and runs)",
+        os._Environ.__iter__.__code__: "os.environ / os.getenv() (the environment differs between machines and runs)",
     }
     for name in ("randint", "choice", "shuffle", "uniform", "randrange", "sample", "gauss"):
         table[getattr(random.Random, name).__code__] = f"random.{name}() (global RNG)"

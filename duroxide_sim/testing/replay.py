@@ -333,7 +333,9 @@ def replay_source(source: str, app: Any, *, latest: bool = False, sandbox: bool 
 
 
 def assert_replays(source: str, app: Any | str, *, latest: bool = False, sandbox: bool = True) -> None:
-    """pytest helper: fail with every divergence listed (one per line)."""
+    """pytest helper: fail with every divergence listed (one per line). It replays in the calling
+    process, under its string-hash seed only: ``duroxide-sim replay`` also replays under another
+    one, which is what catches set-order dependence (see :mod:`.hashseed`)."""
     target: Callable[..., Any] | Any = load_app(app) if isinstance(app, str) else app
     divergences = replay_source(source, target, latest=latest, sandbox=sandbox)
     if divergences:
