@@ -313,7 +313,6 @@ def load_spec(ref: str) -> Any:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from ..sim.checkers import run_and_check
-    from ..sim.faults import FaultPlan
     from ..sim.harness import Simulation
 
     # With --json, stdout holds the one JSON document: what scenario code prints (when its module
@@ -322,7 +321,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     try:
         with quiet_stdout:
             spec = load_spec(args.ref)
-        faults: Any = "swarm" if args.faults == "swarm" else (None if args.faults == "none" else FaultPlan.from_json(args.faults))
+        faults: Any = _plan(args.faults, 0.05)  # (all: every kind at run's default rate)
     except (ValueError, ImportError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
@@ -609,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("reproduce", help="re-run one simulated seed and report its failures")
     rep.add_argument("ref", help="the SimSpec: path/to/file.py:NAME or package.module:NAME")
     rep.add_argument("--seed", type=int, required=True)
-    rep.add_argument("--faults", default="swarm", help="fault plan JSON, 'swarm' (default) or 'none'")
+    rep.add_argument("--faults", default="swarm", help="fault plan JSON, 'swarm' (default), 'all' (5 %%) or 'none'")
     rep.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
     rep.add_argument("--nodes", type=_positive_int, default=2)
     rep.add_argument("--max-steps", type=_positive_int, default=None,

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..testing.replay import _forget_if_elsewhere
+from ..testing.replay import _forget_if_elsewhere, use_flat_directory
 
 __all__ = ["SimWorkerError", "run_seeds"]
 
@@ -63,8 +63,8 @@ def _load_modules(path: pathlib.Path, problems: list[tuple[str, str]] | None = N
     for entry in (str(pathlib.Path.cwd()), str(root.parent)):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    if not package and str(root) not in sys.path:
-        sys.path.append(str(root))  # last: a scenario helper never shadows an installed module
+    if not package:
+        use_flat_directory(root)  # last on sys.path; another directory's `_common` is forgotten
     if package:
         _forget_if_elsewhere(root.name, root / "__init__.py")
     modules = []
@@ -110,6 +110,8 @@ def _plan(faults: str, rate: float) -> Any:
         return None
     if faults == "swarm":
         return "swarm"
+    if not faults.lstrip().startswith("{"):
+        raise ValueError(f"expected all, swarm, none or a fault plan as a JSON object, got {faults!r}"[:200])
     return FaultPlan.from_json(faults)
 
 
@@ -121,6 +123,7 @@ def _targets(modules: list[Any], variants: str | None,
     from ..sim.harness import SimSpec
 
     out = []
+    owners: dict[str, str] = {}  # label -> the module that defined it first
     for module in modules:
         where = getattr(module, "__file__", None) or module.__name__
         problem = None
@@ -135,12 +138,20 @@ def _targets(modules: list[Any], variants: str | None,
                 raise ValueError(f"{where}: {problem}")
             problems.append((where, problem))
             continue
-        if variants is None:
-            out.append((module.SPEC.name, module.SPEC))
-            continue
-        for name, spec in getattr(module, "VARIANTS", {}).items():
-            if variants in ("all", name):
-                out.append((f"{module.SPEC.name}/{name}", spec))
+        found = ([(module.SPEC.name, module.SPEC)] if variants is None else
+                 [(f"{module.SPEC.name}/{name}", spec) for name, spec in getattr(module, "VARIANTS", {}).items()
+                  if variants in ("all", name)])
+        for label, spec in found:
+            if label in owners:
+                # Rows, reproduce lines and shrinking go by this name: the two would be mixed up.
+                problem = (f"scenario {label!r} is also defined by {owners[label]}: each SimSpec in a directory needs "
+                           "its own name (this one is left out)")
+                if problems is None:
+                    raise ValueError(f"{where}: {problem}")
+                problems.append((where, problem))
+                continue
+            owners[label] = where
+            out.append((label, spec))
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from ..core.events import ActivityExecute, HistoryEvent, WorkItem
+from ..core.texts import text_problem
 from ..errors import InvalidInputError
 
 __all__ = [
@@ -274,13 +275,21 @@ def _instance_ids(value: Any) -> tuple[str, ...] | None:
     for one in ids:
         if not isinstance(one, str) or not one:
             raise InvalidInputError(f"instance_ids must hold non-empty strings, got {one!r}")
+        problem = text_problem(one)  # as every single-id call checks it (no store holds a NUL / lone surrogate)
+        if problem is not None:
+            raise InvalidInputError(f"instance_ids: {one!r} {problem}"[:300])
     return ids
 
 
+#: The largest count or time a store's 64-bit integer column (and a SQL LIMIT) takes.
+MAX_COUNT = 2**63 - 1
+
+
 def _optional_count(_instance: Any, attribute: Any, value: Any) -> None:
-    """None, or an int >= 0 (not a bool): limits, counts and epoch-millisecond times."""
-    if value is not None and (type(value) is not int or value < 0):
-        raise InvalidInputError(f"{attribute.name} must be None or a non-negative integer, got {value!r}")
+    """None, or an int from 0 to MAX_COUNT (not a bool): limits, counts and epoch-millisecond
+    times (a larger one failed inside the SQL drivers; duroxide-python refuses it here too)."""
+    if value is not None and (type(value) is not int or not 0 <= value <= MAX_COUNT):
+        raise InvalidInputError(f"{attribute.name} must be None or an integer from 0 to 2**63 - 1, got {value!r}"[:300])
 
 
 @attrs.frozen

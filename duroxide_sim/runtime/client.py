@@ -86,8 +86,10 @@ def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
 
 
 def _check_execution_id(execution_id: Any) -> int:
-    if type(execution_id) is not int or execution_id < 1:
-        raise InvalidInputError(f"execution_id must be a positive integer (executions count from 1), got {execution_id!r}")
+    # (bounded like a store's 64-bit column: a larger one failed inside the SQLite driver)
+    if type(execution_id) is not int or not 1 <= execution_id <= 2**63 - 1:
+        raise InvalidInputError(f"execution_id must be a positive integer up to 2**63 - 1 (executions count from 1), "
+                                f"got {execution_id!r}"[:300])
     return execution_id
 
 
@@ -388,7 +390,9 @@ class Client:
         )
 
     def delete_instance(self, instance_id: str, force: bool = False) -> Any:
-        return self._admin().delete_instance(_check_id(instance_id), bool(force))
+        if type(force) is not bool:  # a truthy "no" or "false" deleted a running instance
+            raise TypeError(f"delete_instance: force must be True or False, got {type(force).__name__} {force!r}"[:200])
+        return self._admin().delete_instance(_check_id(instance_id), force)
 
     def delete_instance_bulk(self, filter: InstanceFilter | None = None) -> Any:
         return self._admin().delete_instance_bulk(_check_record(filter, InstanceFilter, "filter"))

@@ -240,11 +240,13 @@ class OrchestrationDispatcher:
             inp = self.turn_input(item)
             if item.history_error is not None:
                 if item.attempt_count > opts.max_attempts:
+                    _log_poison("orchestration message", item.instance, item.attempt_count, opts.max_attempts)
                     result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts, history_error=item.history_error)
                     return self._commit(item, result, carry)
                 provider.abandon_orchestration_item(item.lock_token, 1_000, False)
                 return None
             if item.attempt_count > opts.max_attempts:
+                _log_poison("orchestration message", item.instance, item.attempt_count, opts.max_attempts)
                 result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts)
                 return self._commit(item, result, carry)
             hits = self.cache.hits if self.cache is not None else 0
@@ -584,6 +586,7 @@ class WorkerDispatcher:
         item = lease.item
         if lease.attempt_count > opts.max_attempts:
             s.metrics.inc("activity_poison")
+            _log_poison(f"activity {item.name!r} (id {item.id})", item.instance, lease.attempt_count, opts.max_attempts)
             details = PoisonError(
                 attempt_count=lease.attempt_count, max_attempts=opts.max_attempts, message_type="Activity",
                 instance=item.instance, execution_id=item.execution_id, activity_name=item.name, activity_id=item.id,
@@ -652,7 +655,9 @@ class WorkerDispatcher:
             outcome = ActivityOutcome("abandon", delay_ms=None)
         try:
             if outcome.action == "abandon":
-                provider.abandon_work_item(lease.lock_token, outcome.delay_ms, False)
+                # (stopped by a shutdown: given back with its attempt not counted, as documented -
+                # ten restarts during one long activity poisoned it)
+                provider.abandon_work_item(lease.lock_token, outcome.delay_ms, stopped)
                 return True
             chain = _chain(provider, "ack_work_item_and_fetch", carry)
             if chain is None:
@@ -685,6 +690,13 @@ class WorkerDispatcher:
                     self._sessions[sid] -= 1
                     if self._sessions[sid] <= 0:
                         del self._sessions[sid]
+
+
+def _log_poison(what: str, instance: str, attempts: int, max_attempts: int) -> None:
+    """One warning per poisoning (the delivery that exceeds the budget), with the instance, as
+    duroxide-python logs "... exceeded max attempts, marking as poison"."""
+    emit(_log, logging.WARNING, "%s exceeded max attempts (%d of %d), marking as poison (instance %r)",
+         what, attempts, max_attempts, instance, extra={"instance_id": instance})
 
 
 def _failed(item: ActivityExecute, details: Any) -> ActivityFailedMsg:

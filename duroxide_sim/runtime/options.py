@@ -16,17 +16,33 @@ import attrs
 from ..errors import ConfigurationError
 from ..providers.base import TagFilter
 
-__all__ = ["RuntimeOptions", "renewal_period_ms", "RENEWAL_MARGIN_MS"]
+__all__ = ["RuntimeOptions", "renewal_period_ms", "RENEWAL_MARGIN_MS", "MAX_OPTION_MS", "MAX_OPTION_COUNT"]
 
 
-def _non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"RuntimeOptions.{attribute.name} must be a non-negative integer, got {value!r}")
+#: The largest duration option: ``now + value`` must fit a store's 64-bit column (a larger lock
+#: timeout made every fetch fail with an OverflowError inside the SQLite driver).
+MAX_OPTION_MS = 2**62
+#: The largest count option (threads, sessions, attempts, cached engines), as duroxide-python.
+MAX_OPTION_COUNT = 2**31 - 1
 
 
-def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"RuntimeOptions.{attribute.name} must be a positive integer, got {value!r}")
+def _int_option(lowest: int, highest: int, what: str) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+            raise ConfigurationError(f"RuntimeOptions.{attribute.name} must be {what}, got {value!r}"[:300])
+    return check
+
+
+_non_negative = _int_option(0, MAX_OPTION_MS, "a non-negative integer (ms, at most 2**62)")
+_positive = _int_option(1, MAX_OPTION_MS, "a positive integer (ms, at most 2**62)")
+_count = _int_option(0, MAX_OPTION_COUNT, "a non-negative integer up to 2**31 - 1")
+_positive_count = _int_option(1, MAX_OPTION_COUNT, "a positive integer up to 2**31 - 1")
+
+
+def _optional_text(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, str):  # (duroxide-python: "cannot be converted to 'PyString'")
+        raise ConfigurationError(f"RuntimeOptions.{attribute.name} must be a string or None, got "
+                                 f"{type(value).__name__} {value!r}"[:300])
 
 
 def _tag_filter(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -62,24 +78,24 @@ class RuntimeOptions:
     may be passed by position, and ``None`` means the default, as there); the rest are
     keyword-only extras of this runtime."""
 
-    orchestration_concurrency: int = attrs.field(default=2, converter=_default(2), validator=_non_negative)
-    worker_concurrency: int = attrs.field(default=2, converter=_default(2), validator=_non_negative)
+    orchestration_concurrency: int = attrs.field(default=2, converter=_default(2), validator=_count)
+    worker_concurrency: int = attrs.field(default=2, converter=_default(2), validator=_count)
     dispatcher_poll_interval_ms: int = attrs.field(default=100, converter=_default(100), validator=_positive)
     worker_lock_timeout_ms: int = attrs.field(default=30_000, converter=_default(30_000), validator=_positive)
-    log_format: str | None = None
-    log_level: str | None = None
-    service_name: str | None = None
-    service_version: str | None = None
-    max_sessions_per_runtime: int = attrs.field(default=10, converter=_default(10), validator=_positive)
+    log_format: str | None = attrs.field(default=None, validator=_optional_text)
+    log_level: str | None = attrs.field(default=None, validator=_optional_text)
+    service_name: str | None = attrs.field(default=None, validator=_optional_text)
+    service_version: str | None = attrs.field(default=None, validator=_optional_text)
+    max_sessions_per_runtime: int = attrs.field(default=10, converter=_default(10), validator=_positive_count)
     session_idle_timeout_ms: int = attrs.field(default=300_000, converter=_default(300_000), validator=_positive)
-    worker_node_id: str | None = None
+    worker_node_id: str | None = attrs.field(default=None, validator=_optional_text)
     worker_tag_filter: TagFilter = attrs.field(
         factory=TagFilter.default_only, converter=lambda v: TagFilter.default_only() if v is None else (
             TagFilter.from_value(v) if isinstance(v, str) else v),
         validator=_tag_filter)
     orchestrator_lock_timeout_ms: int = attrs.field(default=5_000, converter=_default(5_000), validator=_positive)
     orchestrator_lock_renewal_buffer_ms: int = attrs.field(default=2_000, converter=_default(2_000), validator=_non_negative)
-    max_attempts: int = attrs.field(default=10, converter=_default(10), validator=_positive)
+    max_attempts: int = attrs.field(default=10, converter=_default(10), validator=_positive_count)
     worker_lock_renewal_buffer_ms: int = attrs.field(default=5_000, converter=_default(5_000), validator=_non_negative)
     session_lock_timeout_ms: int = attrs.field(default=30_000, converter=_default(30_000), validator=_positive)
     session_lock_renewal_buffer_ms: int = attrs.field(default=5_000, converter=_default(5_000), validator=_non_negative)
@@ -91,7 +107,7 @@ class RuntimeOptions:
     supported_versions: tuple[str, str] | None = attrs.field(default=None, kw_only=True, validator=_versions)
     #: Live orchestration engines kept between turns (0 disables): a turn then costs its new
     #: events instead of a replay of the whole history.
-    instance_cache_size: int = attrs.field(default=1024, validator=_non_negative, kw_only=True)
+    instance_cache_size: int = attrs.field(default=1024, validator=_count, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.session_idle_timeout_ms <= renewal_period_ms(self.worker_lock_timeout_ms, self.worker_lock_renewal_buffer_ms):

@@ -173,15 +173,92 @@ def run_coroutine(coro: Any, on_start: Callable[[Callable[[], None]], None] | No
     the simulation passes a virtual-time one, ``sim/vloop.py``)."""
     import asyncio  # on first use: asyncio (with ssl) costs ~8 MiB of RSS and ~25 ms to import
 
+    # Production loops get an executor whose threads do not hold the process or the worker once
+    # the activity is cancelled (the simulation's virtual-time loop keeps its own executor).
+    executor = _activity_executor() if loop_factory is None else None
+
+    def cancel(loop: Any, task: Any) -> None:
+        if executor is not None:
+            executor.abandon()
+        loop.call_soon_threadsafe(task.cancel)
+
     async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        if executor is not None:
+            loop.set_default_executor(executor)
         if on_start is not None:
-            loop, task = asyncio.get_running_loop(), asyncio.current_task()
+            task = asyncio.current_task()
             assert task is not None
-            on_start(lambda: loop.call_soon_threadsafe(task.cancel))
+            on_start(lambda: cancel(loop, task))
         return await coro
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main())
+
+
+def _activity_executor() -> Any:
+    """A new :class:`_ActivityExecutor` (its class is built on first use: it derives from
+    ``concurrent.futures.ThreadPoolExecutor``, which asyncio requires of a default executor and
+    which this module does not import until an async activity runs)."""
+    global _ActivityExecutorClass
+    if _ActivityExecutorClass is None:
+        import concurrent.futures
+
+        _ActivityExecutorClass = type("_ActivityExecutor", (_ActivityExecutor, concurrent.futures.ThreadPoolExecutor), {})
+    return _ActivityExecutorClass()
+
+
+_ActivityExecutorClass: Any = None
+
+
+class _ActivityExecutor:
+    """An async activity's default executor (``asyncio.to_thread``, ``run_in_executor(None,
+    ...)``): one daemon thread per job. Closing the loop waits for its jobs, as ``asyncio.run``
+    does - unless the activity was cancelled (lock lost, runtime shut down): then nothing waits
+    for a job still running (a thread cannot be stopped). Before, the worker thread sat in the
+    loop's close until the job ended (its item not given back) and a ThreadPoolExecutor thread
+    kept the process from exiting."""
+
+    def __init__(self) -> None:
+        # (ThreadPoolExecutor.__init__ is not called: none of its pool is used)
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        self._abandoned = True
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        import concurrent.futures
+
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            thread = threading.Thread(target=run, name="duroxide-activity-executor", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        if wait and not self._abandoned:
+            for thread in threads:
+                thread.join()
 
 
 #: After a failed renewal, the next try comes this soon (or at the period, if shorter).

@@ -24,6 +24,11 @@ from .records import MetricsSnapshot
 
 __all__ = ["Runtime"]
 
+#: What a runtime calls on its provider (the rest of the Provider protocol is optional or
+#: management): checked at construction.
+_PROVIDER_METHODS = ("fetch_orchestration_item", "ack_orchestration_item", "abandon_orchestration_item",
+                     "fetch_work_item", "ack_work_item", "abandon_work_item")
+
 
 class Runtime:
     """A durable runtime over one provider."""
@@ -45,6 +50,11 @@ class Runtime:
 
         if options is not None and not isinstance(options, RuntimeOptions):
             raise ConfigurationError(f"options must be RuntimeOptions, got {type(options).__name__}")
+        missing = [m for m in _PROVIDER_METHODS if not callable(getattr(provider, m, None))]
+        if missing:  # (a path given for a provider started, then every dispatcher step crashed)
+            hint = " (open one: SqliteProvider.open(path))" if isinstance(provider, (str, bytes)) or hasattr(provider, "__fspath__") else ""
+            raise ConfigurationError(f"provider must be a Provider (SqliteProvider, PostgresProvider, InMemoryProvider, ...), "
+                                     f"got {type(provider).__name__} without {', '.join(missing)}{hint}")
         self.provider = provider
         self.options = options or RuntimeOptions()
         self.clock = clock or realtime.SystemClock()

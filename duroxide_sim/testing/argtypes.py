@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive_int"]
+__all__ = ["positive_int", "MAX_COUNT"]
+
+#: The largest count an option takes (10**12 seeds would already run for years).
+MAX_COUNT = 10**12
 
 
 def positive_int(text: str) -> int:
@@ -19,4 +22,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value > MAX_COUNT:  # (a seed count past sys.maxsize failed deep inside with an OverflowError)
+        raise argparse.ArgumentTypeError(f"expected a positive integer up to {MAX_COUNT:,}, got {text!r}"[:200])
     return value

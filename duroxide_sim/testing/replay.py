@@ -155,6 +155,9 @@ def load_app(ref: str) -> Any:
             except Exception as exc:  # noqa: BLE001 - the module's own code raised
                 raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
         if module is None:
+            # Its sibling modules are importable by name, as when it ran as a script (a scenario
+            # file's `from _common import ...` works from any directory the repro line is pasted in).
+            use_flat_directory(path.resolve().parent)
             # Registered in sys.modules (under a name unique to the file) as an import would be:
             # dataclasses, pickling and typing.get_type_hints look modules up there, and so does
             # a repro command naming a module-level spec.
@@ -202,6 +205,34 @@ def _package_root(path: Any) -> tuple[Any, str] | None:
     if len(names) == 1 or not resolved.stem.isidentifier():
         return None
     return directory, ".".join(names)
+
+
+#: Plain (non-package) directories put on sys.path for their modules' sibling imports, latest
+#: last; only the newest stays (see use_flat_directory).
+_FLAT_DIRS: list[str] = []
+
+
+def use_flat_directory(directory: Any) -> None:
+    """Make ``directory``'s modules importable by their plain names (``from _common import x``
+    in a scenario or app file loaded by its path): the directory goes last on ``sys.path`` (a
+    helper never shadows an installed module), the one an earlier call put there is taken off
+    (two scenario directories may each have their own ``_common.py``), and a module already
+    imported from another directory under the name of one of this directory's files is
+    forgotten, so the import finds this directory's."""
+    import pathlib
+    import sys
+
+    root = pathlib.Path(directory).resolve()
+    entry = str(root)
+    for old in _FLAT_DIRS:
+        if old != entry and old in sys.path:
+            sys.path.remove(old)
+    _FLAT_DIRS[:] = [entry]
+    if entry not in sys.path:
+        sys.path.append(entry)
+    for file in sorted(root.glob("*.py")):
+        if file.stem.isidentifier():
+            _forget_if_elsewhere(file.stem, file)
 
 
 def _forget_if_elsewhere(dotted: str, file: Any) -> None:
