@@ -111,7 +111,7 @@ def _plan(faults: str, rate: float) -> Any:
     if faults == "swarm":
         return "swarm"
     if not faults.lstrip().startswith("{"):
-        raise ValueError(f"expected all, swarm, none or a fault plan as a JSON object, got {faults!r}"[:200])
+        raise ValueError(f"not a fault plan: expected all, swarm, none or a JSON object, got {faults!r}"[:200])
     return FaultPlan.from_json(faults)
 
 

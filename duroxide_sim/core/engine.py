@@ -76,7 +76,7 @@ from .events import (
     UpdateCustomStatus,
     WaitExternal,
 )
-from .nondeterminism import _Divergence, describe_action, describe_event, nondeterminism_message
+from .nondeterminism import _Divergence, describe_event, describe_pair, nondeterminism_message
 from .registry import Handler
 from .turn import LIMITS, TurnInput
 
@@ -561,6 +561,13 @@ class _Engine:
             slot = task._st
             return slot.ok, slot.value
         if isinstance(task, AllTask):
+            for child in task.children:
+                slot = child._st
+                if not getattr(slot, "ok", True) and not isinstance(slot.value, TaskFailedError):
+                    # A child completed, but its result does not fit the type its schedule asked
+                    # for: raised at the yield (as a single typed yield and a race raise it), not
+                    # handed over as an {"err": text} entry where the record should be.
+                    return False, slot.value
             entries = [_entry(c._st) for c in task.children]
             if task.mode == "all_typed":
                 return True, [e.get("ok") if "ok" in e else e for e in entries]
@@ -620,15 +627,22 @@ class _Engine:
 
     # --- walking history ----------------------------------------------------------------------
 
-    def diverge(self, problem: str, ev: HistoryEvent | None, actual: str | None, site: tuple[str, int] | None) -> _Divergence:
+    def diverge(self, problem: str, ev: HistoryEvent | None, actual: str | Action | None,
+                site: tuple[str, int] | None) -> _Divergence:
+        """``actual``: what the code did, as text, or the action itself (then both sides are
+        described together, long fields cut where they differ)."""
+        if ev is not None and actual is not None and not isinstance(actual, str):
+            expected, actual = describe_pair(ev, actual)
+        else:
+            expected = None if ev is None else describe_event(ev)
         return _Divergence(
             nondeterminism_message(
                 problem,
                 instance=self.instance,
                 execution_id=self.execution_id,
                 event_id=None if ev is None else ev.event_id,
-                expected=None if ev is None else describe_event(ev),
-                actual=actual,
+                expected=expected,
+                actual=actual,  # type: ignore[arg-type]
                 site=site,
             )
         )
@@ -672,7 +686,7 @@ class _Engine:
                 action, site = (entry.action, entry.site) if isinstance(entry, _Slot) else entry
                 raise self.diverge(
                     f"schedule mismatch: action={type(action).KIND} vs event={type(ev).__name__}",
-                    ev, describe_action(action), site,
+                    ev, action, site,
                 )
             return self._bind(entry, ev)
         if role == 2:
@@ -681,7 +695,7 @@ class _Engine:
                 action, site = (entry.action, entry.site) if isinstance(entry, _Slot) else entry
                 problem = _plain_mismatch(action, ev)
                 if problem:
-                    raise self.diverge(problem, ev, describe_action(action), site)
+                    raise self.diverge(problem, ev, action, site)
                 self.fifo.popleft()
                 if isinstance(ev, KeyValueSet) and self.kv.get(ev.key, (None,))[0] == ev.value:
                     self.kv[ev.key] = (ev.value, ev.last_updated_at_ms)  # Recommend: recorded ts

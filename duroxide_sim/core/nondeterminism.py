@@ -12,7 +12,7 @@ from .events import (
     HistoryEvent,
 )
 
-__all__ = ["nondeterminism_message", "describe_event", "describe_action"]
+__all__ = ["nondeterminism_message", "describe_event", "describe_action", "describe_pair"]
 
 
 
@@ -26,21 +26,48 @@ def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def describe_event(ev: HistoryEvent) -> str:
+def _window(text: str, other: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` so that its first difference from ``other`` shows: two long
+    inputs that differ past the usual cut (a record that gained a field) read the same there."""
+    if len(text) <= limit:
+        return text
+    at = next((k for k, (a, b) in enumerate(zip(text, other, strict=False)) if a != b), min(len(text), len(other)))
+    if at < limit - 3:
+        return _short(text, limit)
+    start = at - 40
+    body = text[start:start + limit - 6]
+    return "..." + body + ("..." if start + limit - 6 < len(text) else "")
+
+
+_FIELDS = ("name", "instance", "input", "session_id", "tag", "key", "value", "fire_at_ms")
+
+
+def _describe(obj: object, label: str, other: object | None = None) -> str:
     parts = []
-    for field in ("name", "instance", "input", "session_id", "tag", "key", "value", "fire_at_ms"):
-        if hasattr(ev, field) and getattr(ev, field) is not None:
-            parts.append(f"{field}={_short(str(getattr(ev, field)))!r}" if field != "fire_at_ms" else f"{field}={ev.fire_at_ms}")  # type: ignore[attr-defined]
-    return f"{type(ev).__name__}({', '.join(parts)})"
+    for field in _FIELDS:
+        value = getattr(obj, field, None)
+        if value is None:
+            continue
+        if field == "fire_at_ms":
+            parts.append(f"{field}={value}")
+            continue
+        text, theirs = str(value), getattr(other, field, None)
+        parts.append(f"{field}={(_window(text, str(theirs)) if theirs is not None else _short(text))!r}")
+    return f"{label}({', '.join(parts)})"
+
+
+def describe_event(ev: HistoryEvent) -> str:
+    return _describe(ev, type(ev).__name__)
 
 
 def describe_action(action: Action) -> str:
-    parts = []
-    for field in ("name", "instance", "input", "session_id", "tag", "key", "value", "fire_at_ms"):
-        value = getattr(action, field, None)
-        if value is not None:
-            parts.append(f"{field}={_short(str(value))!r}" if field != "fire_at_ms" else f"{field}={value}")
-    return f"{type(action).KIND}({', '.join(parts)})"
+    return _describe(action, type(action).KIND)
+
+
+def describe_pair(ev: HistoryEvent, action: Action) -> tuple[str, str]:
+    """(event, action) described for a mismatch: long fields that differ are cut around their
+    first difference on both sides."""
+    return _describe(ev, type(ev).__name__, action), _describe(action, type(action).KIND, ev)
 
 
 def nondeterminism_message(
