@@ -169,11 +169,17 @@ def _finish(
             add(ActivityCancelRequested, source_event_id=ev.event_id, reason=reason)
             cancelled.append((inst, exe, ev.event_id))
 
-    def dropped_side_effects() -> None:
+    def dropped_side_effects(dispatched: bool) -> None:
+        # ``dispatched``: this turn's own schedules are sent (a turn that goes on waiting). A
+        # final turn sends none, so a child it scheduled and dropped never starts: a cancel for
+        # it would sit queued until an instance of that id appears (a retried tree re-using
+        # the id) and cancel that one at once.
+        fresh = () if dispatched else {e.event_id for e in delta if isinstance(e, SubOrchestrationScheduled)}
         for ev in delta:
             if isinstance(ev, ActivityCancelRequested) and ev.reason == "dropped_future":
                 cancelled.append((inst, exe, ev.source_event_id))  # type: ignore[arg-type]
-            elif isinstance(ev, SubOrchestrationCancelRequested) and ev.reason == "dropped_future":
+            elif (isinstance(ev, SubOrchestrationCancelRequested) and ev.reason == "dropped_future"
+                  and ev.source_event_id not in fresh):
                 # This turn's breadcrumbs come from _reconcile_dropped, for bound slots of
                 # engine.dropped: the slot knows its child (a scan of the whole history per
                 # dropped child made such turns grow with the history).
@@ -196,10 +202,10 @@ def _finish(
                 worker.append(orch_or_work)
             elif orch_or_work is not None:
                 orch.append(orch_or_work)
-        dropped_side_effects()
+        dropped_side_effects(True)
     elif kind in ("completed", "failed"):
         detached = [ev for ev in delta if isinstance(ev, OrchestrationChained)]
-        dropped_side_effects()
+        dropped_side_effects(False)
         orch.extend(_dispatch(ev, inst, exe, started, engine.requested_versions) for ev in detached)  # type: ignore[misc]
         sub_breadcrumbs()
         if kind == "completed":
@@ -216,7 +222,7 @@ def _finish(
     elif kind == "can":
         task: ContinueAsNewTask = value
         carry = _carry_forward(engine, [*history, *delta])
-        dropped_side_effects()
+        dropped_side_effects(False)
         sub_breadcrumbs()
         status, output = "ContinuedAsNew", task.input
         add(OrchestrationContinuedAsNew, input=task.input)
@@ -242,8 +248,10 @@ def _finish(
         status, output = "Failed", error.display_message()
         add(OrchestrationFailed, details=error)
         events = [*history, *delta]
+        fresh = {e.event_id for e in delta}  # scheduled this turn: a cancelled turn starts none of them
         for ev in _open_schedules(events, SubOrchestrationScheduled, (SubOrchestrationCompleted, SubOrchestrationFailed)):
-            orch.append(CancelInstance(instance=child_instance_id(inst, ev.instance), reason="parent canceled"))  # type: ignore[attr-defined]
+            if ev.event_id not in fresh:
+                orch.append(CancelInstance(instance=child_instance_id(inst, ev.instance), reason="parent canceled"))  # type: ignore[attr-defined]
         notify_parent(error, None)
         activity_breadcrumbs("orchestration_terminal_failed")
         kind = "cancelled"

@@ -109,10 +109,13 @@ def check_well_formed(instance: str, execution: int, events: list[HistoryEvent])
         if ev.event_id <= last_id:
             problems.append((f"event id {ev.event_id} does not increase (after {last_id})", ev.event_id))
         last_id = ev.event_id
+        appended_limit_failure = False
         if terminal_seen is not None and not isinstance(ev, _CRUMBS):
             if (isinstance(ev, OrchestrationFailed) and not limit_failure_seen
                     and isinstance(ev.details, ApplicationError) and ev.details.kind == "OrchestrationFailed"):
-                limit_failure_seen = True  # a size-limit failure appended after the turn's ending (SPEC §10.3)
+                # a size-limit failure appended after the turn's ending (SPEC §10.3): the last
+                # terminal event decides the status - not a second ending
+                limit_failure_seen = appended_limit_failure = True
             else:
                 problems.append((f"{type(ev).__name__} after terminal {type(terminal_seen).__name__}", ev.event_id))
         if isinstance(ev, SCHEDULE_EVENTS):
@@ -129,7 +132,7 @@ def check_well_formed(instance: str, execution: int, events: list[HistoryEvent])
                 problems.append((f"completion for id {src} applied twice", ev.event_id))
             completed.add(src)  # type: ignore[arg-type]
         if isinstance(ev, _TERMINAL):
-            if terminal_seen is not None:
+            if terminal_seen is not None and not appended_limit_failure:
                 problems.append(("second terminal event", ev.event_id))
             terminal_seen = ev
     return problems
