@@ -820,7 +820,8 @@ class InMemoryProvider:
             self._append(instance, execution_id, events, now)
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
-                       kv_base: Mapping[str, tuple[str, int]] | None = None) -> None:
+                       kv_base: Mapping[str, tuple[str, int]] | None = None,
+                       restored: Mapping[str, int] | None = None) -> None:
         """Restore a recorded instance: events verbatim plus what their acks stored beside them
         (see SqliteProvider.import_history); all or nothing."""
         op = "import_history"
@@ -865,6 +866,10 @@ class InMemoryProvider:
                 self._kv_store.pop(instance, None)
                 if kv_base:
                     self._kv_store[instance] = {k: KvEntry(v, ts) for k, (v, ts) in kv_base.items()}
+            row = self._instances.get(instance)
+            if restored and row is not None:
+                row.created_at = restored.get("created_at", row.created_at)
+                row.custom_status_version = restored.get("custom_status_version", row.custom_status_version)
 
     def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
         """The instance's stored KV store without the current execution's own changes: what the

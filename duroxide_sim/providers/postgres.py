@@ -1396,7 +1396,8 @@ class PostgresProvider(PostgresAdminMixin):
             self._append(db, instance, execution_id, events, now)
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
-                       kv_base: Mapping[str, tuple[str, int]] | None = None) -> None:
+                       kv_base: Mapping[str, tuple[str, int]] | None = None,
+                       restored: Mapping[str, int] | None = None) -> None:
         """Restore a recorded instance: events verbatim plus what their acks stored beside them
         (see SqliteProvider.import_history, also for ``kv_base``); one transaction, refused when
         the instance exists."""
@@ -1439,6 +1440,10 @@ class PostgresProvider(PostgresAdminMixin):
                 for k, (v, ts) in sorted(kv_base.items()):
                     db.send("INSERT INTO kv_store (instance_id, key, value, last_updated_at_ms) VALUES (%s, %s, %s, %s)",
                             (instance, k, _store_text(v), ts))
+            if restored:
+                db.send("UPDATE instances SET created_at = COALESCE(%s, created_at), "
+                        "custom_status_version = COALESCE(%s, custom_status_version) WHERE instance_id = %s",
+                        (restored.get("created_at"), restored.get("custom_status_version"), instance))
 
     def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
         """The instance's stored KV store without the current execution's own changes: what the

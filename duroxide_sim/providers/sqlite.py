@@ -1674,15 +1674,18 @@ class SqliteProvider(SqliteAdminMixin):
             self._append(db, instance, execution_id, events, now)
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
-                       kv_base: Mapping[str, tuple[str, int]] | None = None) -> None:
+                       kv_base: Mapping[str, tuple[str, int]] | None = None,
+                       restored: Mapping[str, int] | None = None) -> None:
         """Restore a recorded instance (``duroxide-sim import``): its executions' events verbatim,
         plus what their turns' acks stored beside them, read back from the events: the instance
         row (name, version, parent, current execution, created/updated at the recorded times),
         each execution's status, output and pin, the last custom status, and the KV store (each
         execution's KV events, merged at its end as an ack does; ``kv_base``, when given, is the
         stored KV store as exported - see :meth:`kv_base` - for an instance whose earlier
-        executions were pruned). One transaction; refused (nothing written) when the instance
-        already exists or an event id repeats."""
+        executions were pruned). ``restored``: the source's ``created_at`` and
+        ``custom_status_version``, which the events cannot tell (pruned executions, several
+        custom status updates in one execution). One transaction; refused (nothing written) when
+        the instance already exists or an event id repeats."""
         op = "import_history"
         with self._tx(op) as db:
             if db.execute("SELECT 1 FROM instances WHERE instance_id = ? UNION ALL "
@@ -1714,6 +1717,10 @@ class SqliteProvider(SqliteAdminMixin):
                 db.execute("DELETE FROM kv_store WHERE instance_id = ?", (instance,))
                 db.executemany("INSERT INTO kv_store (instance_id, key, value, last_updated_at_ms) VALUES (?, ?, ?, ?)",
                                [(instance, k, v, ts) for k, (v, ts) in sorted(kv_base.items())])
+            if restored:  # the exported instance row's own fields (see history_io.export_instance)
+                db.execute("UPDATE instances SET created_at = COALESCE(?, created_at), "
+                           "custom_status_version = COALESCE(?, custom_status_version) WHERE instance_id = ?",
+                           (restored.get("created_at"), restored.get("custom_status_version"), instance))
 
     def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
         """The instance's stored KV store without the current execution's own changes: what the

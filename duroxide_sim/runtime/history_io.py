@@ -32,7 +32,17 @@ from typing import Any
 
 import attrs
 
-from ..core.events import ErrorDetails, HistoryEvent, OrchestrationStarted, from_dict, to_dict
+from ..core.events import (
+    ActivityExecute,
+    ErrorDetails,
+    HistoryEvent,
+    OrchestrationStarted,
+    StartOrchestration,
+    TimerFiredMsg,
+    WorkItem,
+    from_dict,
+    to_dict,
+)
 from ..core.texts import text_problem
 from ..errors import InvalidInputError, SerializationError
 from .client import MAX_ANY_INSTANCE_ID_BYTES
@@ -53,8 +63,30 @@ FORMAT = "duroxide-sim-history"
 FORMAT_VERSION = 1
 
 
-def export_instance(provider: Any, instance: str) -> dict[str, Any]:
-    """The document for one instance: every execution, oldest first."""
+def queued_by_instance(provider: Any) -> dict[str, list[WorkItem]] | None:
+    """What an export carries beside each instance's history: the work still queued for it -
+    messages not yet in its history (a raised event, a fired timer, a completion, a cancel, its
+    continue-as-new), its activities not yet run, and the start of a child it scheduled that has
+    not run yet (queued under the child's id, which has no history to carry it). Without it a
+    restored instance waited for good on work its history promised. None when the provider
+    cannot list its queues."""
+    reader = getattr(provider, "queued_work", None)
+    if reader is None:
+        return None
+    out: dict[str, list[WorkItem]] = {}
+    for target, items in reader().items():
+        for item in items:
+            owner = target
+            if (isinstance(item, StartOrchestration) and item.parent_instance is not None
+                    and provider.latest_execution_id(target) is None):
+                owner = item.parent_instance  # a child that has not started: goes with its parent
+            out.setdefault(owner, []).append(item)
+    return out
+
+
+def export_instance(provider: Any, instance: str, queued: dict[str, list[WorkItem]] | None = None) -> dict[str, Any]:
+    """The document for one instance: every execution, oldest first, and (``queued``: see
+    :func:`queued_by_instance`) the work still queued for it."""
     last = provider.latest_execution_id(instance)
     if last is None:
         from ..errors import InstanceNotFound
@@ -83,7 +115,32 @@ def export_instance(provider: Any, instance: str) -> dict[str, Any]:
         # the stored KV store goes along (see the providers' kv_base), so an import resumes with
         # it and a replay knows what the current execution started with.
         doc["kv_base"] = {k: [v, ts] for k, (v, ts) in reader(instance).items()}
+    if queued and queued.get(instance):
+        doc["queued"] = [to_dict(item) for item in queued[instance]]
+    restored = _instance_fields(provider, instance)
+    if restored:
+        doc["instance"] = restored
     return doc
+
+
+def _instance_fields(provider: Any, instance: str) -> dict[str, int]:
+    """The instance row's fields its events cannot rebuild: when it was created (its first
+    executions may be pruned) and its custom status version (one per ack that set one, however
+    many executions did)."""
+    out: dict[str, int] = {}
+    info = getattr(provider, "get_instance_info", None)
+    if info is not None:
+        try:
+            created = info(instance).created_at
+        except Exception:  # noqa: BLE001 - no management support for it: left out
+            created = None
+        if type(created) is int:
+            out["created_at"] = created
+    status = getattr(provider, "get_custom_status", None)
+    found = status(instance, 0) if status is not None else None
+    if found is not None and type(found[1]) is int and found[1] > 0:
+        out["custom_status_version"] = found[1]
+    return out
 
 
 def _dumps(doc: dict[str, Any]) -> str:
@@ -111,7 +168,13 @@ def export_to_path(provider: Any, out: str | pathlib.Path, instances: Iterable[s
     goes) raises :class:`InvalidInputError` naming it."""
     out = pathlib.Path(out)
     ids = list(instances) if instances is not None else list(reversed(provider.list_instances()))
-    docs = [export_instance(provider, i) for i in dict.fromkeys(ids)]  # each instance once
+    queued = queued_by_instance(provider)
+    docs = [export_instance(provider, i, queued) for i in dict.fromkeys(ids)]  # each instance once
+    # Creation order (oldest first), whatever order the ids were asked in: import keeps it.
+    rank = {inst: n for n, inst in enumerate(reversed(provider.list_instances()))}
+    for doc in docs:
+        if doc["instance_id"] in rank:
+            doc.setdefault("instance", {})["order"] = rank[doc["instance_id"]]
     try:
         if out.suffix.lower() == ".json":
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +264,24 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
             isinstance(k, str) and isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
             and type(e[1]) is int and e[1] in _INT64 for k, e in kv_base.items())):
         raise SerializationError(f"{where}: kv_base must map each key to [value (a string), last_updated_at_ms (an integer)]")
+    fields = doc.get("instance")
+    if fields is not None and not (isinstance(fields, dict) and all(
+            k in ("created_at", "custom_status_version", "order") and type(v) is int and 0 <= v < 2**63
+            for k, v in fields.items())):
+        raise SerializationError(f"{where}: instance must map created_at / custom_status_version / order to non-negative "
+                                 "integers")
+    queued = doc.get("queued")
+    if queued is not None:
+        if not isinstance(queued, list):
+            raise SerializationError(f"{where}: queued must be a list of work items")
+        for i, raw in enumerate(queued):
+            try:
+                item = from_dict(raw, "work")
+                _check_fields(item)
+            except SerializationError as exc:
+                raise SerializationError(f"{where}: queued item #{i}: {exc}") from exc
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise SerializationError(f"{where}: queued item #{i}: malformed record: {exc}") from exc
     if not doc["executions"]:
         raise SerializationError(f"{where}: instance {instance!r} has no executions")
     previous = 0
@@ -333,12 +414,40 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
         if provider.latest_execution_id(instance) is not None:
             raise InvalidInputError(f"instance {instance!r} already exists in the target; refusing to overwrite it")
     count = 0
-    for doc in docs:
+    # Oldest first, as they were created (an export directory lists them by file name): listings
+    # and trees keep their order.
+    for doc in sorted(docs, key=lambda d: ((d.get("instance") or {}).get("created_at", 0), (d.get("instance") or {}).get("order", 0))):
         executions = document_events(doc)
+        extra: dict[str, Any] = {}
         kv_base = document_kv_base(doc)
-        if kv_base is None:
-            restore(doc["instance_id"], sorted(executions.items()))
-        else:
-            restore(doc["instance_id"], sorted(executions.items()), kv_base=kv_base)
+        if kv_base is not None:
+            extra["kv_base"] = kv_base
+        fields = {k: v for k, v in (doc.get("instance") or {}).items() if k != "order"}
+        if fields:
+            extra["restored"] = fields
+        restore(doc["instance_id"], sorted(executions.items()), **extra)
+        _requeue(provider, doc)
         count += len(executions)
     return count
+
+
+def _requeue(provider: Any, doc: dict[str, Any]) -> None:
+    """Queue again the work the document carries (see :func:`queued_by_instance`): visible now,
+    a fired timer at its fire time, activities unlocked (with a fresh attempt count)."""
+    now = None
+    for raw in doc.get("queued") or ():
+        item = from_dict(raw, "work")
+        if isinstance(item, ActivityExecute):
+            provider.enqueue_for_worker(item)
+            continue
+        delay = None
+        if isinstance(item, TimerFiredMsg):
+            if now is None:
+                clock = getattr(provider, "clock", None)
+                if clock is None:
+                    from .realtime import SystemClock
+
+                    clock = SystemClock()
+                now = int(clock.now_ms())
+            delay = max(0, item.fire_at_ms - now)
+        provider.enqueue_for_orchestrator(item, delay)
