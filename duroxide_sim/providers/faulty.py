@@ -6,7 +6,8 @@ source), so the same seed always injects the same faults. Faults injected here:
 
 * ``transient``   - raise a retryable ``ProviderError`` *before* the operation runs;
 * ``commit_lost`` - run a write, then raise a retryable ``ProviderError`` as if it failed;
-* ``duplicate``   - after an activity ack commits, enqueue its completion a second time;
+* ``duplicate``   - after an activity ack commits, enqueue its completion a second time (every
+  other one ``delay_ms`` later, so it meets the original in history, not in the same batch);
 * ``delay``       - client messages (``enqueue_for_orchestrator``) become visible later.
 
 Everything else is passed through unchanged, including management operations and test hooks.
@@ -45,6 +46,7 @@ class FaultyProvider:
         self._decide = decide
         self._delay_ms = delay_ms
         self._on_fault = on_fault or (lambda kind, op: None)
+        self._duplicates = 0
         for op in FAULTABLE_OPERATIONS:
             setattr(self, op, self._wrap(op))
 
@@ -103,7 +105,11 @@ class FaultyProvider:
                 result = target(*args, **kwargs)
                 completion = args[1] if len(args) > 1 else kwargs.get("completion")
                 if completion is not None and fault("duplicate", op):
-                    self._inner.enqueue_for_orchestrator(completion)
+                    # Every other duplicate comes later (after the original's turn, as a
+                    # redelivery would): met by the history's completed ids, not only by the
+                    # batch's own dedup (always in the same batch, that half went untested).
+                    self._duplicates += 1
+                    self._inner.enqueue_for_orchestrator(completion, self._delay_ms if self._duplicates % 2 == 0 else None)
                 if fault("commit_lost", op):
                     raise lost()
                 return result

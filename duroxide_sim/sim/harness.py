@@ -635,7 +635,7 @@ class _Run:
     def _pick(self, items: list[Any]) -> int:
         """Index of the in-flight item to act on: oldest first unless the reorder fault fires."""
         if len(items) > 1 and "reorder" in self.active_kinds and self._fault("reorder", "schedule"):
-            return self._below(len(items))
+            return 1 + self._below(len(items) - 1)  # a fired reorder takes another than the oldest
         return 0
 
     def execute(self) -> SimResult:

@@ -193,8 +193,9 @@ def test_correct_work_beside_a_monitor_passes_every_fault_kind(provider: str) ->
             assert result.ok, [f.render() for f in result.failures]
             # the horizon cut the run: the monitor and the late instance are still running, the
             # jobs are done (their signals were all delivered within the hour)
-            assert result.statuses["late"].status == "Running"
-            assert result.statuses["monitor"].status == "Running"
+            for inst in ("late", "monitor"):  # (or poisoned, when heavy faults used up a delivery budget)
+                st = result.statuses[inst]
+                assert st.status == "Running" or (kind != "none" and str(st.error).startswith("poison:")), (inst, st)
             for i in range(3):  # done: completed, or poisoned when heavy faults used up its delivery budget
                 st = result.statuses[f"j{i}"]
                 assert st.status == "Completed" or (kind != "none" and str(st.error).startswith("poison:")), result.outputs()
