@@ -52,3 +52,43 @@ class SecondRuntime:
 
     def result(self, instance: str, timeout_ms: int = 10**12) -> Any:
         return self.client.wait_for_orchestration(instance, timeout_ms)
+
+
+class SqliteRig:
+    """Runtimes, providers and clients on one SQLite file, all shut down / closed at teardown
+    (bounded; a failure there is not the test's). ``make_options`` builds a runtime's default
+    options."""
+
+    def __init__(self, path: Any, make_options: Any = RuntimeOptions, shutdown_ms: int = 2_000) -> None:
+        self.path = path
+        self.make_options = make_options
+        self.shutdown_ms = shutdown_ms
+        self.providers: list[Any] = []
+        self.runtimes: list[Runtime] = []
+
+    def provider(self) -> Any:
+        from duroxide_sim import SqliteProvider
+
+        p = SqliteProvider.open(self.path)
+        self.providers.append(p)
+        return p
+
+    def runtime(self, options: RuntimeOptions | None = None, provider: Any = None) -> Runtime:
+        rt = Runtime(provider or self.provider(), options or self.make_options())
+        self.runtimes.append(rt)
+        return rt
+
+    def client(self) -> Client:
+        return Client(self.provider())
+
+    def close(self) -> None:
+        for rt in self.runtimes:
+            try:
+                rt.shutdown(self.shutdown_ms)
+            except Exception:  # noqa: BLE001 - teardown
+                pass
+        for p in self.providers:
+            try:
+                p.close()
+            except Exception:  # noqa: BLE001 - teardown
+                pass

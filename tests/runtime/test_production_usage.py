@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
-from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
+from duroxide_sim import Client, Runtime, RuntimeOptions
 from duroxide_sim.errors import ConfigurationError, ProviderError
+
+from ._helpers import SqliteRig
 
 
 def _opts(**kw: Any) -> RuntimeOptions:
@@ -34,37 +36,9 @@ def _opts(**kw: Any) -> RuntimeOptions:
     return RuntimeOptions(**base)
 
 
-class Rig:
-    """Runtimes and providers on one SQLite file; everything is shut down/closed at teardown."""
-
-    def __init__(self, path: Any) -> None:
-        self.path = path
-        self.providers: list[SqliteProvider] = []
-        self.runtimes: list[Runtime] = []
-
-    def provider(self) -> SqliteProvider:
-        p = SqliteProvider.open(self.path)
-        self.providers.append(p)
-        return p
-
-    def runtime(self, options: RuntimeOptions | None = None, provider: SqliteProvider | None = None) -> Runtime:
-        rt = Runtime(provider or self.provider(), options or _opts())
-        self.runtimes.append(rt)
-        return rt
-
-    def close(self) -> None:
-        for rt in self.runtimes:
-            try:
-                rt.shutdown(2_000)
-            except Exception:  # noqa: BLE001
-                pass
-        for p in self.providers:
-            p.close()
-
-
 @pytest.fixture
-def rig(tmp_path) -> Iterator[Rig]:
-    r = Rig(tmp_path / "probe.db")
+def rig(tmp_path) -> Iterator[SqliteRig]:
+    r = SqliteRig(tmp_path / "probe.db", _opts)
     yield r
     r.close()
 

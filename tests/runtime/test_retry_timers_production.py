@@ -41,12 +41,11 @@ from duroxide_sim import (
     RetryPolicy,
     Runtime,
     RuntimeOptions,
-    SqliteProvider,
     TagFilter,
     TaskFailedError,
 )
 
-from ._helpers import events_of
+from ._helpers import SqliteRig, events_of
 
 WAIT_MS = 15_000  # upper bound of every client wait (a hang fails the test, it does not block it)
 
@@ -62,43 +61,9 @@ def _opts(**kw: Any) -> RuntimeOptions:
     return RuntimeOptions(**base)
 
 
-class Rig:
-    """Runtimes and providers on one SQLite file; everything is shut down/closed at teardown."""
-
-    def __init__(self, path: Any) -> None:
-        self.path = path
-        self.providers: list[SqliteProvider] = []
-        self.runtimes: list[Runtime] = []
-
-    def provider(self) -> SqliteProvider:
-        p = SqliteProvider.open(self.path)
-        self.providers.append(p)
-        return p
-
-    def runtime(self, options: RuntimeOptions | None = None) -> Runtime:
-        rt = Runtime(self.provider(), options or _opts())
-        self.runtimes.append(rt)
-        return rt
-
-    def client(self) -> Client:
-        return Client(self.provider())
-
-    def close(self) -> None:
-        for rt in self.runtimes:
-            try:
-                rt.shutdown(2_000)
-            except Exception:  # noqa: BLE001
-                pass
-        for p in self.providers:
-            try:
-                p.close()
-            except Exception:  # noqa: BLE001
-                pass
-
-
 @pytest.fixture
-def rig(tmp_path) -> Iterator[Rig]:
-    r = Rig(tmp_path / "x.db")
+def rig(tmp_path) -> Iterator[SqliteRig]:
+    r = SqliteRig(tmp_path / "x.db", _opts)
     yield r
     r.close()
 

@@ -47,6 +47,8 @@ import pytest
 from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
 from duroxide_sim.errors import ConfigurationError
 
+from ._helpers import SqliteRig
+
 pytestmark = pytest.mark.realtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,40 +64,9 @@ def _opts(**kw: Any) -> RuntimeOptions:
     return RuntimeOptions(**base)
 
 
-class Rig:
-    """Providers and runtimes on one SQLite file; all shut down / closed at teardown (bounded)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.providers: list[SqliteProvider] = []
-        self.runtimes: list[Runtime] = []
-
-    def provider(self) -> SqliteProvider:
-        p = SqliteProvider.open(self.path)
-        self.providers.append(p)
-        return p
-
-    def runtime(self, options: RuntimeOptions | None = None, provider: SqliteProvider | None = None) -> Runtime:
-        rt = Runtime(provider or self.provider(), options or _opts())
-        self.runtimes.append(rt)
-        return rt
-
-    def close(self) -> None:
-        for rt in self.runtimes:
-            try:
-                rt.shutdown(1_000)
-            except Exception:  # noqa: BLE001
-                pass
-        for p in self.providers:
-            try:
-                p.close()
-            except Exception:  # noqa: BLE001
-                pass
-
-
 @pytest.fixture
 def rig(tmp_path):
-    r = Rig(tmp_path / "journeys.db")
+    r = SqliteRig(tmp_path / "journeys.db", _opts, shutdown_ms=1_000)
     yield r
     r.close()
 
