@@ -770,6 +770,13 @@ class InMemoryProvider:
                     count += 1
             return count
 
+    def session_locks(self) -> list[tuple[str, str, int, int]]:
+        """``(session_id, owner_id, locked_until, last_activity_at)`` of every session, in id
+        order: the simulator renews live owners' locks across a jump of virtual time, as their
+        maintenance threads would have (not a hot path)."""
+        with self._lock:
+            return [(sid, s.owner_id, s.locked_until, s.last_activity_at) for sid, s in sorted(self._sessions.items())]
+
     def cleanup_orphaned_sessions(self, idle_timeout_ms: int) -> int:
         """Delete expired sessions that have no queued rows; return how many."""
         with self._lock:

@@ -1610,6 +1610,13 @@ class SqliteProvider(SqliteAdminMixin):
             db.execute("UPDATE worker_queue SET lock_token = NULL, locked_until = NULL, attempt_count = ?, "
                        "visible_at = ? WHERE id = ?", (attempts, visible_at, rid))
 
+    def session_locks(self) -> list[tuple[str, str, int, int]]:
+        """``(session_id, owner_id, locked_until, last_activity_at)`` of every session, in id
+        order (see InMemoryProvider.session_locks; for the simulator, not a hot path)."""
+        with self._tx("session_locks", write=False) as db:
+            return [tuple(r) for r in db.execute(  # type: ignore[misc]
+                "SELECT session_id, worker_id, locked_until, last_activity_at FROM sessions ORDER BY session_id")]
+
     def renew_session_lock(self, owner_ids: Sequence[str], extend_ms: int, idle_timeout_ms: int) -> int:
         """Extend the live, non-idle sessions owned by ``owner_ids``; return how many."""
         owners = list(dict.fromkeys(owner_ids))

@@ -665,7 +665,7 @@ class _Run:
                     break
                 if nxt > horizon:
                     break
-                self.clock.advance_to(nxt)
+                self._advance_renewing_sessions(nxt)
                 self._wake_all()
                 continue
             self.step += 1
@@ -696,6 +696,31 @@ class _Run:
             self.check_invariants()
         self._log("end", quiescent=quiescent, steps=self.step)
         return self._result(quiescent)
+
+    def _advance_renewing_sessions(self, target: int) -> None:
+        """Move virtual time to ``target`` as a live runtime's maintenance thread would see it:
+        it renews the session locks its worker owns (while they are not idle) about every
+        second, so a quiet stretch - a timer between two session activities - does not hand a
+        live owner's session to another node. Each lock is renewed just before it would lapse
+        (the same state as renewing every second); sessions that are idle by then, or owned by
+        a crashed process, lapse. Runs without sessions advance in one step, as before."""
+        locks = getattr(self.inner, "session_locks", None)
+        while locks is not None:
+            owners = {n.runtime.worker_dispatcher.owner_id: n for n in self.nodes if n.alive}
+            idle_ms = self.options.session_idle_timeout_ms
+            now = self.clock.now_ms()
+            due = [until - 1 for _sid, owner, until, last in locks()
+                   if owner in owners and now < until - 1 and until <= target and last > until - 1 - idle_ms]
+            if not due:
+                break
+            self.clock.advance_to(min(due))
+            for node in owners.values():  # (dict of alive nodes, in node order)
+                try:
+                    node.runtime._maintenance()
+                except ProviderError as exc:
+                    self._log("provider_error", action="session_renewal", error=str(exc))
+            self._log("session_renewal", nodes=[n.name for n in owners.values()])
+        self.clock.advance_to(target)
 
     def _maybe_process_faults(self) -> bool:
         """Step-boundary faults: a process crash, or time jumping past lock timeouts."""
