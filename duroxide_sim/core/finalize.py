@@ -44,7 +44,7 @@ from .events import (
     TimerFiredMsg,
     WorkItem,
 )
-from .nondeterminism import _Divergence, nondeterminism_message
+from .nondeterminism import _Divergence, describe_event, nondeterminism_message
 from .turn import LIMITS, TurnInput, TurnResult, child_instance_id
 
 __all__ = ["poison_turn"]
@@ -101,11 +101,20 @@ def _reconcile_dropped(
             b = persisted_dropped.get(cls, set())
             c = {s.event_id for s in engine.dropped if s.kind == kind and s.event_id in persisted_ids}
             if b and not b <= c:
+                # Name the first one the code no longer drops: its schedule and where the code
+                # asked for it (the slot's yield site, when this replay bound it).
+                first = min(b - c)
+                schedule = next((e for e in history if e.event_id == first), None)
+                slot = engine.by_id.get(first)
                 raise _Divergence(
                     nondeterminism_message(
                         f"cancellation mismatch ({labels[kind]}): history dropped {sorted(b)}, code dropped {sorted(c)}",
                         instance=engine.instance,
                         execution_id=engine.execution_id,
+                        event_id=first,
+                        expected=None if schedule is None else describe_event(schedule),
+                        actual="no drop (the code still waits for it)" if slot is not None else None,
+                        site=getattr(slot, "site", None),
                     )
                 )
     for slot in engine.dropped:
@@ -204,7 +213,9 @@ def _finish(
                 orch.append(orch_or_work)
         dropped_side_effects(True)
     elif kind in ("completed", "failed"):
-        detached = [ev for ev in delta if isinstance(ev, OrchestrationChained)]
+        # (a turn whose code diverged from its history - ran_code False - dispatches nothing, not
+        # even the detached starts its wrong code asked for before the divergence was found)
+        detached = [ev for ev in delta if isinstance(ev, OrchestrationChained)] if ran_code else []
         dropped_side_effects(False)
         orch.extend(_dispatch(ev, inst, exe, started, engine.requested_versions) for ev in detached)  # type: ignore[misc]
         sub_breadcrumbs()

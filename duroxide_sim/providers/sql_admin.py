@@ -205,9 +205,12 @@ class SqlAdminMixin:
     def _delete_ids(self, db: Any, ids: list[str]) -> DeleteInstanceResult:
         instances = executions = events = messages = 0
         forget = getattr(self, "_forget_history", None)  # SQLite's decoded-history cache
+        retire = getattr(self, "_retire_seq", None)  # SQLite: a deleted instance's created_seq is not reused
         for instance in ids:
             if forget is not None:
                 forget(instance)  # a cache only: dropping it early is harmless if the delete rolls back
+            if retire is not None:
+                retire(db, instance)
             executions += self._x(db, "SELECT COUNT(*) FROM executions WHERE instance_id = ?", (instance,)).fetchone()[0]
             events += self._x(db, "DELETE FROM history WHERE instance_id = ?", (instance,)).rowcount
             self._x(db, "DELETE FROM executions WHERE instance_id = ?", (instance,))

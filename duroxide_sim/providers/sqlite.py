@@ -255,6 +255,29 @@ def _mapped(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
     return err
 
 
+
+class _ReadGuard:
+    """A file provider's read: marks the thread busy (see SqliteProvider.close) and, when the
+    provider was closed meanwhile, closes the thread's own connection at the end."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, provider: "SqliteProvider") -> None:
+        self._p = provider
+
+    def __enter__(self) -> None:
+        self._p._busy.add(threading.get_ident())
+
+    def __exit__(self, *exc: object) -> None:
+        p = self._p
+        p._busy.discard(threading.get_ident())
+        if p._closed:
+            conn = getattr(p._local, "conn", None)
+            if conn is not None:
+                p._local.conn = None
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
 class SqliteProvider(SqliteAdminMixin):
     """Provider + ManagementProvider backed by SQLite. See the module docstring.
 
@@ -289,7 +312,12 @@ class SqliteProvider(SqliteAdminMixin):
         self._hcache_lock = threading.RLock()
         # lock token -> (execution id, pin, kv_delta rows?) as its fetch read them (writer only)
         self._known_pins: dict[str, tuple[int, tuple[int, int, int] | None, bool]] = {}
-        self._read_guard: Any = self._write_guard if memory else contextlib.nullcontext()
+        # File: a read marks its thread busy, so close() never closes a connection that another
+        # thread is using (closing one mid-statement crashed the process); that thread closes
+        # its own when its read ends.
+        self._busy: set[int] = set()  # thread idents reading now; membership only
+        self._read_guard: Any = self._write_guard if memory else _ReadGuard(self)
+        self._pid = os.getpid()
         self._orphan_sweep_at: int | None = None  # clock time of the next orphan expiry (writer only)
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ProviderError(f"SqliteProvider needs SQLite >= {'.'.join(map(str, _MIN_SQLITE))}, "
@@ -519,9 +547,16 @@ class SqliteProvider(SqliteAdminMixin):
             self._conns = alive
         self._local.conn = conn
 
+    def _forked(self, op: str) -> ProviderError:
+        return ProviderError(f"{op}: this SqliteProvider ({self._where}) was opened in process {self._pid}, not in this "
+                             "forked child: its connections and locks belong to the parent; open a new SqliteProvider "
+                             "(and Client) in the child", operation=op, retryable=False)
+
     def _conn(self, op: str, write: bool = False) -> sqlite3.Connection:
         if self._closed:
             raise ProviderError(f"{op}: SqliteProvider {self._where} is closed", operation=op)
+        if os.getpid() != self._pid:
+            raise self._forked(op)
         if self._memory or write:
             return self._shared  # callers hold _write_guard
         conn = getattr(self._local, "conn", None)
@@ -563,6 +598,8 @@ class SqliteProvider(SqliteAdminMixin):
     def _tx(self, op: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction: BEGIN IMMEDIATE for writes, deferred for reads; COMMIT on success,
         ROLLBACK on any error (sqlite3 errors re-raised as ProviderError)."""
+        if write and os.getpid() != self._pid:  # (before the write guard: a fork may have copied it held)
+            raise self._forked(op)
         with self._write_guard if write else self._read_guard:
             conn = self._conn(op, write)
             try:
@@ -697,14 +734,18 @@ class SqliteProvider(SqliteAdminMixin):
                          ProviderError(f"{req.op}: group commit failed: {exc!r}", operation=req.op))
 
     def close(self) -> None:
-        """Close every connection. In-memory data is gone afterwards; further calls fail."""
+        """Close every connection. In-memory data is gone afterwards; further calls fail. A
+        thread reading right now keeps its connection until its read ends (it closes it then)."""
         self._closed = True
         shared = getattr(self, "_shared", None)
         if shared is not None:
             with self._write_guard, contextlib.suppress(sqlite3.Error):
                 shared.close()
         with self._conns_lock:
-            for _, conn in self._conns:
+            for ref, conn in self._conns:
+                thread = ref()
+                if thread is not None and thread.ident in self._busy:
+                    continue
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._conns = []
@@ -814,6 +855,14 @@ class SqliteProvider(SqliteAdminMixin):
                 while len(self._hcache) > _HISTORY_CACHE_SIZE:
                     self._hcache.popitem(last=False)
             return HistoryView(events)
+
+    def _retire_seq(self, db: sqlite3.Connection, instance: str) -> None:
+        """Before deleting an instance: remember its ``created_seq`` so no later instance gets it
+        again (a recreated id took the deleted one's number, and with it the deleted history a
+        concurrent reader had put back in the cache)."""
+        db.execute("INSERT INTO provider_meta (key, value) SELECT 'created_seq_retired', created_seq FROM instances "
+                   "WHERE instance_id = ? AND created_seq IS NOT NULL "
+                   "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)", (instance,))
 
     def _forget_history(self, instance: str) -> None:
         """Drop the decoded history of an instance that reached a terminal state: it is read
@@ -1392,7 +1441,8 @@ class SqliteProvider(SqliteAdminMixin):
             db.execute(
                 "INSERT INTO instances (instance_id, orchestration_name, orchestration_version, current_execution_id, "
                 "created_at, updated_at, parent_instance_id, created_seq) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                "(SELECT COALESCE(MAX(created_seq), 0) + 1 FROM instances))",
+                "(SELECT MAX(COALESCE(MAX(created_seq), 0), COALESCE((SELECT value FROM provider_meta "
+                "WHERE key = 'created_seq_retired'), 0)) + 1 FROM instances))",
                 (instance, md.orchestration_name, md.orchestration_version, execution_id, now, now,
                  md.parent_instance_id))  # the parent link is immutable once created
         return True

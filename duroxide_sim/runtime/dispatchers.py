@@ -411,6 +411,12 @@ class OrchestrationDispatcher:
         elif result.kind in ("failed", "cancelled"):
             m.inc("orch_failures")
             category = getattr(result.error, "category", "application")
+            if category == "configuration":
+                # Nondeterminism and the like: the code, not the work, is wrong - logged once (the
+                # failing turn), with the instance, as duroxide-python logs "Orchestration failed".
+                instance = result.delta[0].instance_id if result.delta else ""
+                emit(_log, logging.ERROR, "orchestration %r failed: %s", instance, result.error.display_message(),
+                     extra={"instance_id": instance})
             m.inc({"configuration": "orch_configuration_errors", "infrastructure": "orch_infrastructure_errors",
                    "poison": "orch_poison"}.get(category, "orch_application_errors"))
         elif result.kind == "continued_as_new":

@@ -826,8 +826,11 @@ def _search(spec: SimSpec, examples: int = 150, **kw: Any):
 @pytest.mark.parametrize("bug", HYPOTHESIS_BUGS, ids=[b.name for b in HYPOTHESIS_BUGS])
 def test_simulation_test_finds_the_bug_with_a_minimal_plan_that_reproduces_when_pasted(bug: Bug, tmp_path) -> None:
     spec = SPECS[bug.name]
+    # A bug that needs two faults together takes a longer search, and how much longer depends on
+    # the Hypothesis version (6.155 found DOUBLE_REFUND within 150 examples, 6.170 needed ~300).
+    examples = 600 if bug.name == "DOUBLE_REFUND" else 150
     with pytest.raises(AssertionError) as err:
-        _search(spec)()
+        _search(spec, examples)()
     report = str(err.value)
     assert headers(report) and checker_of(headers(report)[0]) in bug.checkers, report
     ref, seed, plan, kw = parse_repro(repro_lines(report)[0])
