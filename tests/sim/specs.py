@@ -184,7 +184,10 @@ STUCK_CHILD = SimSpec(
 # --- user invariant: money charged iff shipped or refunded --------------------------------------
 
 
-def _saga_setup(rt, world):
+def _saga_setup(rt, world, *, skip_even_compensation: bool = True):
+    """The order saga; with ``skip_even_compensation`` (the planted bug) even orders are not
+    refunded when shipping fails. ``saga_fixed_setup`` is the corrected twin."""
+
     @rt.register_activity("Saga::activity::charge")
     def charge(ctx, oid):
         world.put_if_absent(f"charged:{oid}", True)
@@ -208,11 +211,16 @@ def _saga_setup(rt, world):
         try:
             yield ctx.schedule_activity("Saga::activity::ship", oid)
         except Exception:  # noqa: BLE001
-            if oid % 2 == 0:  # BUG: the compensation is skipped for even orders
+            if skip_even_compensation and oid % 2 == 0:  # BUG: the compensation is skipped for even orders
                 return "failed"
             yield ctx.schedule_activity("Saga::activity::refund", oid)
             return "refunded"
         return "shipped"
+
+
+def saga_fixed_setup(rt, world):
+    """The order saga that always compensates."""
+    _saga_setup(rt, world, skip_even_compensation=False)
 
 
 def money_charged_iff_shipped_or_refunded(result):

@@ -466,33 +466,7 @@ SPIN_OK = SimSpec(name="audit-spin-ok", setup=lambda rt, w: _spin_setup(rt, w, p
 # --- invariants: the saga (specs.SAGA_SKIPPED_COMPENSATION) vs the fixed saga; a raising one ---
 
 
-def _saga_fixed_setup(rt, world):
-    @rt.register_activity("Saga::activity::charge")
-    def charge(ctx, oid):
-        world.put_if_absent(f"charged:{oid}", True)
-        return True
-
-    @rt.register_activity("Saga::activity::ship")
-    def ship(ctx, oid):
-        if oid % 3 == 0:
-            raise RuntimeError("warehouse refused")
-        world.put_if_absent(f"shipped:{oid}", True)
-        return True
-
-    @rt.register_activity("Saga::activity::refund")
-    def refund(ctx, oid):
-        world.put_if_absent(f"refunded:{oid}", True)
-        return True
-
-    @rt.register_orchestration("Saga::orchestration::order")
-    def order(ctx, oid):
-        yield ctx.schedule_activity("Saga::activity::charge", oid)
-        try:
-            yield ctx.schedule_activity("Saga::activity::ship", oid)
-        except Exception:  # noqa: BLE001
-            yield ctx.schedule_activity("Saga::activity::refund", oid)  # always compensates
-            return "refunded"
-        return "shipped"
+_saga_fixed_setup = specs.saga_fixed_setup  # the corrected twin of specs.SAGA_SKIPPED_COMPENSATION
 
 
 SAGA_FIXED = SimSpec(name="audit-saga-fixed", setup=_saga_fixed_setup, ref=f"{REF}:SAGA_FIXED",
