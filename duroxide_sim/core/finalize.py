@@ -143,16 +143,32 @@ def _finish(
     *,
     ran_code: bool,
 ) -> TurnResult:
-    kind, value = outcome
     # The turn's code has run. Until the engine's next turn (begin_turn), or for good if it is
     # dropped, it runs no live code: a suspended generator that the garbage collector closes
     # later (a dropped engine: no cache, eviction, a from-scratch check, continue-as-new) runs
     # its `finally:` blocks as replay (no logs; ctx.is_replaying() is True), not as live code.
     engine.is_replaying = True
-    if kind == "continue":
+    if outcome[0] == "continue":
         fast = _finish_continue(engine, history, delta, base, ran_code=ran_code)
         if fast is not None:
             return fast
+    return _finish_general(engine, history, delta, add, outcome, base, ran_code=ran_code)
+
+
+def _finish_general(
+    engine: _Engine,
+    history: list[HistoryEvent],
+    delta: list[HistoryEvent],
+    add: Any,
+    outcome: tuple[str, Any],
+    base: dict[str, Any],
+    *,
+    ran_code: bool,
+) -> TurnResult:
+    """Every other turn: terminal, continue-as-new, cancelled, or a waiting turn with dropped
+    futures' side effects or a limit violation. (Apart from :func:`_finish` so the common turn
+    does not pay for this function's closures.)"""
+    kind, value = outcome
     inst, exe = engine.instance, engine.execution_id
     started = (history or delta)[0]
     assert isinstance(started, OrchestrationStarted)

@@ -34,7 +34,10 @@ LIMITS = {
 
 
 
-@attrs.frozen(kw_only=True)
+# TurnInput and TurnResult are built once per turn on the hot path: plain slotted records (a
+# frozen attrs class sets every field through object.__setattr__, twice the cost). Nothing
+# mutates them after construction.
+@attrs.define(kw_only=True)
 class TurnInput:
     """Everything a turn needs, as data."""
 
@@ -48,7 +51,7 @@ class TurnInput:
     kv_snapshot: Mapping[str, tuple[str, int]] = attrs.field(factory=dict)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class TurnResult:
     """What to commit. ``kind``: continue | completed | failed | continued_as_new | cancelled |
     noop (ack, change nothing) | unregistered (abandon with back-off, nothing executed)."""

@@ -49,6 +49,8 @@ __all__ = ["InMemoryProvider"]
 
 _log = logging.getLogger(__name__)
 _TERMINAL = ("Completed", "Failed", "ContinuedAsNew")
+#: Events an ack applies beyond appending them (event classes are final: exact types).
+_STATUS_OR_KV = frozenset((CustomStatusUpdated, KeyValueSet, KeyValueCleared, KeyValuesCleared))
 _DEFAULT_BULK_LIMIT = 1000  # SPEC §14: default limit of the bulk delete/prune filters
 _INF = math.inf
 
@@ -551,7 +553,7 @@ class InMemoryProvider:
             instance=instance, orchestration_name=name, execution_id=execution_id, version=version,
             history=() if error is not None else history, messages=tuple(r.item for r in batch), lock_token=token,
             attempt_count=attempts, history_error=error,
-            kv_snapshot=dict(self._kv_store.get(instance, {})),
+            kv_snapshot=dict(store) if (store := self._kv_store.get(instance)) else {},
         )
 
     def ack_orchestration_item(
@@ -570,7 +572,10 @@ class InMemoryProvider:
         malformed input); in every error case nothing changes and a held lock stays held.
         """
         op = "ack_orchestration_item"
-        delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
+        # (copied: a caller's list must not change under the checks; tuples are kept as they are)
+        delta = history_delta if type(history_delta) is tuple else list(history_delta)
+        workers = worker_items if type(worker_items) is tuple else list(worker_items)
+        orchs = orchestrator_items if type(orchestrator_items) is tuple else list(orchestrator_items)
         with self._lock:
             now = self._now()
             instance = self._held_orch_lock(lock_token, now, op)
@@ -608,11 +613,12 @@ class InMemoryProvider:
                 row.updated_at = now
             if metadata.status is not None:
                 execution.status, execution.output, execution.completed_at = metadata.status, metadata.output, now
-            statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
-            if statuses and row is not None:  # the last one wins; one version bump per ack
-                row.custom_status = statuses[-1].status
-                row.custom_status_version += 1
-            self._apply_kv(instance, delta)
+            if any(type(e) in _STATUS_OR_KV for e in delta):  # (most turns carry neither)
+                statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
+                if statuses and row is not None:  # the last one wins; one version bump per ack
+                    row.custom_status = statuses[-1].status
+                    row.custom_status_version += 1
+                self._apply_kv(instance, delta)
             if metadata.status in _TERMINAL:
                 self._merge_kv(instance)
             for item in workers:

@@ -222,7 +222,7 @@ class OrchestrationDispatcher:
             history=item.history,
             messages=item.messages,
             now_ms=self.s.clock.now_ms(),
-            kv_snapshot={k: (e.value, e.last_updated_at_ms) for k, e in item.kv_snapshot.items()},
+            kv_snapshot={k: (e.value, e.last_updated_at_ms) for k, e in item.kv_snapshot.items()} if item.kv_snapshot else {},
         )
 
     def process(self, item: OrchestrationItem, carry: dict | None = None) -> TurnResult | None:
