@@ -221,7 +221,9 @@ def check_text(text: str, what: str) -> str:
                 "(e.g. text.encode('utf-8', 'backslashreplace').decode())",
                 what=what,
             ) from None
-    return text
+    # A str subclass (a StrEnum member) is stored as plain text: the in-memory provider kept the
+    # caller's object, so reads differed from SQLite's (and the reference's) plain str.
+    return text if type(text) is str else str.__str__(text)
 
 
 def check_size(text: str, what: str) -> str:

@@ -602,7 +602,10 @@ class OrchestrationContext:
         return ActivityTask(SYSCALL_UTC_NOW, "", post="int")
 
     def get_kv_value_from_instance(self, instance_id: str, key: str) -> ActivityTask:
-        _name(key, "KV key")
+        # (checked here, where the code can catch it: a bad id used to reach the worker's
+        # syscall, which crashed there and left the orchestration waiting for its lock)
+        instance_id = _instance_id(instance_id)
+        key = _name(key, "KV key")
         payload = codec.encode({"instance_id": instance_id, "key": key})
         return ActivityTask(SYSCALL_GET_KV, payload, post="kv")
 
@@ -668,7 +671,7 @@ class OrchestrationContext:
     # --- key/value store (SPEC §13) --------------------------------------------------------
 
     def set_kv_value(self, key: str, value: Any) -> None:
-        _name(key, "KV key")
+        key = _name(key, "KV key")
         what = f"KV value for {key!r}"
         text = codec.check_text(value, what) if isinstance(value, str) else codec.encode(value, what)
         ts = self._engine.ctx_now()
@@ -699,6 +702,8 @@ class OrchestrationContext:
         self._engine.emit_plain(ClearKeyValues(), _caller_site())
 
     def prune_kv_values_updated_before(self, cutoff_ms: int) -> int:
+        if type(cutoff_ms) is not int:  # (bool is refused too; the peer: "cannot be interpreted as an integer")
+            raise TypeError(f"cutoff_ms must be an integer (ms since the epoch), got {type(cutoff_ms).__name__}")
         stale = [k for k, (_, ts) in self._engine.kv.items() if ts < cutoff_ms]
         for key in stale:
             self._engine.kv.pop(key)
@@ -752,7 +757,7 @@ def _name(value: Any, what: str) -> str:
     if "\x00" in value or (not value.isascii() and text_problem(value) is not None):
         # (every provider must store it: PostgreSQL text holds no NUL, no driver a lone surrogate)
         raise TypeError(f"{what} name must be valid Unicode without NUL characters, got {value!r}")
-    return value
+    return value if type(value) is str else str.__str__(value)  # (a StrEnum member is stored as its text)
 
 
 #: The longest session id: every provider keys a sessions table by it (PostgreSQL's btree rows end

@@ -389,11 +389,13 @@ def _carry_forward(engine: _Engine, events: list[HistoryEvent]) -> list[tuple[st
 
 
 def _check_limits(engine: _Engine | None, delta: list[HistoryEvent]) -> str | None:
+    # The last status the turn set (a reset after it does not make an oversized value
+    # acceptable: the reference checks what was set, as it fails such a turn)
     last_status = None
     for ev in delta:
-        if type(ev) is CustomStatusUpdated:
+        if type(ev) is CustomStatusUpdated and ev.status is not None:
             last_status = ev
-    if last_status is not None and last_status.status is not None:
+    if last_status is not None:
         n = len(last_status.status.encode("utf-8"))
         if n > LIMITS["custom_status_bytes"]:
             return f"Custom status size ({n} bytes) exceeds limit ({LIMITS['custom_status_bytes']} bytes)"

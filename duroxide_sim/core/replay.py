@@ -274,9 +274,15 @@ def execute_turn(
     rest: list[WorkItem] = []
     for msg in inp.messages:
         if isinstance(msg, (StartOrchestration, ContinueAsNew)):
-            if start is None:
+            # One start item per batch; later ones are ignored (SPEC §3.2) - except that a
+            # ContinueAsNew beats a StartOrchestration queued before it: that is a duplicate
+            # start of the existing instance (a client's "ensure started" retry, a detached
+            # start onto an actor) which arrived while the continue-as-new turn held the lock.
+            # Taking it as the batch's start dropped the ContinueAsNew and stranded the
+            # instance between executions (the reference ignores the duplicate start).
+            if start is None or (type(msg) is ContinueAsNew and type(start) is StartOrchestration):
                 start = msg
-            continue  # later start items are ignored (SPEC §3.2)
+            continue
         rest.append(msg)
 
     # A history the cache vouches for was produced by a committed non-terminal turn of ours, so

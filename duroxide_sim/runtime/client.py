@@ -108,6 +108,9 @@ def _check_record(value: Any, cls: type, what: str) -> Any:
 def _check_key(key: Any) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidInputError(f"KV key must be a non-empty string, got {key!r}"[:200])
+    problem = text_problem(key)  # (no store holds a NUL or a lone surrogate: SQLite raised UnicodeEncodeError)
+    if problem is not None:
+        raise InvalidInputError(f"KV key {problem}, got {key!r}"[:200])
     return key
 
 

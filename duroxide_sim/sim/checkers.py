@@ -26,6 +26,7 @@ import json
 import re
 import traceback
 from collections import OrderedDict
+from collections.abc import Sequence
 from itertools import compress
 from typing import Any
 
@@ -193,7 +194,8 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
                     fail("liveness", "continued-as-new but the next execution never started", inst)
             continue
         if result.settled(inst):
-            for name in _waits_on_a_dropped_event(events):
+            earlier = [executions[e] for e in sorted(executions) if e < max(executions)]
+            for name in _waits_on_a_dropped_event(events, earlier):
                 fail("liveness", f"waits for event {name!r}, which was raised before it subscribed and so was "
                      "dropped (positional events reach only subscriptions that exist; SPEC §6.1): the sender "
                      "raced the subscription", inst, _step_of(result, inst))
@@ -305,16 +307,9 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
     return fails
 
 
-def _waits_on_a_dropped_event(events: list[HistoryEvent]) -> list[str]:
-    """Event names the execution still waits for although an event of that name was dropped.
-
-    Pairs subscriptions and arrivals per name as SPEC §6.1 does: an arrival is delivered only if,
-    at its place in history, the name's active (not cancelled) subscriptions outnumber the
-    arrivals delivered so far; otherwise it is dropped (kept for audit only). Cancelled
-    subscriptions consume nothing. A name is reported when some active subscription is still
-    unresolved and a dropped arrival is not a repeat of one delivered (same data: a client that
-    retried a raise whose commit was lost sends it twice - at-least-once - and the repeat being
-    dropped is harmless)."""
+def _pair_positional(events: list[HistoryEvent]) -> tuple[dict[str, int], dict[str, list[str]], dict[str, list[str]]]:
+    """One execution's positional events paired as SPEC §6.1 pairs them: (active subscriptions,
+    delivered arrivals, dropped arrivals) by name."""
     active: dict[str, int] = {}
     subscribed: dict[int, str] = {}
     delivered: dict[str, list[str]] = {}
@@ -332,9 +327,38 @@ def _waits_on_a_dropped_event(events: list[HistoryEvent]) -> list[str]:
                 got.append(e.data)
             else:
                 dropped.setdefault(e.name, []).append(e.data)
-    return [name for name, lost in dropped.items()
+    return active, delivered, dropped
+
+
+def _waits_on_a_dropped_event(events: list[HistoryEvent], earlier: Sequence[list[HistoryEvent]] = ()) -> list[str]:
+    """Event names the execution still waits for although an event of that name was dropped.
+
+    Pairs subscriptions and arrivals per name as SPEC §6.1 does: an arrival is delivered only if,
+    at its place in history, the name's active (not cancelled) subscriptions outnumber the
+    arrivals delivered so far; otherwise it is dropped (kept for audit only). Cancelled
+    subscriptions consume nothing. A name is reported when some active subscription is still
+    unresolved and a dropped arrival is not a repeat of one delivered (same data: a client that
+    retried a raise whose commit was lost sends it twice - at-least-once - and the repeat being
+    dropped is harmless).
+
+    ``earlier``: the instance's earlier executions (oldest first). An event dropped by one of
+    them - raised before a continue-as-new, to an execution that did not wait for it - is as
+    lost for the execution that waits for it now (positional events are not carried forward);
+    repeats are judged against what any execution received."""
+    active, delivered, dropped = _pair_positional(events)
+    lost_by_name: dict[str, list[str]] = {}
+    received: dict[str, list[str]] = {name: list(got) for name, got in delivered.items()}
+    for older in earlier:
+        _, got_then, dropped_then = _pair_positional(older)
+        for name, data in got_then.items():
+            received.setdefault(name, []).extend(data)
+        for name, data in dropped_then.items():
+            lost_by_name.setdefault(name, []).extend(data)
+    for name, data in dropped.items():
+        lost_by_name.setdefault(name, []).extend(data)
+    return [name for name, lost in lost_by_name.items()
             if active.get(name, 0) > len(delivered.get(name, ()))
-            and any(d not in delivered.get(name, ()) for d in lost)]
+            and any(d not in received.get(name, ()) for d in lost)]
 
 
 _ATTEMPTS = re.compile(r"exceeded \d+ attempts")
