@@ -22,6 +22,8 @@ from .events import (
     ContinueAsNew,
     CustomStatusUpdated,
     ErrorDetails,
+    ExternalEvent,
+    ExternalSubscribed,
     ExternalSubscribedCancelled,
     HistoryEvent,
     KeyValueSet,
@@ -32,6 +34,7 @@ from .events import (
     OrchestrationStarted,
     PoisonError,
     QueueEventDelivered,
+    QueueSubscribed,
     QueueSubscriptionCancelled,
     StartOrchestration,
     SubOrchCompletedMsg,
@@ -133,6 +136,106 @@ def _open_schedules(events: list[HistoryEvent], cls: type, done_types: tuple[typ
     return [e for e in events if isinstance(e, cls) and e.event_id not in closed]
 
 
+#: Subscription event -> its cancel breadcrumb, and slot kind -> the same breadcrumb.
+_SUB_CRUMB: dict[type, type] = {ExternalSubscribed: ExternalSubscribedCancelled, QueueSubscribed: QueueSubscriptionCancelled}
+_SLOT_CRUMB: dict[str, type] = {"wait": ExternalSubscribedCancelled, "queue": QueueSubscriptionCancelled}
+
+
+def _closing_subscriptions(
+    engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], *, ran_code: bool
+) -> list[tuple[type, int]]:
+    """SPEC §3.9: the subscriptions a turn that ends the execution closes, as (breadcrumb type,
+    subscription id) in subscription id order: every positional and queue subscription still
+    open - not resolved by an arrival, not cancelled by a breadcrumb.
+
+    An engine that ran the code over every event (``ran_code`` and nothing left unwalked) has
+    bound every subscription of the execution to a slot (a warm or caught-up engine in earlier
+    turns, a cold one now), and its slots say what the code saw: they are the answer. Otherwise
+    the slots do not cover the history - the code diverged from it (``ran_code`` False: the
+    walk stopped at the divergence, or never ran), or it returned before the walk reached the
+    end (``engine.unwalked`` events left: changed code that returns or raises earlier), so
+    subscriptions recorded after that point were never bound, and arrivals there never applied
+    - and the open ones are read from the events themselves (:func:`_open_subscriptions`). With
+    ``ran_code``, a subscription the code resolved or dropped stays closed."""
+    if ran_code:
+        bound = [
+            (_SLOT_CRUMB[slot.kind], slot.event_id)
+            for slot in engine.by_id.values()
+            if (slot.kind == "wait" or slot.kind == "queue") and not slot.done and not slot.cancelled
+        ]
+        unwalked = engine.unwalked
+        if not unwalked:
+            return bound  # type: ignore[return-value]
+        # The unwalked events are the end of the walk (history, then this turn's new events); a
+        # subscription the code did not bind can only be among them. Without one, and without an
+        # open slot that an unwalked arrival might have resolved, the slots are still the answer.
+        by_id = engine.by_id
+        tail = history[max(0, len(history) - unwalked):]
+        if not bound and not any(
+            type(e) in _SUB_CRUMB and e.event_id not in by_id for events in (tail, delta) for e in events
+        ):
+            return bound  # type: ignore[return-value]
+    found = _open_subscriptions([*history, *delta])
+    if not ran_code:
+        return found
+    closed = [
+        slot.event_id for slot in engine.by_id.values()
+        if (slot.kind == "wait" or slot.kind == "queue") and (slot.done or slot.cancelled)
+    ]
+    if not closed:
+        return found
+    skip = set(closed)
+    return [(cls, sid) for cls, sid in found if sid not in skip]
+
+
+def _open_subscriptions(events: list[HistoryEvent]) -> list[tuple[type, int]]:
+    """The subscriptions ``events`` (one execution's, in order) leave open, as (breadcrumb type,
+    subscription id) in subscription id order, paired from the events alone.
+
+    Positional (SPEC §6.1): an arrival joins its name's arrival list only if the name's active
+    subscriptions created before it outnumber the arrivals joined so far (else it is audit-only);
+    active subscriptions pair with joined arrivals in creation order, so one is resolved when
+    its arrival exists. Queues (SPEC §6.2): every arrival is buffered; a subscription's arrival
+    index is the number of active same-name subscriptions created before it, and it is resolved
+    once that arrival exists. A subscription with a breadcrumb of its kind is cancelled: not
+    active, consumes nothing, not open.
+
+    Active means never cancelled, for arrivals before the breadcrumb too. That is how the walk
+    pairs them (SPEC §3.4): the code drops a subscription during the turn that records the
+    breadcrumb, before the arrivals of that turn that come after the drop are applied, while
+    the breadcrumb is written at the end of the turn. (A subscription that is active when an
+    arrival that could reach it is applied takes that arrival, or an earlier subscription
+    does, so it is never dropped afterwards: counting a later-cancelled subscription as
+    cancelled all along gives the walk's pairing.)"""
+    crumbs: set[tuple[type, int]] = set()  # (breadcrumb type, subscription id)
+    for e in events:
+        t = type(e)
+        if t is ExternalSubscribedCancelled or t is QueueSubscriptionCancelled:
+            crumbs.add((t, e.source_event_id))  # type: ignore[attr-defined]
+    subs: list[tuple[type, int, tuple[type, str], int]] = []  # active: (crumb type, id, key, index)
+    active: dict[tuple[type, str], int] = {}  # (crumb type, name) -> active subscriptions so far
+    arrivals: dict[tuple[type, str], int] = {}  # joined (positional) / buffered (queue) arrivals
+    for e in events:
+        t = type(e)
+        if t is ExternalSubscribed or t is QueueSubscribed:
+            cls = _SUB_CRUMB[t]
+            if (cls, e.event_id) in crumbs:
+                continue  # cancelled
+            key = (cls, e.name)  # type: ignore[attr-defined]
+            n = active.get(key, 0)
+            active[key] = n + 1
+            subs.append((cls, e.event_id, key, n))
+        elif t is ExternalEvent:
+            key = (ExternalSubscribedCancelled, e.name)  # type: ignore[attr-defined]
+            joined = arrivals.get(key, 0)
+            if active.get(key, 0) > joined:
+                arrivals[key] = joined + 1
+        elif t is QueueEventDelivered:
+            key = (QueueSubscriptionCancelled, e.name)  # type: ignore[attr-defined]
+            arrivals[key] = arrivals.get(key, 0) + 1
+    return [(cls, sid) for cls, sid, key, n in subs if n >= arrivals.get(key, 0)]
+
+
 def _finish(
     engine: _Engine,
     history: list[HistoryEvent],
@@ -180,13 +283,8 @@ def _finish_general(
     error: ErrorDetails | None = None
 
     def sub_breadcrumbs() -> None:
-        if not ran_code:
-            return
-        for slot in list(engine.by_id.values()):
-            if slot.kind == "wait" and not slot.done and not slot.cancelled:
-                add(ExternalSubscribedCancelled, source_event_id=slot.event_id, reason="orchestration_terminal")
-            elif slot.kind == "queue" and not slot.done and not slot.cancelled:
-                add(QueueSubscriptionCancelled, source_event_id=slot.event_id, reason="orchestration_terminal")
+        for cls, source_id in _closing_subscriptions(engine, history, delta, ran_code=ran_code):
+            add(cls, source_event_id=source_id, reason="orchestration_terminal")
 
     def activity_breadcrumbs(reason: str) -> None:
         events = [*history, *delta]

@@ -24,9 +24,9 @@ Found by this file and fixed (each test failed before): a nondeterminism failure
 (now one ERROR naming the instance); a race turned into a join was reported as a "cancellation
 mismatch" without the event or source line; the diverged turn still dispatched the detached
 start its wrong code asked for (our core contract: no work after a divergence; SPEC §3.9 and
-the peer dispatch it). Left, in the issue note: SPEC §3.9's closing breadcrumbs for
-subscriptions still open in history are not written when changed code ends the instance (the
-peer writes them).
+the peer dispatch it). Found here, fixed later: SPEC §3.9's closing breadcrumbs for
+subscriptions still open in history were not written when changed code ended the instance (the
+peer writes them; now pinned in tests/runtime/test_closing_breadcrumbs.py).
 """
 
 from __future__ import annotations
