@@ -509,11 +509,13 @@ class _Engine:
                     "this task was created by another orchestration run (another instance, or an earlier "
                     "replay of this one); keep no tasks in globals or closures between runs: create them "
                     "in the orchestration")
-            if getattr(st, "dropped", False) and not st.done:
-                # It lost a race and was cancelled (its activity cancelled, its subscription
-                # dropped): waiting for it would wait forever.
-                raise TypeError(f"this task ({task.describe()}) lost a race and was cancelled: its result will never "
-                                "arrive; use the race's winner, or schedule it again")
+            if getattr(st, "dropped", False):
+                # It lost a race and was dropped (its activity cancelled, its subscription
+                # cancelled): waiting for it would wait forever, and a late completion recorded
+                # since is history only - it was never delivered, so the code gets no value
+                # from it either (it used to resume with None, as if the activity returned None).
+                raise TypeError(f"this task ({task.describe()}) lost a race and was dropped: its result is not "
+                                "delivered; use the race's winner, or schedule it again")
             return
         if not task.leaf:
             if isinstance(task, RetryTask):
