@@ -230,8 +230,8 @@ def _check_children(children: Iterable[Any], what: str) -> tuple[DurableTask, ..
             raise TypeError(
                 f"{what} takes tasks returned by ctx.schedule_*/wait_for_event/..., got {type(child).__name__}"
             )
-        if isinstance(child, RetryTask):  # (not a leaf either: named for what it is)
-            raise TypeError(f"retry tasks cannot be joined or raced ({what}); yield them on their own")
+        if isinstance(child, RetryTask):
+            continue  # runs as its own strand of the join/race (the engine's _Fiber)
         if not child.leaf:
             raise TypeError(f"nested join/select inside {what} is not supported")
         if isinstance(child, (ContinueAsNewTask, DetachedStartTask)):

@@ -125,6 +125,37 @@ class _Slot:
             parent.pending -= 1
 
 
+class _Fiber:
+    """Engine-side state of a retry task that is a child of a join/race: its retry loop (attempts,
+    timeouts, back-off timers) runs as a strand of its own beside the code, resumed by the engine
+    at each poll once the task it waits for is ready, so the join/race sees one child that
+    finishes with the loop's outcome (duroxide-python 0.2.2 runs retry tasks inside
+    ``all``/``race`` too). Dropped with its current task when it loses a race."""
+
+    __slots__ = ("task", "gen", "waiting", "done", "ok", "value", "dropped", "parents", "owner", "kind", "event_id")
+
+    def __init__(self, task: DurableTask, gen: Any, owner: Any) -> None:
+        self.task = task
+        self.gen = gen
+        self.waiting: DurableTask | None = None
+        self.done = False
+        self.ok = True
+        self.value: Any = None
+        self.dropped = False
+        self.parents: list[_Comp] = []
+        self.owner = owner
+        self.kind = "retry"  # (no history event of its own: dropped-future reconciliation skips it)
+        self.event_id = None
+
+    def finish(self, ok: bool, value: Any) -> None:
+        if self.done:
+            return
+        self.done, self.ok, self.value = True, ok, value
+        self.gen = None
+        for parent in self.parents:
+            parent.pending -= 1
+
+
 class _Comp:
     """Engine-side state of a join/race: how many children are still pending."""
 
@@ -240,7 +271,7 @@ class _Engine:
         "pos_arrivals", "q_subs", "q_buffer", "settled", "dropped", "schedules", "completed", "crumbs",
         "cancel_reason", "last_event_id", "history_len", "can", "kv", "custom_status", "is_replaying", "logs",
         "output", "events", "cursor", "stack", "waiting", "started_code", "requested_versions", "ctx",
-        "input_text", "started_ms", "root_frame", "unwalked",
+        "input_text", "started_ms", "root_frame", "unwalked", "fibers",
     )
 
     def __init__(self, inp: TurnInput, handler: Handler, started: OrchestrationStarted, execution_id: int) -> None:
@@ -293,6 +324,9 @@ class _Engine:
         # the rest of the history is not walked); read by the CI replay check (verify).
         self.unwalked = 0
         self.waiting: DurableTask | None = None
+        # Retry tasks running inside joins/races (_Fiber), in start order; usually none (a
+        # shared empty tuple until the first: cached engines are many).
+        self.fibers: list[_Fiber] = NO_FIFO  # type: ignore[assignment]
         self.started_code = False
         self.requested_versions: dict[int, str | None] = _NO_MAP  # type: ignore[assignment]
         self.ctx = OrchestrationContext(
@@ -394,6 +428,8 @@ class _Engine:
             self.root_frame = getattr(result, "gi_frame", None) or getattr(result, "cr_frame", None)
             self.stack.append(result)
         else:
+            if self.fibers:
+                self._drive_fibers()
             if self.waiting is None or not self._ready(self.waiting):
                 return
             ok, value = self._outcome(self.waiting)
@@ -447,6 +483,19 @@ class _Engine:
                 if st is None:
                     yielded._st = (self, None)
                     self.stack.append(_run_once(yielded, yielded.body(self.ctx)))
+                elif type(st) is _Fiber:  # it ran (or runs) inside a join/race
+                    if st.owner is not self:
+                        throw = TypeError("this retry task was created by another orchestration run; keep no tasks "
+                                          "in globals or closures between runs: create them in the orchestration")
+                    elif st.dropped:
+                        throw = TypeError(f"this task ({yielded.describe()}) lost a race and was dropped: its result "
+                                          "is not delivered; use the race's winner, or schedule it again")
+                    elif not st.done:
+                        throw = TypeError("this retry task is running inside a join/race: yield the join/race")
+                    elif st.ok:
+                        send = st.value
+                    else:
+                        throw = st.value
                 elif st[0] is not self:
                     throw = TypeError("this retry task was created by another orchestration run (another instance, or "
                                       "an earlier replay of this one); keep no tasks in globals or closures between "
@@ -519,7 +568,15 @@ class _Engine:
             return
         if not task.leaf:
             if isinstance(task, RetryTask):
-                raise TypeError("retry tasks cannot be joined or raced; yield them on their own")
+                # A child of a join/race (the code's own yield of a retry task runs it as nested
+                # code, see _poll): its loop runs beside the code as a fiber.
+                fiber = _Fiber(task, task.body(self.ctx), self)
+                task._st = fiber
+                if self.fibers is NO_FIFO:
+                    self.fibers = []
+                self.fibers.append(fiber)
+                self._step_fiber(fiber, None, None, site)
+                return
             children = task.children  # type: ignore[attr-defined]
             if site is False:
                 site = _site_of(self.stack[0]) if self.stack else self.return_site()
@@ -594,10 +651,62 @@ class _Engine:
             return True, cls(winner, slot.value if slot.ok else None, None if slot.ok else str(slot.value))
         return True, {"index": winner, "value": slot.value if slot.ok else str(slot.value)}
 
-    def _drop(self, slot: _Slot) -> None:
+    def _drive_fibers(self) -> None:
+        """Resume every fiber whose task is ready, in start order (until none is)."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for fiber in list(self.fibers):
+                waiting = fiber.waiting
+                if waiting is not None and not fiber.done and not fiber.dropped and self._ready(waiting):
+                    fiber.waiting = None
+                    ok, value = self._outcome(waiting)
+                    self._step_fiber(fiber, value if ok else None, None if ok else value, False)
+                    progressed = True
+
+    def _step_fiber(self, fiber: _Fiber, send: Any, throw: BaseException | None, site: Any) -> None:
+        """Run the fiber's loop until it waits for a task that is not ready, or ends."""
+        gen = fiber.gen
+        while True:
+            try:
+                yielded = gen.throw(throw) if throw is not None else gen.send(send)
+            except StopIteration as stop:
+                self._end_fiber(fiber, True, stop.value)
+                return
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the loop re-raises the last attempt's error
+                self._end_fiber(fiber, False, exc)
+                return
+            send, throw = None, None
+            self._start(yielded, site)
+            if self._ready(yielded):
+                ok, value = self._outcome(yielded)
+                if ok:
+                    send = value
+                else:
+                    throw = value
+                continue
+            fiber.waiting = yielded
+            return
+
+    def _end_fiber(self, fiber: _Fiber, ok: bool, value: Any) -> None:
+        fiber.finish(ok, value)
+        self.fibers.remove(fiber)
+
+    def _drop(self, slot: _Slot | _Fiber) -> None:
         if slot.done or slot.dropped:
             return
         slot.dropped = True
+        if type(slot) is _Fiber:
+            # A retry task that lost a race: its current attempt (or back-off timer, or the
+            # attempt's own timeout race) is dropped with it, and its loop never resumes.
+            waiting, slot.waiting, slot.gen = slot.waiting, None, None
+            self.fibers.remove(slot)
+            if waiting is not None:
+                for child in (waiting.children if not waiting.leaf else (waiting,)):  # type: ignore[attr-defined]
+                    self._drop(child._st)
+            return
         if slot.kind in ("wait", "queue"):
             self._cancel_sub(slot)
         self.dropped.append(slot)

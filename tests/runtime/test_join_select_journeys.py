@@ -7,10 +7,11 @@ Peer evidence is from duroxide 0.2.2 (duroxide-python) run under bench/.peer on
 
 Found by this file and fixed: yielding a task that lost a race again, after its late completion
 had been recorded, resumed the code with None (as if the activity had returned None); it now
-raises the same "lost a race" TypeError as before the completion arrives. Found and not fixed
-(README, "Differences"): a retry task (``schedule_activity_with_retry``) cannot be a child of
-``all``/``race`` here, where duroxide 0.2.2 runs it (``race(with_retry(...), timer)`` gave
-``{'index': 0, 'value': 5}``, ``all([with_retry(...), activity])`` ``[{'ok': 5}, {'ok': 6}]``).
+raises the same "lost a race" TypeError as before the completion arrives. Also found and
+fixed: a retry task (``schedule_activity_with_retry``) could not be a child of ``all``/``race``,
+where duroxide 0.2.2 runs it (``race(with_retry(...), timer)`` gave ``{'index': 0, 'value': 5}``,
+``all([with_retry(...), activity])`` ``[{'ok': 5}, {'ok': 6}]``): those tests live in
+test_retry_in_join_select.py.
 """
 
 from __future__ import annotations
