@@ -441,7 +441,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
     if not args.no_hash_seed_check:
-        divergences = divergences + _hash_seed_divergences(args, divergences)
+        divergences = _with_hash_seed_divergences(args, divergences)
     if skipped:
         first = ", ".join(f"{_printable(i)} execution {e}" for i, e in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         print(f"note: {len(skipped)} execution(s) not replayed: earlier executions of their instances were pruned, and "
@@ -451,7 +451,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                           for d in divergences], indent=2))
     elif divergences:
         what = "in-flight instance(s) would break on upgrade" if args.latest else "execution(s) diverge from the current code"
-        print(f"{len(divergences)} {what}:")
+        # Executions, not lines: one execution may have a divergence and sandbox findings.
+        print(f"{len({(d.instance, d.execution_id) for d in divergences})} {what}:")
         for d in divergences:
             print(f"  {_printable(d.render())}")
     else:
@@ -460,30 +461,48 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 1 if divergences else 0
 
 
-def _hash_seed_divergences(args: argparse.Namespace, found: list[Any]) -> list[Any]:
-    """Divergences a second replay under another ``PYTHONHASHSEED`` finds and this one did not:
-    the code depends on string hashing (a set's iteration order), which production processes
-    draw at random - this process may iterate in the recorded order by chance."""
+_HASH_DEPENDENCE = ("the code depends on string hashing - the iteration order of a set (or another hash-ordered "
+                    "collection), or hash() of a str, which differ between processes; iterate sorted(...) instead "
+                    "(and route with a stable hash such as zlib.crc32)")
+
+
+def _with_hash_seed_divergences(args: argparse.Namespace, found: list[Any]) -> list[Any]:
+    """``found`` with what a second replay under another ``PYTHONHASHSEED`` adds: the code
+    depends on string hashing (a set's iteration order), which production processes draw at
+    random - this process may iterate in the recorded order by chance. An execution the second
+    replay finds diverging is listed once: a new line when only that replay finds it, else its
+    line here says so when the other seed makes it diverge differently (``hash(order_id) % N``
+    gives another value under each seed)."""
     from ..testing.hashseed import replay_under_another_hash_seed
-    from ..testing.replay import Divergence
+    from ..testing.replay import SANDBOX_FINDING, Divergence
 
     try:
         seed, rows = replay_under_another_hash_seed(args.source, args.app, latest=args.latest)
     except (RuntimeError, OSError) as exc:
         print(f"note: the replay under another hash seed (set-order check) could not run: {_printable(str(exc))}",
               file=sys.stderr)
-        return []
-    known = {(d.instance, d.execution_id, d.message) for d in found}
-    extra = []
+        return found
+    out = list(found)
+    # The second replay runs without the sandbox: its rows match this one's divergences, not
+    # its sandbox findings (which share the execution's key).
+    index = {(d.instance, d.execution_id): i for i, d in enumerate(out) if not d.message.startswith(SANDBOX_FINDING)}
+    seen: set[tuple[Any, Any]] = set()
     for row in rows:
-        key = (row.get("instance"), row.get("execution"), row.get("message"))
-        if key not in known and isinstance(key[0], str) and isinstance(key[1], int):
-            known.add(key)
-            extra.append(Divergence(key[0], key[1], (
-                f"{key[2]} [found only under PYTHONHASHSEED={seed}: the code depends on string hashing - the "
-                "iteration order of a set (or another hash-ordered collection), which differs between processes; "
-                "iterate sorted(...) instead]"), bool(row.get("in_flight"))))
-    return extra
+        key = (row.get("instance"), row.get("execution"))
+        message = row.get("message")
+        if key in seen or not isinstance(key[0], str) or not isinstance(key[1], int) or not isinstance(message, str):
+            continue
+        seen.add(key)
+        at = index.get(key)
+        if at is None:
+            index[key] = len(out)
+            out.append(Divergence(key[0], key[1], f"{message} [found only under PYTHONHASHSEED={seed}: {_HASH_DEPENDENCE}]",
+                                  bool(row.get("in_flight"))))
+        elif out[at].message != message:
+            d = out[at]
+            out[at] = Divergence(d.instance, d.execution_id, (
+                f"{d.message} [under PYTHONHASHSEED={seed} it diverges differently: {_HASH_DEPENDENCE}]"), d.in_flight)
+    return out
 
 
 def _event_line(ev: Any, t0: int) -> str:

@@ -37,6 +37,9 @@ from ..runtime.history_io import check_document, document_events, document_kv_ba
 
 _ENDINGS = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
 
+#: How a sandbox finding's message starts (a call the code made, not a divergence of its history).
+SANDBOX_FINDING = "nondeterministic call: "
+
 __all__ = ["Divergence", "load_app", "build_registry", "replay_documents", "replay_source", "assert_replays"]
 
 
@@ -286,7 +289,8 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
     :class:`~duroxide_sim.sim.sandbox.Sandbox`: orchestration code that reads the clock, draws
     randomness or does I/O is reported even where its history still replays - a
     ``time.time()`` branch follows the recorded path only until the day it does not. Each call
-    line is reported once, on the first execution that made the call.
+    (a call and its line: two calls on one line are two reports) is reported once, on the first
+    execution that made it.
 
     Executions whose starting KV store is unknown (earlier executions pruned, see
     :func:`_kv_starts`) are not replayed; ``(instance, execution)`` of each goes to ``skipped``."""
@@ -294,7 +298,7 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
 
     reg: Registry = _LatestRegistry(registry) if latest else registry
     out: list[Divergence] = []
-    seen_calls: dict[tuple[str, int], Divergence] = {}
+    seen_calls: dict[tuple[str, int, str], Divergence] = {}
     for doc in docs:
         executions = document_events(doc)
         if not executions:
@@ -314,10 +318,12 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
             with box if box is not None else contextlib.nullcontext():
                 problem = verify_execution(doc["instance_id"], execution_id, events, reg, snaps[execution_id])
             for v in box.violations if box is not None else ():
-                site = (v.filename, v.lineno)  # (uuid4 reads os.urandom: one report per line)
+                # One report per call and line: two calls on one line are both named (the sandbox
+                # reports a call once, not what it does inside: uuid4's os.urandom is not a second).
+                site = (v.filename, v.lineno, v.call)
                 if site not in seen_calls:
                     seen_calls[site] = Divergence(doc["instance_id"], execution_id, (
-                        f"nondeterministic call: {v.render()} - orchestration code must not read the clock, draw "
+                        f"{SANDBOX_FINDING}{v.render()} - orchestration code must not read the clock, draw "
                         "randomness or do I/O (use ctx.utc_now(), ctx.new_guid(), an activity); this history "
                         "still replays, but another run of the code may take another path"), in_flight)
                     out.append(seen_calls[site])
