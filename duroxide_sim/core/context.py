@@ -108,6 +108,11 @@ class ActivityTask(DurableTask):
         """Route this activity to workers whose ``worker_tag_filter`` accepts ``tag``."""
         if not isinstance(tag, str) or not tag:
             raise TypeError(f"with_tag expects a non-empty string, got {tag!r}")
+        if self.post is not None:
+            # A system call (utc_now, new_guid, get_kv_value_from_instance) runs on any worker: a
+            # tagged one waited for good where no worker took the tag (duroxide-python's syscall
+            # descriptors have no with_tag at all).
+            raise TypeError(f"{self.name.split(':', 1)[-1]} is a system call and cannot be tagged: it runs on any worker")
         return ActivityTask(self.name, self.input, self.session_id, tag, self.result_type, self.post)
 
     def describe(self) -> str:
