@@ -18,6 +18,7 @@ __all__ = [
     "DuroxideError",
     "ConfigurationError",
     "InvalidInputError",
+    "InvalidInputTypeError",
     "SerializationError",
     "PayloadTooLargeError",
     "NondeterminismError",
@@ -49,6 +50,11 @@ class ConfigurationError(DuroxideError, ValueError):
 
 class InvalidInputError(DuroxideError, ValueError):
     """An argument is of the wrong type or shape (ids, names, delays, filters)."""
+
+
+class InvalidInputTypeError(InvalidInputError, TypeError):
+    """An argument of the wrong type (an int where an instance id goes): also a TypeError, which
+    is what duroxide-python raises there, so code written for it catches this too."""
 
 
 class SerializationError(DuroxideError, TypeError):

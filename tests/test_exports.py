@@ -11,7 +11,7 @@ EXPECTED_ALL = {
     "ActivityContext", "Backoff", "CannotDeleteSubOrchestration", "Client", "ConfigurationError",
     "DeleteInstanceResult", "DuroxideError", "Either2", "Either3", "ExecutionInfo", "InMemoryProvider",
     "InstanceFilter", "InstanceInfo", "InstanceNotFound", "InstanceStillRunning", "InstanceTree",
-    "InvalidInputError", "LockLostError", "MAX_PAYLOAD_BYTES", "MAX_TIMER_DELAY_MS", "ManagementNotAvailable",
+    "InvalidInputError", "InvalidInputTypeError", "LockLostError", "MAX_PAYLOAD_BYTES", "MAX_TIMER_DELAY_MS", "ManagementNotAvailable",
     "NondeterminismError", "OperationTimeout", "OrchestrationContext", "OrchestrationFailedError",
     "OrchestrationResult", "PayloadTooLargeError", "ProviderError", "PruneOptions", "PruneResult",
     "QueueDepths", "Registry", "RetryPolicy", "Runtime", "RuntimeOptions", "SerializationError", "SqliteProvider",

@@ -42,6 +42,11 @@ __all__ = [
 #: Largest payload (UTF-8 bytes) accepted for an input, result or event. The reference has no
 #: cap; we set one so a runaway value fails loudly at its source instead of bloating history.
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+#: The most characters of an error text that is stored (an activity's exception message, an
+#: orchestration's traceback): longer ones are cut in the middle, so a dumped response body in an
+#: exception cannot put more than MAX_PAYLOAD_BYTES into a history event or a status row (even
+#: JSON-escaped: at most 6 bytes per character).
+MAX_ERROR_TEXT_CHARS = 1024 * 1024
 
 _converter: Any = None
 
@@ -204,6 +209,15 @@ def _default(value: Any) -> Any:
     if unstructured is value or isinstance(unstructured, (set, frozenset)):
         raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
     return unstructured
+
+
+def bounded_error_text(text: str) -> str:
+    """``text`` if at most :data:`MAX_ERROR_TEXT_CHARS` long, else its head and tail around a
+    note of how much was cut (the head says what failed, the tail ends with the exception line)."""
+    if len(text) <= MAX_ERROR_TEXT_CHARS:
+        return text
+    keep = MAX_ERROR_TEXT_CHARS // 2
+    return f"{text[:keep]}\n... [{len(text) - 2 * keep} characters cut] ...\n{text[-keep:]}"
 
 
 def check_text(text: str, what: str) -> str:

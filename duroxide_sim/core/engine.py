@@ -237,8 +237,8 @@ def _format_exception(exc: BaseException) -> str:
     else:
         tail = "".join(traceback.format_exception_only(exc)).rstrip("\n")
     if not frames:
-        return tail
-    return "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + tail
+        return codec.bounded_error_text(tail)
+    return codec.bounded_error_text("Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + tail)
 
 
 #: The empty FIFO of an engine that has emitted nothing since it was last drained.

@@ -35,6 +35,7 @@ from ..core.events import (
 from ..errors import (
     InstanceNotFound,
     InvalidInputError,
+    InvalidInputTypeError,
     ManagementNotAvailable,
     OperationTimeout,
     OrchestrationFailedError,
@@ -78,7 +79,7 @@ def event_to_public_dict(ev: HistoryEvent) -> Event:
 
 def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
     if not isinstance(instance_id, str):
-        raise InvalidInputError(f"instance_id must be a string, got {type(instance_id).__name__}")
+        raise InvalidInputTypeError(f"instance_id must be a string, got {type(instance_id).__name__}")
     problem = text_problem(instance_id, limit)
     if problem is not None:
         raise InvalidInputError(f"instance_id {problem}" if instance_id else "instance_id must not be empty")
@@ -106,7 +107,9 @@ def _check_record(value: Any, cls: type, what: str) -> Any:
 
 
 def _check_key(key: Any) -> str:
-    if not isinstance(key, str) or not key:
+    if not isinstance(key, str):
+        raise InvalidInputTypeError(f"KV key must be a non-empty string, got {key!r}"[:200])
+    if not key:
         raise InvalidInputError(f"KV key must be a non-empty string, got {key!r}"[:200])
     problem = text_problem(key)  # (no store holds a NUL or a lone surrogate: SQLite raised UnicodeEncodeError)
     if problem is not None:
@@ -115,7 +118,9 @@ def _check_key(key: Any) -> str:
 
 
 def _check_name(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
+        raise InvalidInputTypeError(f"{what} must be a non-empty string, got {name!r}")
+    if not name:
         raise InvalidInputError(f"{what} must be a non-empty string, got {name!r}")
     problem = text_problem(name)  # (every provider must store it: no NUL, no lone surrogate)
     if problem is not None:

@@ -445,6 +445,16 @@ def _verify_warm_turn(inp: TurnInput, registry: Registry, warm: TurnResult) -> N
             )
 
 
+def _exc_str(exc: BaseException) -> str:
+    """``str(exc)``, or the placeholder Python's own traceback printer uses when that raises (an
+    exception class with a broken ``__str__`` used to crash the worker step: the lease was never
+    acked and the instance hung)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return "<exception str() failed>"
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 300 else text[:297] + "..."
@@ -626,10 +636,13 @@ class WorkerDispatcher:
             # activity (a BaseException: it escaped, the lease was never acked, and the activity
             # ran again after each lock expiry until poison). KeyboardInterrupt still stops the
             # process.
-            if isinstance(exc, KeyboardInterrupt):
+            # KeyboardInterrupt still stops a process whose main thread runs the activity (a
+            # simulation: that is Ctrl-C); on a worker thread it is the activity's own raise and
+            # fails it like any other (it used to escape the step: the lease was never acked).
+            if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
                 raise
             s.metrics.inc("activity_app_errors")
-            message = f"Activity '{item.name}' call failed: {type(exc).__name__}: {exc}"
+            message = codec.bounded_error_text(f"Activity '{item.name}' call failed: {type(exc).__name__}: {_exc_str(exc)}")
             return ActivityOutcome("ack", _failed(item, ApplicationError(kind="ActivityFailed", message=message)))
         finally:
             s.renewer.unwatch(token)
