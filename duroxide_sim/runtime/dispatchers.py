@@ -182,6 +182,14 @@ class OrchestrationDispatcher:
         self.filter = opts.supported_versions or ("0.0.0", ENGINE_VERSION)
         self._bounds = tuple(parse_engine_version(v) for v in self.filter)
         self._pins: dict[str | None, bool] = {}  # pinned engine version -> in range
+        # Whether this runtime may start executions: each new one is pinned to its own engine
+        # version, so a range that leaves that out (a runtime kept to drain older executions)
+        # must leave new instances and continue-as-new to a runtime that will run them.
+        self._starts = self._bounds[0] <= parse_engine_version(ENGINE_VERSION) <= self._bounds[1]
+        if not self._starts:
+            emit(_log, logging.WARNING, "supported_versions %s..%s leaves out this runtime's own engine version %s: it "
+                 "runs executions pinned in that range and starts none (new instances and continue-as-new are left "
+                 "to other runtimes)", self.filter[0], self.filter[1], ENGINE_VERSION)
         size = opts.instance_cache_size
         self.cache = EngineCache(size, threading.Lock(), short_capacity=min(size, _FEW_ENGINES)) if size > 0 else None
 
@@ -268,11 +276,12 @@ class OrchestrationDispatcher:
 
     def _compatible(self, item: OrchestrationItem) -> bool:
         """The fetched execution's pin (its OrchestrationStarted's engine version) lies in this
-        runtime's supported range. No pin, no history yet, or a continue-as-new that starts a
-        new execution (pinned to this runtime) is compatible."""
+        runtime's supported range (no pin: compatible). A turn that starts an execution - the
+        instance's first (no history yet) or a continue-as-new's next - pins it to this
+        runtime's own version: compatible when the range holds that version."""
         history = item.history
         if not history:
-            return True
+            return self._starts  # (the first turn pins the instance to this runtime's version)
         pin = getattr(history[0], "duroxide_version", None)
         ok = self._pins.get(pin)  # (a few distinct pins: one dict lookup per turn)
         if ok is None:
@@ -282,7 +291,11 @@ class OrchestrationDispatcher:
                 ok = True  # unreadable: the turn's own checks report it
             if len(self._pins) < 64:
                 self._pins[pin] = ok
-        return ok or any(type(m) is ContinueAsNew for m in item.messages)
+        if ok and self._starts:
+            return True  # (the common turn)
+        if any(type(m) is ContinueAsNew for m in item.messages):
+            return self._starts  # the turn starts the next execution, pinned to this runtime's version
+        return ok
 
     def _fill_parent_execution(self, items: tuple[WorkItem, ...]) -> list[WorkItem]:
         out: list[WorkItem] = []

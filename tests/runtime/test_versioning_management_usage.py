@@ -465,3 +465,32 @@ def test_pinned_version_survives_process_restart_on_sqlite_file(tmp_path):
     assert w2.client.get_status("i").output == ["v1", "1.0.0", 1]
     assert w2.client.get_status("j").output == ["v2", "2.0.0", 2]
     assert w2.client.list_all_instances() == ["j", "i"]
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_a_runtime_whose_range_leaves_out_its_own_version_starts_no_execution(kind, caplog):
+    """A runtime kept to drain older executions (supported_versions not holding its own engine
+    version) must not take the first turn of a new instance: it would pin the execution to its
+    own version and then never run it again (the instance hung Running after one turn). It
+    leaves the instance unstarted (looking again every second, as for any incompatible item,
+    SPEC §12) to a runtime that runs its version - and says so once, at construction."""
+    w = W(kind)
+
+    def counter(ctx, n):
+        yield ctx.schedule_timer(10)
+        if n < 2:
+            return ctx.continue_as_new(n + 1)
+        return n
+
+    drain = w.again(RuntimeOptions(supported_versions=("0.0.0", "0.0.9")))
+    assert any("leaves out this runtime's own engine version" in r.getMessage() for r in caplog.records)
+    drain.rt.register_orchestration("C", counter)
+    drain.client.start_orchestration("c", "C", 0)
+    drain.driver.run_until_quiet(5_000)  # (it looks again every second: bounded)
+    assert drain.client.get_status("c").status == "NotFound"
+    assert drain.client.get_queue_depths().orchestrator_queue == 1
+    full = w.again(ns=3)
+    full.rt.register_orchestration("C", counter)
+    full.run()
+    assert full.client.get_status("c").output == 2
+    assert full.client.list_executions("c") == [1, 2, 3]
