@@ -215,19 +215,22 @@ def test_retry_policy_validation():
         RetryPolicy.from_dict({"attempts": 3})
 
 
-def test_retry_cannot_be_joined(world):
-    """A retry task inside all() is refused with a TypeError in the orchestration."""
+def test_retry_inside_all_runs_its_loop(world):
+    """A retry task inside all() runs its attempts as a child of the join (duroxide-python
+    0.2.2 allows it; it used to be refused with a TypeError): a first failure is retried."""
+    calls = []
 
     @world.runtime.register_activity("A")
     def a(ctx, x):
+        calls.append(x)
+        if len(calls) == 1:
+            raise RuntimeError("first attempt fails")
         return x
 
     @world.runtime.register_orchestration("O")
     def orch(ctx, _):
-        try:
-            yield ctx.all([ctx.schedule_activity_with_retry("A", 1, {})])
-        except TypeError as exc:
-            return str(exc)
+        return (yield ctx.all([ctx.schedule_activity_with_retry("A", 1, {"backoff": "fixed"})]))
 
     world.client.start_orchestration("i1", "O")
-    assert "join" in world.result("i1").output
+    assert world.result("i1").output == [{"ok": 1}]
+    assert calls == [1, 1]
