@@ -246,6 +246,10 @@ def _map_error(exc: sqlite3.Error, op: str, where: str) -> ProviderError:
         return ProviderError(f"{op}: SQLite database {where} is corrupt ({text})", operation=op, retryable=False)
     if isinstance(exc, sqlite3.ProgrammingError):
         return ProviderError(f"{op}: {text}", operation=op, retryable=False)
+    if "no such table" in low or "no such column" in low:
+        # Part of the schema is gone (dropped by hand after the open checked it): no retry helps.
+        return ProviderError(f"{op}: SQLite database {where} is missing part of its schema ({text}); restore it "
+                             "from a backup", operation=op, retryable=False)
     return ProviderError(f"{op}: SQLite error on {where}: {text}", operation=op, retryable=True)
 
 
@@ -484,6 +488,13 @@ class SqliteProvider(SqliteAdminMixin):
         names = [row[0] for row in conn.execute(_USER_TABLES)]
         if not names or _OUR_MARKERS <= set(names):
             return
+        ours = [n for n in names if n in sqlite_schema.TABLES]
+        if len(ours) >= 3:  # most of our schema, without its markers: ours, damaged
+            raise ProviderError(
+                f"open: {self._where} is a damaged duroxide_sim database: it has duroxide_sim tables "
+                f"({', '.join(ours[:6])}{', ...' if len(ours) > 6 else ''}) but no "
+                f"{' / '.join(sorted(_OUR_MARKERS - set(names)))} table; restore it from a backup (the file was "
+                "left unchanged)", operation="open", retryable=False)
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
         raise ProviderError(
             f"open: {self._where} is not a duroxide_sim database: it holds other tables ({shown}) and no "
@@ -573,6 +584,13 @@ class SqliteProvider(SqliteAdminMixin):
             try:
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
                 current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+                if current == 0 and conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'provider_meta'").fetchone():
+                    # (migration 1 would fail on "table provider_meta already exists")
+                    raise ProviderError(
+                        f"SQLite database {self._where} is a damaged duroxide_sim database: its schema_version "
+                        "table is empty, so its schema version is unknown; restore it from a backup (the file was "
+                        "left unchanged)", operation="open", retryable=False)
                 if current > latest:
                     raise ProviderError(
                         f"SQLite database {self._where} has schema version {current}, but this duroxide_sim "
@@ -583,6 +601,14 @@ class SqliteProvider(SqliteAdminMixin):
                         for statement in statements:
                             conn.execute(statement)
                         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                missing = [t for t in sqlite_schema.TABLES if t not in have]
+                if missing and latest == sqlite_schema.TABLES_VERSION:
+                    raise ProviderError(
+                        f"SQLite database {self._where} is a damaged duroxide_sim database: table(s) "
+                        f"{', '.join(missing)} missing (schema version {max(current, latest)}); restore it from a "
+                        "backup (the file was left unchanged)", operation="open", retryable=False,
+                        missing_tables=missing)
                 conn.execute("UPDATE provider_meta SET value = value + 1 WHERE key = 'opens'")
                 open_id = conn.execute("SELECT value FROM provider_meta WHERE key = 'opens'").fetchone()[0]
                 conn.execute("COMMIT")

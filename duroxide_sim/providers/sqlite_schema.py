@@ -10,7 +10,7 @@ Must not import ``sqlite3`` (only ``sqlite.py`` does) or execute anything itself
 
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "MIGRATIONS"]
+__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "TABLES"]
 
 #: The schema this code writes. Opening a database with a newer version is refused.
 SCHEMA_VERSION = 4
@@ -148,3 +148,9 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     )),
 )
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+#: The tables a database at SCHEMA_VERSION has (checked at every open: a core table lost to a
+#: botched restore or a manual clean-up is refused by name, before any work runs into it).
+TABLES_VERSION = SCHEMA_VERSION  # (tests that plant extra migrations raise SCHEMA_VERSION: not checked then)
+TABLES = ("schema_version", "provider_meta", "instances", "executions", "history", "orchestrator_queue",
+          "worker_queue", "instance_locks", "sessions", "kv_store", "kv_delta")
