@@ -14,7 +14,15 @@
 5. ``well_formed``    ids increase, completions match schedules of the right kind, no completion
                       is applied twice, at most one terminal event;
 6. ``invariants``     the spec's own callables over the result;
-7. ``sandbox``        orchestration code made no clock/random/I-O calls (when the sandbox is on).
+7. ``sandbox``        orchestration code made no clock/random/I-O calls (when the sandbox is on);
+8. ``one_turn_per_fetch`` (SPEC §18) each orchestration fetch (a lock on an instance's batch)
+                      leads to at most one committed turn: no turn commits under a lock another
+                      fetch of the instance took over, nor twice under one fetch (a provider that
+                      accepts a stale or used-up lock token);
+9. ``cancelled_activity`` (SPEC §18) no completion for a cancelled-and-deleted activity: once the
+                      turn that records an activity's ``ActivityCancelRequested`` commits (its
+                      work item is deleted in that ack), no worker ack of a lease fetched before
+                      it commits (a completion acked before the cancel is legitimate).
 
 :func:`run_and_check` runs a simulation (and its fault-free twin when needed) and returns the
 result with ``failures`` filled in.
@@ -61,14 +69,15 @@ from ..core.turn import child_instance_id
 from ..core.verify import kv_snapshots, verify_execution
 from .faults import FaultPlan
 from .gc_pause import quiet_gc
-from .harness import Failure, Simulation, SimResult, SimSpec, Start, _Run
+from .harness import Failure, Simulation, SimResult, SimSpec, Start, _Later, _Run
 
-__all__ = ["run_and_check", "check_well_formed", "CHECKERS"]
+__all__ = ["run_and_check", "check_well_formed", "check_lock_fencing", "CHECKERS"]
 
 #: The outcome of an instance a run does not have.
 _NOT_FOUND = ("NotFound", None)
 
-CHECKERS = ("determinism", "idempotency", "outcome", "liveness", "well_formed", "invariants", "sandbox")
+CHECKERS = ("determinism", "idempotency", "outcome", "liveness", "well_formed", "invariants", "sandbox",
+            "one_turn_per_fetch", "cancelled_activity")
 _TERMINAL = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
 _COMPLETES = {
     ActivityCompleted: ActivityScheduled,
@@ -139,9 +148,147 @@ def check_well_formed(instance: str, execution: int, events: list[HistoryEvent])
     return problems
 
 
+def _trace_records(trace: Any) -> Any:
+    """The trace's records as dicts, in order, without encoding them: lines already encoded are
+    parsed, records not yet encoded are read as recorded (their event lists may still be
+    :class:`~.harness._Later` values: see :func:`_cancel_sources`)."""
+    records = getattr(trace, "_records", None)
+    if records is None:  # (a plain list of lines)
+        return map(json.loads, trace)
+    lines = trace._lines
+    if not lines:
+        return iter(records)
+    return (rec for part in (map(json.loads, lines), records) for rec in part)
+
+
+def _cancel_sources(result: SimResult, instance: str, events: Any, fetch: dict[str, Any]) -> list[int]:
+    """The activity ids whose ``ActivityCancelRequested`` a committed turn of ``instance`` wrote
+    (``events``: the turn record's event list; ``fetch``: the record of the fetch it used).
+
+    A record not yet encoded holds the events themselves. An encoded one only has labels
+    (``"7:ActivityCancelRequested"``): the source is read from the final history of the
+    execution the turn wrote to - the fetched one, or the next when the turn started it from a
+    continue-as-new message."""
+    if type(events) is _Later:
+        delta = events.arg
+        if ActivityCancelRequested not in map(type, delta):
+            return []
+        return [e.source_event_id for e in delta if type(e) is ActivityCancelRequested]
+    ids = [int(label.split(":", 1)[0]) for label in events if label.endswith(":ActivityCancelRequested")]
+    if not ids:
+        return []
+    execution = fetch.get("execution")
+    messages = fetch.get("messages") or ()
+    if type(messages) is _Later:
+        messages = messages.fn(messages.arg)
+    if "ContinueAsNew" in messages and any(label.endswith(":OrchestrationStarted") for label in events):
+        execution = (execution or 0) + 1
+    history = result.histories.get(instance, {}).get(execution, ())
+    crumbs = {e.event_id: e.source_event_id for e in history if type(e) is ActivityCancelRequested}
+    return [crumbs[i] for i in ids if crumbs.get(i) is not None]  # type: ignore[misc]
+
+
+#: Findings per run and checker at most (a provider that accepts every stale token would
+#: otherwise report every turn of a long run).
+_MAX_FINDINGS = 5
+
+
+def check_lock_fencing(result: SimResult) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+    """SPEC §18's lock invariants, from the trace in one pass: (stale turns, cancelled acks), each
+    a list of (message, instance, step).
+
+    *One committed turn per fetch.* Each fetch (``orch_fetch``) locks the instance under a new
+    token; a correct store lets another fetch lock it only once the lock expired or was
+    released, and refuses the old token from then on. So a committed turn (``orch_turn`` with a
+    result) must use the instance's latest fetch (each fetch is one item, turned once: the way a
+    fetch gets a second committed turn is an older fetch's turn committing after it). A turn is
+    paired with the fetch it used by following each node's fetched items as the harness
+    holds them: a turn takes the node's oldest item unless a reorder fault fired at its step; a
+    crash drops the node's items. Where the trace cannot say which item was taken (a fired
+    reorder, or a turn that raised and left no ``orch_turn`` record: ``provider_error`` /
+    ``replay_divergence``, while the node held two items of the instance), the turn is taken to
+    have used the node's newest item when it committed (the oldest when it did not): no
+    verdict rests on a guess. Turns whose ack failed (no result) are never reported - among
+    them the lock-lost acks of taken-over locks, and acks that committed and then reported
+    failure (retried, such an ack finds its token used up).
+
+    *No completion for a cancelled-and-deleted activity.* A committed turn whose delta holds an
+    ``ActivityCancelRequested`` deleted that activity's work item in its ack; a worker ack of the
+    item (``work_ack`` committed) at a later step is reported when the last fetch of that
+    (instance, activity id) came before the cancelling turn: the lease is of the deleted row.
+    A completion acked before the cancel committed is legitimate (its message was already
+    queued; history may record it after the breadcrumb); a fetch after the cancel is of another
+    item with the same id (a later execution's, after continue-as-new), so the ack is not
+    judged. (The trace's acks name (instance, activity id), not the execution.) Breadcrumbs
+    written by an ack that reported failure after committing (no result in the trace) are not
+    known, so acks after them are not judged."""
+    stale: list[tuple[str, str, int]] = []
+    cancelled: list[tuple[str, str, int]] = []
+    latest: dict[str, tuple[str, int]] = {}  # instance -> (node, step) of its latest fetch
+    held: dict[str, dict[str, list[dict[str, Any]]]] = {}  # node -> instance -> fetch records of its items
+    reorder_at = -1  # the step of the last reorder fault
+    unrecorded_at = -1  # the last step whose turn raised (its item left the node without a record)
+    cancel_at: dict[tuple[str, int], int] = {}  # (instance, activity id) -> step of the cancelling turn
+    work_fetch: dict[tuple[str, int], tuple[int, str, str]] = {}  # -> (step, node, activity) of the last fetch
+    for rec in _trace_records(result.trace):
+        op = rec["op"]
+        if op == "orch_fetch":
+            inst, node, step = rec["instance"], rec["node"], rec["step"]
+            latest[inst] = (node, step)
+            held.setdefault(node, {}).setdefault(inst, []).append(rec)
+        elif op == "orch_turn":
+            inst, node, step = rec["instance"], rec["node"], rec["step"]
+            committed = rec["result"] is not None
+            mine = held.get(node, {}).get(inst)
+            if not mine:
+                continue  # (not fetched in this trace: nothing to pair it with)
+            if len(mine) == 1 or (reorder_at != step and unrecorded_at < mine[0]["step"]):
+                fetch = mine.pop(0)  # the node's oldest item (or its only one of this instance)
+            else:
+                fetch = mine.pop() if committed else mine.pop(0)
+            if not committed:
+                continue
+            used = fetch["step"]
+            last_node, last_step = latest[inst]
+            if used < last_step and len(stale) < _MAX_FINDINGS:
+                # (each fetch is one item, taken once: a fetch cannot commit twice but through a
+                # stale token - the older fetch's turn committing after the newer one locked)
+                by = "its own later fetch" if last_node == node else f"{last_node}'s fetch"
+                stale.append((f"{node} committed a turn under a stale lock: its fetch of the instance at step {used} "
+                              f"was taken over by {by} at step {last_step} (the store accepted an expired or taken-over "
+                              "lock token, so the instance can commit two turns for one lock; SPEC §18: one committed "
+                              "turn per fetch)", inst, step))
+            for source in _cancel_sources(result, inst, rec["events"], fetch):
+                cancel_at[(inst, source)] = step
+        elif op == "work_fetch":
+            work_fetch[(rec["instance"], rec["id"])] = (rec["step"], rec["node"], rec["activity"])
+        elif op == "work_ack":
+            if not cancel_at or rec["committed"] is not True:
+                continue
+            key = (rec["instance"], rec["id"])
+            at = cancel_at.get(key)
+            got = work_fetch.get(key)
+            if at is None or got is None or got[0] >= at or len(cancelled) >= _MAX_FINDINGS:
+                continue
+            cancelled.append((f"{rec['node']}'s ack of activity id {key[1]} ({got[2]}) committed although the turn at "
+                              f"step {at} had cancelled the activity and deleted its work item (the item was last fetched "
+                              f"at step {got[0]}, by {got[1]}, before the cancel): the store accepted a completion for a "
+                              "cancelled-and-deleted activity (SPEC §18)", key[0], rec["step"]))
+        elif op == "crash":
+            held.pop(rec["node"], None)
+        elif op == "fault":
+            if rec["kind"] == "reorder":
+                reorder_at = rec["step"]
+        elif op == "replay_divergence" or (op == "provider_error" and rec.get("action") == "orch_turn"):
+            unrecorded_at = rec["step"]
+    return stale, cancelled
+
+
 def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sandbox_violations: list[Any]) -> list[Failure]:
     seed, repro = result.seed, sim.repro_command()
     fails: list[Failure] = []
+    # (first: the trace's records are read as recorded, before a failure's step lookup encodes them)
+    stale_turns, cancelled_acks = check_lock_fencing(result)
 
     def fail(checker: str, message: str, instance: str | None = None, step: int | None = None) -> None:
         fails.append(Failure(checker=checker, message=message, seed=seed, step=step, instance=instance, repro=repro))
@@ -175,6 +322,11 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
             problem = verify_execution(inst, exe, events, result.registry, snaps.get(exe))
             if problem is not None:
                 fail("determinism", f"replay from scratch diverged: {problem}", inst, _step_of(result, inst))
+    # 8. one committed turn per fetch and 9. no completion for a cancelled-and-deleted activity
+    for message, inst, step in stale_turns:
+        fail("one_turn_per_fetch", message, inst, step)
+    for message, inst, step in cancelled_acks:
+        fail("cancelled_activity", message, inst, step)
     # 4. liveness
     if not result.quiescent and result.steps >= sim.max_steps:
         # A livelock spins at one virtual time; an eternal orchestration (a monitor's timer loop)
@@ -215,7 +367,8 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
                 continue  # stopped with work queued for it (or a client operation to come): not a verdict
             fail("liveness", f"stuck: {type(ev).__name__} id {ev.event_id} ({getattr(ev, 'name', '')}) never completed", inst,
                  _step_of(result, inst))
-    ran = {r.get("instance") for r in result.trace._records if r.get("op") == "orch_turn"}
+    # (all records: a failure's step lookup above may have encoded some of them already)
+    ran = {r.get("instance") for r in _trace_records(result.trace) if r.get("op") == "orch_turn"}
     for inst, status in result.statuses.items():
         if status.status == "NotFound" and result.settled(inst) and inst not in ran:
             fail("liveness", "instance never started", inst)  # (one that ran and was deleted did start)
