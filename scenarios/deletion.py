@@ -148,8 +148,8 @@ def register_activities(rt, world, *, non_idempotent_free: bool = False):
         return InstanceDescription(
             db_id=db_id,
             tombstoned=world.exists(f"tombstone:{db_id}"),
-            addresses=sorted(k.split(":", 1)[1] for k, owner in world.state.items() if k.startswith("ip:") and owner == db_id),
-            backups=sorted(k for k in world.state if k.startswith(f"backup:{db_id}:")),
+            addresses=sorted(k.split(":", 1)[1] for k, owner in world.items("ip:") if owner == db_id),
+            backups=sorted(k for k, _ in world.items(f"backup:{db_id}:")),
         )
 
     @rt.register_activity(Names.Activities.MARK_DELETING)

@@ -256,6 +256,9 @@ def make_spec(p: Params, *, name: str, ref: str, positional: bool = False, drain
         signals=signals,
         invariants=[no_message_lost_or_duplicated, carry_forward_within_limit, mailboxes_closed],
         ref=ref,
+        # the seed-drawn messages come while the mailboxes are open (production's 1.5 s scale
+        # too, not minutes after they closed)
+        signal_window_ms=min(p.close_at_ms, 10 * 60_000),
     )
 
 

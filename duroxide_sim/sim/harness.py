@@ -110,8 +110,9 @@ class Start:
 class Signal:
     """A client message at ``at_ms``: ``kind`` is ``raise`` (event), ``enqueue`` (queue) or ``cancel``.
 
-    ``at_ms=None`` means "at an arbitrary time": drawn from the run's seed within the fault
-    window, so different seeds deliver the signal at different points of the workflow."""
+    ``at_ms=None`` means "at an arbitrary time": drawn from the run's seed within the spec's
+    ``signal_window_ms`` (by default the fault window, ``FaultPlan.until_ms``), so different
+    seeds deliver the signal at different points of the workflow."""
 
     instance: str
     name: str = ""
@@ -136,6 +137,10 @@ class SimSpec:
     options: RuntimeOptions | None = None
     #: Where this spec can be imported from, ``path/to/module.py:NAME`` (for repro lines).
     ref: str | None = None
+    #: The span (ms from the start) in which signals with ``at_ms=None`` are drawn; None: the
+    #: fault plan's window (10 minutes by default). A spec on a production time scale (a mailbox
+    #: that closes after 1.5 s) sets its own, or its "arbitrary" messages all come after it ended.
+    signal_window_ms: int | None = attrs.field(default=None, validator=lambda _s, a, v: _check_at_ms(a, v, optional=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -459,8 +464,9 @@ class _Run:
         else:
             starts = self.spec.starts(self.inputs_rng) if callable(self.spec.starts) else self.spec.starts
             signals = self.spec.signals(self.inputs_rng) if callable(self.spec.signals) else self.spec.signals
+            window = plan.until_ms if self.spec.signal_window_ms is None else self.spec.signal_window_ms
             signals = [
-                attrs.evolve(sig, at_ms=self.inputs_rng.randrange(max(plan.until_ms, 1))) if sig.at_ms is None else sig
+                attrs.evolve(sig, at_ms=self.inputs_rng.randrange(max(window, 1))) if sig.at_ms is None else sig
                 for sig in signals
             ]
         self._check_client_ops(starts, signals)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import attrs
 from duroxide_sim import Client, Runtime, RuntimeOptions
 from duroxide_sim.providers.sqlite import SqliteProvider
 from duroxide_sim.sim.harness import Start
-from duroxide_sim.sim.world import ExternalWorld
+from duroxide_sim.sim.world import ExternalWorld, ThreadSafeWorld
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,30 +28,9 @@ def scenario(name: str) -> Any:
     return importlib.import_module(f"scenarios.{name}")
 
 
-class AtomicWorld(ExternalWorld):
-    """The external world as production sees it: activities run concurrently on worker threads,
-    and each operation of the store they act on is atomic (as in a real database)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._mutex = threading.RLock()
-
-    def _locked(name: str):  # noqa: N805 - a decorator factory used in the class body
-        def op(self, *args, **kwargs):
-            with self._mutex:
-                return getattr(ExternalWorld, name)(self, *args, **kwargs)
-
-        op.__name__ = name
-        return op
-
-    get = _locked("get")
-    exists = _locked("exists")
-    put = _locked("put")
-    put_if_absent = _locked("put_if_absent")
-    delete = _locked("delete")
-    incr = _locked("incr")
-    append = _locked("append")
-    del _locked
+#: The external world as production sees it (activities run concurrently on worker threads,
+#: each operation of the store atomic, as in a real database): now the package's.
+AtomicWorld = ThreadSafeWorld
 
 
 @attrs.define
