@@ -282,8 +282,19 @@ def _finish_general(
     output: str | None = None
     error: ErrorDetails | None = None
 
-    def sub_breadcrumbs() -> None:
-        for cls, source_id in _closing_subscriptions(engine, history, delta, ran_code=ran_code):
+    def sub_breadcrumbs(dropped_too: bool = False) -> None:
+        closing = _closing_subscriptions(engine, history, delta, ran_code=ran_code)
+        if dropped_too and engine.dropped:
+            # A cancelled turn skips the dropped-future step (SPEC §3.8), so a subscription the
+            # code dropped in it (a race it resolved before the cancel was applied) would stay
+            # open in history: it is closed with the others.
+            have = {sid for _, sid in closing}
+            extra = [(_SLOT_CRUMB[s.kind], s.event_id) for s in engine.dropped
+                     if (s.kind == "wait" or s.kind == "queue") and not s.done and s.event_id is not None
+                     and s.event_id not in have and (_SLOT_CRUMB[s.kind], s.event_id) not in engine.crumbs]
+            if extra:
+                closing = sorted([*closing, *extra], key=lambda c: c[1])
+        for cls, source_id in closing:
             add(cls, source_event_id=source_id, reason="orchestration_terminal")
 
     def activity_breadcrumbs(reason: str) -> None:
@@ -368,7 +379,7 @@ def _finish_general(
         )
     else:  # cancelled
         reason = value
-        sub_breadcrumbs()
+        sub_breadcrumbs(dropped_too=True)
         error = ApplicationError(kind="Cancelled", reason=reason, message="")
         status, output = "Failed", error.display_message()
         add(OrchestrationFailed, details=error)

@@ -606,3 +606,32 @@ def test_continue_as_new_writes_no_second_breadcrumb(rig, cache):
     st = dep.result()
     assert (st.status, st.output) == ("Completed", ["m3", "m4"])
     assert [k for _, k, _, _ in events(dep, execution=2)][:2] == ["OrchestrationStarted", "QueueEventDelivered"]
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["warm", "cold"])
+def test_a_race_loser_dropped_in_the_cancelled_turn_is_closed_too(rig, cache):
+    """The batch holds the race's winning event and a cancel: the code resolves the race (the
+    other wait is dropped) before the turn ends Cancelled. A cancelled turn skips the
+    dropped-future step (SPEC §3.8), so the loser used to stay open in history; it is closed
+    with the terminal breadcrumbs (SPEC §3.9), once, in subscription order."""
+
+    def racing(ctx, _):
+        won = yield ctx.race(ctx.schedule_wait("a"), ctx.schedule_wait("b"))
+        yield ctx.schedule_timer(60_000)
+        return won
+
+    dep = rig.deploy(racing, cache=cache)
+    dep.client.start_orchestration("i", "O")
+    dep.run()
+    dep.client.raise_event("i", "b", "b wins")
+    dep.client.cancel_instance("i", "stop")
+    dep.run()
+    st = dep.result()
+    assert (st.status, st.error) == ("Failed", "canceled: stop")
+    got = events(dep)
+    assert got[:3] == [(1, "OrchestrationStarted", None, None), (2, "ExternalSubscribed", None, None),
+                       (3, "ExternalSubscribed", None, None)]
+    crumbs = [(kind, source, reason) for _, kind, source, reason in got if kind == "ExternalSubscribedCancelled"]
+    assert crumbs == [("ExternalSubscribedCancelled", 2, TERMINAL)], got
+    assert got[-1][1] == "OrchestrationFailed"
+    assert_history_is_sound(dep)
