@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from typing import Any, NamedTuple
 
-__all__ = ["ExternalWorld", "ThreadSafeWorld", "Effect"]
+__all__ = ["ExternalWorld", "Effect"]
 
 #: Values of these types are immutable: stored and returned as they are, without a deep copy
 #: (a scenario writing 10,000 integers should not pay 20,000 ``copy.deepcopy`` calls).
@@ -122,37 +121,3 @@ class ExternalWorld:
         """Activities that changed ``key``, in first-write order, without repeats."""
         return list(dict.fromkeys(e.activity or "<outside an activity>" for e in self.ledger if e.key == key))
 
-
-class ThreadSafeWorld(ExternalWorld):
-    """An :class:`ExternalWorld` whose every operation is atomic, for running a spec's ``setup``
-    in production, where activities run on several worker threads at once (``incr`` and
-    ``append`` read then write: two threads lost updates). The simulator runs one activity at a
-    time and uses the plain world; real activities act on real stores, which bring their own
-    atomicity."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._mutex = threading.RLock()
-
-    def _locked(name: str):  # type: ignore[misc]  # noqa: N805 - a decorator factory used in the class body
-        plain = getattr(ExternalWorld, name)
-
-        def op(self: "ThreadSafeWorld", *args: Any, **kwargs: Any) -> Any:
-            with self._mutex:
-                return plain(self, *args, **kwargs)
-
-        op.__name__ = op.__qualname__ = name
-        op.__doc__ = plain.__doc__
-        return op
-
-    get = _locked("get")
-    exists = _locked("exists")
-    put = _locked("put")
-    put_if_absent = _locked("put_if_absent")
-    delete = _locked("delete")
-    incr = _locked("incr")
-    append = _locked("append")
-    items = _locked("items")
-    snapshot = _locked("snapshot")
-    writers = _locked("writers")
-    del _locked

@@ -6,7 +6,8 @@ client operations (its ``PRODUCTION`` spec: the same workflow with millisecond d
 ``SPEC`` where a module has none), runs them on ``Runtime`` + ``Client`` with real threads, and
 compares every instance's final status and output (and the external world) with the simulator's
 fault-free run of the same spec. The world handed to ``setup`` in production is the package's
-``ThreadSafeWorld`` (``duroxide_sim.sim.world``): the simulated world with atomic operations.
+``ThreadSafeWorld`` (``duroxide_sim.testing.live``, which also has ``run_live``, the runner these
+tests use): the simulated world with atomic operations.
 
 Found by this file and fixed: the package offered no world that production's concurrent worker
 threads can share (``ExternalWorld.incr`` lost updates; a thread-safe one lived only in the
@@ -19,7 +20,6 @@ the simulated and the production run had different inputs (now ``SimSpec.signal_
 from __future__ import annotations
 
 import importlib
-import random
 import sys
 import threading
 import time
@@ -28,10 +28,12 @@ from typing import Any
 import attrs
 import pytest
 
-from duroxide_sim import Client, InMemoryProvider, Runtime, RuntimeOptions, SqliteProvider
+from duroxide_sim import InMemoryProvider, Runtime, RuntimeOptions, SqliteProvider
 from duroxide_sim.sim.faults import FaultPlan
-from duroxide_sim.sim.harness import SimSpec, Simulation, Start
-from duroxide_sim.sim.world import ExternalWorld, ThreadSafeWorld
+from duroxide_sim.sim.harness import SimSpec, Simulation
+from duroxide_sim.sim.world import ExternalWorld
+from duroxide_sim.testing.live import ThreadSafeWorld
+from duroxide_sim.testing.live import LiveResult, run_live
 
 pytestmark = pytest.mark.realtime
 
@@ -43,62 +45,15 @@ def _spec(name: str) -> SimSpec:
     return getattr(module, "PRODUCTION", module.SPEC)
 
 
-@attrs.define
-class _ProdResult:
-    """What a spec's invariants read (``world``, ``statuses``, ``histories``)."""
-
-    world: Any
-    statuses: dict[str, Any]
-    histories: dict[str, dict[int, list[Any]]]
-    budget_exhausted: list[str] = attrs.Factory(list)
-    seconds: float = 0.0
-
-
 def _run_production(spec: SimSpec, provider: Any, world: Any, *, timeout_s: float = 8.0,
-                    options: RuntimeOptions | None = None, realized: Any = None) -> _ProdResult:
-    """What a user does: build a Runtime on ``provider``, call the spec's setup, start it, and send
-    the spec's starts and signals at their ``at_ms`` (real ms), then wait until every instance is
-    terminal. ``realized``: the (starts, signals) a simulation drew for its seed (``SimResult.realized``),
-    so that both runs get the same client operations; otherwise ``at_ms=None`` is drawn in the
-    first second, as tests/scenarios does."""
-    runtime = Runtime(provider, options or RuntimeOptions(dispatcher_poll_interval_ms=5))
-    spec.setup(runtime, world)
-    rng = random.Random(0)
-    starts = list(spec.starts(rng) if callable(spec.starts) else spec.starts)
-    signals = list(spec.signals(rng) if callable(spec.signals) else spec.signals)
-    signals = [attrs.evolve(s, at_ms=rng.randrange(1_000)) if s.at_ms is None else s for s in signals]
-    if realized is not None and max((op.at_ms for op in realized[0] + realized[1]), default=0) <= 5_000:
-        starts, signals = list(realized[0]), list(realized[1])
-    ops = sorted(starts + signals, key=lambda op: op.at_ms)  # stable: the scenario's own order on ties
-    client = Client(provider)
-    runtime.start()
-    began = time.monotonic()
-    try:
-        for op in ops:
-            wait = began + op.at_ms / 1000 - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            if isinstance(op, Start):
-                client.start_orchestration(op.instance, op.orchestration, op.input)
-            elif op.kind == "raise":
-                client.raise_event(op.instance, op.name, op.data)
-            elif op.kind == "enqueue":
-                client.enqueue_event(op.instance, op.name, op.data)
-            else:
-                client.cancel_instance(op.instance, op.name or None)
-        while True:
-            names = list(dict.fromkeys([s.instance for s in starts] + sorted(client.list_all_instances())))
-            statuses = {n: client.get_status(n) for n in names}
-            if all(st.status in ("Completed", "Failed") for st in statuses.values()) or time.monotonic() > began + timeout_s:
-                break
-            time.sleep(0.02)
-    finally:
-        runtime.shutdown(2_000)
-    histories = {
-        n: {e: list(provider.read_with_execution(n, e)) for e in range(1, (provider.latest_execution_id(n) or 0) + 1)}
-        for n in statuses
-    }
-    return _ProdResult(world=world, statuses=statuses, histories=histories, seconds=time.monotonic() - began)
+                    options: RuntimeOptions | None = None, realized: Any = None) -> LiveResult:
+    """What a user does (``duroxide_sim.testing.live.run_live``): a Runtime on ``provider``, the
+    spec's setup, its starts and signals at their ``at_ms`` (real ms), every instance awaited.
+    ``realized``: the (starts, signals) a simulation drew for its seed (``SimResult.realized``),
+    used when they all fall within 5 s, so that both runs get the same client operations."""
+    ops = realized if realized is not None and max(
+        (op.at_ms for op in realized[0] + realized[1]), default=0) <= 5_000 else None
+    return run_live(spec, provider, world=world, options=options, operations=ops, timeout_s=timeout_s)
 
 
 def _outcomes(statuses: dict[str, Any]) -> dict[str, tuple[str, Any]]:
