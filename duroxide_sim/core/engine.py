@@ -148,12 +148,8 @@ class _Fiber:
         self.event_id = None
 
     def finish(self, ok: bool, value: Any) -> None:
-        if self.done:
-            return
-        self.done, self.ok, self.value = True, ok, value
+        _Slot.finish(self, ok, value)  # type: ignore[arg-type]  # (the same fields: done, ok, value, parents)
         self.gen = None
-        for parent in self.parents:
-            parent.pending -= 1
 
 
 class _Comp:
