@@ -88,6 +88,11 @@ class Runtime:
         self._last_cleanup = 0
         self._client: Client | None = None
         self._client_lock = threading.Lock()
+        # How the activities' client waits (wait_for_orchestration & co.): on the wall clock,
+        # for commits; on an injected clock (a simulation, a sequential driver) time cannot
+        # pass while an activity runs - one step at a time - so a wait that is not already
+        # satisfied ends at once (an activity blocked there hung the whole run).
+        self._client_sleep: Callable[[float], None] | None = None if clock is None else _no_wait_in_a_step
         self._wake_listener: Callable[[str], None] | None = None
 
     def _shared_client(self) -> Client:
@@ -95,7 +100,7 @@ class Runtime:
         is safe to share between threads), not a new one per call."""
         with self._client_lock:
             if self._client is None:
-                self._client = Client(self.provider, clock=self.clock)
+                self._client = Client(self.provider, clock=self.clock, sleep=self._client_sleep)
             return self._client
 
     # --- registration (decorator-friendly, duroxide-python names) ---------------------------
@@ -211,3 +216,12 @@ class Runtime:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
+
+
+def _no_wait_in_a_step(ms: float) -> None:
+    from ..errors import OperationTimeout
+
+    raise OperationTimeout(
+        "Operation timed out: on a simulated clock no time passes while an activity runs (one step at a time), so "
+        "a client wait inside an activity that is not already satisfied cannot be, and ends at once; in production "
+        "it would wait. Wait in the orchestration instead (a sub-orchestration, an event, a timer)")
