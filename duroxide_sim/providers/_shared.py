@@ -17,7 +17,7 @@ from ..core.events import (
     OrchestrationFailed,
     OrchestrationStarted,
 )
-from ..errors import InvalidInputError, LockLostError, ProviderError
+from ..errors import InvalidInputError, InvalidInputTypeError, LockLostError, ProviderError
 from .base import ExecutionMetadata
 
 __all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "ImportedExecution", "imported_execution",
@@ -213,3 +213,12 @@ def imported_executions(instance: str, executions: Sequence[tuple[int, Sequence[
             raise ProviderError(f"{op}: execution {a[0]} of instance {instance!r} appears twice", operation=op,
                                 instance_id=instance)
     return out
+
+
+def check_instance_arg(instance: Any, op: str) -> None:
+    """A provider method's instance id must be a string: anything else is the caller's bug,
+    refused alike by every provider (PostgreSQL answered with its own SQL error text -
+    "operator does not exist: text = smallint" - where SQLite answered "not found")."""
+    if not isinstance(instance, str):
+        raise InvalidInputTypeError(f"{op}: instance id must be a string, got {type(instance).__name__}",
+                                    operation=op)

@@ -93,6 +93,7 @@ from ..errors import ConfigurationError, InvalidInputError, ProviderError, Seria
 from . import postgres_schema
 from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW
 from ._shared import imported_executions as _imported_executions
+from ._shared import check_instance_arg
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -450,6 +451,12 @@ class PostgresProvider(PostgresAdminMixin):
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
             current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            if current == 0 and conn.execute("SELECT to_regclass('provider_meta')").fetchone()[0] is not None:
+                # (migration 1 would fail on "relation provider_meta already exists")
+                raise ProviderError(
+                    f"PostgreSQL schema {self.schema!r} on {self._where} is a damaged duroxide_sim schema: its "
+                    "schema_version table is empty, so its schema version is unknown; restore it from a backup (it "
+                    "was left unchanged)", operation="open", retryable=False)
             if current > latest:
                 raise ProviderError(
                     f"PostgreSQL schema {self.schema!r} on {self._where} has schema version {current}, but this "
@@ -466,6 +473,16 @@ class PostgresProvider(PostgresAdminMixin):
                     f"PostgreSQL schema {self.schema!r} on {self._where} is not a duroxide_sim schema (it has a "
                     f"schema_version table at version {current} but no provider_meta); pick another schema",
                     operation="open", retryable=False)
+            if latest == postgres_schema.TABLES_VERSION:
+                have = {row[0] for row in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.schema,)).fetchall()}
+                missing = [t for t in postgres_schema.TABLES if t not in have]
+                if missing:
+                    raise ProviderError(
+                        f"PostgreSQL schema {self.schema!r} on {self._where} is a damaged duroxide_sim schema: "
+                        f"table(s) {', '.join(missing)} missing (schema version {max(current, latest)}); restore it "
+                        "from a backup (it was left unchanged)", operation="open", retryable=False,
+                        missing_tables=missing)
             open_id = conn.execute("UPDATE provider_meta SET value = value + 1 WHERE key = 'opens' "
                                    "RETURNING value").fetchone()[0]
             conn.execute("COMMIT")
@@ -1377,12 +1394,14 @@ class PostgresProvider(PostgresAdminMixin):
 
     def read(self, instance: str) -> list[HistoryEvent]:
         """History of the latest execution; unknown instance -> []."""
+        check_instance_arg(instance, "read")
         with self._tx("read", write=False) as db:
             latest = db.scalar("SELECT MAX(execution_id) FROM executions WHERE instance_id = %s", (instance,))
             return [] if latest is None else self._read_events(db, instance, latest, "read")
 
     def read_with_execution(self, instance: str, execution_id: int) -> list[HistoryEvent]:
         """History of one execution; unknown -> []."""
+        check_instance_arg(instance, "read_with_execution")
         with self._tx("read_with_execution", write=False) as db:
             return self._read_events(db, instance, execution_id, "read_with_execution")
 
@@ -1451,17 +1470,20 @@ class PostgresProvider(PostgresAdminMixin):
         everything once it has ended. ``{key: (value, last_updated_at_ms)}``; empty for an unknown
         instance. Export carries it for instances whose earlier executions were pruned (their
         KV events, which would rebuild it, are gone)."""
+        check_instance_arg(instance, "kv_base")
         rows = self._probe("kv_base", "SELECT key, value, last_updated_at_ms FROM kv_store WHERE instance_id = %s "
                            "ORDER BY key", (instance,))
         return {k: (_load_text(v), int(ts)) for k, v, ts in rows}
 
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""
+        check_instance_arg(instance, "latest_execution_id")
         return self._probe("latest_execution_id", _CURRENT_EXECUTION_ID, {"i": instance})[0][0]
 
     def pending_messages(self, instance: str) -> int:
         """Messages queued for ``instance`` in the orchestrator queue (visible or not, locked or
         not): the client's ``get_orchestration_stats().queue_pending_count``."""
+        check_instance_arg(instance, "pending_messages")
         return int(self._probe("pending_messages", "SELECT COUNT(*) FROM orchestrator_queue WHERE instance_id = %s",
                                (instance,))[0][0])
 
@@ -1481,6 +1503,7 @@ class PostgresProvider(PostgresAdminMixin):
         """Cheap status read for clients: ``(execution status, output, custom status, version)``
         of the current execution, from the instance and execution rows (no history decoding).
         None when there is no instance row (the client then reads history)."""
+        check_instance_arg(instance, "read_status")
         rows = self._probe(
             "read_status",
             "SELECT e.status, e.output, i.custom_status, i.custom_status_version FROM instances i "
@@ -1490,6 +1513,7 @@ class PostgresProvider(PostgresAdminMixin):
 
     def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None:
         """``(status, version)`` if the version moved past ``last_seen_version``, else None."""
+        check_instance_arg(instance, "get_custom_status")
         rows = self._probe("get_custom_status",
                            "SELECT custom_status, custom_status_version FROM instances WHERE instance_id = %s",
                            (instance,))
@@ -1500,6 +1524,7 @@ class PostgresProvider(PostgresAdminMixin):
 
     def get_kv_value(self, instance: str, key: str) -> str | None:
         """The store overlaid by the current execution's delta; tombstones hide."""
+        check_instance_arg(instance, "get_kv_value")
         with self._tx("get_kv_value", write=False) as db:
             row = db.one("SELECT value FROM kv_delta WHERE instance_id = %s AND key = %s", (instance, key))
             if row is None:
@@ -1508,6 +1533,7 @@ class PostgresProvider(PostgresAdminMixin):
 
     def get_kv_all_values(self, instance: str) -> dict[str, str]:
         """All live keys: the store overlaid by the delta; tombstones hide."""
+        check_instance_arg(instance, "get_kv_all_values")
         with self._tx("get_kv_all_values", write=False) as db:
             out = dict(db.all("SELECT key, value FROM kv_store WHERE instance_id = %s ORDER BY key", (instance,)))
             for key, value in db.all("SELECT key, value FROM kv_delta WHERE instance_id = %s ORDER BY key",

@@ -24,7 +24,7 @@ Must not import psycopg or execute anything itself.
 
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "MIGRATIONS"]
+__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "TABLES"]
 
 #: The schema this code writes. Opening a schema with a newer version is refused.
 SCHEMA_VERSION = 1
@@ -130,3 +130,9 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     )),
 )
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+#: The tables a schema at SCHEMA_VERSION has (checked at every open, as the SQLite provider
+#: checks its own: a core table lost to a botched restore is refused by name).
+TABLES_VERSION = SCHEMA_VERSION  # (tests that plant extra migrations raise SCHEMA_VERSION: not checked then)
+TABLES = ("schema_version", "provider_meta", "instances", "executions", "history", "orchestrator_queue",
+          "worker_queue", "instance_locks", "sessions", "kv_store", "kv_delta")

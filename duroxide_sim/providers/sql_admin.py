@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ProviderError
-from ._shared import tree_order
+from ._shared import check_instance_arg, tree_order
 from .base import (
     DeleteInstanceResult, ExecutionInfo, InstanceFilter, InstanceInfo, InstanceTree, PruneOptions, PruneResult,
     QueueDepths, SystemMetrics,
@@ -100,6 +100,7 @@ class SqlAdminMixin:
 
     def get_instance_info(self, instance: str) -> InstanceInfo:
         """The instance row joined with its current execution; unknown -> InstanceNotFound."""
+        check_instance_arg(instance, "get_instance_info")
         with self._tx("get_instance_info", write=False) as db:
             name, version, current, created_at, updated_at, parent = self._row(db, instance)
             ex = self._x(db, "SELECT status, output FROM executions WHERE instance_id = ? AND execution_id = ?",
@@ -112,6 +113,7 @@ class SqlAdminMixin:
 
     def get_execution_info(self, instance: str, execution_id: int) -> ExecutionInfo:
         """One execution's record; unknown -> InstanceNotFound."""
+        check_instance_arg(instance, "get_execution_info")
         with self._tx("get_execution_info", write=False) as db:
             ex = self._x(db, "SELECT status, output, started_at, completed_at FROM executions "
                             "WHERE instance_id = ? AND execution_id = ?", (instance, execution_id)).fetchone()
@@ -125,6 +127,7 @@ class SqlAdminMixin:
 
     def list_executions(self, instance: str) -> list[int]:
         """Execution ids in ascending order; unknown -> []."""
+        check_instance_arg(instance, "list_executions")
         with self._tx("list_executions", write=False) as db:
             return [r[0] for r in self._x(db,
                 "SELECT execution_id FROM executions WHERE instance_id = ? ORDER BY execution_id", (instance,))]
@@ -156,11 +159,13 @@ class SqlAdminMixin:
 
     def list_children(self, instance: str) -> list[str]:
         """Direct children, in creation order; unknown -> []."""
+        check_instance_arg(instance, "list_children")
         with self._tx("list_children", write=False) as db:
             return self._children(db, instance)
 
     def get_parent_id(self, instance: str) -> str | None:
         """Parent id, None for roots; unknown -> InstanceNotFound."""
+        check_instance_arg(instance, "get_parent_id")
         with self._tx("get_parent_id", write=False) as db:
             return self._row(db, instance)[5]
 
@@ -169,6 +174,7 @@ class SqlAdminMixin:
 
     def get_instance_tree(self, instance: str) -> InstanceTree:
         """Root plus all descendants, children before parents; unknown -> InstanceNotFound."""
+        check_instance_arg(instance, "get_instance_tree")
         with self._tx("get_instance_tree", write=False) as db:
             self._row(db, instance)
             return InstanceTree(root_id=instance, all_ids=tuple(self._tree_ids(db, instance)))
@@ -261,6 +267,7 @@ class SqlAdminMixin:
     def delete_instance(self, instance: str, force: bool) -> DeleteInstanceResult:
         """Delete a root with its whole tree. A child -> CannotDeleteSubOrchestration; unknown
         -> InstanceNotFound; anything Running without ``force`` -> InstanceStillRunning."""
+        check_instance_arg(instance, "delete_instance")
         with self._tx("delete_instance") as db:
             if self._row(db, instance)[5] is not None:
                 raise CannotDeleteSubOrchestration(f"Cannot delete sub-orchestration {instance!r} directly; "
@@ -327,6 +334,7 @@ class SqlAdminMixin:
     def prune_executions(self, instance: str, options: PruneOptions) -> PruneResult:
         """Delete old executions, never the current one nor Running ones; options AND-ed. KV
         is instance-scoped and untouched. Unknown -> InstanceNotFound."""
+        check_instance_arg(instance, "prune_executions")
         with self._tx("prune_executions") as db:
             return self._prune(db, instance, options)
 

@@ -56,6 +56,7 @@ from ..core.logsink import emit
 from ..errors import ProviderError, SerializationError
 from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW, HistoryView
 from ._shared import imported_executions as _imported_executions
+from ._shared import check_instance_arg
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -1737,6 +1738,7 @@ class SqliteProvider(SqliteAdminMixin):
 
     def read(self, instance: str) -> list[HistoryEvent]:
         """History of the latest execution; unknown instance -> []."""
+        check_instance_arg(instance, "read")
         with self._tx("read", write=False) as db:
             latest = db.execute("SELECT MAX(execution_id) FROM executions WHERE instance_id = ?",
                                 (instance,)).fetchone()[0]
@@ -1744,6 +1746,7 @@ class SqliteProvider(SqliteAdminMixin):
 
     def read_with_execution(self, instance: str, execution_id: int) -> list[HistoryEvent]:
         """History of one execution; unknown -> []."""
+        check_instance_arg(instance, "read_with_execution")
         with self._tx("read_with_execution", write=False) as db:
             return self._read_events(db, instance, execution_id, "read_with_execution")
 
@@ -1811,18 +1814,21 @@ class SqliteProvider(SqliteAdminMixin):
         everything once it has ended. ``{key: (value, last_updated_at_ms)}``; empty for an unknown
         instance. Export carries it for instances whose earlier executions were pruned (their
         KV events, which would rebuild it, are gone)."""
+        check_instance_arg(instance, "kv_base")
         with self._tx("kv_base", write=False) as db:
             return {k: (v, ts) for k, v, ts in db.execute(
                 "SELECT key, value, last_updated_at_ms FROM kv_store WHERE instance_id = ? ORDER BY key", (instance,))}
 
     def latest_execution_id(self, instance: str) -> int | None:
         """Current execution id, or None for an unknown instance."""
+        check_instance_arg(instance, "latest_execution_id")
         with self._tx("latest_execution_id", write=False) as db:
             return self._current_execution_id(db, instance)
 
     def pending_messages(self, instance: str) -> int:
         """Messages queued for ``instance`` in the orchestrator queue (visible or not, locked or
         not): the client's ``get_orchestration_stats().queue_pending_count``."""
+        check_instance_arg(instance, "pending_messages")
         with self._tx("pending_messages", write=False) as db:
             return int(db.execute("SELECT COUNT(*) FROM orchestrator_queue WHERE instance_id = ?",
                                   (instance,)).fetchone()[0])
@@ -1844,6 +1850,7 @@ class SqliteProvider(SqliteAdminMixin):
         """Cheap status read for clients: ``(execution status, output, custom status, version)``
         of the current execution, from the instance and execution rows (no history decoding).
         None when there is no instance row (the client then reads history)."""
+        check_instance_arg(instance, "read_status")
         # One statement: in autocommit mode it is its own read transaction (a consistent
         # snapshot), so no BEGIN/COMMIT around it (each a round trip, and a GIL hand-off, for
         # the client waiting on an instance). fetchall() runs the statement to its end, which
@@ -1861,6 +1868,7 @@ class SqliteProvider(SqliteAdminMixin):
 
     def get_custom_status(self, instance: str, last_seen_version: int) -> tuple[str | None, int] | None:
         """``(status, version)`` if the version moved past ``last_seen_version``, else None."""
+        check_instance_arg(instance, "get_custom_status")
         with self._tx("get_custom_status", write=False) as db:
             row = db.execute("SELECT custom_status, custom_status_version FROM instances WHERE instance_id = ?",
                              (instance,)).fetchone()
@@ -1870,6 +1878,7 @@ class SqliteProvider(SqliteAdminMixin):
 
     def get_kv_value(self, instance: str, key: str) -> str | None:
         """The store overlaid by the current execution's delta; tombstones hide."""
+        check_instance_arg(instance, "get_kv_value")
         with self._tx("get_kv_value", write=False) as db:
             row = db.execute("SELECT value FROM kv_delta WHERE instance_id = ? AND key = ?", (instance, key)).fetchone()
             if row is None:
@@ -1879,6 +1888,7 @@ class SqliteProvider(SqliteAdminMixin):
 
     def get_kv_all_values(self, instance: str) -> dict[str, str]:
         """All live keys: the store overlaid by the delta; tombstones hide."""
+        check_instance_arg(instance, "get_kv_all_values")
         with self._tx("get_kv_all_values", write=False) as db:
             out = dict(db.execute("SELECT key, value FROM kv_store WHERE instance_id = ? ORDER BY key", (instance,)))
             for key, value in db.execute("SELECT key, value FROM kv_delta WHERE instance_id = ? ORDER BY key",
