@@ -180,6 +180,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not problems:
             print(f"duroxide-sim: no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}",
                   file=sys.stderr)
+        if args.json:  # (the document README promises, not ok, with what could not load)
+            _report([], args)
         return 2
     code = _run_and_report(runnable, args)
     return 2 if problems and code == 0 else code
@@ -337,8 +339,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"duroxide-sim: {args.ref} seed {args.seed} cannot run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if args.trace:
+        # (with --json the trace goes to stderr: stdout holds the one JSON document)
+        out = sys.stderr if args.json else sys.stdout
         for line in result.trace:
-            print(line)
+            print(line, file=out)
     summary = {
         "spec": spec.name,
         "seed": args.seed,
@@ -538,6 +542,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     try:
         if source.is_file() and source.suffix in (".jsonl", ".trace", ".txt"):
             lines = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.startswith("{")]
+            if not any(isinstance(rec, dict) for rec in lines):
+                print(f"duroxide-sim: no trace records (JSON lines) in {source}", file=sys.stderr)
+                return 2
             for rec in lines:
                 if not isinstance(rec, dict):
                     continue  # not a trace record
@@ -644,4 +651,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.func(args))
+    for name in ("path", "db", "source", "ref", "app", "out"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            # (an unset shell variable: "" would be taken as the current directory)
+            print(f"duroxide-sim {args.command}: the {name} argument is empty", file=sys.stderr)
+            return 2
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        # Ctrl-C anywhere (loading the scenarios, replaying, a subprocess): a message, no
+        # traceback, the shell's code for an interrupted command.
+        print(f"duroxide-sim {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`... | head -1`): nothing more to say to it. Point
+        # stdout at devnull so the interpreter's final flush does not complain either.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # (128 + SIGPIPE, what a shell reports for a writer stopped by a closed pipe)
+    except OSError as exc:
+        # A path the system refuses (too long, a loop of links, a device gone): an input
+        # problem of the command line, not a finding (1).
+        print(f"duroxide-sim {args.command}: {exc.strerror or exc}" + (f": {_printable(str(exc.filename))[:200]}"
+              if exc.filename else ""), file=sys.stderr)
+        return 2

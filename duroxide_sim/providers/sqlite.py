@@ -399,7 +399,13 @@ class SqliteProvider(SqliteAdminMixin):
         import tempfile
 
         def read(file: pathlib.Path) -> None:
-            source = sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro", uri=True)
+            # A database closed cleanly (no -wal beside it: every writer has gone, the last
+            # checkpointed it) is read as immutable, so SQLite creates no -wal/-shm next to a
+            # file the command promises not to change. With a -wal (a live writer, or one that
+            # crashed) it is read through the WAL, as it must be to see the last commits.
+            wal_beside = file.with_name(file.name + "-wal").exists()
+            mode = "mode=ro" if wal_beside else "mode=ro&immutable=1"
+            source = sqlite3.connect(f"{file.absolute().as_uri()}?{mode}", uri=True)
             try:
                 source.backup(target)
             finally:

@@ -127,6 +127,9 @@ def load_app(ref: str) -> Any:
     if ":" not in ref:
         raise ValueError(f"app reference {ref!r} must look like path/to/file.py:NAME or package.module:NAME")
     where, name = ref.rsplit(":", 1)
+    if not where.strip() or not name.strip():
+        raise ValueError(f"app reference {ref!r} must look like path/to/file.py:NAME or package.module:NAME "
+                         f"(the {'file or module' if not where.strip() else 'NAME'} is missing)")
     if ".py:" in where:
         raise ValueError(f"app reference {ref!r} must look like path/to/file.py:NAME (one ':' after the file)")
     if where.endswith(".py"):
