@@ -215,15 +215,19 @@ class SqlAdminMixin:
         for instance in ids:
             if forget is not None:
                 forget(instance)  # a cache only: dropping it early is harmless if the delete rolls back
+            # The lock row first (PostgreSQL's lock order, see the module docstring): a turn's ack
+            # holds it (FOR UPDATE) from its first statement, so the delete waits for an ack in
+            # flight to commit and then removes what it wrote, and a later ack finds no lock and
+            # fails (SPEC §16 F21) instead of resurrecting the instance. (Deleting history and
+            # executions first let an ack insert history in between: the delete then failed on
+            # the history -> executions foreign key - found by test_postgres_concurrency_journeys.)
+            # Dropping worker rows makes running activities fail renew/ack harmlessly.
+            self._x(db, "DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
             if retire is not None:
                 retire(db, instance)
             executions += self._x(db, "SELECT COUNT(*) FROM executions WHERE instance_id = ?", (instance,)).fetchone()[0]
             events += self._x(db, "DELETE FROM history WHERE instance_id = ?", (instance,)).rowcount
             self._x(db, "DELETE FROM executions WHERE instance_id = ?", (instance,))
-            # The lock row first (PostgreSQL's lock order, see the module docstring). Dropping it
-            # makes an in-flight turn's ack fail instead of resurrecting the instance (SPEC §16
-            # F21); dropping worker rows makes running activities fail renew/ack harmlessly.
-            self._x(db, "DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
             messages += self._x(db, "DELETE FROM orchestrator_queue WHERE instance_id = ?", (instance,)).rowcount
             messages += self._x(db, "DELETE FROM worker_queue WHERE instance_id = ?", (instance,)).rowcount
             for table in ("kv_store", "kv_delta"):
