@@ -339,10 +339,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"duroxide-sim: {args.ref} seed {args.seed} cannot run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if args.trace:
-        # (with --json the trace goes to stderr: stdout holds the one JSON document)
-        out = sys.stderr if args.json else sys.stdout
+        # (with --json, stdout is JSON lines: each trace record, then the summary last)
         for line in result.trace:
-            print(line, file=out)
+            print(line)
     summary = {
         "spec": spec.name,
         "seed": args.seed,

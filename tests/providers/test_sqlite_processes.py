@@ -309,13 +309,16 @@ def test_sigkill_while_holding_the_write_transaction(tmp_path):
     jobs = {f"stall-{n}": n for n in range(30)}
     procs: list[Proc] = []
     try:
+        # Every start is queued before the workers run: a start still being written when the
+        # staller takes the write lock for good waited for the busy timeout and failed (under
+        # load, the CI run was slow enough for that).
+        for inst, n in jobs.items():
+            client.start_orchestration(inst, "Job", n)
         staller = Proc(tmp_path, "staller", db, effects, "--stall-ack", "12")
         other = Proc(tmp_path, "other", db, effects)
         procs += [staller, other]
         staller.wait_for(staller.ready)
         other.wait_for(other.ready)
-        for inst, n in jobs.items():
-            client.start_orchestration(inst, "Job", n)
         staller.wait_for(staller.stalled, timeout_s=60)
         # The staller holds SQLite's write lock with uncommitted frames in the WAL; the other
         # worker (and this client) queue behind it. Readers still see the last commit.
