@@ -34,27 +34,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
-GOOD = textwrap.dedent('''
-    from duroxide_sim.sim.harness import SimSpec, Start
-
-    def setup(rt, world):
-        @rt.register_activity("Pay::activity::charge")
-        def charge(ctx, oid):
-            world.put_if_absent(f"charged:{oid}", True)
-            return "ok"
-
-        @rt.register_orchestration("Pay::orchestration::pay")
-        def pay(ctx, oid):
-            yield ctx.schedule_timer(1000)
-            return (yield ctx.schedule_activity("Pay::activity::charge", oid))
-
-    SPEC = SimSpec(name="payments", setup=setup, ref=__file__ + ":SPEC",
-                   starts=[Start(instance=f"p{i}", orchestration="Pay::orchestration::pay", input=i) for i in range(3)])
-''')
-
-#: The planted bug: a non-idempotent activity (re-run after a crash it counts twice).
-BUGGY = GOOD.replace('world.put_if_absent(f"charged:{oid}", True)', 'world.incr("charges")').replace(
-    '"payments"', '"payments-buggy"')
+# The same clean spec and planted bug (a non-idempotent activity) as the command-line tests.
+from .test_cli import BUGGY, GOOD  # noqa: E402
 
 CRASHY = '{"rates": {"crash_after_effect": 0.3}}'
 
