@@ -5,6 +5,7 @@ Kept here so every provider parses pins and reports lost locks the same way; no 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -222,3 +223,8 @@ def check_instance_arg(instance: Any, op: str) -> None:
     if not isinstance(instance, str):
         raise InvalidInputTypeError(f"{op}: instance id must be a string, got {type(instance).__name__}",
                                     operation=op)
+
+
+def advisory_key32(text: str) -> int:
+    """Deterministic signed 32-bit key for PostgreSQL advisory locks (an instance's fetch claim)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest(), "big", signed=True)

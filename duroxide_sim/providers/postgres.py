@@ -94,6 +94,7 @@ from . import postgres_schema
 from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW
 from ._shared import imported_executions as _imported_executions
 from ._shared import check_instance_arg
+from ._shared import advisory_key32 as _key32
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -214,11 +215,6 @@ _UNPARK_EXISTING = """
           AND (EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id)
                OR EXISTS (SELECT 1 FROM executions e WHERE e.instance_id = q.instance_id)))
 """
-
-
-def _key32(text: str) -> int:
-    """Deterministic signed 32-bit key for advisory locks."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest(), "big", signed=True)
 
 
 def _key64(text: str) -> int:

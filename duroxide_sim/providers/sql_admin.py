@@ -12,7 +12,9 @@ The statements are written with ``?`` parameter markers; a host whose driver wan
 ``%``). The one dialect difference, counting rows by status, is ``_STATUS_COUNTS_SQL``.
 Deletion removes an instance's ``instance_locks`` row first: PostgreSQL's lock order (lock row,
 then queue rows, then the rest) keeps a delete from deadlocking with a concurrent ack or fetch of
-the same instance, and SQLite (one writer) does not mind the order.
+the same instance, and SQLite (one writer) does not mind the order. Before that a host may wait
+out fetches in flight (``_exclude_fetchers``: PostgreSQL takes the fetchers' per-instance
+advisory locks, since a fetch's uncommitted lock row is invisible to the delete).
 
 Must not import a database driver or read a clock other than the host's ``_now()``.
 """
@@ -212,6 +214,9 @@ class SqlAdminMixin:
         instances = executions = events = messages = 0
         forget = getattr(self, "_forget_history", None)  # SQLite's decoded-history cache
         retire = getattr(self, "_retire_seq", None)  # SQLite: a deleted instance's created_seq is not reused
+        exclude = getattr(self, "_exclude_fetchers", None)  # PostgreSQL: wait out fetches in flight
+        if exclude is not None:
+            exclude(db, ids)
         for instance in ids:
             if forget is not None:
                 forget(instance)  # a cache only: dropping it early is harmless if the delete rolls back
@@ -221,15 +226,19 @@ class SqlAdminMixin:
             # fails (SPEC §16 F21) instead of resurrecting the instance. (Deleting history and
             # executions first let an ack insert history in between: the delete then failed on
             # the history -> executions foreign key - found by test_postgres_concurrency_journeys.)
-            # Dropping worker rows makes running activities fail renew/ack harmlessly.
+            # Dropping worker rows makes running activities fail renew/ack harmlessly. Activity
+            # rows go before orchestrator messages: a worker ack holding its row (FOR UPDATE)
+            # queues the completion when it commits, so the delete waits for it there and the
+            # later statement removes what it queued (the other order left that completion
+            # behind, and a new instance with the same id received it).
             self._x(db, "DELETE FROM instance_locks WHERE instance_id = ?", (instance,))
             if retire is not None:
                 retire(db, instance)
             executions += self._x(db, "SELECT COUNT(*) FROM executions WHERE instance_id = ?", (instance,)).fetchone()[0]
             events += self._x(db, "DELETE FROM history WHERE instance_id = ?", (instance,)).rowcount
             self._x(db, "DELETE FROM executions WHERE instance_id = ?", (instance,))
-            messages += self._x(db, "DELETE FROM orchestrator_queue WHERE instance_id = ?", (instance,)).rowcount
             messages += self._x(db, "DELETE FROM worker_queue WHERE instance_id = ?", (instance,)).rowcount
+            messages += self._x(db, "DELETE FROM orchestrator_queue WHERE instance_id = ?", (instance,)).rowcount
             for table in ("kv_store", "kv_delta"):
                 self._x(db, f"DELETE FROM {table} WHERE instance_id = ?", (instance,))
             instances += self._x(db, "DELETE FROM instances WHERE instance_id = ?", (instance,)).rowcount

@@ -11,12 +11,16 @@ The server comes from the ``pg_url`` / ``pg_schema`` fixtures (``tests/providers
 ``$DUROXIDE_PG_URL`` when set, else a private server started on first use. Sized for a shared
 2-core machine: tens of instances, each test well under 15 s.
 
-Found by this file: a forced delete of a running instance could fail on the history ->
-executions foreign key (a runtime's ack inserted history in between), because the delete took the
-instance's lock row last, against the documented lock order; it now takes it first. Not fixed:
-after a forced delete racing a turn, a runtime can still write the instance back as Failed
-(seen once in a CI run: the turn failing on its vanished history or lock and recording that);
-the test for it was taken out until that race is fixed (see the issue note).
+Found by this file and fixed: a forced delete of a running instance could fail on the
+history -> executions foreign key (a runtime's ack inserted history between the delete's removal
+of history and of executions; the forced-delete test failed in 3 of 4 runs), because the delete
+took the instance's lock row last, against the documented lock order; it now takes it first,
+so an ack in flight commits before the delete reads, and a later one finds no lock. Later (the
+same test, failing now and then under load; each interleaving is forced in
+test_postgres_delete_races.py): a delete racing a *fetch* missed the fetch's uncommitted lock row
+and the turn wrote the instance back (now the delete takes the fetchers' advisory claim first),
+and a delete racing a worker ack left the ack's completion queued for a later instance with the
+same id (now activity rows are deleted before orchestrator messages).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any
 import pytest
 
 from duroxide_sim import Client, Runtime, RuntimeOptions
-from duroxide_sim.core.events import (ActivityScheduled, ExternalEvent, QueueEventDelivered, SubOrchestrationScheduled, TimerCreated)
+from duroxide_sim.core.events import (ActivityScheduled, ExternalEvent, OrchestrationStarted,
+                                      QueueEventDelivered, SubOrchestrationScheduled, TimerCreated)
 from duroxide_sim.errors import DuroxideError
 from duroxide_sim.providers.base import InstanceFilter, PruneOptions
 from duroxide_sim.providers.postgres import PostgresProvider
@@ -346,6 +351,52 @@ def test_cancel_racing_completion_ends_in_one_consistent_terminal_state(cluster)
 
 
 # --- 3. forced deletes of running instances --------------------------------------------------------------
+
+
+def test_forced_delete_of_running_instances_does_not_resurrect_them(cluster):
+    """Two runtimes run 8 long chains of slow activities and 2 running trees. While they run,
+    three client threads delete_instance(force=True) all of them. Afterwards (given the runtimes
+    time to finish any in-flight turns and activities, well past the lock timeouts) none of
+    them exists again (status NotFound, not listed), the runtimes are alive (a new instance
+    completes), and starting the same ids again runs them fresh: execution 1 with one start
+    event and the new input's output."""
+    c = cluster(2)
+    ids = [f"doomed-{i}" for i in range(8)]
+    for inst in ids:
+        c.client.start_orchestration(inst, "LongChain", 40)
+    for r in ("dtree-0", "dtree-1"):
+        c.client.start_orchestration(r, "Tree", 0)
+    assert _until(lambda: sum(1 for kind, *_ in c.ledger.items if kind == "slow") >= 8, 10)
+    roots = ids + ["dtree-0", "dtree-1"]
+    errors: list = []
+
+    def deleter(part):
+        for inst in part:
+            try:
+                c.client.delete_instance(inst, force=True)
+            except DuroxideError as exc:
+                if type(exc).__name__ != "InstanceNotFound":
+                    errors.append(repr(exc))
+
+    assert _threads([lambda p=p: deleter(roots[p::3] + roots) for p in range(3)]) == []
+    assert errors == []
+    time.sleep(2.5)  # in-flight activities / turns finish and try to ack; locks (1.5 s) expire
+    everything = roots + [f"dtree-{j}/s{k}" for j in range(2) for k in range(3)]
+    assert {inst: _status(c.client, inst) for inst in everything} == {inst: "NotFound" for inst in everything}
+    assert not set(everything) & set(c.client.list_all_instances())
+    assert all(rt.is_running() if hasattr(rt, "is_running") else True for rt in c.runtimes)
+    c.client.start_orchestration("alive", "Chain", 0)
+    assert _wait(c.client, "alive") == ("Completed", 5)
+    for i, inst in enumerate(ids[:4]):
+        c.client.start_orchestration(inst, "Chain", 100 + i)
+    for i, inst in enumerate(ids[:4]):
+        assert _wait(c.client, inst) == ("Completed", 105 + i)
+        assert c.client.list_executions(inst) == [1]
+        events = c.client.read_history_events(inst, 1)
+        assert sum(isinstance(ev, OrchestrationStarted) for ev in events) == 1
+        assert sum(isinstance(ev, ActivityScheduled) for ev in events) == 5
+        assert _history_problems(c.client, inst) == []
+    assert {inst: _status(c.client, inst) for inst in ids[4:]} == {inst: "NotFound" for inst in ids[4:]}
 
 
 # --- 4. prune while continuing as new ------------------------------------------------------------------
