@@ -15,7 +15,10 @@ Modes:
   ``--stall-ack N``: the N-th orchestration ack of this process runs all of its statements, then
   (still inside the write transaction, holding SQLite's write lock) shrinks the page cache and
   writes ~2 MB into the ``junk`` table so uncommitted frames spill into the WAL, touches
-  ``READY + ".stalled"`` and sleeps forever: the test SIGKILLs it there.
+  ``READY + ".stalled"`` and sleeps forever: the test SIGKILLs it there. ``--go PATH``: after
+  opening the database (a write: the open id), touch ``READY + ".opened"`` and start the runtime
+  only once ``PATH`` exists (so a staller cannot take the write lock for good before another
+  process has opened the file).
 * ``open PATH GO_EPOCH_S OUT``: busy-waits until wall time ``GO_EPOCH_S``, then
   ``SqliteProvider.open(PATH)`` (schema creation race); writes ``{"ok", "open_id", "error"}``
   as JSON to ``OUT``.
@@ -186,6 +189,7 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--poll-ms", type=int, default=5)
     parser.add_argument("--activity-ms", type=int, default=5)
     parser.add_argument("--stall-ack", type=int, default=0)
+    parser.add_argument("--go", default=None)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING,
@@ -208,6 +212,12 @@ def worker_main(argv: list[str]) -> int:
         activity_cancellation_grace_period_ms=1_000,
     ))
     _register(runtime, args.effects, args.activity_ms)
+    if args.go:
+        _write_json(args.ready + ".opened", {"pid": os.getpid()})
+        while not os.path.exists(args.go):
+            if stop.wait(0.005):
+                provider.close()
+                return 0
     runtime.start()
     _write_json(args.ready, {"pid": os.getpid(), "open_id": provider._open_id})
     while not stop.wait(0.05):

@@ -72,6 +72,7 @@ class Proc:
         self.name = name
         self.ready = tmp / f"{name}.ready"
         self.stalled = tmp / f"{name}.ready.stalled"
+        self.opened = tmp / f"{name}.ready.opened"
         self.err_path = tmp / f"{name}.stderr"
         with open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
@@ -314,9 +315,15 @@ def test_sigkill_while_holding_the_write_transaction(tmp_path):
         # load, the CI run was slow enough for that).
         for inst, n in jobs.items():
             client.start_orchestration(inst, "Job", n)
-        staller = Proc(tmp_path, "staller", db, effects, "--stall-ack", "12")
-        other = Proc(tmp_path, "other", db, effects)
+        # Both open the file before either runtime starts (--go): opening writes (the open id),
+        # and under load the staller could stall before the other process had opened.
+        go = tmp_path / "go"
+        staller = Proc(tmp_path, "staller", db, effects, "--stall-ack", "12", "--go", str(go))
+        other = Proc(tmp_path, "other", db, effects, "--go", str(go))
         procs += [staller, other]
+        for p in (staller, other):
+            p.wait_for(p.opened, timeout_s=60)
+        go.touch()
         staller.wait_for(staller.ready)
         other.wait_for(other.ready)
         staller.wait_for(staller.stalled, timeout_s=60)
