@@ -144,6 +144,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"duroxide-sim: no such file or directory: {path}", file=sys.stderr)
         return 2
+    # Options the command or the plan would ignore are refused: a user who wrote them expected
+    # them to matter (``--rate 0.5 --faults swarm`` ran swarm's own rates; ``run --budget-s 5``
+    # ran every seed however long it took).
+    for given, applies, hint in (
+            (args.rate is not None and args.faults != "all", "--rate", "it sets the rate of --faults all"),
+            (args.budget_s is not None and args.command == "run", "--budget-s",
+             "it is explore's time budget; run takes --seeds"),
+            (args.seeds is not None and args.command == "explore", "--seeds",
+             "explore runs new seeds until --budget-s runs out; use run for a fixed number")):
+        if given:
+            print(f"duroxide-sim {args.command}: {applies} does not apply here: {hint}", file=sys.stderr)
+            return 2
+    args.rate = 0.05 if args.rate is None else args.rate
+    args.budget_s = 60.0 if args.budget_s is None else args.budget_s
+    args.seeds = 100 if args.seeds is None else args.seeds
     try:
         _plan(args.faults, args.rate)
     except ValueError as exc:
@@ -587,11 +602,11 @@ def main(argv: list[str] | None = None) -> int:
                                ("explore", "keep running seeds until a time budget runs out or a property fails")):
         run = sub.add_parser(command, help=help_text)
         run.add_argument("path", help="a directory of scenario modules (each defining SPEC), or one module file")
-        run.add_argument("--seeds", type=_positive_int, default=100, help="seeds per scenario (run; default 100)")
+        run.add_argument("--seeds", type=_positive_int, default=None, help="seeds per scenario (run only; default 100)")
         run.add_argument("--first-seed", type=int, default=0)
-        run.add_argument("--budget-s", type=_positive_seconds, default=60.0, help="time budget in seconds, shared equally by the scenarios (explore; default 60)")
+        run.add_argument("--budget-s", type=_positive_seconds, default=None, help="time budget in seconds, shared equally by the scenarios (explore only; default 60)")
         run.add_argument("--faults", default="all", help="'all' (default), 'swarm', 'none' or a fault plan as JSON")
-        run.add_argument("--rate", type=_rate, default=0.05, help="per-opportunity fault rate for --faults all")
+        run.add_argument("--rate", type=_rate, default=None, help="per-opportunity fault rate for --faults all (default 0.05; refused with other plans)")
         run.add_argument("--variants", default=None, help="run planted-bug variants: a name or 'all'")
         run.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
         run.add_argument("--nodes", type=_positive_int, default=2)

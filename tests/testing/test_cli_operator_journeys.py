@@ -199,6 +199,25 @@ def test_counts_that_are_zero_negative_or_not_numbers_are_usage_errors_naming_th
                      f"argument {option}")
 
 
+def test_options_the_command_would_ignore_are_refused_not_silently_dropped(tmp_path: pathlib.Path) -> None:
+    """``--rate`` with a plan other than ``all`` (swarm draws its own rates, none has none),
+    ``--budget-s`` on ``run`` (it runs every seed whatever the time) and ``--seeds`` on
+    ``explore`` (it runs seeds until the budget ends) used to be accepted and ignored: exit 2,
+    nothing on stdout, stderr names the option and what it is for. The same options where they
+    apply still run."""
+    d = _scen(tmp_path, good=GOOD)
+    for args, option in ((["run", str(d), "--seeds", "1", "--faults", "none", "--rate", "0.5"], "--rate"),
+                         (["run", str(d), "--seeds", "1", "--faults", "swarm", "--rate", "0.2"], "--rate"),
+                         (["run", str(d), "--seeds", "1", "--budget-s", "5"], "--budget-s"),
+                         (["explore", str(d), "--budget-s", "1", "--seeds", "3"], "--seeds")):
+        _usage_error(_cli(*args, cwd=tmp_path), option, "does not apply")
+    ok = _cli("run", str(d), "--seeds", "2", "--faults", "all", "--rate", "0.2", "--json", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert [row["seeds"] for row in json.loads(ok.stdout)["scenarios"]] == [2]
+    ok = _cli("explore", str(d), "--budget-s", "0.5", "--json", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_unknown_options_and_a_missing_subcommand_are_usage_errors_on_stderr(tmp_path: pathlib.Path) -> None:
     """A typo'd option on any subcommand, or no subcommand at all: exit 2 with the usage on
     stderr, stdout empty (a CI step piping stdout into a JSON parser gets nothing, not help text)."""
