@@ -259,6 +259,14 @@ _NOT_DURABLE_LOOP = _NotDurableLoop()
 #: What an orchestration call returns that the engine drives: a generator or a coroutine.
 _RESUMABLE = (types.GeneratorType, types.CoroutineType)
 
+
+def _fresh(exc: BaseException) -> BaseException:
+    """A task's failure as the code receives it: without the frames of an earlier delivery (a
+    failed task yielded again re-raises its one exception object; as asyncio's futures do, the
+    traceback then shows only the yield that raised it, not the earlier one under it)."""
+    exc.__traceback__ = None
+    return exc
+
 class _Engine:
     # Slots: a cached engine (replay.EngineCache) lives between turns, often hundreds at once;
     # an instance __dict__ this wide costs ~1.5 KiB each.
@@ -433,7 +441,7 @@ class _Engine:
             if ok:
                 send = value
             else:
-                throw = value
+                throw = _fresh(value)
         resumptions = 0
         while True:
             resumptions += 1
@@ -467,6 +475,12 @@ class _Engine:
                 send, throw = None, exc
                 continue
             send, throw = None, None
+            if type(yielded) is types.CoroutineType and not yielded.cr_suspended and yielded.cr_frame is not None \
+                    and not yielded.cr_running:
+                # A generator orchestration yielding a durable ``async def`` helper it just
+                # called: driven as ``await`` would (the helper's own yields are the tasks).
+                self.stack.append(yielded)
+                continue
             if not isinstance(yielded, DurableTask):
                 throw = TypeError(
                     "orchestrations may only yield/await tasks from the context "
@@ -491,7 +505,7 @@ class _Engine:
                     elif st.ok:
                         send = st.value
                     else:
-                        throw = st.value
+                        throw = _fresh(st.value)
                 elif st[0] is not self:
                     throw = TypeError("this retry task was created by another orchestration run (another instance, or "
                                       "an earlier replay of this one); keep no tasks in globals or closures between "
@@ -503,7 +517,7 @@ class _Engine:
                     if ok:
                         send = value
                     else:
-                        throw = value
+                        throw = _fresh(value)
                 continue
             try:
                 self._start(yielded)
@@ -515,7 +529,7 @@ class _Engine:
                 if ok:
                     send = value
                 else:
-                    throw = value
+                    throw = _fresh(value)
                 continue
             self.waiting = yielded
             return
@@ -930,11 +944,18 @@ def _entry(slot: _Slot) -> dict[str, Any]:
     return {"ok": slot.value} if slot.ok else {"err": str(slot.value)}
 
 
+#: A timer's latest fire time: 2**61 ms (~73 million years) below 2**63, so lock expiries and
+#: visibility times computed from a clock that reached it still fit 64-bit columns.
+_LATEST_MS = 3 * 2**61
+
+
 def _action_for(task: DurableTask, kind: str, now_ms: int) -> Action:
     if kind == "activity":
         return CallActivity(name=task.name, input=task.input, session_id=task.session_id, tag=task.tag)  # type: ignore[attr-defined]
     if kind == "timer":
-        return CreateTimer(fire_at_ms=now_ms + task.delay_ms)  # type: ignore[attr-defined]
+        # Capped well inside a signed 64-bit ms column (MAX_TIMER_DELAY_MS keeps any delay under
+        # the cap from a real clock; a simulated clock can be past 2**62 ms already).
+        return CreateTimer(fire_at_ms=min(now_ms + task.delay_ms, _LATEST_MS))  # type: ignore[attr-defined]
     if kind == "wait":
         return WaitExternal(name=task.name)  # type: ignore[attr-defined]
     if kind == "queue":

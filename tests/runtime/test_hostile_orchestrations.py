@@ -327,18 +327,33 @@ def test_a_finally_that_yields_schedules_its_cleanup(world, replay_world, fail):
     gc.collect()
 
 
-def test_yielding_a_coroutine_from_a_generator_fails_clearly(world, replay_world):
+def test_yielding_a_coroutine_from_a_generator_drives_it(world, replay_world):
+    """A generator orchestration that yields a call of an ``async def`` helper gets the helper
+    driven, as ``await`` would (it used to fail "may only yield/await tasks"); a coroutine that
+    already ran is not a task and still fails clearly (below)."""
     def gen(ctx, _):
+        async def inner():
+            return 1
+
+        return (yield inner())
+
+    out, _ = _both(world, replay_world, gen)
+    assert out[:2] == ("Completed", 1), out
+
+
+def test_yielding_a_finished_coroutine_from_a_generator_fails_clearly(world, replay_world):
+    def finished(ctx, _):
         async def inner():
             return 1
 
         co = inner()
         try:
-            return (yield co)
-        finally:
-            co.close()
+            co.send(None)
+        except StopIteration:
+            pass
+        return (yield co)
 
-    out, _ = _both(world, replay_world, gen)
+    out, _ = _both(world, replay_world, finished)
     _failed_with(out, "may only yield/await tasks from the context", "got coroutine")
 
 
