@@ -139,6 +139,10 @@ class Client:
         if hasattr(provider, "bind_clock"):
             provider.bind_clock(self.clock)
         self._sleep = sleep or realtime.CommitWaiter(provider)
+        # What a wait's timeout is measured on: a duration in real time when the client sleeps
+        # in real time (a wall-clock step must neither stretch nor cut it); the injected clock
+        # when the sleep is injected too (a simulation moves that clock while it "sleeps").
+        self._elapsed_ms: Callable[[], float] = self.clock.now_ms if sleep is not None else realtime.monotonic_ms
 
     # --- starting and signalling ------------------------------------------------------------
 
@@ -228,7 +232,8 @@ class Client:
     def _wait(self, check: Callable[[], Any], timeout_ms: int, instance: str | None = None) -> Any:
         if type(timeout_ms) is not int or timeout_ms < 0:  # (a bool is not a timeout)
             raise InvalidInputError(f"timeout_ms must be a non-negative integer, got {timeout_ms!r}")
-        deadline = self.clock.now_ms() + timeout_ms
+        now = self._elapsed_ms
+        deadline = now() + timeout_ms
         delay = 1
         # A sleeper that can wake for one instance's commits (the in-process CommitWaiter).
         wait_for = getattr(self._sleep, "wait_for", None) if instance is not None else None
@@ -239,12 +244,12 @@ class Client:
                 except ProviderError as exc:
                     # A retryable provider error (a dropped connection, a busy database) is
                     # waited out like a not-yet answer, until the deadline; then it is reported.
-                    if not exc.retryable or deadline - self.clock.now_ms() <= 0:
+                    if not exc.retryable or deadline - now() <= 0:
                         raise
                     found = None
                 if found is not None:
                     return found
-                remaining = deadline - self.clock.now_ms()
+                remaining = deadline - now()
                 if remaining <= 0:
                     raise OperationTimeout("Operation timed out")
                 if wait_for is not None:

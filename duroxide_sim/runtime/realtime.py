@@ -40,6 +40,18 @@ class SystemClock:
         return time.time_ns() // 1_000_000
 
 
+def is_virtual_clock(clock: object) -> bool:
+    """A clock that moves only when told (it has ``advance(ms)``: SimClock, ConformanceClock).
+    Any other clock, the wall clock included, is taken for real time."""
+    return clock is not None and callable(getattr(clock, "advance", None))
+
+
+def monotonic_ms() -> float:
+    """Elapsed-time source for timeouts measured in real time: a step of the wall clock (NTP,
+    an operator) neither stretches nor cuts them."""
+    return time.monotonic() * 1000.0
+
+
 class UuidIds:
     def new_guid(self) -> str:
         return str(uuid.uuid4())
@@ -464,12 +476,17 @@ class ThreadDriver:
             while not self._stop.is_set():
                 try:
                     did = step(carry)
-                    failures = 0
+                    if failures:
+                        _log.info("dispatcher recovered after %d provider error(s)", failures)
+                        failures = 0
                 except ProviderError as exc:
                     # SPEC §14: fetch errors back off min(100*2^n, 3000) ms when retryable, else 100 ms.
                     failures += 1
                     delay = min(100 * 2 ** min(failures, 5), 3000) if exc.retryable else 100
-                    _log.warning("dispatcher provider error (backing off %d ms): %s", delay, exc)
+                    # One warning per outage (and a reminder every 100 errors), not one per
+                    # back-off: a long outage logged ~1,200 lines an hour per thread.
+                    _log.log(logging.WARNING if failures == 1 or failures % 100 == 0 else logging.DEBUG,
+                             "dispatcher provider error %d of this outage (backing off %d ms): %s", failures, delay, exc)
                     self._stop.wait(delay / 1000.0)
                     continue
                 except BaseException:  # noqa: BLE001 - keep the dispatcher alive; report loudly

@@ -10,6 +10,7 @@ The clock, id source and driver are injectable; by default they come from ``real
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from ..errors import ConfigurationError
 from ..providers.base import Clock
 from .client import Client
 from .dispatchers import IdSource, OrchestrationDispatcher, Services, WorkerDispatcher
-from .options import RuntimeOptions, renewal_period_ms
+from .options import LOG_LEVELS, RuntimeOptions, renewal_period_ms
 from .records import MetricsSnapshot
 
 __all__ = ["Runtime"]
@@ -57,7 +58,17 @@ class Runtime:
                                      f"got {type(provider).__name__} without {', '.join(missing)}{hint}")
         self.provider = provider
         self.options = options or RuntimeOptions()
+        if self.options.log_level is not None:
+            # As duroxide-python's log_level (a process-wide filter): the level of the
+            # ``duroxide_sim`` loggers - the runtime's records and the orchestrations' and
+            # activities' trace lines. A simulation's trace does not go through logging and is
+            # not filtered (the same seed gives the same trace whatever the process configured).
+            logging.getLogger("duroxide_sim").setLevel(LOG_LEVELS[self.options.log_level.strip().lower()])
         self.clock = clock or realtime.SystemClock()
+        # A virtual clock (SimClock, ConformanceClock: it has ``advance``) moves only when told;
+        # any other clock - the default, SystemClock passed explicitly, a user's wrapper of the
+        # wall clock - is real time, whatever the driver.
+        virtual = realtime.is_virtual_clock(clock)
         if hasattr(provider, "bind_clock"):
             provider.bind_clock(self.clock)
         self.registry = registry or Registry()
@@ -76,10 +87,9 @@ class Runtime:
             client_factory=self._shared_client,
             worker_id=self.runtime_id,
             verify_cache=verify_cache,
-            # Back-off between ack retries: real sleep on the wall clock; an injected clock that
-            # can move (SimClock) moves forward instead, so simulated time passes as real time would.
-            sleep=sleep if sleep is not None else (
-                realtime.sleep_ms if clock is None else getattr(clock, "advance", lambda ms: None)),
+            # Back-off between ack retries: real sleep in real time; a virtual clock moves
+            # forward instead, so simulated time passes as real time would.
+            sleep=sleep if sleep is not None else (clock.advance if virtual else realtime.sleep_ms),
         )
         self.orchestration_dispatcher = OrchestrationDispatcher(self._services)
         self.worker_dispatcher = WorkerDispatcher(self._services)
@@ -88,11 +98,11 @@ class Runtime:
         self._last_cleanup = 0
         self._client: Client | None = None
         self._client_lock = threading.Lock()
-        # How the activities' client waits (wait_for_orchestration & co.): on the wall clock,
-        # for commits; on an injected clock (a simulation, a sequential driver) time cannot
-        # pass while an activity runs - one step at a time - so a wait that is not already
+        # How the activities' client waits (wait_for_orchestration & co.): in real time, for
+        # commits; on a virtual clock (a simulation, a sequential driver) time cannot pass
+        # while an activity runs - one step at a time - so a wait that is not already
         # satisfied ends at once (an activity blocked there hung the whole run).
-        self._client_sleep: Callable[[float], None] | None = None if clock is None else _no_wait_in_a_step
+        self._client_sleep: Callable[[float], None] | None = _no_wait_in_a_step if virtual else None
         self._wake_listener: Callable[[str], None] | None = None
 
     def _shared_client(self) -> Client:
