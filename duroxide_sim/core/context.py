@@ -721,19 +721,19 @@ class OrchestrationContext:
         lvl = _LEVELS.get(str(level).lower())
         if lvl is None:
             raise ValueError(f"unknown trace level {level!r}; use debug/info/warn/error")
-        self._engine.log(lvl, str(message))
+        self._engine.log(lvl, _message_text(message))
 
     def trace_info(self, message: str) -> None:
-        self._engine.log(logging.INFO, str(message))
+        self._engine.log(logging.INFO, _message_text(message))
 
     def trace_warn(self, message: str) -> None:
-        self._engine.log(logging.WARNING, str(message))
+        self._engine.log(logging.WARNING, _message_text(message))
 
     def trace_error(self, message: str) -> None:
-        self._engine.log(logging.ERROR, str(message))
+        self._engine.log(logging.ERROR, _message_text(message))
 
     def trace_debug(self, message: str) -> None:
-        self._engine.log(logging.DEBUG, str(message))
+        self._engine.log(logging.DEBUG, _message_text(message))
 
     def is_replaying(self) -> bool:
         """True while the code re-executes steps already recorded in history."""
@@ -744,6 +744,17 @@ class OrchestrationContext:
 MAX_INSTANCE_ID_BYTES = 16_384
 #: The longest timer: now + delay must fit a signed 64-bit millisecond column.
 MAX_TIMER_DELAY_MS = 2**62
+
+
+def _message_text(message: Any) -> str:
+    """A ``trace_*`` message as text; an object whose ``str()`` raises is logged as Python's
+    logging and traceback printers show it, not allowed to fail the orchestration."""
+    if type(message) is str:
+        return message
+    try:
+        return str(message)
+    except Exception:  # noqa: BLE001
+        return f"<{type(message).__name__} object: str() failed>"
 
 
 def _instance_id(value: Any) -> str:

@@ -32,7 +32,8 @@ def emit(logger: logging.Logger, level: int, fmt: str, *args: Any, extra: Mappin
     """``logger.log(level, fmt, *args, extra=extra)``, or the installed sink's record of it."""
     sink = _SINK.get()
     if sink is None:
-        logger.log(level, fmt, *args, extra=extra)  # type: ignore[arg-type]
+        # stacklevel: the record names the runtime code that logged it, not this function.
+        logger.log(level, fmt, *args, extra=extra, stacklevel=2)  # type: ignore[arg-type]
     else:
         sink(level, logger.name, fmt % args if args else fmt, extra)
 

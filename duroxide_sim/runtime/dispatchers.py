@@ -267,7 +267,8 @@ class OrchestrationDispatcher:
                 _verify_warm_turn(inp, s.registry, result)
             if result.kind == "unregistered":
                 delay = opts.unregistered_backoff_ms(item.attempt_count)
-                emit(_log, logging.WARNING, "%s (instance %r); retrying in %d ms", result.message, item.instance, delay)
+                emit(_log, logging.WARNING, "%s (instance %r); retrying in %d ms", result.message, item.instance, delay,
+                     extra={"instance_id": item.instance})
                 provider.abandon_orchestration_item(item.lock_token, delay, False)
                 return None
             return self._commit(item, result, carry)
@@ -338,6 +339,12 @@ class OrchestrationDispatcher:
                 break
             except LockLostError:
                 s.metrics.inc("provider_errors")
+                if retries:
+                    # An earlier attempt failed retryably and this one finds the lock gone: that
+                    # attempt most likely committed and only its reply was lost. The turn's code
+                    # ran live, so its trace lines and counts are recorded (at least once: if
+                    # the lock was taken instead, the next owner records the turn again).
+                    self._record(result)
                 return None  # the lock expired or was taken: another dispatcher owns this turn now
             except ProviderError as exc:
                 s.metrics.inc("provider_errors")
@@ -424,18 +431,27 @@ class OrchestrationDispatcher:
         elif result.kind in ("failed", "cancelled"):
             m.inc("orch_failures")
             category = getattr(result.error, "category", "application")
-            if category == "configuration":
-                # Nondeterminism and the like: the code, not the work, is wrong - logged once (the
-                # failing turn), with the instance, as duroxide-python logs "Orchestration failed".
-                instance = result.delta[0].instance_id if result.delta else ""
-                emit(_log, logging.ERROR, "orchestration %r failed: %s", instance, result.error.display_message(),
-                     extra={"instance_id": instance})
+            # Logged once (the failing turn, after its commit), with the instance, as
+            # duroxide-python logs "Orchestration failed": an error when the code, not the work,
+            # is wrong (nondeterminism and the like), a warning for the rest.
+            instance = result.delta[0].instance_id if result.delta else ""
+            if category != "poison":  # (poison: logged once where it is detected, _log_poison)
+                emit(_log, logging.ERROR if category == "configuration" else logging.WARNING,
+                     "orchestration %r (%s) failed: %s", instance, result.orchestration_name,
+                     _short_text(_last_line(result.error.display_message())),
+                     extra={"instance_id": instance, "execution_id": result.execution_id,
+                            "orchestration_name": result.orchestration_name})
             m.inc({"configuration": "orch_configuration_errors", "infrastructure": "orch_infrastructure_errors",
                    "poison": "orch_poison"}.get(category, "orch_application_errors"))
         elif result.kind == "continued_as_new":
             m.inc("orch_continue_as_new")
-        for level, message in result.logs:
-            emit(_orch_log, level, "%s", message, extra={"instance_id": result.delta[0].instance_id if result.delta else ""})
+        if result.logs:
+            first = result.delta[0] if result.delta else None
+            extra = {"instance_id": first.instance_id if first is not None else "",
+                     "execution_id": first.execution_id if first is not None else result.execution_id,
+                     "orchestration_name": result.orchestration_name}
+            for level, message in result.logs:
+                emit(_orch_log, level, "%s", message, extra=extra)
 
 
 def _verify_warm_turn(inp: TurnInput, registry: Registry, warm: TurnResult) -> None:
@@ -456,6 +472,18 @@ def _verify_warm_turn(inp: TurnInput, registry: Registry, warm: TurnResult) -> N
                 f"live {_short(getattr(warm, name))} vs replayed {_short(getattr(cold, name))}",
                 instance_id=inp.instance,
             )
+
+
+def _last_line(text: str) -> str:
+    """The line that names the error (a traceback's last line); the status keeps the rest."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def _short_text(text: str, limit: int = 2_000) -> str:
+    """An error text as a log line carries it: the first ``limit`` characters (the instance's
+    status holds the whole text)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
 def _exc_str(exc: BaseException) -> str:
@@ -578,7 +606,11 @@ class WorkerDispatcher:
             if lease is None:
                 return True  # given back (session cap); look again
         else:
-            lease = self.fetch()
+            try:
+                lease = self.fetch()
+            except ProviderError:
+                self.s.metrics.inc("provider_errors")
+                raise
             if lease is None:
                 return False
         outcome = self.execute(lease)
@@ -626,7 +658,8 @@ class WorkerDispatcher:
         handler = s.registry.activity(item.name)
         if handler is None:
             delay = opts.unregistered_backoff_ms(lease.attempt_count)
-            emit(_log, logging.WARNING, "activity %r is not registered (instance %r); retrying in %d ms", item.name, item.instance, delay)
+            emit(_log, logging.WARNING, "activity %r is not registered (instance %r); retrying in %d ms", item.name,
+                 item.instance, delay, extra={"instance_id": item.instance})
             return ActivityOutcome("abandon", delay_ms=delay)
         ctx = ctx or self.make_context(lease)
         token = lease.lock_token
@@ -656,6 +689,9 @@ class WorkerDispatcher:
                 raise
             s.metrics.inc("activity_app_errors")
             message = codec.bounded_error_text(f"Activity '{item.name}' call failed: {type(exc).__name__}: {_exc_str(exc)}")
+            emit(_log, logging.WARNING, "activity %r (instance %r, id %d) failed: %s", item.name,
+                 item.instance, item.id, _short_text(message),
+                 extra={"instance_id": item.instance, "execution_id": item.execution_id})
             return ActivityOutcome("ack", _failed(item, ApplicationError(kind="ActivityFailed", message=message)))
         finally:
             s.renewer.unwatch(token)

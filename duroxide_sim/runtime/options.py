@@ -16,7 +16,7 @@ import attrs
 from ..errors import ConfigurationError
 from ..providers.base import TagFilter
 
-__all__ = ["RuntimeOptions", "renewal_period_ms", "RENEWAL_MARGIN_MS", "MAX_OPTION_MS", "MAX_OPTION_COUNT"]
+__all__ = ["RuntimeOptions", "LOG_LEVELS", "renewal_period_ms", "RENEWAL_MARGIN_MS", "MAX_OPTION_MS", "MAX_OPTION_COUNT"]
 
 
 #: The largest duration option: ``now + value`` must fit a store's 64-bit column (a larger lock
@@ -43,6 +43,17 @@ def _optional_text(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and not isinstance(value, str):  # (duroxide-python: "cannot be converted to 'PyString'")
         raise ConfigurationError(f"RuntimeOptions.{attribute.name} must be a string or None, got "
                                  f"{type(value).__name__} {value!r}"[:300])
+
+
+#: ``log_level`` names (duroxide-python's levels, case-insensitive) -> ``logging`` levels.
+LOG_LEVELS = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "critical": 50, "off": 60}
+
+
+def _log_level(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _optional_text(inst, attribute, value)
+    if value is not None and value.strip().lower() not in LOG_LEVELS:
+        raise ConfigurationError(f"RuntimeOptions.log_level must be one of {', '.join(LOG_LEVELS)} (or None), "
+                                 f"got {value!r}"[:300])
 
 
 def _tag_filter(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -83,7 +94,7 @@ class RuntimeOptions:
     dispatcher_poll_interval_ms: int = attrs.field(default=100, converter=_default(100), validator=_positive)
     worker_lock_timeout_ms: int = attrs.field(default=30_000, converter=_default(30_000), validator=_positive)
     log_format: str | None = attrs.field(default=None, validator=_optional_text)
-    log_level: str | None = attrs.field(default=None, validator=_optional_text)
+    log_level: str | None = attrs.field(default=None, validator=_log_level)
     service_name: str | None = attrs.field(default=None, validator=_optional_text)
     service_version: str | None = attrs.field(default=None, validator=_optional_text)
     max_sessions_per_runtime: int = attrs.field(default=10, converter=_default(10), validator=_positive_count)

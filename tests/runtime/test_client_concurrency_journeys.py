@@ -176,13 +176,15 @@ class LogProblems(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.records: list[str] = []
-        self.lock = threading.Lock()
+        # Not ``self.lock``: that is logging.Handler's own lock, held (re-entrantly) around
+        # emit(); a plain Lock under that name deadlocked the first warning logged.
+        self._records_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += f" [{type(record.exc_info[1]).__name__}: {record.exc_info[1]}]"
-        with self.lock:
+        with self._records_lock:
             self.records.append(f"{record.levelname} {record.name}: {text}"[:400])
 
     def crashes(self) -> list[str]:
