@@ -19,7 +19,12 @@ Commands:
 
 * ``export DB --out PATH [--instance ID ...]`` - write the JSON histories of a SQLite database
   (one file per instance in a directory, or one ``.json`` file).
-* ``import PATH --db DB`` - load exported histories into a SQLite database (never overwrites).
+* ``import PATH --db DB`` - load exported histories into a SQLite database (never overwrites;
+  a PostgreSQL URL is refused: the CLI never writes to PostgreSQL).
+* ``export``, ``show`` and ``replay`` also take a ``postgresql://`` (``postgres://``) URL where
+  they take a SQLite path, with ``--schema NAME`` (default ``public``): opened with
+  ``PostgresProvider.open_read_only`` in snapshot mode, so nothing is created, migrated or
+  written, and messages never show the password.
 * ``replay SOURCE --app REF [--latest]`` - replay exported histories (file/directory) or a SQLite
   database against the current code (REF = ``path/to/file.py:NAME``: a SimSpec or a
   ``register(runtime)`` function); every divergence is listed with instance, execution, event
@@ -46,6 +51,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 from typing import Any
 
@@ -402,37 +408,68 @@ def _open_db(path: str, *, must_exist: bool) -> Any:
     return SqliteProvider.open(path, clock=SystemClock())
 
 
-def _read_db(path: str) -> Any:
-    """A database to read only (export, show): an in-memory copy, so a read-only file (a CI
-    fixture, a mounted backup) works, and the file is never migrated, counted or created."""
-    from ..providers.sqlite import SqliteProvider
+def _read_db(source: str, schema: str | None = None) -> Any:
+    """A database to read only (export, show). A SQLite file: an in-memory copy, so a read-only
+    file (a CI fixture, a mounted backup) works, and the file is never migrated, counted or
+    created. A PostgreSQL URL: :meth:`PostgresProvider.open_read_only` in snapshot mode (one
+    read-only transaction: nothing created, migrated or written; a consistent view of a running
+    system). Close it after use."""
+    from ..providers.postgres import PostgresProvider, is_postgres_url
     from ..runtime.realtime import SystemClock
 
-    if not pathlib.Path(path).is_file():
-        raise ValueError(f"no such database file: {path}")
-    return SqliteProvider.snapshot_of(path, clock=SystemClock())
+    if is_postgres_url(source):
+        return PostgresProvider.open_read_only(source, "public" if schema is None else schema, clock=SystemClock(),
+                                               snapshot=True)
+    from ..providers.sqlite import SqliteProvider
+
+    if schema is not None:
+        raise ValueError(f"--schema applies only to a PostgreSQL URL (postgresql://...), not to {source}")
+    if not pathlib.Path(source).is_file():
+        raise ValueError(f"no such database file: {source}")
+    return SqliteProvider.snapshot_of(source, clock=SystemClock())
+
+
+def _where(provider: Any, source: str) -> str:
+    """How messages name a database: a PostgreSQL one by schema, host, database and user (its URL
+    may hold the password), a SQLite one by its path."""
+    return getattr(provider, "location", None) or source
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..errors import DuroxideError
     from ..runtime.history_io import export_to_path
 
+    provider = None
     try:
-        provider = _read_db(args.db)
+        provider = _read_db(args.db, args.schema)
         if not args.instance and not provider.list_instances():
-            raise ValueError(f"no instances in {args.db}: nothing to export")
+            raise ValueError(f"no instances in {_where(provider, args.db)}: nothing to export")
         written = export_to_path(provider, args.out, args.instance or None)
     except (ValueError, DuroxideError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
+    finally:
+        getattr(provider, "close", lambda: None)()
     print(f"exported {len(written)} file(s) to {args.out}")
     return 0
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from ..errors import DuroxideError
+    from ..providers.postgres import is_postgres_url
     from ..runtime.history_io import import_documents, load_documents
 
+    if is_postgres_url(args.db):
+        # Deliberate: the command-line tools never write to a PostgreSQL database (the target
+        # would be a production store). Restoring there is a program's explicit choice.
+        print("duroxide-sim import: --db takes a SQLite file; import does not write to PostgreSQL (from Python: "
+              "import_documents(PostgresProvider.connect_with_schema(url, schema), load_documents(path)))",
+              file=sys.stderr)
+        return 2
+    if is_postgres_url(args.path):  # (and its URL, which may hold a password, is not echoed)
+        print("duroxide-sim import: PATH is an export (a file or directory of JSON histories), not a database: "
+              "run duroxide-sim export URL --schema NAME --out DIR first", file=sys.stderr)
+        return 2
     try:
         docs = load_documents(args.path)
         if not docs:
@@ -449,17 +486,36 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from ..errors import DuroxideError
-    from ..testing.replay import load_app, replay_source
+    from ..providers.postgres import is_postgres_url
+    from ..testing.replay import build_registry, load_app, load_source, replay_documents, replay_source
 
     try:
         app = load_app(args.app)
         skipped: list[tuple[str, int]] = []
-        divergences = replay_source(args.source, app, latest=args.latest, sandbox=not args.no_sandbox, skipped=skipped)
+        if is_postgres_url(args.source):
+            # Read once (one read-only snapshot); the replay under another hash seed reads the
+            # same documents from a temporary file, not the database again (nor its URL, with
+            # its password, on a subprocess's command line).
+            docs = load_source(args.source, schema=args.schema)
+            divergences = replay_documents(docs, build_registry(app), latest=args.latest, sandbox=not args.no_sandbox,
+                                           skipped=skipped)
+        else:
+            docs = None
+            divergences = replay_source(args.source, app, schema=args.schema, latest=args.latest,
+                                        sandbox=not args.no_sandbox, skipped=skipped)
     except (ValueError, TypeError, ImportError, DuroxideError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
     if not args.no_hash_seed_check:
-        divergences = _with_hash_seed_divergences(args, divergences)
+        if docs is None:
+            divergences = _with_hash_seed_divergences(args, divergences, args.source)
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="duroxide-replay-") as tmp:
+                copy = pathlib.Path(tmp) / "histories.json"
+                copy.write_text(json.dumps(docs, sort_keys=True, ensure_ascii=False), encoding="utf-8")
+                divergences = _with_hash_seed_divergences(args, divergences, str(copy))
     if skipped:
         first = ", ".join(f"{_printable(i)} execution {e}" for i, e in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         print(f"note: {len(skipped)} execution(s) not replayed: earlier executions of their instances were pruned, and "
@@ -484,7 +540,7 @@ _HASH_DEPENDENCE = ("the code depends on string hashing - the iteration order of
                     "(and route with a stable hash such as zlib.crc32)")
 
 
-def _with_hash_seed_divergences(args: argparse.Namespace, found: list[Any]) -> list[Any]:
+def _with_hash_seed_divergences(args: argparse.Namespace, found: list[Any], source: str) -> list[Any]:
     """``found`` with what a second replay under another ``PYTHONHASHSEED`` adds: the code
     depends on string hashing (a set's iteration order), which production processes draw at
     random - this process may iterate in the recorded order by chance. An execution the second
@@ -495,7 +551,7 @@ def _with_hash_seed_divergences(args: argparse.Namespace, found: list[Any]) -> l
     from ..testing.replay import SANDBOX_FINDING, Divergence
 
     try:
-        seed, rows = replay_under_another_hash_seed(args.source, args.app, latest=args.latest)
+        seed, rows = replay_under_another_hash_seed(source, args.app, latest=args.latest)
     except (RuntimeError, OSError) as exc:
         print(f"note: the replay under another hash seed (set-order check) could not run: {_printable(str(exc))}",
               file=sys.stderr)
@@ -550,11 +606,19 @@ _SHOWN_ERROR = 600
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from ..errors import DuroxideError
+    from ..providers.postgres import is_postgres_url
     from ..runtime.history_io import document_events, export_instance, load_documents
 
     source = pathlib.Path(args.source)
+    where = str(source)
+    provider = None
     try:
-        if source.is_file() and source.suffix in (".jsonl", ".trace", ".txt"):
+        if is_postgres_url(args.source) or args.schema is not None:  # (--schema with a file: refused)
+            provider = _read_db(args.source, args.schema)
+            where = _where(provider, args.source)
+            ids = [args.instance] if args.instance else list(reversed(provider.list_instances()))
+            docs = [export_instance(provider, i) for i in ids]
+        elif source.is_file() and source.suffix in (".jsonl", ".trace", ".txt"):
             lines = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.startswith("{")]
             if not any(isinstance(rec, dict) for rec in lines):
                 print(f"duroxide-sim: no trace records (JSON lines) in {source}", file=sys.stderr)
@@ -568,7 +632,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 print(f"step {rec.get('step')!s:>6}  t={rec.get('t')!s:>10} ms  {rec.get('op')!s:<14} "
                       f"{json.dumps(rest, sort_keys=True)[:160]}")
             return 0
-        if source.is_file() and source.suffix.lower() != ".json":
+        elif source.is_file() and source.suffix.lower() != ".json":
             provider = _read_db(str(source))
             ids = [args.instance] if args.instance else list(reversed(provider.list_instances()))
             docs = [export_instance(provider, i) for i in ids]
@@ -577,9 +641,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     except (ValueError, DuroxideError) as exc:
         print(f"duroxide-sim: {exc}", file=sys.stderr)
         return 2
+    finally:
+        getattr(provider, "close", lambda: None)()
     if not docs:
         what = f"no instance {args.instance!r}" if args.instance else "no instances"
-        print(f"duroxide-sim: {what} in {source}", file=sys.stderr)
+        print(f"duroxide-sim: {what} in {where}", file=sys.stderr)
         return 2
     for doc in docs:
         # Ids are printed as JSON strings when they hold control characters (a newline or an
@@ -622,17 +688,22 @@ def main(argv: list[str] | None = None) -> int:
                               "Same results except wall-clock seconds (explore: the lowest failing seed; a few more "
                               "seeds than needed may run)")
         run.set_defaults(func=_cmd_run)
-    exp = sub.add_parser("export", help="write the JSON histories of a SQLite database")
-    exp.add_argument("db")
+    schema_help = ("the PostgreSQL schema (default public) when the database is a postgresql:// URL; "
+                   "it is opened read-only: nothing is created, migrated or written")
+    exp = sub.add_parser("export", help="write the JSON histories of a SQLite or PostgreSQL database")
+    exp.add_argument("db", help="a SQLite database file, or a postgresql:// (postgres://) URL")
+    exp.add_argument("--schema", default=None, help=schema_help)
     exp.add_argument("--out", required=True, help="a directory, or a .json file")
     exp.add_argument("--instance", action="append", help="only these instances (repeatable)")
     exp.set_defaults(func=_cmd_export)
     imp = sub.add_parser("import", help="load exported histories into a SQLite database")
     imp.add_argument("path")
-    imp.add_argument("--db", required=True)
+    imp.add_argument("--db", required=True, help="a SQLite database file (created if missing); "
+                                                 "PostgreSQL URLs are refused: the CLI never writes to PostgreSQL")
     imp.set_defaults(func=_cmd_import)
     rpl = sub.add_parser("replay", help="replay recorded histories against the current code")
-    rpl.add_argument("source", help="an export (file or directory) or a SQLite database")
+    rpl.add_argument("source", help="an export (file or directory), a SQLite database, or a postgresql:// URL")
+    rpl.add_argument("--schema", default=None, help=schema_help)
     rpl.add_argument("--app", required=True, help="path/to/file.py:NAME (a SimSpec or a register(runtime) function)")
     rpl.add_argument("--latest", action="store_true", help="replay in-flight instances with the latest version")
     rpl.add_argument("--no-sandbox", action="store_true",
@@ -642,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     rpl.add_argument("--json", action="store_true")
     rpl.set_defaults(func=_cmd_replay)
     shw = sub.add_parser("show", help="print an instance's history as a timeline")
-    shw.add_argument("source", help="a SQLite database, an export, or a trace file (.jsonl)")
+    shw.add_argument("source", help="a SQLite database, a postgresql:// URL, an export, or a trace file (.jsonl)")
+    shw.add_argument("--schema", default=None, help=schema_help)
     shw.add_argument("--instance")
     shw.set_defaults(func=_cmd_show)
     rep = sub.add_parser("reproduce", help="re-run one simulated seed and report its failures")
@@ -665,11 +737,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    for name in ("path", "db", "source", "ref", "app", "out"):
+    for name in ("path", "db", "source", "ref", "app", "out", "schema"):
         value = getattr(args, name, None)
         if isinstance(value, str) and not value.strip():
             # (an unset shell variable: "" would be taken as the current directory)
             print(f"duroxide-sim {args.command}: the {name} argument is empty", file=sys.stderr)
+            return 2
+    for name in ("db", "source", "path"):
+        value = getattr(args, name, None)
+        scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value) if isinstance(value, str) else None
+        if scheme and not value.startswith(("postgresql://", "postgres://")):
+            # (not echoed whole: a URL may hold a password)
+            print(f"duroxide-sim {args.command}: unsupported URL scheme {scheme.group(0)!r}: the {name} argument takes "
+                  "a file or directory, or a postgresql:// (postgres://) URL", file=sys.stderr)
             return 2
     try:
         return int(args.func(args))

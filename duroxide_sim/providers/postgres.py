@@ -14,7 +14,10 @@ batch is ordered by ``(visible_at, id)``, ``poll_timeout_ms`` is ignored. The sh
 conformance suite runs against it.
 
 Schema: every provider object works in one PostgreSQL schema (``connect`` -> ``public``,
-``connect_with_schema`` -> any name), created if missing. Migrations run on open in one
+``connect_with_schema`` -> any name), created if missing. ``open_read_only`` opens an existing
+schema for diagnostics (export, show, replay) without creating, migrating or writing anything:
+read-only sessions, write methods refused, optionally one snapshot transaction for all reads.
+Migrations run on open in one
 transaction holding a transaction-scoped advisory lock derived from the schema name, so two
 processes opening the same schema at once never race. Pool connections have ``search_path``
 set to the schema (quoted with ``psycopg.sql.Identifier``), so queries name tables unqualified.
@@ -132,7 +135,7 @@ try:  # optional dependency: pip install 'duroxide_sim[postgres]'
 except ImportError:  # pragma: no cover - exercised only without the extra installed
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["PostgresProvider", "SCHEMA_VERSION"]
+__all__ = ["PostgresProvider", "SCHEMA_VERSION", "is_postgres_url"]
 
 _log = logging.getLogger(__name__)
 _HISTORY_CACHE_SIZE = 1024  # instances whose decoded current history is kept (LRU)
@@ -215,6 +218,12 @@ _UNPARK_EXISTING = """
           AND (EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id)
                OR EXISTS (SELECT 1 FROM executions e WHERE e.instance_id = q.instance_id)))
 """
+
+
+def is_postgres_url(source: Any) -> bool:
+    """Whether ``source`` is a PostgreSQL connection URL (``postgresql://`` or ``postgres://``),
+    as the CLI's read-only commands and ``replay_source`` take in place of a SQLite path."""
+    return isinstance(source, str) and source.startswith(("postgresql://", "postgres://"))
 
 
 def _key64(text: str) -> int:
@@ -316,6 +325,8 @@ class PostgresProvider(PostgresAdminMixin):
         max_connections: int = 16,
         connect_timeout_s: float = 5.0,
         pool_timeout_s: float = 10.0,
+        read_only: bool = False,
+        snapshot: bool = False,
     ) -> None:
         if psycopg is None:
             raise ConfigurationError("PostgresProvider needs psycopg 3 and psycopg-pool: "
@@ -328,8 +339,16 @@ class PostgresProvider(PostgresAdminMixin):
         for name, value in (("connect_timeout_s", connect_timeout_s), ("pool_timeout_s", pool_timeout_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise InvalidInputError(f"{name} must be a positive number of seconds, got {value!r}")
+        if snapshot and not read_only:
+            raise InvalidInputError("snapshot=True needs read_only=True (use PostgresProvider.open_read_only)")
         self.clock: Clock | None = clock
         self.schema = _check_schema_name(schema)
+        #: Opened with :meth:`open_read_only`: nothing is created, migrated or written.
+        self.read_only = bool(read_only)
+        self._snapshot = bool(snapshot)
+        self._snapshot_conn: Any = None  # snapshot mode: the one connection, holding its transaction
+        self._snapshot_lock = threading.RLock()
+        self._snapshot_failed: str | None = None
         self._closed = False
         self._listeners: list[Callable[[str], None]] = []
         # Reentrant: a Client's listener is removed by a weakref finalizer (runtime/realtime.py),
@@ -351,13 +370,20 @@ class PostgresProvider(PostgresAdminMixin):
         self._url = url
         self._where, self._password = self._describe(url)
         self._conn_kwargs = {"autocommit": True, "connect_timeout": max(1, int(round(connect_timeout_s))),
-                             "application_name": "duroxide_sim"}
+                             "application_name": "duroxide_sim (read-only)" if self.read_only else "duroxide_sim"}
         try:
-            self._open_id = self._bootstrap()
+            if self.read_only:
+                self._open_id = 0  # (no open is counted: provider_meta is not touched)
+                self._snapshot_conn = self._open_read_only_check()
+                if self._snapshot:
+                    return  # every read uses that connection and its transaction: no pool
+            else:
+                self._open_id = self._bootstrap()
             self._pool = ConnectionPool(
                 url, min_size=max(1, int(min_connections)), max_size=max(int(min_connections), int(max_connections)),
                 kwargs=dict(self._conn_kwargs), configure=self._configure_connection, open=False,
-                timeout=self._pool_timeout_s, name=f"duroxide-{self.schema}-{self._open_id}",
+                timeout=self._pool_timeout_s,
+                name=f"duroxide-{self.schema}-{'ro' if self.read_only else self._open_id}",
                 reconnect_timeout=3600.0,
             )
             self._pool.open(wait=True, timeout=max(connect_timeout_s * 2, 10.0))
@@ -383,6 +409,39 @@ class PostgresProvider(PostgresAdminMixin):
         stores can share one database."""
         return cls(database_url, schema, clock=clock, **options)
 
+    @classmethod
+    def open_read_only(cls, database_url: str, schema: str = "public", *, clock: Clock | None = None,
+                       snapshot: bool = False, **options: Any) -> "PostgresProvider":
+        """Open an existing store to read it - diagnostics, export, replay - without writing anything.
+
+        Unlike :meth:`connect`, it never creates the schema, never migrates it and does not count
+        the open in ``provider_meta``: the database is left byte-for-byte unchanged. Every
+        connection runs with ``default_transaction_read_only = on`` (reads in ``REPEATABLE READ
+        READ ONLY`` transactions), so the server itself refuses a write; the write methods
+        (fetches, acks, enqueues, imports, deletes, prunes, ...) raise a non-retryable
+        :class:`ProviderError` ("opened read-only") before they reach it. No LISTEN thread is
+        started (``add_wakeup_listener`` keeps its callbacks but nothing here commits work).
+
+        Refused (non-retryable ``ProviderError`` naming schema, host, database and user, never the
+        password) when the schema does not exist, is not a duroxide_sim schema, is damaged (tables
+        missing, ``schema_version`` empty), or has another schema version than this code's: an
+        older one must be migrated first by a runtime of this version, a newer one needs a newer
+        duroxide_sim.
+
+        ``snapshot=True``: one connection holds one read-only transaction from the open until
+        :meth:`close`, so every read sees the database as it was at the open (an export of a
+        running system is then consistent: no message counted both as queued and in a history).
+        Meant for short-lived tools; it keeps PostgreSQL from vacuuming rows deleted since the
+        open while it lives. Otherwise (the default) each read is its own transaction on a pool
+        connection, as with :meth:`connect`. ``options``: as :meth:`connect` (connection and pool
+        settings)."""
+        return cls(database_url, schema, clock=clock, read_only=True, snapshot=snapshot, **options)
+
+    @property
+    def location(self) -> str:
+        """``PostgreSQL schema 'name' on host:port/db as user 'u'`` (never the password), for messages."""
+        return f"PostgreSQL schema {self.schema!r} on {self._where}"
+
     # --- connections and transactions ----------------------------------------------------------
 
     @staticmethod
@@ -402,17 +461,34 @@ class PostgresProvider(PostgresAdminMixin):
         return f"{host}:{port}/{db} as user {user!r}", params.get("password")
 
     def _redact(self, text: str) -> str:
+        """``text`` without the password, on one line (libpq's connection errors span several
+        lines: "... Connection refused", then "Is the server running on that host ...?")."""
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
         if self._password and len(self._password) >= 4:
             text = text.replace(self._password, "***")
         return text
 
     def _configure_connection(self, conn: Any) -> None:
+        if self.read_only:  # the server refuses any write on this connection, whatever the code does
+            conn.execute("SET default_transaction_read_only = on")
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
 
     def _bootstrap(self) -> int:
         """Connect once to check the URL, create the schema and migrate it; return the open id."""
+        conn = self._connect_once()
         try:
-            conn = psycopg.connect(self._url, **self._conn_kwargs)
+            return self._migrate(conn)
+        except psycopg.Error as exc:
+            raise self._map_error(exc, "open") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _connect_once(self) -> Any:
+        """One connection to ``self._url``; a failure is a ProviderError naming the server (never
+        the password), permanent when the URL or the credentials are wrong."""
+        try:
+            return psycopg.connect(self._url, **self._conn_kwargs)
         except psycopg.Error as exc:
             state = getattr(exc, "sqlstate", None)
             text = self._redact(str(exc).strip())
@@ -427,13 +503,78 @@ class PostgresProvider(PostgresAdminMixin):
                 or "authentication" in low
             raise ProviderError(f"open: cannot connect to PostgreSQL {self._where}: {text}", operation="open",
                                 retryable=not permanent) from None
+
+    def _open_read_only_check(self) -> Any:
+        """The read-only open: connect, start a ``REPEATABLE READ READ ONLY`` transaction on a
+        read-only session and check the schema in it (:meth:`_check_existing_schema`). Returns
+        the connection with that transaction still open in snapshot mode, else closes it and
+        returns None. Writes nothing, takes no lock."""
+        conn = self._connect_once()
         try:
-            return self._migrate(conn)
+            self._configure_connection(conn)
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._check_existing_schema(conn)
+            if self._snapshot:
+                return conn
+            conn.execute("ROLLBACK")
         except psycopg.Error as exc:
-            raise self._map_error(exc, "open") from exc
-        finally:
             with contextlib.suppress(Exception):
                 conn.close()
+            raise self._map_error(exc, "open") from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        with contextlib.suppress(Exception):
+            conn.close()
+        return None
+
+    def _check_existing_schema(self, conn: Any) -> None:
+        """Refuse (non-retryable ProviderError) a schema a read-only open cannot read: missing,
+        foreign, damaged (as :meth:`_migrate` checks), or at another schema version than this
+        code's. Only reads."""
+        latest = postgres_schema.SCHEMA_VERSION  # read at call time: tests plant extra migrations
+        where = f"PostgreSQL schema {self.schema!r} on {self._where}"
+
+        def refuse(problem: str, **fields: Any) -> ProviderError:
+            return ProviderError(f"open: {where} {problem}", operation="open", retryable=False, **fields)
+
+        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
+            raise refuse("does not exist (a read-only open creates nothing; check the schema name)")
+        have = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                                               (self.schema,)).fetchall()}
+        if "schema_version" not in have:
+            if "provider_meta" in have:
+                raise refuse("is a damaged duroxide_sim schema: its schema_version table is missing, so its "
+                             "schema version is unknown; restore it from a backup")
+            raise refuse("is not a duroxide_sim schema (it has no schema_version table); check the schema name")
+        current = conn.execute(sql.SQL("SELECT MAX(version) FROM {}.schema_version").format(
+            sql.Identifier(self.schema))).fetchone()[0]
+        if "provider_meta" not in have:
+            raise refuse(f"is not a duroxide_sim schema (it has a schema_version table"
+                         f"{'' if current is None else f' at version {current}'} but no provider_meta); "
+                         "check the schema name")
+        if current is None:
+            raise refuse("is a damaged duroxide_sim schema: its schema_version table is empty, so its schema "
+                         "version is unknown; restore it from a backup")
+        if current > latest:
+            raise refuse(f"has schema version {current}, but this duroxide_sim supports schema version {latest} "
+                         "at most; upgrade duroxide_sim to read it", found_version=current, supported_version=latest)
+        if current < latest:
+            raise refuse(f"has schema version {current}, older than this duroxide_sim's {latest}; run a runtime "
+                         "of this version on it to migrate it first (a read-only open never migrates)",
+                         found_version=current, supported_version=latest)
+        if latest == postgres_schema.TABLES_VERSION:
+            missing = [t for t in postgres_schema.TABLES if t not in have]
+            if missing:
+                raise refuse(f"is a damaged duroxide_sim schema: table(s) {', '.join(missing)} missing (schema "
+                             f"version {current}); restore it from a backup", missing_tables=missing)
+
+    def _refuse_if_read_only(self, op: str) -> None:
+        if self.read_only:
+            raise ProviderError(f"{op}: {self.location} was opened read-only (PostgresProvider.open_read_only): "
+                                "it writes nothing; open it with connect()/connect_with_schema() to change it",
+                                operation=op, retryable=False)
 
     def _migrate(self, conn: Any) -> int:
         """Bring the schema to the latest version in one transaction; return this open's id."""
@@ -504,6 +645,9 @@ class PostgresProvider(PostgresAdminMixin):
             return ProviderError(f"{op}: transaction conflict ({text}); retry", operation=op, retryable=True)
         if state == "0A000" and "cached plan" in text:  # a migration changed a table under a prepared plan
             return ProviderError(f"{op}: {text}; retry", operation=op, retryable=True)
+        if state == "25006":  # read_only_sql_transaction: a write on a read-only provider's session
+            return ProviderError(f"{op}: the server refused a write on a read-only connection: {text}", operation=op,
+                                 retryable=False)
         if state.startswith("54"):  # program limit exceeded (e.g. an index row too large): retrying cannot help
             return ProviderError(f"{op}: a value is too large for PostgreSQL: {text}", operation=op, retryable=False)
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
@@ -537,7 +681,18 @@ class PostgresProvider(PostgresAdminMixin):
     def _tx(self, op: str, *, write: bool = True) -> Iterator[_Db]:
         """One transaction: READ COMMITTED for writes, REPEATABLE READ READ ONLY for reads;
         COMMIT on success (after sending queued NOTIFYs), ROLLBACK on any error (psycopg
-        errors re-raised as ProviderError). Runs in pipeline mode (see :class:`_Db`)."""
+        errors re-raised as ProviderError). Runs in pipeline mode (see :class:`_Db`).
+
+        Read-only providers refuse ``write`` transactions here (the last line of defence behind
+        the write methods' own check and the server's read-only sessions); in snapshot mode a
+        read runs inside the one long transaction (:meth:`_snapshot_tx`)."""
+        if self.read_only:
+            if write:
+                self._refuse_if_read_only(op)
+            if self._snapshot:
+                with self._snapshot_tx(op) as db:
+                    yield db
+                return
         conn = self._getconn(op)
         try:
             try:
@@ -561,9 +716,35 @@ class PostgresProvider(PostgresAdminMixin):
         finally:
             self._putconn(conn)
 
+    @contextlib.contextmanager
+    def _snapshot_tx(self, op: str) -> Iterator[_Db]:
+        """A read inside the snapshot transaction (see :meth:`open_read_only`), one at a time.
+        A server error aborts that transaction: every later read then fails with the first error."""
+        with self._snapshot_lock:
+            conn = self._snapshot_conn
+            if self._closed or conn is None:
+                raise ProviderError(f"{op}: PostgresProvider {self._where} (schema {self.schema!r}) is closed",
+                                    operation=op)
+            if self._snapshot_failed is not None:
+                raise ProviderError(f"{op}: the read-only snapshot of {self.location} failed earlier and cannot "
+                                    f"be read any more (open it again): {self._snapshot_failed}", operation=op,
+                                    retryable=False)
+            try:
+                with conn.pipeline() as pipeline:
+                    yield _Db(conn, pipeline)
+            except psycopg.Error as exc:
+                error = self._map_error(exc, op)
+                self._snapshot_failed = str(error)
+                raise error from exc
+            except UnicodeEncodeError as exc:
+                raise _not_unicode(op, exc) from exc
+
     def _probe(self, op: str, query: str, params: Any) -> list:
         """One read-only statement outside any transaction (autocommit): the cheap first look
-        of a fetch, so an idle poll costs one round trip."""
+        of a fetch, so an idle poll costs one round trip. (In snapshot mode: inside the snapshot.)"""
+        if self._snapshot:
+            with self._snapshot_tx(op) as db:
+                return db.all(query, params)
         conn = self._getconn(op)
         try:
             return conn.execute(query, params).fetchall()
@@ -604,6 +785,10 @@ class PostgresProvider(PostgresAdminMixin):
         thread = self._listen_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        snapshot_conn, self._snapshot_conn = self._snapshot_conn, None
+        if snapshot_conn is not None:  # (closing ends its read-only transaction)
+            with contextlib.suppress(Exception):
+                snapshot_conn.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             with contextlib.suppress(Exception):
@@ -632,10 +817,11 @@ class PostgresProvider(PostgresAdminMixin):
     def add_wakeup_listener(self, callback: Callable[[str], None]) -> None:
         """Call ``callback("orchestrator"|"worker")`` after commits that add work: at once for
         this object's commits, through LISTEN/NOTIFY for other provider objects' (other
-        processes'). The first listener starts the LISTEN thread."""
+        processes'). The first listener starts the LISTEN thread (not on a read-only provider:
+        it commits nothing and waits for nothing, so it keeps the callback and listens to nothing)."""
         with self._listeners_lock:
             self._listeners.append(callback)
-            start = self._listen_thread is None and not self._closed
+            start = self._listen_thread is None and not self._closed and not self.read_only
             if start:
                 self._listen_thread = threading.Thread(target=self._listen_loop, name="duroxide-pg-listen",
                                                        daemon=True)
@@ -848,6 +1034,7 @@ class PostgresProvider(PostgresAdminMixin):
         ``poll_timeout_ms`` is ignored (short poll). An idle poll is one autocommit query.
         """
         op = "fetch_orchestration_item"
+        self._refuse_if_read_only(op)
         params: dict[str, Any] = {"limit": _FIRST_PAGE, "after_at": PARKED_BELOW, "after_id": -(1 << 63),
                                   "parked_below": PARKED_BELOW}
         query = _ORCH_CANDIDATES.format(pin="")
@@ -1044,6 +1231,7 @@ class PostgresProvider(PostgresAdminMixin):
         stays held.
         """
         op = "ack_orchestration_item"
+        self._refuse_if_read_only(op)
         delta, workers, orchs = list(history_delta), list(worker_items), list(orchestrator_items)
         self._check_events(delta, op)
         pin = metadata.pinned_duroxide_version
@@ -1185,6 +1373,7 @@ class PostgresProvider(PostgresAdminMixin):
         """Release the instance lock; optionally hide its visible messages for ``delay_ms``
         and undo this fetch's attempt increment (``ignore_attempt``, floor 0)."""
         op = "abandon_orchestration_item"
+        self._refuse_if_read_only(op)
         with self._tx(op) as db:
             now = self._now()
             row = db.one("SELECT instance_id FROM instance_locks WHERE lock_token = %s FOR UPDATE", (lock_token,))
@@ -1202,6 +1391,7 @@ class PostgresProvider(PostgresAdminMixin):
     def renew_orchestration_item_lock(self, lock_token: str, extend_ms: int) -> None:
         """Extend a held, unexpired instance lock to now + ``extend_ms``."""
         op = "renew_orchestration_item_lock"
+        self._refuse_if_read_only(op)
         with self._tx(op) as db:
             now = self._now()
             instance = self._held_orch_lock(db, lock_token, now, op)
@@ -1219,6 +1409,7 @@ class PostgresProvider(PostgresAdminMixin):
         """Lock the oldest visible, unlocked (or expired) activity that the tag filter and the
         session rules allow (SPEC §15.3), claiming its session for ``session.owner_id``."""
         op = "fetch_work_item"
+        self._refuse_if_read_only(op)
         if tag_filter.mode == "none":
             return None
         params: dict[str, Any] = {"tags": sorted(tag_filter.tag_set)}
@@ -1309,6 +1500,7 @@ class PostgresProvider(PostgresAdminMixin):
         """Delete the locked row and enqueue ``completion`` (if any) in one transaction.
         LockLostError if the row was cancelled or deleted, or its lock expired or was stolen."""
         op = "ack_work_item"
+        self._refuse_if_read_only(op)
         with self._tx(op) as db:
             now = self._now()
             rid, _, session_id, _, _ = self._work_row_for(db, lock_token, now, op, need_live=True)
@@ -1326,6 +1518,7 @@ class PostgresProvider(PostgresAdminMixin):
     def renew_work_item_lock(self, lock_token: str, extend_ms: int) -> None:
         """Extend a live row lock. Failure is the worker's cancellation signal."""
         op = "renew_work_item_lock"
+        self._refuse_if_read_only(op)
         with self._tx(op) as db:
             now = self._now()
             rid, _, session_id, _, _ = self._work_row_for(db, lock_token, now, op, need_live=True)
@@ -1336,6 +1529,7 @@ class PostgresProvider(PostgresAdminMixin):
         """Unlock the row; ``delay_ms`` hides it until now + delay; ``ignore_attempt`` undoes
         the fetch's attempt increment (floor 0). Without a delay the row keeps its FIFO place."""
         op = "abandon_work_item"
+        self._refuse_if_read_only(op)
         with self._tx(op) as db:
             now = self._now()
             rid, _, _, attempts, visible_at = self._work_row_for(db, lock_token, now, op, need_live=False)
@@ -1348,6 +1542,7 @@ class PostgresProvider(PostgresAdminMixin):
 
     def renew_session_lock(self, owner_ids: Sequence[str], extend_ms: int, idle_timeout_ms: int) -> int:
         """Extend the live, non-idle sessions owned by ``owner_ids``; return how many."""
+        self._refuse_if_read_only("renew_session_lock")
         owners = list(dict.fromkeys(owner_ids))
         if not owners:
             return 0
@@ -1360,6 +1555,7 @@ class PostgresProvider(PostgresAdminMixin):
 
     def cleanup_orphaned_sessions(self, idle_timeout_ms: int) -> int:
         """Delete expired sessions that have no queued rows; return how many."""
+        self._refuse_if_read_only("cleanup_orphaned_sessions")
         with self._tx("cleanup_orphaned_sessions") as db:
             now = self._now()
             cur = db.execute("DELETE FROM sessions s WHERE s.locked_until < %s AND NOT EXISTS "
@@ -1372,6 +1568,7 @@ class PostgresProvider(PostgresAdminMixin):
         """Queue ``item`` for its target instance, visible after ``delay_ms``. Never creates
         an instance (its first ack does)."""
         op = "enqueue_for_orchestrator"
+        self._refuse_if_read_only(op)
         self._check_orch_item(item, op)
         with self._tx(op) as db:
             now = self._now()
@@ -1382,6 +1579,7 @@ class PostgresProvider(PostgresAdminMixin):
     def enqueue_for_worker(self, item: ActivityExecute) -> None:
         """Queue an activity, visible now."""
         op = "enqueue_for_worker"
+        self._refuse_if_read_only(op)
         self._check_worker_item(item, op)
         with self._tx(op) as db:
             db.send(self._INSERT_WORK, self._work_row(item, self._now()))
@@ -1404,6 +1602,7 @@ class PostgresProvider(PostgresAdminMixin):
     def append_with_execution(self, instance: str, execution_id: int, events: Sequence[HistoryEvent]) -> None:
         """Append events verbatim (tests, tools). Duplicate ids -> ProviderError, nothing stored."""
         op = "append_with_execution"
+        self._refuse_if_read_only(op)
         events = list(events)
         with self._tx(op) as db:
             now = self._now()
@@ -1417,6 +1616,7 @@ class PostgresProvider(PostgresAdminMixin):
         (see SqliteProvider.import_history, also for ``kv_base``); one transaction, refused when
         the instance exists."""
         op = "import_history"
+        self._refuse_if_read_only(op)
         plans = []
         for execution_id, events, info in _imported_executions(instance, executions, op):
             self._check_events(events, op)
@@ -1566,6 +1766,7 @@ class PostgresProvider(PostgresAdminMixin):
         into its history rows (the original text is kept behind a marker); ``error=None``
         restores it. Fetches then return ``history_error`` with the lock held (SPEC §16 I31)."""
         op = "_corrupt_history"
+        self._refuse_if_read_only(op)
         with self._hcache_lock:
             self._hcache.pop(instance, None)
         with self._tx(op) as db:

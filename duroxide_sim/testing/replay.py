@@ -1,7 +1,8 @@
 """Nondeterminism detection for CI: replay recorded histories against the current code.
 
 Histories come from the export format (:mod:`duroxide_sim.runtime.history_io`) or straight from
-a SQLite database. Each execution is replayed from scratch (``core.verify.verify_execution``);
+a SQLite database or a PostgreSQL schema (a ``postgresql://`` URL, opened read-only: see
+:func:`load_source`). Each execution is replayed from scratch (``core.verify.verify_execution``);
 every divergence is reported with instance, execution, event id, the recorded call, the call the
 code makes now, and the source line of its yield/await.
 
@@ -40,7 +41,8 @@ _ENDINGS = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedA
 #: How a sandbox finding's message starts (a call the code made, not a divergence of its history).
 SANDBOX_FINDING = "nondeterministic call: "
 
-__all__ = ["Divergence", "load_app", "build_registry", "replay_documents", "replay_source", "assert_replays"]
+__all__ = ["Divergence", "load_app", "build_registry", "replay_documents", "load_source", "replay_source",
+           "assert_replays"]
 
 
 @attrs.frozen
@@ -335,49 +337,80 @@ def replay_documents(docs: list[dict[str, Any]], registry: Registry, *, latest: 
     return out
 
 
-def _documents_from(source: str) -> list[dict[str, Any]]:
+def _provider_documents(provider: Any, label: str) -> list[dict[str, Any]]:
+    """Every instance of a database, checked like an export file: a database whose history rows
+    are missing or corrupt is an input error (exit 2), not a divergence of the code, and never a
+    clean pass."""
+    docs = []
+    for instance in reversed(provider.list_instances()):
+        doc = export_instance(provider, instance)
+        if not doc["executions"]:
+            raise InvalidInputError(f"{label}: instance {instance!r} has no history rows (a truncated copy "
+                                    "or a failed restore?): nothing of it can be replayed")
+        docs.append(check_document(doc, f"{label}: instance {instance!r}"))
+    return docs
+
+
+def load_source(source: str, *, schema: str | None = None) -> list[dict[str, Any]]:
+    """The recorded histories of ``source`` as export documents: an export (file or directory),
+    a SQLite database file (read through an in-memory copy), or a PostgreSQL URL
+    (``postgresql://`` / ``postgres://``; ``schema``, default ``public``), opened with
+    :meth:`PostgresProvider.open_read_only <duroxide_sim.providers.postgres.PostgresProvider.open_read_only>`
+    in snapshot mode: nothing is created, migrated or written, and every history comes from one
+    consistent snapshot. Messages name a PostgreSQL source by schema, host, database and user,
+    never its password. A source without any history raises :class:`InvalidInputError`."""
     import pathlib
 
-    path = pathlib.Path(source)
-    if path.is_file() and path.suffix.lower() != ".json":
-        from ..providers.sqlite import SqliteProvider
+    from ..providers.postgres import PostgresProvider, is_postgres_url
 
-        # A read-only check: an in-memory copy, so the file may be read-only and stays untouched.
-        provider = SqliteProvider.snapshot_of(path)
+    if is_postgres_url(source):
+        provider = PostgresProvider.open_read_only(source, "public" if schema is None else schema, snapshot=True)
         try:
-            # Checked like an export file: a database whose history rows are missing or corrupt
-            # is an input error (exit 2), not a divergence of the code, and never a clean pass.
-            docs = []
-            for instance in reversed(provider.list_instances()):
-                doc = export_instance(provider, instance)
-                if not doc["executions"]:
-                    raise InvalidInputError(f"{path}: instance {instance!r} has no history rows (a truncated copy "
-                                            "or a failed restore?): nothing of it can be replayed")
-                docs.append(check_document(doc, f"{path}: instance {instance!r}"))
-            return docs
+            docs = _provider_documents(provider, provider.location)
+            label = provider.location
         finally:
-            getattr(provider, "close", lambda: None)()
-    return load_documents(path)
+            provider.close()
+    else:
+        if schema is not None:
+            raise InvalidInputError(f"a schema ({schema!r}) applies only to a PostgreSQL URL source "
+                                    "(postgresql://...), not to a file or directory")
+        path = pathlib.Path(source)
+        label = str(path)
+        if path.is_file() and path.suffix.lower() != ".json":
+            from ..providers.sqlite import SqliteProvider
 
-
-def replay_source(source: str, app: Any, *, latest: bool = False, sandbox: bool = True,
-                  skipped: list[tuple[str, int]] | None = None) -> list[Divergence]:
-    """Replay an export (file or directory) or a SQLite database against ``app``. A source that
-    holds no history at all raises :class:`InvalidInputError`: "every history replays cleanly"
-    after checking nothing would let CI pass on a wrong path. ``sandbox``: see
-    :func:`replay_documents`."""
-    docs = _documents_from(source)
+            # A read-only check: an in-memory copy, so the file may be read-only and stays untouched.
+            provider = SqliteProvider.snapshot_of(path)
+            try:
+                docs = _provider_documents(provider, label)
+            finally:
+                getattr(provider, "close", lambda: None)()
+        else:
+            docs = load_documents(path)
     if not docs:
-        raise InvalidInputError(f"no recorded histories in {source}: nothing to replay")
+        raise InvalidInputError(f"no recorded histories in {label}: nothing to replay")
+    return docs
+
+
+def replay_source(source: str, app: Any, *, schema: str | None = None, latest: bool = False, sandbox: bool = True,
+                  skipped: list[tuple[str, int]] | None = None) -> list[Divergence]:
+    """Replay an export (file or directory), a SQLite database or a PostgreSQL database
+    (``postgresql://...`` URL, ``schema`` default ``public``, read-only: see
+    :func:`load_source`) against ``app``. A source that holds no history at all raises
+    :class:`InvalidInputError`: "every history replays cleanly" after checking nothing would let
+    CI pass on a wrong path. ``sandbox``: see :func:`replay_documents`."""
+    docs = load_source(source, schema=schema)
     return replay_documents(docs, build_registry(app), latest=latest, sandbox=sandbox, skipped=skipped)
 
 
-def assert_replays(source: str, app: Any | str, *, latest: bool = False, sandbox: bool = True) -> None:
-    """pytest helper: fail with every divergence listed (one per line). It replays in the calling
+def assert_replays(source: str, app: Any | str, *, schema: str | None = None, latest: bool = False,
+                   sandbox: bool = True) -> None:
+    """pytest helper: fail with every divergence listed (one per line). ``source``: as
+    :func:`replay_source` (a PostgreSQL URL too, with ``schema``). It replays in the calling
     process, under its string-hash seed only: ``duroxide-sim replay`` also replays under another
     one, which is what catches set-order dependence (see :mod:`.hashseed`)."""
     target: Callable[..., Any] | Any = load_app(app) if isinstance(app, str) else app
-    divergences = replay_source(source, target, latest=latest, sandbox=sandbox)
+    divergences = replay_source(source, target, schema=schema, latest=latest, sandbox=sandbox)
     if divergences:
         raise AssertionError(
             f"{len(divergences)} recorded execution(s) no longer replay:\n" + "\n".join(d.render() for d in divergences)

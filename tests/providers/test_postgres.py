@@ -461,7 +461,7 @@ def test_runtime_end_to_end_on_postgres(pg_schema, opened):
 
 
 
-def test_import_restores_instances_like_the_originals(opened, tmp_path) -> None:
+def test_import_restores_instances_like_the_originals(opened, pg_schema, tmp_path) -> None:
     """history_io's import through PostgresProvider.import_history: listed, described, KV and
     custom status as in the source (the SQLite and memory variants are in
     tests/testing/test_history_io_and_replay.py)."""
@@ -472,7 +472,7 @@ def test_import_restores_instances_like_the_originals(opened, tmp_path) -> None:
     _source, client = _rich_source(tmp_path / "a.db")
     before = _views(client)
     docs = load_documents(export_to_path(client.provider, tmp_path / "out")[0].parent)
-    target = opened("import_target")
+    target = opened(pg_schema("import_target"))  # (a fixed name outlived the run: a second run failed)
     assert import_documents(target, docs) == 7
     assert _views(Client(target, clock=SimClock())) == before
     wait = next(d for d in docs if d["instance_id"] == "wait")
