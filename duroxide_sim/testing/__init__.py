@@ -5,19 +5,21 @@ simulations and typed round trips) and ``assert_replays`` (from ``.replay``: the
 check) are importable from here. ``duroxide_sim.testing.conformance`` is the provider conformance suite (SPEC §16 A–I): a third
 party provider runs it with one import and one fixture (see that module's docstring).
 
-Importing this package registers the conformance module for pytest's assertion rewriting (when
-pytest is installed), so a failing conformance check shows the values it compared. It does
+Importing this package under a running pytest registers the conformance module for pytest's
+assertion rewriting, so a failing conformance check shows the values it compared. It does
 nothing else: no threads, no I/O.
 """
 
 from __future__ import annotations
 
-try:
-    import pytest
-except ImportError:  # pragma: no cover - pytest is a test-time dependency only
-    pass
-else:
-    pytest.register_assert_rewrite("duroxide_sim.testing.conformance")
+import sys as _sys
+
+# Only when pytest is already running (it imports its plugins, ours included, before any test
+# module): importing pytest here would cost every ``duroxide-sim`` command and every ``--jobs``
+# worker ~80 ms of start-up for nothing, and outside pytest there is no assertion rewriting.
+_pytest = _sys.modules.get("pytest")
+if _pytest is not None and hasattr(_pytest, "register_assert_rewrite"):
+    _pytest.register_assert_rewrite("duroxide_sim.testing.conformance")
 
 __all__ = ["simulation_test", "check_type_round_trips", "assert_replays"]
 
