@@ -32,6 +32,7 @@ from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
 from duroxide_sim.sim.checkers import run_and_check
 from duroxide_sim.sim.faults import FaultPlan
 from duroxide_sim.sim.harness import SimSpec, Simulation, Start
+from ._helpers import wait_until
 
 ORCH, ACT = "duroxide_sim.orchestration", "duroxide_sim.activity"
 FAST = dict(dispatcher_poll_interval_ms=5)
@@ -72,15 +73,6 @@ def assert_once_each(msgs: list[str], expected: list[str]) -> None:
     counts = Counter(msgs)
     wrong = {m: counts[m] for m in expected if counts[m] != 1}
     assert not wrong, f"lines not logged exactly once: {wrong}; all: {msgs}"
-
-
-def wait_until(pred: Any, seconds: float = 8.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def kinds(client: Client, instance: str) -> list[str]:  # of execution 1

@@ -27,7 +27,7 @@ import pytest
 from duroxide_sim import Client, Runtime, RuntimeOptions
 from duroxide_sim.errors import ConfigurationError, ProviderError
 
-from ._helpers import SqliteRig
+from ._helpers import SqliteRig, wait_until as _wait_until
 
 
 def _opts(**kw: Any) -> RuntimeOptions:
@@ -47,13 +47,6 @@ def _runtime_threads(before: set[threading.Thread]) -> list[str]:
     return sorted(t.name for t in threading.enumerate() if t not in before and t.is_alive())
 
 
-def _wait_until(pred, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 # --- async activities under the thread driver -------------------------------------------------

@@ -45,7 +45,7 @@ from duroxide_sim import (
     TaskFailedError,
 )
 
-from ._helpers import SqliteRig, events_of
+from ._helpers import SqliteRig, events_of, wait_until
 
 WAIT_MS = 15_000  # upper bound of every client wait (a hang fails the test, it does not block it)
 
@@ -87,15 +87,6 @@ def hist(c: Client, inst: str, execution_id: int = 1) -> list[dict[str, Any]]:
 
 def kinds(c: Client, inst: str) -> list[str]:
     return [e["kind"] for e in hist(c, inst)]
-
-
-def wait_until(pred, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
 
 
 def last_line(text: str | None) -> str:

@@ -47,7 +47,7 @@ import pytest
 from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
 from duroxide_sim.errors import ConfigurationError
 
-from ._helpers import SqliteRig
+from ._helpers import SqliteRig, wait_until as _wait_until
 
 pytestmark = pytest.mark.realtime
 
@@ -73,15 +73,6 @@ def rig(tmp_path):
 
 def _duroxide_threads(before: set[threading.Thread]) -> list[str]:
     return sorted(t.name for t in threading.enumerate() if t not in before and t.is_alive())
-
-
-def _wait_until(pred, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
 
 
 def _history_problems(client: Client, instance: str) -> list[str]:

@@ -36,7 +36,7 @@ from duroxide_sim.sim.faults import FaultPlan
 from duroxide_sim.sim.harness import Signal, SimSpec, Simulation, Start
 
 from ..conftest import make_world
-from ._helpers import SecondRuntime
+from ._helpers import SecondRuntime, wait_until
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -58,15 +58,6 @@ class SteppableClock:
 
 def _opts() -> RuntimeOptions:
     return RuntimeOptions(dispatcher_poll_interval_ms=5, worker_lock_timeout_ms=2_000, session_idle_timeout_ms=60_000)
-
-
-def wait_until(pred, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
 
 
 def wait_final(c: Client, inst: str, timeout_s: float = 10.0):
