@@ -9,6 +9,7 @@ from typing import Any
 from duroxide_sim import Client, Runtime, RuntimeOptions
 from duroxide_sim.sim import SequentialDriver, SequentialIds
 
+
 def wait_until(pred: Any, timeout_s: float = 8.0) -> bool:
     """Poll ``pred`` every 10 ms on the monotonic clock until it is truthy (True) or ``timeout_s``
     passes (then one last look decides): for tests that drive a real, threaded runtime."""

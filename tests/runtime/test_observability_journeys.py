@@ -32,6 +32,7 @@ from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
 from duroxide_sim.sim.checkers import run_and_check
 from duroxide_sim.sim.faults import FaultPlan
 from duroxide_sim.sim.harness import SimSpec, Simulation, Start
+
 from ._helpers import wait_until
 
 ORCH, ACT = "duroxide_sim.orchestration", "duroxide_sim.activity"

@@ -27,7 +27,8 @@ import pytest
 from duroxide_sim import Client, Runtime, RuntimeOptions
 from duroxide_sim.errors import ConfigurationError, ProviderError
 
-from ._helpers import SqliteRig, wait_until as _wait_until
+from ._helpers import SqliteRig
+from ._helpers import wait_until as _wait_until
 
 
 def _opts(**kw: Any) -> RuntimeOptions:

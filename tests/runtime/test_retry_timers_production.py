@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import pathlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any

@@ -47,7 +47,8 @@ import pytest
 from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
 from duroxide_sim.errors import ConfigurationError
 
-from ._helpers import SqliteRig, wait_until as _wait_until
+from ._helpers import SqliteRig
+from ._helpers import wait_until as _wait_until
 
 pytestmark = pytest.mark.realtime
 
