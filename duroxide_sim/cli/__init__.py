@@ -199,13 +199,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
             runnable.append((index, label, spec))
     if not runnable:
         if not problems:
-            print(f"duroxide-sim: no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}",
-                  file=sys.stderr)
+            print(f"duroxide-sim: no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}"
+                  f"{_subdirectory_hint(path)}", file=sys.stderr)
         if args.json:  # (the document README promises, not ok, with what could not load)
             _report([], args)
         return 2
     code = _run_and_report(runnable, args)
     return 2 if problems and code == 0 else code
+
+
+def _subdirectory_hint(path: pathlib.Path) -> str:
+    """Only the directory's own ``*.py`` files are scenario modules; when the scenarios sit one
+    level down, say where (``run`` takes one directory or file per call)."""
+    try:
+        if not path.is_dir():
+            return ""
+        below = sorted(d.name for d in path.iterdir()
+                       if d.is_dir() and not d.name.startswith((".", "_")) and any(d.glob("*.py")))
+    except OSError:
+        return ""
+    if not below:
+        return ""
+    shown = ", ".join(_printable(str(path / name)) for name in below[:3]) + (", ..." if len(below) > 3 else "")
+    return f" (subdirectories are not searched; modules are in: {shown})"
 
 
 def _run_and_report(runnable: list[tuple[int, str, Any]], args: argparse.Namespace) -> int:

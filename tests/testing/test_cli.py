@@ -153,3 +153,24 @@ def test_reproduce_with_an_unwritable_timeline_path_is_a_usage_error(tmp_path: p
     assert cli(["reproduce", "scen/good.py:SPEC", "--seed", "1", "--timeline", "a_directory"]) == 2
     err = capsys.readouterr().err
     assert "cannot write the timeline to a_directory" in err and "Traceback" not in err
+
+
+def test_run_on_a_directory_whose_scenarios_sit_in_subdirectories_says_where_they_are(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a directory's own modules are scenarios; a team that grouped them one level down
+    (scen/billing/*.py) is told which subdirectories to name instead of only "no scenario
+    modules"; a directory with nothing below gets no hint."""
+    d = _write(tmp_path)
+    (d / "billing").mkdir()
+    (d / "billing" / "good.py").write_text(GOOD)
+    (d / "__pycache__").mkdir()
+    (d / "__pycache__" / "x.py").write_text("")
+    assert cli(["run", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "no scenario modules" in err and "subdirectories are not searched" in err, err
+    assert str(d / "billing") in err and "__pycache__" not in err, err
+    assert cli(["run", str(d / "billing"), "--seeds", "1"]) == 0
+    capsys.readouterr()
+    (d / "billing" / "good.py").unlink()
+    assert cli(["run", str(d)]) == 2
+    assert "subdirectories" not in capsys.readouterr().err
