@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (see __getattr__)
         TagFilter,
     )
     from .providers.memory import InMemoryProvider
+    from .providers.postgres import PostgresProvider
     from .providers.sqlite import SqliteProvider
     from .runtime.activity import ActivityContext
     from .runtime.client import Client, OrchestrationResult
@@ -67,6 +68,7 @@ _LAZY = {
     "TagFilter": ".providers.base",
     "InMemoryProvider": ".providers.memory",
     "SqliteProvider": ".providers.sqlite",
+    "PostgresProvider": ".providers.postgres",  # (psycopg is imported only when this name is used)
     "ActivityContext": ".runtime.activity",
     "Client": ".runtime.client", "OrchestrationResult": ".runtime.client",
     "RuntimeOptions": ".runtime.options",
@@ -134,6 +136,7 @@ __all__ = [
     "OrchestrationFailedError",
     "OrchestrationResult",
     "PayloadTooLargeError",
+    "PostgresProvider",
     "ProviderError",
     "PruneOptions",
     "PruneResult",

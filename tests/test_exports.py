@@ -13,7 +13,7 @@ EXPECTED_ALL = {
     "InstanceFilter", "InstanceInfo", "InstanceNotFound", "InstanceStillRunning", "InstanceTree",
     "InvalidInputError", "InvalidInputTypeError", "LockLostError", "MAX_PAYLOAD_BYTES", "MAX_TIMER_DELAY_MS", "ManagementNotAvailable",
     "NondeterminismError", "OperationTimeout", "OrchestrationContext", "OrchestrationFailedError",
-    "OrchestrationResult", "PayloadTooLargeError", "ProviderError", "PruneOptions", "PruneResult",
+    "OrchestrationResult", "PayloadTooLargeError", "PostgresProvider", "ProviderError", "PruneOptions", "PruneResult",
     "QueueDepths", "Registry", "RetryPolicy", "Runtime", "RuntimeOptions", "SerializationError", "SqliteProvider",
     "SystemMetrics", "TagFilter", "TaskFailedError", "parse_result",
 }
