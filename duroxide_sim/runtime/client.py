@@ -382,14 +382,20 @@ class Client:
     def get_queue_depths(self) -> Any:
         return self._admin().get_queue_depths()
 
-    def get_orchestration_stats(self, instance_id: str) -> OrchestrationStats:
+    def get_orchestration_stats(self, instance_id: str) -> OrchestrationStats | None:
         """[SDK-only] Size figures of an instance (duroxide-python's ``SystemStats`` fields: the
         current execution's event count and JSON size, KV key count and value bytes, messages
-        queued for it) plus its status, executions and custom status version."""
+        queued for it) plus its status, executions and custom status version. ``None`` for an
+        instance that does not exist and has nothing queued for it (duroxide-python's answer for
+        an unknown id, and SPEC §14's rule for reads of unknown instances); one not started yet
+        whose start or events are queued gets its figures, status ``NotFound``."""
         st = self.get_status(_check_id(instance_id))
+        pending = getattr(self.provider, "pending_messages", None)
+        if st.status == "NotFound" and not self.provider.latest_execution_id(instance_id) and (
+                pending is None or not pending(instance_id)):
+            return None
         history = self.provider.read(instance_id)
         kv = self.provider.get_kv_all_values(instance_id)
-        pending = getattr(self.provider, "pending_messages", None)
         return OrchestrationStats(
             history_event_count=len(history),
             history_size_bytes=sum(len(json.dumps(to_dict(ev), separators=(",", ":")).encode()) for ev in history),

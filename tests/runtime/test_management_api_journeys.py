@@ -929,8 +929,7 @@ def test_unknown_but_valid_ids_give_documented_answers(env, unknown):
     tree = c.get_instance_tree(unknown)
     assert (tree.root_id, list(tree.all_ids), tree.size) == (unknown, [unknown], 1)
     assert c.get_kv_value(unknown, "k") is None and c.get_kv_all_values(unknown) == {}
-    stats = c.get_orchestration_stats(unknown)
-    assert stats is None or (stats.status, stats.history_event_count, stats.executions) == ("NotFound", 0, 0)
+    assert c.get_orchestration_stats(unknown) is None  # (duroxide-python: None)
     for call in (lambda: c.get_instance_info(unknown), lambda: c.get_execution_info(unknown, 1),
                  lambda: c.delete_instance(unknown), lambda: c.delete_instance(unknown, True),
                  lambda: c.prune_executions(unknown, PruneOptions(keep_last=1))):
