@@ -127,6 +127,14 @@ class Metrics:
         with self._lock:
             self._counts[name] += n
 
+    def add(self, counts: tuple[tuple[str, int], ...], sign: int = 1) -> None:
+        """Several counters at once: a snapshot sees all of them or none (``sign=-1`` takes
+        back counts bumped for an ack that then did not commit)."""
+        if counts:
+            with self._lock:
+                for name, n in counts:
+                    self._counts[name] += sign * n
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
@@ -321,6 +329,12 @@ class OrchestrationDispatcher:
         cancelled = [ScheduledActivityIdentifier(i, e, a) for i, e, a in result.cancelled]
         chain = _chain(s.provider, "ack_orchestration_item_and_fetch", carry)
         retries = 0
+        # The turn's counters go up before its ack, as the reference core counts while it builds
+        # the turn: a client that sees the ack's outcome (Completed, say) must find it counted in
+        # metrics_snapshot(). Counting after the ack returned let a client read the new status
+        # and the old counts. An ack that does not commit takes the counts back.
+        counts = _turn_counts(result)
+        s.metrics.add(counts)
         while True:
             try:
                 args = (item.lock_token, result.execution_id, result.delta, result.worker_items,
@@ -344,7 +358,9 @@ class OrchestrationDispatcher:
                     # attempt most likely committed and only its reply was lost. The turn's code
                     # ran live, so its trace lines and counts are recorded (at least once: if
                     # the lock was taken instead, the next owner records the turn again).
-                    self._record(result)
+                    self._log_turn(result)
+                else:
+                    s.metrics.add(counts, -1)
                 return None  # the lock expired or was taken: another dispatcher owns this turn now
             except ProviderError as exc:
                 s.metrics.inc("provider_errors")
@@ -353,6 +369,7 @@ class OrchestrationDispatcher:
                     s.sleep(_ACK_RETRY_BASE_MS << retries)
                     retries += 1
                     continue
+                s.metrics.add(counts, -1)
                 if exc.retryable:
                     emit(_log, logging.WARNING, "ack of instance %r failed %d times (%s); abandoning the turn",
                          item.instance, retries + 1, exc)
@@ -363,7 +380,7 @@ class OrchestrationDispatcher:
         if cache is not None and result.engine is not None:
             # committed: the next turn may resume it
             cache.put(item.instance, result.engine, short=result.engine.history_len < _LONG_HISTORY)
-        self._record(result)
+        self._log_turn(result)
         return result
 
     def _commit_infrastructure_failure(self, item: OrchestrationItem, exc: ProviderError,
@@ -413,23 +430,10 @@ class OrchestrationDispatcher:
         except ProviderError:
             pass  # lock expiry re-exposes the item anyway
 
-    def _record(self, result: TurnResult) -> None:
-        m = self.s.metrics
-        started = subs = 0
-        for e in result.delta:  # one pass; counters are bumped only when there is something to count
-            t = type(e)
-            if t is OrchestrationStarted:
-                started = 1
-            elif t is SubOrchestrationScheduled:
-                subs += 1
-        if started:
-            m.inc("orch_starts")
-        if subs:
-            m.inc("suborchestration_calls", subs)
-        if result.kind == "completed":
-            m.inc("orch_completions")
-        elif result.kind in ("failed", "cancelled"):
-            m.inc("orch_failures")
+    def _log_turn(self, result: TurnResult) -> None:
+        """The committed turn's log lines: a failed orchestration (once, on its failing turn)
+        and the code's trace_* messages (emitted only now: a replayed turn does not repeat them)."""
+        if result.kind in ("failed", "cancelled"):
             category = getattr(result.error, "category", "application")
             # Logged once (the failing turn, after its commit), with the instance, as
             # duroxide-python logs "Orchestration failed": an error when the code, not the work,
@@ -441,10 +445,6 @@ class OrchestrationDispatcher:
                      _short_text(_last_line(result.error.display_message())),
                      extra={"instance_id": instance, "execution_id": result.execution_id,
                             "orchestration_name": result.orchestration_name})
-            m.inc({"configuration": "orch_configuration_errors", "infrastructure": "orch_infrastructure_errors",
-                   "poison": "orch_poison"}.get(category, "orch_application_errors"))
-        elif result.kind == "continued_as_new":
-            m.inc("orch_continue_as_new")
         if result.logs:
             first = result.delta[0] if result.delta else None
             extra = {"instance_id": first.instance_id if first is not None else "",
@@ -452,6 +452,39 @@ class OrchestrationDispatcher:
                      "orchestration_name": result.orchestration_name}
             for level, message in result.logs:
                 emit(_orch_log, level, "%s", message, extra=extra)
+
+
+_NO_COUNTS: tuple[tuple[str, int], ...] = ()
+_FAILURE_COUNTER = {"configuration": "orch_configuration_errors", "infrastructure": "orch_infrastructure_errors",
+                    "poison": "orch_poison"}
+
+
+def _turn_counts(result: TurnResult) -> tuple[tuple[str, int], ...]:
+    """The metrics a turn adds once committed (SPEC §14): starts, sub-orchestration calls and
+    the execution's outcome."""
+    started = subs = 0
+    for e in result.delta:  # one pass
+        t = type(e)
+        if t is OrchestrationStarted:
+            started = 1
+        elif t is SubOrchestrationScheduled:
+            subs += 1
+    kind = result.kind
+    if not started and not subs and kind == "continue":
+        return _NO_COUNTS  # (the common turn)
+    out = []
+    if started:
+        out.append(("orch_starts", 1))
+    if subs:
+        out.append(("suborchestration_calls", subs))
+    if kind == "completed":
+        out.append(("orch_completions", 1))
+    elif kind in ("failed", "cancelled"):
+        out.append(("orch_failures", 1))
+        out.append((_FAILURE_COUNTER.get(getattr(result.error, "category", "application"), "orch_application_errors"), 1))
+    elif kind == "continued_as_new":
+        out.append(("orch_continue_as_new", 1))
+    return tuple(out)
 
 
 def _verify_warm_turn(inp: TurnInput, registry: Registry, warm: TurnResult) -> None:
