@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (see __getattr__)
     from .runtime.client import Client, OrchestrationResult
     from .runtime.options import RuntimeOptions
     from .runtime.runtime import Runtime
+    from .runtime.tracing import init_tracing
 
 # Public name -> defining module. Imported lazily (PEP 562) so that ``import duroxide_sim``
 # stays cheap and a program loads only what it uses (e.g. not the in-memory provider or the
@@ -73,6 +74,7 @@ _LAZY = {
     "Client": ".runtime.client", "OrchestrationResult": ".runtime.client",
     "RuntimeOptions": ".runtime.options",
     "Runtime": ".runtime.runtime",
+    "init_tracing": ".runtime.tracing",
 }
 
 
@@ -150,5 +152,6 @@ __all__ = [
     "SystemMetrics",
     "TagFilter",
     "TaskFailedError",
+    "init_tracing",
     "parse_result",
 ]

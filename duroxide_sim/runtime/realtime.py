@@ -57,6 +57,13 @@ class UuidIds:
         return str(uuid.uuid4())
 
 
+def utc_iso_ms(seconds: float) -> str:
+    """A wall-clock instant (seconds since the epoch, e.g. ``LogRecord.created``) as
+    ``YYYY-MM-DDTHH:MM:SS.mmmZ``: the log file's timestamps (:mod:`.tracing`)."""
+    whole = int(seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((seconds - whole) * 1000):03d}Z"
+
+
 def new_runtime_id() -> str:
     return "rt-" + uuid.uuid4().hex[:12]
 
