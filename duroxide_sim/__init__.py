@@ -32,7 +32,15 @@ from .errors import (
 
 if TYPE_CHECKING:  # the names below are imported on first use (see __getattr__)
     from .core.codec import MAX_PAYLOAD_BYTES
-    from .core.context import MAX_TIMER_DELAY_MS, Backoff, Either2, Either3, OrchestrationContext, RetryPolicy
+    from .core.context import (
+        MAX_TIMER_DELAY_MS,
+        Backoff,
+        Either2,
+        Either3,
+        OrchestrationContext,
+        RetryPolicy,
+        ScheduledTask,
+    )
     from .core.registry import Registry
     from .providers.base import (
         DeleteInstanceResult,
@@ -62,6 +70,7 @@ _LAZY = {
     "MAX_PAYLOAD_BYTES": ".core.codec",
     "Backoff": ".core.context", "Either2": ".core.context", "Either3": ".core.context",
     "OrchestrationContext": ".core.context", "RetryPolicy": ".core.context", "MAX_TIMER_DELAY_MS": ".core.context",
+    "ScheduledTask": ".core.context",
     "Registry": ".core.registry",
     "DeleteInstanceResult": ".providers.base", "ExecutionInfo": ".providers.base", "InstanceFilter": ".providers.base",
     "InstanceInfo": ".providers.base", "InstanceTree": ".providers.base", "PruneOptions": ".providers.base",
@@ -147,6 +156,7 @@ __all__ = [
     "RetryPolicy",
     "Runtime",
     "RuntimeOptions",
+    "ScheduledTask",
     "SerializationError",
     "SqliteProvider",
     "SystemMetrics",

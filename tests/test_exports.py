@@ -15,7 +15,7 @@ EXPECTED_ALL = {
     "NondeterminismError", "OperationTimeout", "OrchestrationContext", "OrchestrationFailedError",
     "OrchestrationResult", "PayloadTooLargeError", "PostgresProvider", "ProviderError", "PruneOptions", "PruneResult",
     "QueueDepths", "Registry", "RetryPolicy", "Runtime", "RuntimeOptions", "SerializationError", "SqliteProvider",
-    "SystemMetrics", "TagFilter", "TaskFailedError", "init_tracing", "parse_result",
+    "SystemMetrics", "TagFilter", "TaskFailedError", "ScheduledTask", "init_tracing", "parse_result",
 }
 
 

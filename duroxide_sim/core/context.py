@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DurableTask",
+    "ScheduledTask",
     "ActivityTask",
     "TimerTask",
     "WaitEventTask",
@@ -83,6 +84,17 @@ class DurableTask:
     def describe(self) -> str:
         return type(self).__name__
 
+    def with_tag(self, tag: str) -> "DurableTask":
+        """Only activities are routed by tag (SPEC §6): tagging anything else is refused (in
+        duroxide-python it put a key on the descriptor that nothing read)."""
+        raise TypeError(f"with_tag({tag!r}): only activities can be tagged, not {self.describe()}"[:300])
+
+
+#: duroxide-python's name for what a scheduling call returns (its descriptors are dict subclasses;
+#: ours are task objects): importable under that name so ``isinstance(task, ScheduledTask)`` and
+#: type hints in a migrated module keep working.
+ScheduledTask = DurableTask
+
 
 class ActivityTask(DurableTask):
     __slots__ = ("name", "input", "session_id", "tag", "result_type", "post")
@@ -105,18 +117,28 @@ class ActivityTask(DurableTask):
         self.post = post  # syscall post-processing: "int" for utc_now, "kv" for get_kv
 
     def with_tag(self, tag: str) -> "ActivityTask":
-        """Route this activity to workers whose ``worker_tag_filter`` accepts ``tag``."""
-        if not isinstance(tag, str) or not tag:
-            raise TypeError(f"with_tag expects a non-empty string, got {tag!r}")
+        """Route this activity to workers whose ``worker_tag_filter`` accepts ``tag``. Tags this
+        task and returns it, as duroxide-python's does: ``t.with_tag("gpu"); yield t`` runs
+        on a gpu worker (a copy left ``t`` untagged, on the default workers, silently)."""
+        _check_tag(tag)
         if self.post is not None:
             # A system call (utc_now, new_guid, get_kv_value_from_instance) runs on any worker: a
             # tagged one waited for good where no worker took the tag (duroxide-python's syscall
             # descriptors have no with_tag at all).
             raise TypeError(f"{self.name.split(':', 1)[-1]} is a system call and cannot be tagged: it runs on any worker")
-        return ActivityTask(self.name, self.input, self.session_id, tag, self.result_type, self.post)
+        if self._st is not None:
+            raise TypeError(f"with_tag({tag!r}) on activity {self.name!r} after it was yielded: it is scheduled "
+                            "already; tag it before yielding it")
+        self.tag = tag
+        return self
 
     def describe(self) -> str:
         return f"activity {self.name!r}"
+
+
+def _check_tag(tag: object) -> None:
+    if not isinstance(tag, str) or not tag:
+        raise TypeError(f"with_tag expects a non-empty string, got {tag!r}"[:200])
 
 
 class TimerTask(DurableTask):
@@ -260,8 +282,22 @@ class RetryTask(DurableTask):
 
     def with_tag(self, tag: str) -> "RetryTask":
         """Route every attempt to workers whose ``worker_tag_filter`` accepts ``tag`` (as
-        duroxide-python allows on retry tasks too)."""
-        return RetryTask(self.activity.with_tag(tag), self.policy)
+        duroxide-python allows on retry tasks too). Tags this task and returns it."""
+        _check_tag(tag)
+        if self._st is not None:
+            raise TypeError(f"with_tag({tag!r}) on activity {self.activity.name!r} after it was yielded: it is "
+                            "scheduled already; tag it before yielding it")
+        self.activity.with_tag(tag)  # (the template: every attempt is a fresh copy of it)
+        return self
+
+
+#: The retry dict keys duroxide-python's SDK reads (SPEC §17); it ignores any other.
+RETRY_KEYS = frozenset({"max_attempts", "maxAttempts", "timeout_ms", "timeoutMs", "total_timeout_ms", "totalTimeoutMs",
+                        "backoff"})
+
+
+def _unknown_retry_keys(retry: dict) -> list[str]:
+    return sorted(repr(k) if not isinstance(k, str) else k for k in retry if k not in RETRY_KEYS)
 
 
 @attrs.frozen
@@ -377,19 +413,20 @@ class RetryPolicy:
         return attrs.evolve(self, backoff=backoff)
 
     @classmethod
-    def from_dict(cls, retry: Any) -> "RetryPolicy":
+    def from_dict(cls, retry: Any, *, strict: bool = True) -> "RetryPolicy":
         """duroxide-python's dict form: max_attempts/maxAttempts, timeout_ms/timeoutMs,
-        total_timeout_ms/totalTimeoutMs (overrides), backoff "exponential"|"fixed"|other=linear."""
+        total_timeout_ms/totalTimeoutMs (overrides), backoff "exponential"|"fixed"|other=linear.
+        A key outside these raises ``ValueError`` unless ``strict`` is False (then it is
+        ignored, as duroxide-python ignores it; the scheduling calls warn about it instead)."""
         if isinstance(retry, RetryPolicy):
             return retry
         if retry is None:
             retry = {}
         if not isinstance(retry, dict):
             raise TypeError(f"retry must be a dict or RetryPolicy, got {type(retry).__name__}")
-        known = {"max_attempts", "maxAttempts", "timeout_ms", "timeoutMs", "total_timeout_ms", "totalTimeoutMs", "backoff"}
-        unknown = sorted(set(retry) - known)
-        if unknown:
-            raise ValueError(f"unknown retry option(s) {unknown}; expected some of {sorted(known)}")
+        unknown = _unknown_retry_keys(retry)
+        if unknown and strict:
+            raise ValueError(f"unknown retry option(s) {unknown}; expected some of {sorted(RETRY_KEYS)}")
         attempts = retry.get("max_attempts", retry.get("maxAttempts", 3))
         timeout = retry.get("timeout_ms", retry.get("timeoutMs"))
         total = retry.get("total_timeout_ms", retry.get("totalTimeoutMs"))
@@ -489,16 +526,29 @@ class OrchestrationContext:
     def schedule_activity(self, name: str, input: Any = None, session_id: str | None = None) -> ActivityTask:
         return ActivityTask(_name(name, "activity"), codec.encode(input, f"input of activity {name!r}"), _sid(session_id))
 
+    def _retry_policy(self, retry: Any) -> RetryPolicy:
+        """The retry argument of the scheduling calls. Keys duroxide-python does not read are
+        ignored as it ignores them (its own guide passes ``backoff_strategy``), with a warning
+        in the orchestration's log (replay-safe: once, not on every replay) so a misspelt
+        ``max_attempt`` does not go unnoticed."""
+        policy = RetryPolicy.from_dict(retry, strict=False)
+        if isinstance(retry, dict):
+            unknown = _unknown_retry_keys(retry)
+            if unknown:
+                self.trace_warn(f"retry option(s) {unknown} not used (duroxide-python ignores them too); "
+                                f"the options are {sorted(RETRY_KEYS)}")
+        return policy
+
     def schedule_activity_on_session(self, name: str, input: Any, session_id: str) -> ActivityTask:
         if session_id is None:
             raise TypeError("schedule_activity_on_session requires a session_id")
         return self.schedule_activity(name, input, session_id)
 
     def schedule_activity_with_retry(self, name: str, input: Any, retry: Any) -> RetryTask:
-        return RetryTask(self.schedule_activity(name, input), RetryPolicy.from_dict(retry))
+        return RetryTask(self.schedule_activity(name, input), self._retry_policy(retry))
 
     def schedule_activity_with_retry_on_session(self, name: str, input: Any, retry: Any, session_id: str) -> RetryTask:
-        return RetryTask(self.schedule_activity_on_session(name, input, session_id), RetryPolicy.from_dict(retry))
+        return RetryTask(self.schedule_activity_on_session(name, input, session_id), self._retry_policy(retry))
 
     def schedule_activity_typed(self, name: str, input: Any = None, result_type: Any = None) -> ActivityTask:
         return ActivityTask(_name(name, "activity"), codec.encode_typed(input, f"input of activity {name!r}"), None, None, result_type)
@@ -515,13 +565,13 @@ class OrchestrationContext:
     def schedule_activity_with_retry_typed(
         self, name: str, input: Any = None, retry: Any = None, result_type: Any = None
     ) -> RetryTask:
-        return RetryTask(self.schedule_activity_typed(name, input, result_type), RetryPolicy.from_dict(retry))
+        return RetryTask(self.schedule_activity_typed(name, input, result_type), self._retry_policy(retry))
 
     def schedule_activity_with_retry_on_session_typed(
         self, name: str, input: Any = None, retry: Any = None, session_id: str | None = None, result_type: Any = None
     ) -> RetryTask:
         task = self.schedule_activity_on_session_typed(name, input, session_id, result_type)
-        return RetryTask(task, RetryPolicy.from_dict(retry))
+        return RetryTask(task, self._retry_policy(retry))
 
     # --- timers, events, queues -----------------------------------------------------------
 

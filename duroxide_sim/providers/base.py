@@ -13,6 +13,7 @@ This module defines data and protocols only; it must not import sqlite3, threads
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -53,17 +54,56 @@ class Clock(Protocol):
     def now_ms(self) -> int: ...
 
 
-@attrs.frozen
-class TagFilter:
+_TAG_MODES = ("default_only", "tags", "default_and", "any", "none")
+
+
+class TagFilter(str):
     """Which activity tags a worker fetches (SPEC §15.3).
 
     ``mode`` is one of ``default_only`` (untagged only; the default), ``tags`` (only the
     listed tags), ``default_and`` (untagged plus listed), ``any`` (everything), ``none``
-    (nothing: a runtime that runs no activities).
+    (nothing: a runtime that runs no activities); ``tag_set`` holds the listed tags.
+
+    The value *is* duroxide-python's string form, as its ``TagFilter`` members are plain
+    strings: ``TagFilter.ANY == "any"``, and ``TagFilter.tags(["gpu"])`` is the JSON text
+    ``{"tags": ["gpu"]}`` (tags sorted, so equal filters are equal strings), which
+    ``json.loads`` reads and a config file can hold. Immutable.
     """
 
-    mode: str = "default_only"
-    tag_set: frozenset[str] = frozenset()
+    __slots__ = ("mode", "tag_set")  # (read-only: set once in __new__)
+
+    def __new__(cls, mode: str = "default_only", tag_set: Iterable[str] = frozenset()) -> "TagFilter":
+        from ..errors import ConfigurationError
+
+        if not isinstance(mode, str):
+            raise ConfigurationError(f"TagFilter mode must be a string, got {type(mode).__name__}")
+        tags = frozenset(tag_set)
+        if mode not in _TAG_MODES:
+            if not tags:  # the string form itself (a config value, or pickle rebuilding one)
+                return cls.from_value(mode)
+            raise ConfigurationError(f"unknown TagFilter mode {mode!r}: expected one of {', '.join(_TAG_MODES)}")
+        if mode in ("tags", "default_and"):
+            tags = cls._check_tags(tags)
+            text = json.dumps({mode: sorted(tags)})
+        elif tags:
+            raise ConfigurationError(f"TagFilter mode {mode!r} takes no tags, got {sorted(map(str, tags))}")
+        else:
+            text = mode
+        self = str.__new__(cls, text)
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "tag_set", tags)
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"TagFilter is immutable (cannot set {name!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TagFilter, (self.mode, self.tag_set))
+
+    def __repr__(self) -> str:
+        if self.mode in ("tags", "default_and"):
+            return f"TagFilter.{self.mode}({sorted(self.tag_set)!r})"
+        return f"TagFilter({self.mode!r})"
 
     @classmethod
     def default_only(cls) -> "TagFilter":
@@ -105,8 +145,6 @@ class TagFilter:
         ``"any"``, ``"none"``, or the JSON its ``TagFilter.tags([...])`` /
         ``TagFilter.default_and([...])`` return (``{"tags": [...]}`` / ``{"default_and": [...]}``),
         as a config file or environment variable may keep them."""
-        import json
-
         from ..errors import ConfigurationError
 
         if isinstance(value, TagFilter):
@@ -127,13 +165,14 @@ class TagFilter:
                                  "'{\"tags\": [...]}' or '{\"default_and\": [...]}'")
 
     def matches(self, tag: str | None) -> bool:
-        if self.mode == "any":
+        mode = self.mode
+        if mode == "any":
             return True
-        if self.mode == "none":
+        if mode == "none":
             return False
         if tag is None:
-            return self.mode in ("default_only", "default_and")
-        return self.mode in ("tags", "default_and") and tag in self.tag_set
+            return mode in ("default_only", "default_and")
+        return mode in ("tags", "default_and") and tag in self.tag_set
 
 
 # duroxide-python's constants: TagFilter.DEFAULT_ONLY / ANY / NONE.

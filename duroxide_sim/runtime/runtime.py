@@ -200,7 +200,15 @@ class Runtime:
     def shutdown(self, timeout_ms: int | None = None) -> None:
         """Stop dispatching; wait up to ``timeout_ms`` (default 1000) for in-flight steps. Async
         activities still running then are cancelled and their work items given back for another
-        runtime (attempt not counted); sync activities cannot be interrupted and finish."""
+        runtime (attempt not counted); sync activities cannot be interrupted and finish. A
+        ``timeout_ms`` that is not a non-negative integer (or None) is refused before anything
+        stops."""
+        if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms < 0):
+            # (duroxide-python converts it first too: "0" is a TypeError, -1 an OverflowError)
+            if type(timeout_ms) is int:
+                raise ValueError(f"shutdown: timeout_ms must be >= 0 (ms), got {timeout_ms}")
+            raise TypeError(f"shutdown: timeout_ms must be an int of ms or None, got {type(timeout_ms).__name__} "
+                            f"{timeout_ms!r}"[:200])
         if self._driver is None:
             return
         driver, self._driver = self._driver, None
