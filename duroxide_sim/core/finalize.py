@@ -285,9 +285,10 @@ def _finish_general(
     def sub_breadcrumbs(dropped_too: bool = False) -> None:
         closing = _closing_subscriptions(engine, history, delta, ran_code=ran_code)
         if dropped_too and engine.dropped:
-            # A cancelled turn skips the dropped-future step (SPEC §3.8), so a subscription the
-            # code dropped in it (a race it resolved before the cancel was applied) would stay
-            # open in history: it is closed with the others.
+            # A cancelled or continue-as-new turn skips the dropped-future step (SPEC §3.8), so
+            # a subscription the code dropped in it (a race it resolved before the cancel was
+            # applied, or just before continuing as new) would stay open in history: it is
+            # closed with the others.
             have = {sid for _, sid in closing}
             extra = [(_SLOT_CRUMB[s.kind], s.event_id) for s in engine.dropped
                      if (s.kind == "wait" or s.kind == "queue") and not s.done and s.event_id is not None
@@ -358,8 +359,11 @@ def _finish_general(
     elif kind == "can":
         task: ContinueAsNewTask = value
         carry = _carry_forward(engine, [*history, *delta])
-        dropped_side_effects(False)
-        sub_breadcrumbs()
+        # No dropped-future step on a continue-as-new (SPEC §3.8 case 2): a future the code
+        # dropped in this turn gets no `dropped_future` breadcrumb and no side effect (a dropped
+        # child is not cancelled); an open subscription is closed like the others, and an open
+        # activity gets the terminal breadcrumb after the terminal event (§3.9, §3.1 step 9).
+        sub_breadcrumbs(dropped_too=True)
         status, output = "ContinuedAsNew", task.input
         add(OrchestrationContinuedAsNew, input=task.input)
         activity_breadcrumbs("orchestration_terminal_continued_as_new")

@@ -478,6 +478,11 @@ def execute_turn(
         cancel = OrchestrationCancelRequested(event_id=0, reason=engine.cancel_reason)
     if cancel is not None:
         return _finish(engine, history, delta, add, ("cancelled", cancel.reason), base, ran_code=True)  # type: ignore[attr-defined]
+    if engine.can is not None:
+        # SPEC §3.8 case 2: a continue-as-new ends the execution without dropped-future
+        # reconciliation (no `dropped_future` breadcrumbs, no child cancelled for a dropped
+        # future); what is still open gets the end-of-execution breadcrumbs instead (§3.9).
+        return _finish(engine, history, delta, add, ("can", engine.can), base, ran_code=True)
     try:
         _reconcile_dropped(engine, history, delta, add, warm=warm is not None, walked_from=0 if warm is not None else walked_from)
     except _Divergence as div:
@@ -486,8 +491,6 @@ def execute_turn(
     # cached engine is resumed only on a history that extends exactly this).
     engine.last_event_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
     engine.history_len = len(history) + len(delta)
-    if engine.can is not None:
-        return _finish(engine, history, delta, add, ("can", engine.can), base, ran_code=True)
     if engine.output is not None:
         ok, value = engine.output
         return _finish(engine, history, delta, add, ("completed", value) if ok else ("failed", value), base, ran_code=True)
