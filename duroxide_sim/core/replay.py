@@ -30,6 +30,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from .engine import NO_FIFO, _Engine
 from .events import (
     COMPLETION_EVENTS,
@@ -259,7 +261,64 @@ def _same_start(engine: _Engine, first: HistoryEvent) -> bool:
     return first.timestamp_ms == engine.started_ms and getattr(first, "input", None) == engine.input_text
 
 
+def _start_collisions(inp: TurnInput) -> tuple[SubOrchFailedMsg, ...]:
+    """Parents whose child start landed on an instance that is not their child.
+
+    A ``StartOrchestration`` with a parent link is a sub-orchestration start. When the id
+    already names an instance - finished, or running with another parent or none (two parents
+    picked the same explicit child id; a client started ``p::sub::2`` itself) - the start is
+    dropped or absorbed as any duplicate start is (SPEC §3.1 step 3, §3.2), and the parent
+    waited for good for a child that would never report to it. It gets a failed child instead
+    (its code sees the error like any child failure, §7). A redelivered start of the
+    instance's own child link is an ordinary duplicate and gets nothing."""
+    starts = [m for m in inp.messages if type(m) is StartOrchestration and m.parent_instance is not None
+              and m.parent_id is not None]
+    if not starts:
+        return ()
+    history = inp.history
+    if history:
+        own = history[0]
+        own_link = (getattr(own, "parent_instance", None), getattr(own, "parent_id", None),
+                    getattr(own, "parent_execution_id", None))
+        finished = any(isinstance(e, _TERMINAL) for e in history)  # (rare: only on a start collision)
+    else:
+        first = next((m for m in inp.messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
+        if first is None or type(first) is not StartOrchestration:
+            return ()
+        own_link = (first.parent_instance, first.parent_id, first.parent_execution_id)
+        starts = [m for m in starts if m is not first]
+        finished = False
+    out = []
+    for m in starts:
+        if (m.parent_instance, m.parent_id) == own_link[:2] and (
+                not m.parent_execution_id or not own_link[2] or m.parent_execution_id == own_link[2]):
+            continue  # the instance's own start again
+        state = "has already finished" if finished else "is running for another caller"
+        out.append(SubOrchFailedMsg(
+            parent_instance=m.parent_instance, parent_execution_id=m.parent_execution_id or 0, parent_id=m.parent_id,
+            details=ApplicationError(kind="OrchestrationFailed", message=(
+                f"sub-orchestration instance {inp.instance!r} already exists ({state}); "
+                "a sub-orchestration needs an instance id no other instance uses")),
+        ))
+    return tuple(out)
+
+
 def execute_turn(
+    inp: TurnInput, registry: Registry, cache: EngineCache | None = None, inspect: list[Any] | None = None
+) -> TurnResult:
+    """Run one turn (SPEC §3.1 steps 3–9). Never raises for user-code problems. A child start
+    that collides with an existing instance fails its parent (:func:`_start_collisions`)."""
+    result = _execute_turn(inp, registry, cache, inspect)
+    for m in inp.messages:
+        if type(m) is StartOrchestration and m.parent_instance is not None:
+            notices = _start_collisions(inp)
+            if notices:
+                result = attrs.evolve(result, orchestrator_items=(*result.orchestrator_items, *notices))
+            break
+    return result
+
+
+def _execute_turn(
     inp: TurnInput, registry: Registry, cache: EngineCache | None = None, inspect: list[Any] | None = None
 ) -> TurnResult:
     """Run one turn (SPEC §3.1 steps 3–9). Never raises for user-code problems.
