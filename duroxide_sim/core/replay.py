@@ -517,6 +517,13 @@ def _execute_turn(
             poll_again = _convert_new(engine, add)
             if engine.output is not None or not poll_again:
                 break
+            if engine.fifo:
+                # Stopped after a subscription the buffer could satisfy at once: the code sees
+                # it before the rest are bound, as a replay walking these events would (a race
+                # of two dequeues on buffered messages: the loser is dropped before it takes
+                # one). Part of one iteration, not a new one.
+                engine.poll()
+                continue
             iterations += 1
             if iterations > LIMITS["quiescence_iterations"]:
                 err = InfrastructureError(operation="quiescence_loop", message="orchestration did not settle within 100 iterations")
@@ -589,7 +596,11 @@ def _scan_history(history: Sequence[HistoryEvent]) -> tuple[HistoryEvent | None,
 
 
 def _convert_new(engine: _Engine, add: Any) -> bool:
-    """Turn FIFO actions into new events (SPEC §3.6). True if something became ready."""
+    """Turn FIFO actions into new events (SPEC §3.6). True if something became ready.
+
+    Stops early (actions left in the FIFO) after binding a queue subscription while more actions
+    wait: the caller polls first, exactly where a replay of these events polls (binding a
+    ``QueueSubscribed`` may hand it a buffered message), so live turns and replays agree."""
     poll_again = False
     while engine.fifo:
         entry = engine.fifo.popleft()
@@ -631,6 +642,8 @@ def _convert_new(engine: _Engine, add: Any) -> bool:
             engine.request_version(ev.event_id, action.version)
         if engine._bind(slot, ev):
             poll_again = True
+            if engine.fifo and type(ev) is QueueSubscribed:
+                return True  # (see above: poll before binding the rest)
     engine.fifo = NO_FIFO  # drained: give the (empty) deque back
     return poll_again
 
