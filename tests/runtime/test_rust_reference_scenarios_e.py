@@ -248,3 +248,20 @@ def test_queue_race_loser_gets_a_breadcrumb_when_the_winner_is_already_complete(
     assert r.kind == "completed" and r.output == '"0:done|M"', (r.kind, r.output, _kinds(r.delta))
     crumbs = [e for e in r.delta if isinstance(e, QueueSubscriptionCancelled)]
     assert [c.reason for c in crumbs] == ["dropped_future"], _kinds(r.delta)
+
+
+def test_a_join_of_many_dequeues_on_buffered_messages_is_still_one_quiescence_iteration():
+    """Binding each dequeue before the next one (so a race's loser is dropped before it takes a
+    message) polls between them; those polls belong to one quiescence iteration (SPEC §3.7: the
+    limit of 100 counts iterations that add new actions), so a join of 250 dequeues on 250
+    buffered messages completes in one turn, in order, and its replay agrees."""
+
+    def orch(ctx, _):
+        got = yield ctx.all([ctx.dequeue_event("q") for _ in range(250)])
+        return [g["ok"] for g in got] == [f"m{i}" for i in range(250)]
+
+    msgs = [H.enqueued("q", f'"m{i}"') for i in range(250)]
+    live = H.turn(orch, [H.started()], msgs)
+    assert (live.kind, live.output) == ("completed", "true"), (live.kind, live.error)
+    replay = H.turn(orch, [H.started(), *live.delta[:-1]])
+    assert (replay.kind, replay.output) == ("completed", "true")
