@@ -555,6 +555,9 @@ class WorkerDispatcher:
         self._aborts: dict[str, Callable[[], None]] = {}
         #: tokens of async activities cancelled because the runtime stopped: given back, not acked.
         self._stopped_tokens: set[str] = set()
+        #: tokens whose async activity was cancelled by us (shutdown, or a lost lock): the
+        #: cancellation it raises is not the activity failing.
+        self._aborted_tokens: set[str] = set()
 
     def _register_abort(self, token: str, abort: Callable[[], None]) -> None:
         with self._lock:
@@ -564,6 +567,8 @@ class WorkerDispatcher:
         """Cancel the async activity running under ``token`` (True if there was one)."""
         with self._lock:
             abort = self._aborts.pop(token, None)
+            if abort is not None:
+                self._aborted_tokens.add(token)
         if abort is not None:
             abort()
         return abort is not None
@@ -719,7 +724,19 @@ class WorkerDispatcher:
             # simulation: that is Ctrl-C); on a worker thread it is the activity's own raise and
             # fails it like any other (it used to escape the step: the lease was never acked).
             if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                s.renewer.unwatch(token)
                 raise
+            with self._lock:
+                aborted = token in self._aborted_tokens
+                self._aborted_tokens.discard(token)
+            if aborted:
+                # Cancelled by us (the runtime stopped, or its lock was lost): not the activity
+                # failing, so neither counted nor logged as one. Given back (a shutdown: attempt
+                # not counted) or left to the lock's new owner.
+                emit(_log, logging.INFO, "activity %r (instance %r, id %d) cancelled: %s", item.name, item.instance,
+                     item.id, "the runtime is shutting down" if token in self._stopped_tokens else "its lock was lost",
+                     extra={"instance_id": item.instance, "execution_id": item.execution_id})
+                return ActivityOutcome("abandon", delay_ms=None)
             s.metrics.inc("activity_app_errors")
             message = codec.bounded_error_text(f"Activity '{item.name}' call failed: {type(exc).__name__}: {_exc_str(exc)}")
             emit(_log, logging.WARNING, "activity %r (instance %r, id %d) failed: %s", item.name,
@@ -727,9 +744,11 @@ class WorkerDispatcher:
                  extra={"instance_id": item.instance, "execution_id": item.execution_id})
             return ActivityOutcome("ack", _failed(item, ApplicationError(kind="ActivityFailed", message=message)))
         finally:
-            s.renewer.unwatch(token)
+            # (the lease stays watched - renewed - until commit() has acked it: a slow ack must
+            # not let the lock expire and the activity run again elsewhere)
             with self._lock:
                 self._aborts.pop(token, None)
+                self._aborted_tokens.discard(token)
         s.metrics.inc("activity_success")
         return ActivityOutcome("ack", ActivityCompletedMsg(instance=item.instance, execution_id=item.execution_id, id=item.id, result=text))
 
@@ -785,6 +804,7 @@ class WorkerDispatcher:
                 pass
             return False
         finally:
+            self.s.renewer.unwatch(lease.lock_token)  # (watched since execute(): renewed through the ack)
             sid = lease.item.session_id
             if sid is not None:
                 with self._lock:
