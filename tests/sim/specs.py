@@ -157,7 +157,12 @@ APPROVAL_DEADLINE = SimSpec(
 )
 
 
-# --- liveness: two parents share an explicit child id ------------------------------------------
+# --- liveness: a parent whose child's completion never reaches it --------------------------------
+#
+# The runtime fails a parent whose child id is already taken (it used to hang, which was this
+# spec's planted bug), so the stuck parent now comes from a planted *provider* bug: an ack that
+# loses the child's SubOrchCompleted message (``plant_lost_child_completions``), as a third-party
+# provider might. The workflow itself is correct.
 
 
 def _stuck_setup(rt, world):
@@ -168,8 +173,22 @@ def _stuck_setup(rt, world):
 
     @rt.register_orchestration("Stuck::orchestration::parent")
     def parent(ctx, x):
-        # BUG: a fixed child id; the second parent's child never starts, so it waits forever.
-        return (yield ctx.schedule_sub_orchestration_with_id("Stuck::orchestration::child", "shared-child", x))
+        return (yield ctx.schedule_sub_orchestration("Stuck::orchestration::child", x))
+
+
+def plant_lost_child_completions(monkeypatch) -> None:
+    """BUG (planted): the in-memory provider's ack drops every SubOrchCompleted it should
+    enqueue, so each parent waits for good for a child that has finished."""
+    from duroxide_sim.core.events import SubOrchCompletedMsg
+    from duroxide_sim.providers.memory import InMemoryProvider
+
+    original = InMemoryProvider.ack_orchestration_item
+
+    def ack(self, lock_token, execution_id, history_delta, worker_items, orchestrator_items, *args, **kwargs):
+        kept = [m for m in orchestrator_items if not isinstance(m, SubOrchCompletedMsg)]
+        return original(self, lock_token, execution_id, history_delta, worker_items, kept, *args, **kwargs)
+
+    monkeypatch.setattr(InMemoryProvider, "ack_orchestration_item", ack)
 
 
 STUCK_CHILD = SimSpec(

@@ -56,7 +56,9 @@ def test_outcome_checker_reports_instance_and_both_outcomes() -> None:
     assert failure.step is not None
 
 
-def test_liveness_reports_a_stuck_instance_even_without_faults() -> None:
+def test_liveness_reports_a_stuck_instance_even_without_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run_and_check(Simulation(specs.STUCK_CHILD, 0, FaultPlan.none())).ok  # (before the plant)
+    specs.plant_lost_child_completions(monkeypatch)
     seed, failure, _ = _first(specs.STUCK_CHILD, FaultPlan.none(), 5, "liveness")
     assert "stuck: SubOrchestrationScheduled" in failure.message
     assert "never completed" in failure.message

@@ -429,8 +429,8 @@ LEAKY = SimSpec(name="audit-leaky", setup=lambda rt, w: _leak_setup(rt, w, plant
 NOT_LEAKY = SimSpec(name="audit-not-leaky", setup=lambda rt, w: _leak_setup(rt, w, planted=False), starts=_LEAK_STARTS,
                     ref=f"{REF}:NOT_LEAKY")
 
-# --- liveness: a child id shared by two parents (specs.STUCK_CHILD) vs per-parent ids; a loop
-#     that never waits (no quiescence) vs one that does -------------------------------------------
+# --- liveness: a provider that loses child completions (specs.STUCK_CHILD + its plant) vs a
+#     correct run; a loop that never waits (no quiescence) vs one that does ----------------------
 
 
 def _unique_child_setup(rt, world):
@@ -600,10 +600,13 @@ def test_outcome_checker_alone_reports_a_changed_result() -> None:
     assert run_and_check(Simulation(VOTES_DEDUP, seed, plan)).ok
 
 
-def test_liveness_checker_alone_reports_a_stuck_instance() -> None:
+def test_liveness_checker_alone_reports_a_stuck_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run_and_check(Simulation(specs.STUCK_CHILD, 0, FaultPlan.none())).ok  # (before the plant)
+    specs.plant_lost_child_completions(monkeypatch)
     result = run_and_check(Simulation(specs.STUCK_CHILD, 0, FaultPlan.none()))
     assert _checkers(result) == {"liveness"}, _renders(result)
     assert "stuck: SubOrchestrationScheduled" in result.failures[0].message
+    monkeypatch.undo()
     for seed in range(4):
         ok = run_and_check(Simulation(UNIQUE_CHILD, seed, FaultPlan.all(0.05)))
         assert ok.ok, _renders(ok)
