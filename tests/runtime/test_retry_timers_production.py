@@ -381,7 +381,8 @@ BAD_POLICIES: list[Any] = [
     {"timeout_ms": MAX_TIMER_DELAY_MS + 1},
     {"total_timeout_ms": 0},
     {"totalTimeoutMs": -1},
-    {"attempts": 3},  # unknown key (a typo)
+    # (an unknown key - {"attempts": 3} - is ignored as duroxide-python ignores it, with a
+    #  warning in the orchestration's log: tests/runtime/test_peer_suite_migration_b.py)
     "fast",
     3,
 ]

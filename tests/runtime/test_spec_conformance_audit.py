@@ -1401,12 +1401,14 @@ def test_retry_timeout_history_shape_activity_before_deadline_timer(kind):
 @pytest.mark.parametrize("kind", PROVIDERS)
 def test_stale_sub_orchestration_report_to_previous_execution_is_dropped(kind):
     """SPEC §3.3.1 / §7: SubOrch* messages need parent_execution_id = current; a child dropped by
-    execution 1 (race loser, cancelled) reports to execution 1 and is ignored by execution 2."""
+    execution 1 (a race loser) reports to execution 1 and is ignored by execution 2. The drop
+    happens in the turn that continues as new, which does not reconcile dropped futures (§3.8
+    case 2) and cancels no child (§3.9): the child runs on and reports when it ends."""
     w = W(kind)
 
     @w.rt.register_orchestration("C")
     def c(ctx, _):
-        return (yield ctx.wait_for_event("never"))
+        return (yield ctx.wait_for_event("finish"))
 
     @w.rt.register_orchestration("P")
     def p(ctx, n):
@@ -1417,7 +1419,11 @@ def test_stale_sub_orchestration_report_to_previous_execution_is_dropped(kind):
 
     w.client.start_orchestration("p", "P", 0)
     w.run()
-    assert w.status("kid").error == "canceled: parent dropped sub-orchestration future"
+    assert w.status("kid").status == "Running"
+    assert "SubOrchestrationCancelRequested" not in w.kinds("p", 1)
+    w.client.raise_event("kid", "finish", "late")
+    assert w.result("kid").output == "late"
+    w.run()
     assert w.status("p").status == "Running"
     assert not any(k.startswith("SubOrchestration") for k in w.kinds("p", 2))
     w.client.raise_event("p", "go", "fine")
@@ -1711,9 +1717,10 @@ def test_duplicate_timer_and_sub_orchestration_completions_are_dropped(kind, dup
 
 @pytest.mark.parametrize("kind", PROVIDERS)
 def test_continue_as_new_turn_dispatches_no_new_activity_or_child(kind):
-    """SPEC §3.9 (only Continue dispatches pending actions; ContinueAsNew enqueues the CAN item and
-    the dropped-future side effects): an activity and a child first scheduled (and dropped) in
-    the continue-as-new turn never run."""
+    """SPEC §3.9 (only Continue dispatches pending actions; ContinueAsNew enqueues the CAN item):
+    an activity and a child first scheduled (and dropped) in the continue-as-new turn never run.
+    The turn does not reconcile dropped futures (§3.8 case 2): the open activity gets its
+    terminal breadcrumb after OrchestrationContinuedAsNew (§3.1 step 9), the child none."""
     w = W(kind)
     calls = []
 
@@ -1745,7 +1752,8 @@ def test_continue_as_new_turn_dispatches_no_new_activity_or_child(kind):
     assert calls == []
     assert w.status("kid").status == "NotFound"
     ks = w.kinds("i", 1)
-    assert ks[-3:] == ["ActivityCancelRequested", "SubOrchestrationCancelRequested", "OrchestrationContinuedAsNew"]
+    assert ks[-3:] == ["SubOrchestrationScheduled", "OrchestrationContinuedAsNew", "ActivityCancelRequested"]
+    assert [e["data"]["reason"] for e in w.of("i", "ActivityCancelRequested")] == ["orchestration_terminal_continued_as_new"]
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)

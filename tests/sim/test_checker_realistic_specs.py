@@ -490,8 +490,8 @@ def _shared_child_setup(rt, world):
 
     @rt.register_orchestration("S9::orchestration::contract")
     def contract(ctx, doc):
-        # BUG: the child id does not include the parent: both contracts share one signing child,
-        # which reports back to the first parent only.
+        # BUG: the child id does not include the parent: both contracts share one signing child
+        # (the second contract's call fails: the id already exists).
         return (yield ctx.schedule_sub_orchestration_with_id("S9::orchestration::sign", "signing", doc))
 
 
@@ -713,13 +713,18 @@ def test_non_idempotent_fanout_activity_is_blamed() -> None:
                and "'pages_billed'" in f.message for f in hits), hits[0].render()
 
 
-def test_shared_child_id_beside_a_monitor_is_stuck_for_the_second_parent() -> None:
+def test_shared_child_id_beside_a_monitor_fails_the_second_parent_with_the_reason() -> None:
+    """The planted shared child id used to leave the second contract waiting for good (a
+    liveness verdict); the runtime now fails that contract's call at once, naming the id, so
+    the user sees the bug in the first run's statuses and no checker has to infer it."""
     for provider in ("memory", "sqlite"):
         for seed in range(2):
             result = run_and_check(Simulation(SHARED_CHILD_SIGNED, seed, FaultPlan.none(), provider=provider))
             assert not result.quiescent
-            assert [(f.checker, f.instance, f.message) for f in result.failures] == [
-                ("liveness", "c1", "stuck: SubOrchestrationScheduled id 2 (S9::orchestration::sign) never completed")]
+            assert result.failures == [], [f.render() for f in result.failures]
+            c1 = result.statuses["c1"]
+            assert c1.status == "Failed" and "sub-orchestration instance 'signing' already exists" in c1.error, c1
+            assert result.statuses["c0"].status == "Completed"
 
 
 def test_global_state_in_orchestration_code_is_nondeterministic() -> None:

@@ -23,7 +23,7 @@ import random
 
 import pytest
 
-from duroxide_sim.core.events import ActivityExecute, ContinueAsNew, TimerFiredMsg
+from duroxide_sim.core.events import ActivityExecute, ContinueAsNew, StartOrchestration, TimerFiredMsg
 from duroxide_sim.providers.memory import InMemoryProvider
 from duroxide_sim.providers.sqlite import SqliteProvider
 from duroxide_sim.sim.checkers import run_and_check
@@ -64,7 +64,9 @@ def _shared_child_setup(rt, world):
 
     @rt.register_orchestration("Shared::orchestration::parent")
     def parent(ctx, x):
-        # BUG: a fixed child id; the second parent's child never starts, so it waits forever.
+        # A fixed child id: the second parent's start lands on the first one's child. (It used to
+        # wait forever - the planted bug of the stuck-child test; the runtime now fails it at
+        # once, so that test plants a store that loses a child's start instead.)
         return (yield ctx.schedule_sub_orchestration_with_id("Shared::orchestration::child", "shared-child", x))
 
 
@@ -149,13 +151,25 @@ def _liveness(spec: SimSpec, provider: str, seeds: range, plan: FaultPlan | None
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_a_child_that_never_starts_is_reported_beside_an_eternal_monitor(provider: str) -> None:
+def test_a_shared_child_id_fails_the_second_parent_beside_an_eternal_monitor(provider: str) -> None:
+    """The second parent's child start collides with the first parent's child: it fails at once
+    with the reason (no liveness verdict needed), the first parent completes."""
     for result, hits in _liveness(SHARED_CHILD_BESIDE_MONITOR, provider, range(3)):
         assert not result.quiescent, "the monitor keeps the run going to the horizon"
+        assert hits == [], [f.render() for f in hits]
+        outcomes = sorted((result.statuses[p].status, "already exists" in (result.statuses[p].error or ""))
+                          for p in ("p0", "p1"))
+        assert outcomes == [("Completed", False), ("Failed", True)], outcomes
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_child_that_never_starts_is_reported_beside_an_eternal_monitor(provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _lose(monkeypatch, provider, lambda w: not (isinstance(w, StartOrchestration) and w.parent_instance == "j0"))
+    for result, hits in _liveness(WORK_BESIDE_MONITOR, provider, range(2)):
+        assert not result.quiescent, "the monitor keeps the run going to the horizon"
         assert hits, f"seed {result.seed}: no liveness verdict"
+        assert [f.instance for f in hits] == ["j0"], [f.render() for f in hits]
         assert "stuck: SubOrchestrationScheduled" in hits[0].message and "never completed" in hits[0].message
-        assert hits[0].instance in ("p0", "p1")
-        assert all(f.instance != "monitor" for f in hits), [f.render() for f in hits]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
