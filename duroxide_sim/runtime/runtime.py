@@ -104,6 +104,8 @@ class Runtime:
         # satisfied ends at once (an activity blocked there hung the whole run).
         self._client_sleep: Callable[[float], None] | None = _no_wait_in_a_step if virtual else None
         self._wake_listener: Callable[[str], None] | None = None
+        self._stop_lock = threading.Lock()
+        self._stop_done: threading.Event | None = None  # set when the running shutdown() finishes
 
     def _shared_client(self) -> Client:
         """The Client that ``ctx.get_client()`` hands to activities: one per runtime (a Client
@@ -209,9 +211,20 @@ class Runtime:
                 raise ValueError(f"shutdown: timeout_ms must be >= 0 (ms), got {timeout_ms}")
             raise TypeError(f"shutdown: timeout_ms must be an int of ms or None, got {type(timeout_ms).__name__} "
                             f"{timeout_ms!r}"[:200])
-        if self._driver is None:
+        with self._stop_lock:
+            driver, self._driver = self._driver, None
+            if driver is None:
+                # Not running - or another thread's shutdown() is stopping it: wait for that one
+                # as long as this call's own timeout allows (returning at once told the second
+                # caller that work was over while activities still ran).
+                pending = self._stop_done
+            else:
+                pending = None
+                done = self._stop_done = threading.Event()
+        if driver is None:
+            if pending is not None:
+                pending.wait((1_000 if timeout_ms is None else timeout_ms) / 1000 + 1.0)
             return
-        driver, self._driver = self._driver, None
         remove = getattr(self.provider, "remove_wakeup_listener", None)
         if remove is not None and self._wake_listener is not None:
             remove(self._wake_listener)  # a stopped runtime is not kept alive by the provider
@@ -223,6 +236,7 @@ class Runtime:
                 driver.stop(1_000)
         finally:
             self._renewer.stop()
+            done.set()
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """The runtime's counters (SPEC §14) as attributes (``m.orch_completions``, as in

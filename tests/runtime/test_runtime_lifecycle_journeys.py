@@ -1022,3 +1022,49 @@ def test_poison_is_logged_once_with_the_instance(rig, caplog):
                        if "poison" in r.getMessage().lower() and r.levelno >= logging.WARNING]
     assert {k: len(v) for k, v in found.items()} == {"pz-orch": 1, "pz-act": 1}, (
         found, [f"{r.name} {r.levelname} {r.getMessage()}" for r in caplog.records if r.name.startswith("duroxide_sim")])
+
+
+def test_two_concurrent_shutdowns_both_wait_for_the_running_activity(tmp_path) -> None:
+    """A service whose signal handler and main thread both call ``shutdown(10_000)``: neither may
+    return while an activity is still running (the second call returned at once, telling its
+    caller the work was over). Found by re-expressing the reference's shutdown tests."""
+    import threading
+    import time
+
+    from ._helpers import SqliteRig
+
+    rig = SqliteRig(tmp_path / "shutdown.db", lambda: RuntimeOptions(dispatcher_poll_interval_ms=5))
+    try:
+        rt = rig.runtime()
+        started = threading.Event()
+        finished: list[float] = []
+
+        @rt.register_activity("Slow")
+        def slow(ctx, _):
+            started.set()
+            time.sleep(0.6)
+            finished.append(time.monotonic())
+            return "done"
+
+        @rt.register_orchestration("O")
+        def o(ctx, _):
+            return (yield ctx.schedule_activity("Slow", None))
+
+        rt.start()
+        rig.client().start_orchestration("s", "O")
+        assert started.wait(5)
+        returned: list[float] = []
+
+        def stop() -> None:
+            rt.shutdown(10_000)
+            returned.append(time.monotonic())
+
+        threads = [threading.Thread(target=stop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert len(returned) == 2 and len(finished) == 1
+        assert min(returned) >= finished[0], (returned, finished)
+    finally:
+        rig.close()
