@@ -1067,6 +1067,11 @@ class PostgresProvider(PostgresAdminMixin):
                         "WHERE instance_id = %(i)s), EXISTS (SELECT 1 FROM orchestrator_queue WHERE instance_id = "
                         "%(i)s AND visible_at <= %(now)s)",
                         {"k1": self._schema_key, "k2": _key32(instance), "i": instance, "now": now})
+                    # The time the lock counts from is read now, not before the fetch began: the
+                    # pool or the server may have kept this fetch waiting (a full pool, a table
+                    # lock, a stall) longer than the lock lasts, and a lock that expired before
+                    # it was handed out let a second fetcher run the same turn.
+                    now = self._now()
                     if not claimed or not visible or (locked_until is not None and locked_until > now):
                         continue  # another fetcher is examining it, it was just fetched, or it is locked
                     result = self._lock_batch(db, instance, locked_until is not None, lock_timeout_ms, now, op)
@@ -1437,6 +1442,7 @@ class PostgresProvider(PostgresAdminMixin):
             rid, text, session_id = row
             item = self._load_work(text, op)
             token = self._new_token()  # an expired lock is stolen: its token becomes unknown
+            now = self._now()  # (after any wait for the pool or the server: see fetch_orchestration_item)
             attempts = db.scalar("UPDATE worker_queue SET lock_token = %s, locked_until = %s, "
                                  "attempt_count = attempt_count + 1 WHERE id = %s RETURNING attempt_count",
                                  (token, now + lock_timeout_ms, rid))
@@ -1484,6 +1490,7 @@ class PostgresProvider(PostgresAdminMixin):
                 row = db.one(lock_first, {**params, "ids": [rid]})
                 if row is None:
                     continue  # taken (or being taken) by another worker
+                now = self._now()  # (the session lock counts from after any wait, as the item's)
                 db.send("INSERT INTO sessions (session_id, worker_id, locked_until, last_activity_at) "
                         "VALUES (%s, %s, %s, %s) ON CONFLICT (session_id) DO UPDATE SET "
                         "worker_id = EXCLUDED.worker_id, locked_until = EXCLUDED.locked_until, "
