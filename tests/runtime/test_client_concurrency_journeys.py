@@ -1287,9 +1287,12 @@ def _fork_child_probe(c: Client, provider: Any, i: int, trace_path: Any) -> tupl
         code = 0
         try:
             os.close(r)
-            # Where a hung child is stuck: its stack, written before the parent kills it.
+            # Where a hung child is stuck: its stack, written when the parent signals it before
+            # killing it. (Not dump_traceback_later: under pytest's faulthandler_timeout the
+            # parent has a watchdog armed, and re-arming in the child waits for that watchdog
+            # thread, which a forked child does not have - the child hung right there.)
             trace = open(trace_path, "w")  # noqa: SIM115
-            faulthandler.dump_traceback_later(4.0, file=trace)
+            faulthandler.register(signal.SIGUSR1, file=trace, all_threads=True)
             try:
                 c.start_orchestration(f"forked-{i}", "Order", i)
                 st = c.get_status(f"forked-{i}")
@@ -1310,6 +1313,8 @@ def _fork_child_probe(c: Client, provider: Any, i: int, trace_path: Any) -> tupl
 def _fork_child_outcome(pid: int, r: int, i: int, trace_path: Any) -> str:
     ready, _, _ = select.select([r], [], [], 5.0)
     if not ready:
+        os.kill(pid, signal.SIGUSR1)  # the child writes its stack (see _fork_child_probe)
+        time.sleep(0.5)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(r)
