@@ -376,6 +376,9 @@ class OrchestrationDispatcher:
                     self._abandon_quietly(item.lock_token, 50)
                     return None
                 return self._commit_infrastructure_failure(item, exc, result)
+            except BaseException:
+                s.metrics.add(counts, -1)  # (an unexpected error: nothing known to be committed)
+                raise
         cache = self.cache
         if cache is not None and result.engine is not None:
             # committed: the next turn may resume it
