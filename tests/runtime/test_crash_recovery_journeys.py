@@ -438,12 +438,13 @@ def test_two_processes_on_one_file_one_sigkilled_the_other_finishes_everything_o
     b = env.worker().wait_ready()
     env.wait_effects(25)
     a.kill()
+    left = 80 - sum(1 for e in env.effects() if e[0] == "done")  # (a may have raced ahead before the kill)
     env.wait_all(insts)
     assert b.proc.poll() is None, b.stderr()
     for inst in insts:
         _check_instance(env, inst, {"tag": inst, "total": sq_sum(8)})
     pids = {pid for _, _, _, pid in env.effects()}
-    assert b.proc.pid in pids
+    assert b.proc.pid in pids or left <= 0, (left, pids)  # the survivor did the steps left at the kill
     _no_stuck(env)
     assert b.term() == 0, b.stderr()
 
