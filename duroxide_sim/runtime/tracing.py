@@ -40,6 +40,13 @@ def _timestamp(record: logging.LogRecord) -> str:
     return utc_iso_ms(record.created)
 
 
+def _level(record: logging.LogRecord) -> str:
+    """The record's level name; the "trace" level (5, below DEBUG) has no name in ``logging``
+    (it showed as "Level 5"). Named here rather than with ``logging.addLevelName``, which would
+    rename level 5 for every logger of the process."""
+    return "TRACE" if record.levelno == LOG_LEVELS["trace"] else record.levelname
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in FIELDS if getattr(record, name, None) not in (None, "")}
 
@@ -53,7 +60,7 @@ class _Formatter(logging.Formatter):
         message = record.getMessage()
         fields = _fields(record)
         if self.style_name == "json":
-            doc: dict[str, Any] = {"timestamp": _timestamp(record), "level": record.levelname, "target": record.name,
+            doc: dict[str, Any] = {"timestamp": _timestamp(record), "level": _level(record), "target": record.name,
                                    "message": message}
             if fields:
                 doc["fields"] = fields
@@ -61,7 +68,7 @@ class _Formatter(logging.Formatter):
                 doc["exception"] = self.formatException(record.exc_info)
             return json.dumps(doc, ensure_ascii=False, default=str)
         pairs = " ".join(f"{k}={v}" for k, v in fields.items())
-        head = f"{_timestamp(record)} {record.levelname:>7} {record.name}: {message}"
+        head = f"{_timestamp(record)} {_level(record):>7} {record.name}: {message}"
         if self.style_name == "pretty":
             text = head + (f"\n    {pairs}" if pairs else "")
         else:

@@ -125,3 +125,25 @@ def test_bad_arguments_are_named(tmp_path: pathlib.Path, args: tuple, error: typ
     with pytest.raises(error, match=text):
         init_tracing(*args)
     assert not (tmp_path / "x.log").exists()
+
+
+@pytest.mark.parametrize("fmt", ["compact", "json"])
+def test_trace_level_lines_are_labelled_trace(tmp_path: pathlib.Path, fmt: str) -> None:
+    """log_level="trace" lets records at level 5 through; they are labelled TRACE (they showed
+    as "Level 5"), without renaming level 5 for the rest of the process's logging."""
+    log = tmp_path / "rt.log"
+    init_tracing(str(log), log_level="trace", log_format=fmt)
+    logging.getLogger("duroxide_sim.runtime").log(5, "deep detail %d", 7)
+    logging.getLogger("duroxide_sim.runtime").debug("less deep")
+    for h in logging.getLogger("duroxide_sim").handlers:
+        h.flush()
+    lines = log.read_text().splitlines()
+    if fmt == "json":
+        levels = [json.loads(line)["level"] for line in lines]
+        assert levels == ["TRACE", "DEBUG"]
+        assert json.loads(lines[0])["message"] == "deep detail 7"
+    else:
+        assert " TRACE duroxide_sim.runtime: deep detail 7" in lines[0]
+        assert " DEBUG duroxide_sim.runtime: less deep" in lines[1]
+    assert "Level 5" not in log.read_text()
+    assert logging.getLevelName(5) == "Level 5"  # the process's level names are untouched
