@@ -270,7 +270,8 @@ def _start_collisions(inp: TurnInput) -> tuple[SubOrchFailedMsg, ...]:
     dropped or absorbed as any duplicate start is (SPEC §3.1 step 3, §3.2), and the parent
     waited for good for a child that would never report to it. It gets a failed child instead
     (its code sees the error like any child failure, §7). A redelivered start of the
-    instance's own child link is an ordinary duplicate and gets nothing."""
+    instance's own child link (same parent, call id and known parent execution) is an ordinary
+    duplicate and gets nothing."""
     starts = [m for m in inp.messages if type(m) is StartOrchestration and m.parent_instance is not None
               and m.parent_id is not None]
     if not starts:
@@ -290,9 +291,11 @@ def _start_collisions(inp: TurnInput) -> tuple[SubOrchFailedMsg, ...]:
         finished = False
     out = []
     for m in starts:
-        if (m.parent_instance, m.parent_id) == own_link[:2] and (
-                not m.parent_execution_id or not own_link[2] or m.parent_execution_id == own_link[2]):
-            continue  # the instance's own start again
+        if (m.parent_instance, m.parent_id) == own_link[:2] and m.parent_execution_id and m.parent_execution_id == own_link[2]:
+            # The instance's own start again: the same call of the same, known, parent
+            # execution. A missing generation proves nothing (a later execution of the parent
+            # reuses call ids), so such a start is told the id is taken, as the reference does.
+            continue
         state = "has already finished" if finished else "is running for another caller"
         out.append(SubOrchFailedMsg(
             parent_instance=m.parent_instance, parent_execution_id=m.parent_execution_id or 0, parent_id=m.parent_id,
@@ -313,7 +316,8 @@ def execute_turn(
         if type(m) is StartOrchestration and m.parent_instance is not None:
             notices = _start_collisions(inp)
             if notices:
-                result = attrs.evolve(result, orchestrator_items=(*result.orchestrator_items, *notices))
+                result = attrs.evolve(result, orchestrator_items=(*result.orchestrator_items, *notices),
+                                      collisions=notices)
             break
     return result
 

@@ -71,6 +71,9 @@ class TurnResult:
     pinned_version: str | None = None
     logs: tuple[tuple[int, str], ...] = ()
     message: str = ""
+    #: Failure notices to parents whose child start collided with this instance (also in
+    #: ``orchestrator_items``): kept apart so a turn whose ack fails still sends them.
+    collisions: tuple[WorkItem, ...] = ()
     #: The live engine after a ``continue`` turn, for :class:`~duroxide_sim.core.replay.EngineCache`.
     engine: Any = attrs.field(default=None, eq=False, repr=False)
 

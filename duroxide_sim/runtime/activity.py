@@ -92,6 +92,8 @@ class ActivityContext:
             extra={
                 "instance_id": self.instance_id,
                 "execution_id": self.execution_id,
+                "orchestration_name": self.orchestration_name,
+                "orchestration_version": self.orchestration_version,
                 "activity_name": self.activity_name,
                 "activity_id": self.activity_id,
                 "worker_id": self.worker_id,

@@ -189,7 +189,7 @@ class OrchestrationDispatcher:
         opts = services.options
         self.filter = opts.supported_versions or ("0.0.0", ENGINE_VERSION)
         self._bounds = tuple(parse_engine_version(v) for v in self.filter)
-        self._pins: dict[str | None, bool] = {}  # pinned engine version -> in range
+        self._pins: dict[Any, bool | None] = {}  # stored engine stamp -> in range (None: not a version)
         # Whether this runtime may start executions: each new one is pinned to its own engine
         # version, so a range that leaves that out (a runtime kept to drain older executions)
         # must leave new instances and continue-as-new to a runtime that will run them.
@@ -283,28 +283,52 @@ class OrchestrationDispatcher:
         finally:
             s.renewer.unwatch(item.lock_token)
 
+    def _pin_state(self, pin: Any) -> bool | None:
+        """A stored engine stamp: True in this runtime's range, False outside it, None when it
+        is not a version at all (cached: a few distinct stamps, one dict lookup per turn)."""
+        try:
+            return self._pins[pin]
+        except KeyError:
+            pass
+        try:
+            state: bool | None = self._bounds[0] <= parse_engine_version(pin) <= self._bounds[1]
+        except DuroxideError:
+            state = None
+        except TypeError:  # (an unhashable stamp from a hand-written history)
+            return None
+        if len(self._pins) < 64:
+            self._pins[pin] = state
+        return state
+
     def _compatible(self, item: OrchestrationItem) -> bool:
         """The fetched execution's pin (its OrchestrationStarted's engine version) lies in this
         runtime's supported range (no pin: compatible). A turn that starts an execution - the
         instance's first (no history yet) or a continue-as-new's next - pins it to this
-        runtime's own version: compatible when the range holds that version."""
+        runtime's own version: compatible when the range holds that version.
+
+        A stamp that is not a version (empty, garbage: written by another tool or an old
+        writer) runs as an unpinned (legacy) execution, as the reference does, with a warning
+        naming the instance on every turn that reads it."""
         history = item.history
         if not history:
             return self._starts  # (the first turn pins the instance to this runtime's version)
         pin = getattr(history[0], "duroxide_version", None)
-        ok = self._pins.get(pin)  # (a few distinct pins: one dict lookup per turn)
+        ok = True if pin is None else self._pin_state(pin)
         if ok is None:
-            try:
-                ok = pin is None or self._bounds[0] <= parse_engine_version(pin) <= self._bounds[1]
-            except DuroxideError:
-                ok = True  # unreadable: the turn's own checks report it
-            if len(self._pins) < 64:
-                self._pins[pin] = ok
+            emit(_log, logging.WARNING, "invalid pinned engine version %r in the history of instance %r; "
+                 "running it as an unpinned (legacy) execution", _short_text(str(pin)), item.instance,
+                 extra={"instance_id": item.instance, "execution_id": item.execution_id})
+            ok = True
         if ok and self._starts:
             return True  # (the common turn)
         if any(type(m) is ContinueAsNew for m in item.messages):
             return self._starts  # the turn starts the next execution, pinned to this runtime's version
         return ok
+
+    def _storable_pin(self, pin: str | None) -> str | None:
+        """The pin an ack stores: an unreadable stamp is not passed on (the providers refuse it,
+        and the execution runs unpinned)."""
+        return pin if pin is None or self._pin_state(pin) is not None else None
 
     def _fill_parent_execution(self, items: tuple[WorkItem, ...]) -> list[WorkItem]:
         out: list[WorkItem] = []
@@ -324,7 +348,7 @@ class OrchestrationDispatcher:
             orchestration_name=result.orchestration_name,
             orchestration_version=result.orchestration_version,
             parent_instance_id=result.parent_instance,
-            pinned_duroxide_version=result.pinned_version,
+            pinned_duroxide_version=self._storable_pin(result.pinned_version),
         )
         cancelled = [ScheduledActivityIdentifier(i, e, a) for i, e, a in result.cancelled]
         chain = _chain(s.provider, "ack_orchestration_item_and_fetch", carry)
@@ -410,21 +434,28 @@ class OrchestrationDispatcher:
             timestamp_ms=self.s.clock.now_ms(), details=details,
         )
         events: list[Any] = [ev] if started is None else [started, ev]
-        notify = []
+        # Parents told that their child start collided with this instance are told still: the
+        # failed ack wrote nothing, so without this they would wait for good.
+        notify = self._fill_parent_execution(result.collisions) if result is not None and result.collisions else []
         if started is not None and started.parent_instance is not None and started.parent_id is not None:
-            notify = self._fill_parent_execution([SubOrchFailedMsg(
+            notify += self._fill_parent_execution([SubOrchFailedMsg(
                 parent_instance=started.parent_instance, parent_execution_id=started.parent_execution_id or 0,
                 parent_id=started.parent_id, details=details)])
         metadata = (ExecutionMetadata(status="Failed", output=details.display_message()) if started is None else
                     ExecutionMetadata(status="Failed", output=details.display_message(), orchestration_name=started.name,
                                       orchestration_version=started.version, parent_instance_id=started.parent_instance,
-                                      pinned_duroxide_version=started.duroxide_version))
+                                      pinned_duroxide_version=self._storable_pin(started.duroxide_version)))
         try:
             self.s.provider.ack_orchestration_item(item.lock_token, execution_id, events, [], notify, metadata, [])
         except ProviderError:
             self._abandon_quietly(item.lock_token, 50)
             return None
-        self.s.metrics.inc("orch_infrastructure_errors")
+        # The execution failed (and, on a first turn, started): counted like any committed
+        # failure (_turn_counts), its category being infrastructure.
+        counts = [("orch_failures", 1), ("orch_infrastructure_errors", 1)]
+        if started is not None:
+            counts.append(("orch_starts", 1))
+        self.s.metrics.add(tuple(counts))
         return None
 
     def _abandon_quietly(self, token: str, delay_ms: int) -> None:
@@ -447,17 +478,20 @@ class OrchestrationDispatcher:
                      "orchestration %r (%s) failed: %s", instance, result.orchestration_name,
                      _short_text(_last_line(result.error.display_message())),
                      extra={"instance_id": instance, "execution_id": result.execution_id,
-                            "orchestration_name": result.orchestration_name})
+                            "orchestration_name": result.orchestration_name,
+                            "orchestration_version": result.orchestration_version})
         if result.logs:
             first = result.delta[0] if result.delta else None
             extra = {"instance_id": first.instance_id if first is not None else "",
                      "execution_id": first.execution_id if first is not None else result.execution_id,
-                     "orchestration_name": result.orchestration_name}
+                     "orchestration_name": result.orchestration_name,
+                     "orchestration_version": result.orchestration_version}
             for level, message in result.logs:
                 emit(_orch_log, level, "%s", message, extra=extra)
 
 
 _NO_COUNTS: tuple[tuple[str, int], ...] = ()
+_WORKER_ACK_FAILED = (("provider_errors", 1), ("activity_infra_errors", 1))
 _FAILURE_COUNTER = {"configuration": "orch_configuration_errors", "infrastructure": "orch_infrastructure_errors",
                     "poison": "orch_poison"}
 
@@ -553,11 +587,16 @@ class WorkerDispatcher:
         self.s = services
         self._sessions: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._session_cfg: SessionConfig | None = None
+        self._session_cfgs: dict[int | None, SessionConfig] = {}  # by worker slot (None: not a worker thread)
         #: lock token -> how to cancel the async activity running under it (run_coroutine).
         self._aborts: dict[str, Callable[[], None]] = {}
         #: tokens of async activities cancelled because the runtime stopped: given back, not acked.
         self._stopped_tokens: set[str] = set()
+        # Leases whose activity code is running (set operations are atomic: no lock), and those
+        # a shutdown that ran out of time left behind: a sync activity cannot be interrupted,
+        # and its late outcome is not committed - a stopped runtime writes nothing more.
+        self._running: set[str] = set()
+        self._halted_tokens: set[str] = set()
         #: tokens whose async activity was cancelled by us (shutdown, or a lost lock): the
         #: cancellation it raises is not the activity failing.
         self._aborted_tokens: set[str] = set()
@@ -589,36 +628,62 @@ class WorkerDispatcher:
     def abort_running(self) -> int:
         """Runtime shutdown ran out of time: cancel every async activity still running; their
         leases are given back (abandoned, attempt not counted) so another runtime runs them.
+        Sync activities still running are marked: their outcome will not be committed.
         Returns how many were cancelled."""
         with self._lock:
             tokens = sorted(self._aborts)
             self._stopped_tokens.update(tokens)
+            self._halted_tokens.update(t for t in list(self._running) if t not in self._aborts)
         return sum(self._abort(t) for t in tokens)
+
+    def resume(self) -> None:
+        """The runtime starts (again): outcomes of sync activities that outlived an earlier
+        timed-out shutdown are committed after all (the runtime is running)."""
+        with self._lock:
+            self._halted_tokens.clear()
 
     @property
     def owner_id(self) -> str:
+        """The worker identity of a caller that is not one of the runtime's worker threads (the
+        simulation, a sequential driver): ``worker_node_id`` when set, else the runtime's id."""
         return self.s.options.worker_node_id or self.s.worker_id
+
+    def slot_owner(self, slot: int | None) -> str:
+        """The identity worker thread ``slot`` fetches, owns sessions and runs activities as.
+        With ``worker_node_id`` set every slot shares it (any slot of the node serves the
+        node's sessions, and they survive a restart under the same node id); without it each
+        slot has its own, as in the reference: a session is served by one slot at a time, so
+        its activities run one after another."""
+        if slot is None or self.s.options.worker_node_id:
+            return self.owner_id
+        return f"{self.s.worker_id}-{slot}"
+
+    def session_owners(self, slots: int) -> list[str]:
+        """Every identity whose session locks the runtime renews (``slots`` worker threads)."""
+        if self.s.options.worker_node_id or slots <= 0:
+            return [self.owner_id]
+        return [self.slot_owner(i) for i in range(slots)]
 
     def active_sessions(self) -> list[str]:
         with self._lock:
             return sorted(k for k, v in self._sessions.items() if v > 0)
 
-    def fetch(self) -> WorkItemLease | None:
+    def fetch(self, slot: int | None = None) -> WorkItemLease | None:
         opts = self.s.options
-        session = self._session_config()
+        session = self._session_config(slot)
         return self._accept(self.s.provider.fetch_work_item(opts.worker_lock_timeout_ms, 0, session, opts.worker_tag_filter))
 
-    def _session_config(self) -> SessionConfig | None:
+    def _session_config(self, slot: int | None = None) -> SessionConfig | None:
         opts = self.s.options
         # Entries are deleted when their count drops to 0, so len() is the number of active
         # sessions (read without the lock: one atomic read, as stale the moment it returns
-        # as a locked one). Asked on every fetch, so the config record is built once.
+        # as a locked one). Asked on every fetch, so the config record is built once per slot.
         if len(self._sessions) >= opts.max_sessions_per_runtime:
             return None
-        cfg = self._session_cfg
-        owner = self.owner_id
+        cfg = self._session_cfgs.get(slot)
+        owner = self.slot_owner(slot)
         if cfg is None or cfg.owner_id != owner or cfg.lock_timeout_ms != opts.session_lock_timeout_ms:
-            cfg = self._session_cfg = SessionConfig(owner_id=owner, lock_timeout_ms=opts.session_lock_timeout_ms)
+            cfg = self._session_cfgs[slot] = SessionConfig(owner_id=owner, lock_timeout_ms=opts.session_lock_timeout_ms)
         return cfg
 
     def _accept(self, lease: WorkItemLease | None) -> WorkItemLease | None:
@@ -642,19 +707,20 @@ class WorkerDispatcher:
         """fetch -> execute -> commit. With a ``carry`` (production driver) the ack may fetch
         the next lease in the same transaction (see :class:`OrchestrationDispatcher`)."""
         lease = carry.pop("item", None) if carry is not None else None
+        slot = carry.get("slot") if carry is not None else None  # (set by the thread driver)
         if lease is not None:
             lease = self._accept(lease)
             if lease is None:
                 return True  # given back (session cap); look again
         else:
             try:
-                lease = self.fetch()
+                lease = self.fetch(slot)
             except ProviderError:
                 self.s.metrics.inc("provider_errors")
                 raise
             if lease is None:
                 return False
-        outcome = self.execute(lease)
+        outcome = self.execute(lease, self.make_context(lease, slot))
         self.commit(lease, outcome, carry)
         return True
 
@@ -667,7 +733,7 @@ class WorkerDispatcher:
             except ProviderError:
                 pass  # lock expiry re-exposes the item anyway
 
-    def make_context(self, lease: WorkItemLease) -> ActivityContext:
+    def make_context(self, lease: WorkItemLease, slot: int | None = None) -> ActivityContext:
         item = lease.item
         return ActivityContext(
             instance_id=item.instance,
@@ -676,7 +742,7 @@ class WorkerDispatcher:
             orchestration_version=item.orchestration_version,
             activity_name=item.name,
             activity_id=item.id,
-            worker_id=self.owner_id,
+            worker_id=self.slot_owner(slot),
             session_id=item.session_id,
             tag=item.tag,
             client_factory=self.s.client_factory,
@@ -704,6 +770,7 @@ class WorkerDispatcher:
             return ActivityOutcome("abandon", delay_ms=delay)
         ctx = ctx or self.make_context(lease)
         token = lease.lock_token
+        self._running.add(token)  # (until commit())
         s.renewer.watch("worker", token, opts.worker_lock_timeout_ms, lambda: self._lock_lost(token, ctx))
         try:
             arg = (
@@ -771,12 +838,23 @@ class WorkerDispatcher:
     def commit(self, lease: WorkItemLease, outcome: ActivityOutcome, carry: dict | None = None) -> bool:
         """Ack or abandon. False when the lock was lost (the activity was cancelled or stolen)."""
         provider = self.s.provider
+        token = lease.lock_token
         with self._lock:
-            stopped = lease.lock_token in self._stopped_tokens
-            self._stopped_tokens.discard(lease.lock_token)
+            stopped = token in self._stopped_tokens
+            self._stopped_tokens.discard(token)
+            halted = token in self._halted_tokens
+            self._halted_tokens.discard(token)
         if stopped:  # cancelled by a runtime shutdown: not the activity's outcome
             outcome = ActivityOutcome("abandon", delay_ms=None)
         try:
+            if halted:
+                # A sync activity that outlived shutdown(timeout): the runtime has stopped, so
+                # its outcome is not committed (nor the lease given back); the work item runs
+                # again once its lock expires, on whichever runtime fetches it then.
+                emit(_log, logging.WARNING, "activity %r (instance %r, id %d) finished after its runtime stopped; its "
+                     "outcome is not committed (the work item is redelivered when its lock expires)",
+                     lease.item.name, lease.item.instance, lease.item.id, extra={"instance_id": lease.item.instance})
+                return False
             if outcome.action == "abandon":
                 # (stopped by a shutdown: given back with its attempt not counted, as documented -
                 # ten restarts during one long activity poisoned it)
@@ -789,7 +867,7 @@ class WorkerDispatcher:
             assert carry is not None
             opts = self.s.options
             nxt = chain(lease.lock_token, outcome.completion, lock_timeout_ms=opts.worker_lock_timeout_ms,
-                        session=self._session_config(), tag_filter=opts.worker_tag_filter)
+                        session=self._session_config(carry.get("slot")), tag_filter=opts.worker_tag_filter)
             if nxt is None:
                 carry["empty"] = True
             else:
@@ -800,14 +878,17 @@ class WorkerDispatcher:
             self.s.metrics.inc("activity_infra_errors")
             return False
         except ProviderError:
-            self.s.metrics.inc("provider_errors")
+            # SPEC §10.2: a failed worker ack is given back (100 ms) and counted as an activity
+            # infrastructure error, as a lost lock is (and as a provider error: the store failed).
+            self.s.metrics.add(_WORKER_ACK_FAILED)
             try:
                 provider.abandon_work_item(lease.lock_token, 100, False)
             except ProviderError:
                 pass
             return False
         finally:
-            self.s.renewer.unwatch(lease.lock_token)  # (watched since execute(): renewed through the ack)
+            self._running.discard(token)
+            self.s.renewer.unwatch(token)  # (watched since execute(): renewed through the ack)
             sid = lease.item.session_id
             if sid is not None:
                 with self._lock:

@@ -99,6 +99,9 @@ class RuntimeOptions:
     service_version: str | None = attrs.field(default=None, validator=_optional_text)
     max_sessions_per_runtime: int = attrs.field(default=10, converter=_default(10), validator=_positive_count)
     session_idle_timeout_ms: int = attrs.field(default=300_000, converter=_default(300_000), validator=_positive)
+    #: The worker identity for sessions: set, every worker thread of the runtime shares it (any of
+    #: them serves the node's sessions, which a restart under the same id keeps); unset, each
+    #: worker thread has its own, so a session's activities run one at a time on one thread.
     worker_node_id: str | None = attrs.field(default=None, validator=_optional_text)
     worker_tag_filter: TagFilter = attrs.field(
         factory=TagFilter.default_only, converter=lambda v: TagFilter.default_only() if v is None else (

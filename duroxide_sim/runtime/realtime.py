@@ -463,22 +463,25 @@ class ThreadDriver:
         for i in range(self._n_orch):
             self._spawn(f"duroxide-orch-{i}", self._orch_step, self._orch_release, self._lanes["orchestrator"])
         for i in range(self._n_worker):
-            self._spawn(f"duroxide-worker-{i}", self._worker_step, self._worker_release, self._lanes["worker"])
+            self._spawn(f"duroxide-worker-{i}", self._worker_step, self._worker_release, self._lanes["worker"], slot=i)
         if self._maintenance is not None:
             t = threading.Thread(target=self._maintain, name="duroxide-maintenance", daemon=True)
             t.start()
             self._threads.append(t)
 
     def _spawn(self, name: str, step: Callable[[dict], bool], release: Callable[[dict], None] | None,
-               lane: _Lane) -> None:
-        t = threading.Thread(target=self._loop, args=(step, release, lane), name=name, daemon=True)
+               lane: _Lane, slot: int | None = None) -> None:
+        t = threading.Thread(target=self._loop, args=(step, release, lane, slot), name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
-    def _loop(self, step: Callable[[dict], bool], release: Callable[[dict], None] | None, lane: _Lane) -> None:
+    def _loop(self, step: Callable[[dict], bool], release: Callable[[dict], None] | None, lane: _Lane,
+              slot: int | None = None) -> None:
         failures = 0
         event = Signal()
-        carry: dict[str, Any] = {}
+        # The thread's carry: a prefetched item between steps, and a worker thread's slot number
+        # (its own worker identity when no worker_node_id is set: WorkerDispatcher.slot_owner).
+        carry: dict[str, Any] = {} if slot is None else {"slot": slot}
         try:
             while not self._stop.is_set():
                 try:

@@ -163,6 +163,7 @@ class Runtime:
         if self._driver is not None:
             raise ConfigurationError("runtime already started")
         opts = self.options
+        self.worker_dispatcher.resume()
         self._renewer = realtime.ThreadRenewer(
             self.provider, self.clock,
             orch_buffer_ms=opts.orchestrator_lock_renewal_buffer_ms,
@@ -192,7 +193,8 @@ class Runtime:
     def _maintenance(self) -> None:
         """Renew session locks of sessions with in-flight work; clean up orphaned sessions."""
         opts = self.options
-        owners = [self.worker_dispatcher.owner_id]
+        workers = 0 if opts.worker_tag_filter.mode == "none" or self._driver is None else opts.worker_concurrency
+        owners = self.worker_dispatcher.session_owners(workers)
         self.provider.renew_session_lock(owners, opts.session_lock_timeout_ms, opts.session_idle_timeout_ms)
         now = self.clock.now_ms()
         if now - self._last_cleanup >= opts.session_cleanup_interval_ms:
@@ -202,9 +204,10 @@ class Runtime:
     def shutdown(self, timeout_ms: int | None = None) -> None:
         """Stop dispatching; wait up to ``timeout_ms`` (default 1000) for in-flight steps. Async
         activities still running then are cancelled and their work items given back for another
-        runtime (attempt not counted); sync activities cannot be interrupted and finish. A
-        ``timeout_ms`` that is not a non-negative integer (or None) is refused before anything
-        stops."""
+        runtime (attempt not counted); sync activities cannot be interrupted: they run to their
+        end, but what they return is not committed (a stopped runtime writes nothing more; the
+        work item runs again when its lock expires). A ``timeout_ms`` that is not a
+        non-negative integer (or None) is refused before anything stops."""
         if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms < 0):
             # (duroxide-python converts it first too: "0" is a TypeError, -1 an OverflowError)
             if type(timeout_ms) is int:
@@ -232,7 +235,8 @@ class Runtime:
         try:
             if not driver.stop(timeout_ms) and self.worker_dispatcher.abort_running():
                 # Async activities still running past the timeout were cancelled; their threads
-                # give the leases back (a sync activity cannot be interrupted: it finishes).
+                # give the leases back (a sync activity cannot be interrupted: it finishes, and
+                # its outcome is dropped - WorkerDispatcher.abort_running).
                 driver.stop(1_000)
         finally:
             self._renewer.stop()

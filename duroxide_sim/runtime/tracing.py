@@ -29,7 +29,7 @@ from .realtime import utc_iso_ms
 __all__ = ["init_tracing"]
 
 #: Record attributes the runtime sets through ``extra=`` (written as the line's fields).
-FIELDS = ("instance_id", "execution_id", "orchestration_name", "activity_name", "activity_id", "worker_id")
+FIELDS = ("instance_id", "execution_id", "orchestration_name", "orchestration_version", "activity_name", "activity_id", "worker_id")
 FORMATS = ("compact", "pretty", "json")
 
 _lock = threading.Lock()
