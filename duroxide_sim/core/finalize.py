@@ -124,8 +124,9 @@ def _reconcile_dropped(
         cls = crumb_types.get(slot.kind)
         if cls is None or slot.event_id is None or (cls, slot.event_id) in existing or (cls, slot.event_id) in known:
             continue
-        if slot.done and slot.kind in ("activity", "sub"):
-            continue  # completed before the drop took effect: nothing to cancel
+        # (A slot that had completed when the code dropped it is not in engine.dropped. One whose
+        # completion was applied after the drop - later in the same batch - still gets its
+        # breadcrumb, as the reference records it: the drop came first.)
         add(cls, source_event_id=slot.event_id, reason="dropped_future")
         existing.add((cls, slot.event_id))
         engine.add_crumb(cls, slot.event_id)

@@ -453,6 +453,8 @@ class ThreadDriver:
         self._stop = threading.Event()
         self._lanes = {"orchestrator": _Lane(), "worker": _Lane()}
         self._threads: list[threading.Thread] = []
+        self._deadline = float("inf")  # when a stop() in progress gives up waiting (time.monotonic())
+        self._cap = float("inf")  # the earliest deadline another caller asked for (shorten)
 
     def wake(self, queue: str) -> None:
         lane = self._lanes.get(queue)
@@ -544,9 +546,21 @@ class ThreadDriver:
         self._stop.set()
         for lane in self._lanes.values():
             lane.wake_all()
-        deadline = time.monotonic() + (1.0 if timeout_ms is None else timeout_ms / 1000.0)
+        self._deadline = min(time.monotonic() + (1.0 if timeout_ms is None else timeout_ms / 1000.0), self._cap)
         me = threading.current_thread()
         for t in self._threads:
-            if t is not me:  # shutdown() called by an activity: its own thread ends after it
-                t.join(timeout=max(deadline - time.monotonic(), 0))
+            if t is me:  # shutdown() called by an activity: its own thread ends after it
+                continue
+            # Joined in slices, so that another caller's shorter deadline (shorten) is seen.
+            while t.is_alive():
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                t.join(timeout=min(remaining, 0.05))
         return all(not t.is_alive() for t in self._threads if t is not me)
+
+    def shorten(self, deadline: float) -> None:
+        """End a :meth:`stop` in progress by ``deadline`` (``time.monotonic()``) at the latest:
+        a second ``shutdown(0)`` cuts short a graceful shutdown another thread is waiting in."""
+        self._cap = min(self._cap, deadline)  # (also for a stop() that has not begun waiting yet)
+        self._deadline = min(self._deadline, deadline)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -106,6 +107,7 @@ class Runtime:
         self._wake_listener: Callable[[str], None] | None = None
         self._stop_lock = threading.Lock()
         self._stop_done: threading.Event | None = None  # set when the running shutdown() finishes
+        self._stopping: Any = None  # the driver a running shutdown() is stopping
 
     def _shared_client(self) -> Client:
         """The Client that ``ctx.get_client()`` hands to activities: one per runtime (a Client
@@ -219,14 +221,19 @@ class Runtime:
             if driver is None:
                 # Not running - or another thread's shutdown() is stopping it: wait for that one
                 # as long as this call's own timeout allows (returning at once told the second
-                # caller that work was over while activities still ran).
-                pending = self._stop_done
+                # caller that work was over while activities still ran). A shorter timeout cuts
+                # the stop in progress short (shutdown(0) ends a 10 s grace period at once).
+                pending, stopping = self._stop_done, self._stopping
             else:
                 pending = None
                 done = self._stop_done = threading.Event()
+                self._stopping = driver
         if driver is None:
             if pending is not None:
-                pending.wait((1_000 if timeout_ms is None else timeout_ms) / 1000 + 1.0)
+                wait_s = (1_000 if timeout_ms is None else timeout_ms) / 1000
+                if stopping is not None:
+                    stopping.shorten(time.monotonic() + wait_s)
+                pending.wait(wait_s + 1.0)
             return
         remove = getattr(self.provider, "remove_wakeup_listener", None)
         if remove is not None and self._wake_listener is not None:
@@ -240,6 +247,7 @@ class Runtime:
                 driver.stop(1_000)
         finally:
             self._renewer.stop()
+            self._stopping = None
             done.set()
 
     def metrics_snapshot(self) -> MetricsSnapshot:
