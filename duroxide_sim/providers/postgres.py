@@ -308,6 +308,16 @@ class _Db:
                 self.notify_kinds.append(kind)
 
 
+
+def _drop_if_stale_plans(conn: Any, exc: BaseException) -> None:
+    """A migration changed a table under a statement this connection prepared (SQLSTATE 0A000,
+    "cached plan must not change result type"): every retry on the same connection fails the
+    same way, since psycopg keeps the prepared statement. Closed, the pool replaces it with a
+    fresh connection, so the (retryable) error is seen once per pooled connection."""
+    if getattr(exc, "sqlstate", None) == "0A000" and "cached plan" in str(exc):
+        with contextlib.suppress(Exception):
+            conn.close()
+
 class PostgresProvider(PostgresAdminMixin):
     """Provider + ManagementProvider backed by PostgreSQL (psycopg 3). See the module docstring.
 
@@ -709,6 +719,7 @@ class PostgresProvider(PostgresAdminMixin):
                     with contextlib.suppress(Exception):
                         conn.execute("ROLLBACK")
                 if isinstance(exc, psycopg.Error):
+                    _drop_if_stale_plans(conn, exc)
                     raise self._map_error(exc, op) from exc
                 if isinstance(exc, UnicodeEncodeError):
                     raise _not_unicode(op, exc) from exc
@@ -749,6 +760,7 @@ class PostgresProvider(PostgresAdminMixin):
         try:
             return conn.execute(query, params).fetchall()
         except psycopg.Error as exc:
+            _drop_if_stale_plans(conn, exc)
             raise self._map_error(exc, op) from exc
         except UnicodeEncodeError as exc:
             raise _not_unicode(op, exc) from exc
