@@ -535,10 +535,10 @@ def test_cached_plan_invalidated_by_a_migration_is_retryable_and_recovers(pg_url
     *retryable* ProviderError, but a retry must then work (SPEC §15.1 retryable errors; §14
     "Fetch errors back off ... (retryable)" - retrying is only useful if it can succeed).
 
-    Expected to FAIL on duroxide_sim: the error is mapped retryable
-    (``PostgresProvider._map_error``), but the pooled connection keeps its stale prepared
-    statement (``_probe`` / ``_tx`` hand the connection back to the pool unchanged), so every
-    retry on it fails the same way forever."""
+    Before 8fad285 this failed: the error was mapped retryable
+    (``PostgresProvider._map_error``), but the pooled connection kept its stale prepared
+    statement (``_probe`` / ``_tx`` handed the connection back to the pool unchanged), so every
+    retry on it failed the same way forever."""
     schema = pg_schema("cachedplan")
     provider = opened(schema, max_connections=1)
     for _ in range(8):  # poll an empty queue: the candidate query gets prepared on the connection
@@ -569,9 +569,9 @@ def test_runtime_recovers_after_a_migration_invalidates_prepared_statements(pg_u
     must still complete - the dispatchers retry the retryable error and recover (SPEC §14 fetch
     back-off, §15.1).
 
-    Expected to FAIL on duroxide_sim: every connection that had prepared the candidate query
-    keeps failing with ``cached plan must not change result type`` (see the provider-level test
-    above), so the dispatchers back off forever and the orchestrations never start."""
+    Before 8fad285 this failed: every connection that had prepared the candidate query kept
+    failing with ``cached plan must not change result type`` (see the provider-level test
+    above), so the dispatchers backed off forever and the orchestrations never started."""
     schema = pg_schema("cachedrt")
     provider = opened(schema, clock=SystemClock())
     ran: collections.Counter = collections.Counter()

@@ -21,9 +21,10 @@ the reference poisons it. The test asserts SPEC and says so. SPEC is silent on c
 sub-orchestration ids, and duroxide_sim sends notices as the reference does, so those tests
 follow the reference.
 
-Four tests fail on purpose. Each one's docstring names the difference: where a poisoned
-successor start is recorded, collision notices for unknown parent generations, the notice lost
-by the fallback failure commit, and a forced stop that acks a late sync result.
+Three tests found differences, fixed in 8b0efa6 (their docstrings say what happened before):
+collision notices for unknown parent generations, the notice lost by the fallback failure
+commit, and a forced stop that acked a late sync result. Where a poisoned successor start is
+recorded differs from the reference on purpose (see that test).
 """
 
 from __future__ import annotations
@@ -846,8 +847,8 @@ def test_forced_stop_does_not_ack_a_blocking_activity_that_finishes_afterwards()
     work": the stopped runtime's late result is not committed, and the work item stays leased
     until its lock expires. A peer runtime then runs the activity again and the instance
     completes with "recovered". (SPEC §14 only gives shutdown(timeout_ms): None = 1000 ms
-    grace, 0 = abort. The rule here comes from the reference test. duroxide_sim acks the late
-    "old execution", so the peer completes the instance with it.)"""
+    grace, 0 = abort. The rule here comes from the reference test. Before 8b0efa6 duroxide_sim
+    acked the late "old execution", so the peer completed the instance with it.)"""
     rig = _LiveRig()
     started, release = threading.Event(), threading.Event()
 

@@ -18,7 +18,7 @@ Sources (read, then re-expressed in our own words and code):
   ``max_sessions_per_runtime``, sessions across continue-as-new and several workers, run on
   the in-memory and SQLite providers instead of PostgreSQL (SPEC §15.3).
 
-Failing here (behavioural differences, each explained in its docstring): activity trace
+Differences found here, fixed in 8b0efa6 (each test's docstring says what happened before): activity trace
 records lack ``orchestration_name`` and orchestration trace records lack
 ``orchestration_version``; a worker ack that fails permanently is not counted as an activity
 infrastructure error; an instance failed by a permanent orchestrator-ack failure is counted
@@ -183,7 +183,7 @@ def test_activity_trace_records_cover_all_levels_with_activity_fields(caplog):
     instance, execution 1, the orchestration, the activity and its id (the reference's
     ``duroxide::activity`` events carry instance_id, execution_id, orchestration_name,
     activity_name, activity_id; SPEC §17 lists these as ActivityContext attributes).
-    Observed: activity records carry instance_id, execution_id, activity_name, activity_id and
+    Before 8b0efa6: activity records carry instance_id, execution_id, activity_name, activity_id and
     worker_id but no ``orchestration_name`` (ActivityContext._emit's ``extra``, runtime/activity.py)."""
     caplog.set_level(logging.DEBUG, logger="duroxide_sim")
     env = Env()
@@ -223,7 +223,7 @@ def test_orchestration_trace_records_cover_all_levels_with_orchestration_fields(
     orchestration and its version (the reference's ``duroxide::orchestration`` events carry an
     ``orchestration_version`` field; SPEC §17 names the context attribute
     ``orchestration_version``) and no activity fields.
-    Observed: no ``orchestration_version`` attribute (OrchestrationDispatcher._log_turn's
+    Before 8b0efa6: no ``orchestration_version`` attribute (OrchestrationDispatcher._log_turn's
     ``extra``, runtime/dispatchers.py)."""
     caplog.set_level(logging.DEBUG, logger="duroxide_sim")
     env = Env()
@@ -321,7 +321,7 @@ def test_worker_ack_that_commits_then_fails_is_an_activity_infra_error_and_the_i
     "Worker ack failure (row stolen/expired) → abandon(100 ms), counted as infra error". The
     completion was stored, so the orchestration still completes; the failed ack counts one
     ``activity_infra_errors`` (SPEC §14).
-    Observed: activity_infra_errors 0, provider_errors 1 - WorkerDispatcher.commit counts
+    Before 8b0efa6: activity_infra_errors 0, provider_errors 1 - WorkerDispatcher.commit counts
     activity_infra_errors only for LockLostError (runtime/dispatchers.py)."""
     env = Env(provider=FailingMemory(clock := SimClock()), clock=clock)
     env.rt.register_activity("AlwaysOk", lambda ctx, _: "ok")
@@ -351,7 +351,7 @@ def test_permanent_orchestrator_ack_failure_fails_the_instance_and_counts_it_as_
     started and failed, so a fresh runtime's snapshot shows one start, one failure and one
     infrastructure error (in the reference core the infrastructure-error counter is a kind of
     failure: recording one also bumps ``orch_failures``).
-    Observed: orch_infrastructure_errors 1 but orch_starts 0 and orch_failures 0 -
+    Before 8b0efa6: orch_infrastructure_errors 1 but orch_starts 0 and orch_failures 0 -
     OrchestrationDispatcher._commit takes the turn's counts back before
     _commit_infrastructure_failure writes Started + Failed and bumps only
     orch_infrastructure_errors (runtime/dispatchers.py)."""
@@ -591,7 +591,7 @@ def test_invalid_engine_stamp_runs_as_legacy_and_warns_on_every_turn(caplog, tmp
     the instance (``instance_id`` field) on every turn that reads it, not only the first:
     at least two such warnings. (SPEC is silent on the warning; the reference logs
     "Invalid pinned version" with the instance on each turn.)
-    Observed: the first turn's ack raises InvalidInputError ("pinned_duroxide_version must be
+    Before 8b0efa6: the first turn's ack raises InvalidInputError ("pinned_duroxide_version must be
     a semver …, got 'garbage'") out of the dispatcher: execute_turn (core/replay.py) passes
     the persisted Started event's stamp as ``pinned_version`` on every turn and the providers'
     ack_orchestration_item parses and rejects it, so the instance can never progress; and no
@@ -1265,7 +1265,7 @@ def test_without_worker_node_id_one_session_is_served_by_one_slot_at_a_time():
     describes session ownership per owner id and §14/§17 list ``worker_node_id`` (default
     None), but the SPEC does not say whether an unset node id means one identity per slot or
     per runtime; this asserts the reference's per-slot behaviour.)
-    Observed: max in flight 2 - WorkerDispatcher.owner_id is ``worker_node_id or`` the
+    Before 8b0efa6: max in flight 2 - WorkerDispatcher.owner_id is ``worker_node_id or`` the
     runtime-wide worker id, shared by every worker thread (runtime/dispatchers.py)."""
     out, peak = _overlap_probe(RuntimeOptions(worker_concurrency=2, dispatcher_poll_interval_ms=5), 0.25)
     assert out == "slow:a|fast:b"

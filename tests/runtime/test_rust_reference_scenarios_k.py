@@ -19,9 +19,9 @@
 * unit_tests, invocation_cleanup_tests, runtime_lifecycle_tests: nothing new (already covered
   elsewhere, or Rust-only lifecycle, invocation-cleanup and tracing plumbing).
 
-Two tests fail on purpose; each docstring names the difference: a race loser whose completion
-follows the decision in the same batch gets no breadcrumb, and a concurrent ``shutdown(0)``
-does not cut short a graceful shutdown already in progress.
+Two tests found differences, fixed in 7d74133: a race loser whose completion follows the
+decision in the same batch got no breadcrumb, and a concurrent ``shutdown(0)`` did not cut
+short a graceful shutdown already in progress.
 """
 
 from __future__ import annotations
@@ -257,9 +257,9 @@ def test_race_loser_whose_completion_follows_the_decision_in_the_same_batch_gets
     the completion that arrives after the drop is recorded but not delivered, and "completions
     after cancel [are] tolerated" (§16 item 43). The drain dequeue reads "first".
 
-    Ours writes the queue breadcrumb only: the late completion marks the dropped slot done, and
-    `finalize._reconcile_dropped` skips done activity/sub-orchestration slots as if they had
-    completed before the drop."""
+    Before 7d74133 ours wrote the queue breadcrumb only: the late completion marked the dropped
+    slot done, and `finalize._reconcile_dropped` skipped done activity/sub-orchestration slots
+    as if they had completed before the drop."""
     orch, reads = _handler(("q", arm, "timer"), ("q",))
     observations = _record(orch, reads, [[("timer", 0), (arm, 0), ("q", "first")]])
     assert _stability_problem(observations) is None, _stability_problem(observations)
@@ -508,10 +508,9 @@ def test_immediate_shutdown_ends_a_graceful_shutdown_already_in_progress():
     reference: the immediate call ends the grace period at once, the activity is aborted (it
     never completes) and both calls return promptly.
 
-    Ours: the second call only waits (up to 0 ms + 1 s) for the first one to finish and then
-    returns; the graceful call keeps waiting for the activity, which then completes and acks
-    its result. `Runtime.shutdown` (runtime/runtime.py) never shortens the stop already in
-    progress (no `abort_running()` for the later, shorter deadline)."""
+    Before 7d74133 the second call only waited (up to 0 ms + 1 s) for the first one to finish
+    and returned; the graceful call kept waiting for the activity, which then completed and
+    acked its result (`Runtime.shutdown` never shortened the stop already in progress)."""
     clock = SimClock()
     provider = InMemoryProvider(clock)
     runtime = Runtime(provider, RuntimeOptions(dispatcher_poll_interval_ms=5, orchestration_concurrency=1, worker_concurrency=1),
