@@ -194,6 +194,8 @@ def _is_user_code(code: Any) -> bool:
     return user
 
 
+_KIND_LABEL = {"activity": "activity", "timer": "timer", "sub": "suborchestration", "wait": "external wait",
+               "queue": "queue wait"}
 _COMPLETION_KIND = {ActivityCompleted: "activity", ActivityFailed: "activity", TimerFired: "timer",
                     SubOrchestrationCompleted: "sub", SubOrchestrationFailed: "sub"}
 #: Event class -> 1 schedule, 2 plain (status / KV), 3 completion, 0 other (exact classes).
@@ -776,7 +778,11 @@ class _Engine:
             if slot is None or slot.done:
                 raise self.diverge("completion without open schedule", ev, None, None)
             if slot.kind != _COMPLETION_KIND[type(ev)]:
-                raise self.diverge(f"completion kind mismatch: expected {slot.kind}", ev, None, slot.site)
+                # (SPEC 3.4: named by the kind the completion needs - "ActivityCompleted on a
+                # non-activity: expected activity" - then what the id schedules)
+                raise self.diverge(f"completion kind mismatch: expected {_KIND_LABEL[_COMPLETION_KIND[type(ev)]]} "
+                                   f"(id {ev.source_event_id} schedules a {_KIND_LABEL.get(slot.kind, slot.kind)})",  # type: ignore[attr-defined]
+                                   ev, None, slot.site)
             self.completed.add(ev.source_event_id)  # type: ignore[attr-defined]
             if slot.dropped:
                 slot.finish(True, None)  # late completion of a dropped future: recorded, not delivered
