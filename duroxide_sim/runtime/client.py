@@ -229,12 +229,17 @@ class Client:
 
     get_orchestration_status = get_status
 
-    def _wait(self, check: Callable[[], Any], timeout_ms: int, instance: str | None = None) -> Any:
+    def _wait(self, check: Callable[[], Any], timeout_ms: int, instance: str | None = None,
+              poll_ms: int | None = None) -> Any:
+        """Check, then poll until ``check`` returns something or ``timeout_ms`` passes: every
+        ``poll_ms``, or (None) 5 ms doubling to 100 ms (SPEC §14). An in-process provider
+        wakes the wait at once when the instance commits, so the polls only bound how late a
+        change made elsewhere (another process) is seen."""
         if type(timeout_ms) is not int or timeout_ms < 0:  # (a bool is not a timeout)
             raise InvalidInputError(f"timeout_ms must be a non-negative integer, got {timeout_ms!r}")
         now = self._elapsed_ms
         deadline = now() + timeout_ms
-        delay = 1
+        delay, cap = (5, 100) if poll_ms is None else (poll_ms, poll_ms)
         # A sleeper that can wake for one instance's commits (the in-process CommitWaiter).
         wait_for = getattr(self._sleep, "wait_for", None) if instance is not None else None
         try:
@@ -256,7 +261,7 @@ class Client:
                     wait_for(min(delay, remaining), instance)
                 else:
                     self._sleep(min(delay, remaining))
-                delay = min(delay * 2, 50)
+                delay = min(delay * 2, cap)
         finally:
             done = getattr(self._sleep, "done", None) if wait_for is not None else None
             if done is not None:
@@ -307,7 +312,7 @@ class Client:
             st = self.get_status(instance_id)
             return st if st.custom_status_version > last_seen_version or st.is_terminal else None
 
-        return self._wait(check, timeout_ms, instance_id)
+        return self._wait(check, timeout_ms, instance_id, poll_interval_ms)
 
     # --- KV ---------------------------------------------------------------------------------
 

@@ -514,13 +514,20 @@ def _turn_counts(result: TurnResult) -> tuple[tuple[str, int], ...]:
         out.append(("orch_starts", 1))
     if subs:
         out.append(("suborchestration_calls", subs))
+    # orch_completions counts every execution that ended by running its code - completed,
+    # failed or cancelled, continued as new - as the reference counts it (a completion with a
+    # status label); a poisoned one never ran and is counted as poison only.
     if kind == "completed":
         out.append(("orch_completions", 1))
     elif kind in ("failed", "cancelled"):
+        category = getattr(result.error, "category", "application")
         out.append(("orch_failures", 1))
-        out.append((_FAILURE_COUNTER.get(getattr(result.error, "category", "application"), "orch_application_errors"), 1))
+        out.append((_FAILURE_COUNTER.get(category, "orch_application_errors"), 1))
+        if category != "poison":
+            out.append(("orch_completions", 1))
     elif kind == "continued_as_new":
         out.append(("orch_continue_as_new", 1))
+        out.append(("orch_completions", 1))
     return tuple(out)
 
 
