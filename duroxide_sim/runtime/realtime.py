@@ -559,8 +559,9 @@ class ThreadDriver:
                 t.join(timeout=min(remaining, 0.05))
         return all(not t.is_alive() for t in self._threads if t is not me)
 
-    def shorten(self, deadline: float) -> None:
-        """End a :meth:`stop` in progress by ``deadline`` (``time.monotonic()``) at the latest:
-        a second ``shutdown(0)`` cuts short a graceful shutdown another thread is waiting in."""
+    def shorten(self, within_s: float) -> None:
+        """End a :meth:`stop` in progress within ``within_s`` seconds at the latest: a second
+        ``shutdown(0)`` cuts short a graceful shutdown another thread is waiting in."""
+        deadline = time.monotonic() + within_s
         self._cap = min(self._cap, deadline)  # (also for a stop() that has not begun waiting yet)
         self._deadline = min(self._deadline, deadline)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -232,7 +231,7 @@ class Runtime:
             if pending is not None:
                 wait_s = (1_000 if timeout_ms is None else timeout_ms) / 1000
                 if stopping is not None:
-                    stopping.shorten(time.monotonic() + wait_s)
+                    stopping.shorten(wait_s)
                 pending.wait(wait_s + 1.0)
             return
         remove = getattr(self.provider, "remove_wakeup_listener", None)
