@@ -313,7 +313,9 @@ class OrchestrationDispatcher:
         if not history:
             return self._starts  # (the first turn pins the instance to this runtime's version)
         pin = getattr(history[0], "duroxide_version", None)
-        ok = True if pin is None else self._pin_state(pin)
+        ok = True if pin is None else self._pins.get(pin, _UNKNOWN)  # (one dict lookup per turn)
+        if ok is _UNKNOWN:
+            ok = self._pin_state(pin)
         if ok is None:
             emit(_log, logging.WARNING, "invalid pinned engine version %r in the history of instance %r; "
                  "running it as an unpinned (legacy) execution", _short_text(str(pin)), item.instance,
@@ -328,7 +330,12 @@ class OrchestrationDispatcher:
     def _storable_pin(self, pin: str | None) -> str | None:
         """The pin an ack stores: an unreadable stamp is not passed on (the providers refuse it,
         and the execution runs unpinned)."""
-        return pin if pin is None or self._pin_state(pin) is not None else None
+        if pin is None:
+            return None
+        state = self._pins.get(pin, _UNKNOWN)
+        if state is _UNKNOWN:
+            state = self._pin_state(pin)
+        return None if state is None else pin
 
     def _fill_parent_execution(self, items: tuple[WorkItem, ...]) -> list[WorkItem]:
         out: list[WorkItem] = []
@@ -348,7 +355,8 @@ class OrchestrationDispatcher:
             orchestration_name=result.orchestration_name,
             orchestration_version=result.orchestration_version,
             parent_instance_id=result.parent_instance,
-            pinned_duroxide_version=self._storable_pin(result.pinned_version),
+            pinned_duroxide_version=pin if (pin := result.pinned_version) is None or self._pins.get(pin) is True
+            else self._storable_pin(pin),  # (rare: a stamp not known to be in range)
         )
         cancelled = [ScheduledActivityIdentifier(i, e, a) for i, e, a in result.cancelled]
         chain = _chain(s.provider, "ack_orchestration_item_and_fetch", carry)
@@ -491,6 +499,7 @@ class OrchestrationDispatcher:
 
 
 _NO_COUNTS: tuple[tuple[str, int], ...] = ()
+_UNKNOWN = object()  # (a stamp not in OrchestrationDispatcher._pins yet)
 _WORKER_ACK_FAILED = (("provider_errors", 1), ("activity_infra_errors", 1))
 _FAILURE_COUNTER = {"configuration": "orch_configuration_errors", "infrastructure": "orch_infrastructure_errors",
                     "poison": "orch_poison"}
@@ -688,7 +697,7 @@ class WorkerDispatcher:
         if len(self._sessions) >= opts.max_sessions_per_runtime:
             return None
         cfg = self._session_cfgs.get(slot)
-        owner = self.slot_owner(slot)
+        owner = (self.s.options.worker_node_id or self.s.worker_id) if slot is None else self.slot_owner(slot)
         if cfg is None or cfg.owner_id != owner or cfg.lock_timeout_ms != opts.session_lock_timeout_ms:
             cfg = self._session_cfgs[slot] = SessionConfig(owner_id=owner, lock_timeout_ms=opts.session_lock_timeout_ms)
         return cfg
@@ -749,7 +758,7 @@ class WorkerDispatcher:
             orchestration_version=item.orchestration_version,
             activity_name=item.name,
             activity_id=item.id,
-            worker_id=self.slot_owner(slot),
+            worker_id=(self.s.options.worker_node_id or self.s.worker_id) if slot is None else self.slot_owner(slot),
             session_id=item.session_id,
             tag=item.tag,
             client_factory=self.s.client_factory,
@@ -848,9 +857,11 @@ class WorkerDispatcher:
         token = lease.lock_token
         with self._lock:
             stopped = token in self._stopped_tokens
-            self._stopped_tokens.discard(token)
+            if stopped:
+                self._stopped_tokens.discard(token)
             halted = token in self._halted_tokens
-            self._halted_tokens.discard(token)
+            if halted:
+                self._halted_tokens.discard(token)
         if stopped:  # cancelled by a runtime shutdown: not the activity's outcome
             outcome = ActivityOutcome("abandon", delay_ms=None)
         try:
