@@ -624,18 +624,18 @@ class OrchestrationContext:
         )
 
     def start_orchestration(self, name: str, instance_id: str, input: Any = None) -> DetachedStartTask:
-        return DetachedStartTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode(input, f"input of {name!r}"), None)
+        return DetachedStartTask(_name(name, "orchestration"), _detached_id(instance_id), codec.encode(input, f"input of {name!r}"), None)
 
     def start_orchestration_versioned(self, name: str, version: str | None, instance_id: str, input: Any = None) -> DetachedStartTask:
-        return DetachedStartTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode(input, f"input of {name!r}"), version)
+        return DetachedStartTask(_name(name, "orchestration"), _detached_id(instance_id), codec.encode(input, f"input of {name!r}"), version)
 
     def start_orchestration_typed(self, name: str, instance_id: str, input: Any = None) -> DetachedStartTask:
-        return DetachedStartTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), None)
+        return DetachedStartTask(_name(name, "orchestration"), _detached_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), None)
 
     def start_orchestration_versioned_typed(
         self, name: str, version: str | None, instance_id: str, input: Any = None
     ) -> DetachedStartTask:
-        return DetachedStartTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), version)
+        return DetachedStartTask(_name(name, "orchestration"), _detached_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), version)
 
     # --- continue-as-new --------------------------------------------------------------------
 
@@ -660,7 +660,7 @@ class OrchestrationContext:
         # (checked here, where the code can catch it: a bad id used to reach the worker's
         # syscall, which crashed there and left the orchestration waiting for its lock)
         instance_id = _instance_id(instance_id)
-        key = _name(key, "KV key")
+        key = _kv_key(key)
         payload = codec.encode({"instance_id": instance_id, "key": key})
         return ActivityTask(SYSCALL_GET_KV, payload, post="kv")
 
@@ -726,7 +726,7 @@ class OrchestrationContext:
     # --- key/value store (SPEC §13) --------------------------------------------------------
 
     def set_kv_value(self, key: str, value: Any) -> None:
-        key = _name(key, "KV key")
+        key = _kv_key(key)
         what = f"KV value for {key!r}"
         text = codec.check_text(value, what) if isinstance(value, str) else codec.encode(value, what)
         ts = self._engine.ctx_now()
@@ -734,7 +734,7 @@ class OrchestrationContext:
         self._engine.emit_plain(SetKeyValue(key=key, value=text, ts=ts), _caller_site())
 
     def get_kv_value(self, key: str) -> str | None:
-        _name(key, "KV key")  # (a non-string key is refused, as set_kv_value refuses it)
+        _kv_key(key)  # (a non-string key is refused, as set_kv_value refuses it)
         entry = self._engine.kv.get(key)
         return None if entry is None else entry[0]
 
@@ -748,7 +748,7 @@ class OrchestrationContext:
         return len(self._engine.kv)
 
     def clear_kv_value(self, key: str) -> None:
-        _name(key, "KV key")  # (a non-string key would clear nothing here and fail the ack, or worse)
+        _kv_key(key)  # (a non-string key would clear nothing here and fail the ack, or worse)
         self._engine.kv.pop(key, None)
         self._engine.emit_plain(ClearKeyValue(key=key), _caller_site())
 
@@ -815,6 +815,33 @@ def _instance_id(value: Any) -> str:
     if problem is not None:
         raise TypeError(f"instance id {problem}" + (f", got {value!r}" if "NUL" in problem else ""))
     return value
+
+
+def _kv_key(value: Any) -> str:
+    """A KV key: any string a store can hold, the empty one included (as duroxide-python
+    accepts it)."""
+    if type(value) is str and not value:
+        return value
+    return _name(value, "KV key")
+
+
+def _detached_id(value: Any) -> str:
+    """A detached start's instance id: the client's rules, including the reserved marker."""
+    instance_id = _instance_id(value)
+    problem = reserved_id_problem(instance_id)
+    if problem is not None:
+        raise ValueError(f"detached orchestration instance id {instance_id!r} {problem}"[:400])
+    return instance_id
+
+
+def reserved_id_problem(instance_id: str) -> str | None:
+    """Why a root instance id (a client's start, a detached start) is refused, or None: the
+    runtime names auto child ids ``{parent}::sub::{n}``, so a root id that starts with ``sub::``
+    or contains ``::sub::`` could take a child's place (duroxide-python refuses these too)."""
+    if instance_id.startswith("sub::") or "::sub::" in instance_id:
+        return ("uses the reserved sub-orchestration marker 'sub::'; root instance ids must not start with it "
+                "or contain '::sub::'")
+    return None
 
 
 def _name(value: Any, what: str) -> str:

@@ -19,6 +19,7 @@ import attrs
 
 from ..core import codec
 from ..core.context import MAX_INSTANCE_ID_BYTES as _MAX_INSTANCE_ID_BYTES
+from ..core.context import reserved_id_problem
 from ..core.texts import text_problem
 from ..core.events import (
     CancelInstance,
@@ -108,9 +109,9 @@ def _check_record(value: Any, cls: type, what: str) -> Any:
 
 def _check_key(key: Any) -> str:
     if not isinstance(key, str):
-        raise InvalidInputTypeError(f"KV key must be a non-empty string, got {key!r}"[:200])
+        raise InvalidInputTypeError(f"KV key must be a string, got {key!r}"[:200])
     if not key:
-        raise InvalidInputError(f"KV key must be a non-empty string, got {key!r}"[:200])
+        return key  # (an empty key is a key, as in duroxide-python)
     problem = text_problem(key)  # (no store holds a NUL or a lone surrogate: SQLite raised UnicodeEncodeError)
     if problem is not None:
         raise InvalidInputError(f"KV key {problem}, got {key!r}"[:200])
@@ -148,6 +149,9 @@ class Client:
 
     def _start(self, instance_id: str, name: str, input_text: str, version: str | None) -> None:
         _check_id(instance_id, MAX_INSTANCE_ID_BYTES)
+        problem = reserved_id_problem(instance_id)
+        if problem is not None:
+            raise InvalidInputError(f"Invalid input: instance id {instance_id!r} {problem}"[:400])
         _check_name(name, "orchestration name")
         if version is not None:
             from ..core.registry import parse_semver

@@ -503,8 +503,9 @@ def test_kv_keys_cancel_reasons_and_status_versions_are_type_checked(app):
     world = app
     world.client.start_orchestration("w", "Waiter")
     world.run()
-    with pytest.raises(InvalidInputError, match="KV key must be a non-empty string"):
+    with pytest.raises(InvalidInputError, match="KV key must be a string"):
         world.client.get_kv_value("w", 5)
+    assert world.client.get_kv_value("w", "") is None  # (an empty key is a key, as in duroxide-python)
     with pytest.raises(InvalidInputError, match="cancel reason must be a string"):
         world.client.cancel_instance("w", 3)
     with pytest.raises(InvalidInputError, match="last_seen_version"):
@@ -572,3 +573,19 @@ def test_orchestration_stats_count_queued_messages_kv_and_history(make, tmp_path
     assert (stats.kv_user_key_count, stats.kv_total_value_bytes) == (0, 0)
     assert stats.status == "NotFound" and dict(stats)["instance_id"] == "q"
     getattr(provider, "close", lambda: None)()
+
+
+@pytest.mark.parametrize("instance", ["sub::x", "a::sub::b", "p::sub::2"])
+def test_root_ids_with_the_reserved_sub_marker_are_refused(app, instance):
+    """Auto child ids are ``{parent}::sub::{n}``: a client start of an id that starts with
+    ``sub::`` or contains ``::sub::`` could take a child's place, and duroxide-python refuses it
+    ("Invalid input: instance id ... uses the reserved sub-orchestration marker 'sub::'").
+    Ids that only look alike are fine."""
+    world = app
+    with pytest.raises(InvalidInputError, match="reserved sub-orchestration marker 'sub::'"):
+        world.client.start_orchestration(instance, "Waiter")
+    assert world.client.get_status(instance).status == "NotFound"
+    for fine in ("xsub::y", "a::sub:b", "a:sub::b", "SUB::x"):
+        world.client.start_orchestration(fine, "Waiter")
+        world.run()
+        assert world.client.get_status(fine).status == "Running", fine

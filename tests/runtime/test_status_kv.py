@@ -387,3 +387,29 @@ def test_wait_for_status_change_sees_status_set_in_final_turn(world):
     world.client.start_orchestration("i1", "O")
     st = world.client.wait_for_status_change("i1", 0, 10, 10**6)
     assert (st.status, st.custom_status, st.custom_status_version) == ("Completed", "final", 1)
+
+
+def test_the_empty_string_is_a_kv_key_like_any_other(world):
+    """duroxide-python accepts ``""`` as a KV key (set, get, clear, client reads, reads from
+    another instance); it used to fail the orchestration with a TypeError here."""
+
+    @world.runtime.register_orchestration("EmptyKey")
+    def empty_key(ctx, _):
+        ctx.set_kv_value("", "blank")
+        ctx.set_kv_value("k", "v")
+        seen = [ctx.get_kv_value(""), sorted(ctx.get_kv_all_keys()), ctx.get_kv_length()]
+        yield ctx.schedule_timer(1)
+        ctx.clear_kv_value("k")
+        return seen
+
+    @world.runtime.register_orchestration("Reader")
+    def reader(ctx, _):
+        return (yield ctx.get_kv_value_from_instance("e", ""))
+
+    world.client.start_orchestration("e", "EmptyKey")
+    st = world.result("e")
+    assert (st.status, st.output) == ("Completed", ["blank", ["", "k"], 2]), st.error
+    assert world.client.get_kv_value("e", "") == "blank"
+    assert world.client.get_kv_all_values("e") == {"": "blank"}
+    world.client.start_orchestration("r", "Reader")
+    assert world.result("r").output == "blank"

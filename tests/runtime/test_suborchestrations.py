@@ -360,3 +360,30 @@ def test_parent_and_child_kv_are_isolated(child_world):
     world.client.start_orchestration("p", "Parent")
     assert world.result("p").output == [None, None]
     assert world.client.get_kv_value("p::sub::3", "mine") == "child"
+
+
+def test_detached_start_with_a_reserved_id_raises_at_the_call(child_world):
+    """A detached start is a root instance: its id may not start with ``sub::`` or contain
+    ``::sub::`` (the marker of auto child ids; duroxide-python fails the orchestration for it).
+    The code sees a ValueError where it calls start_orchestration; caught, it carries on, and
+    nothing was started."""
+    world = child_world
+
+    @world.runtime.register_orchestration("Starter")
+    def starter(ctx, target):
+        try:
+            start = ctx.start_orchestration("Child", target, 3)
+        except ValueError as exc:
+            return str(exc)
+        yield start
+        return "started"
+
+    for i, target in enumerate(["sub::9", "x::sub::3"]):
+        world.client.start_orchestration(f"s{i}", "Starter", target)
+        st = world.result(f"s{i}")
+        assert st.status == "Completed" and "reserved sub-orchestration marker 'sub::'" in st.output, st
+        assert world.client.get_status(target).status == "NotFound"
+    world.client.start_orchestration("s9", "Starter", "plain-target")
+    assert world.result("s9").output == "started"
+    world.run()
+    assert world.result("plain-target").output["square"] == 9

@@ -230,10 +230,11 @@ def test_get_kv_value_from_instance_unknown_own_and_other_instance(world):
     assert isinstance(out[2], str) and json.loads(out[2]) == {"a": 1}
 
 
-@pytest.mark.parametrize("bad", [("", "k"), ("x", ""), (None, "k"), ("x", 5)])
+@pytest.mark.parametrize("bad", [("", "k"), (None, "k"), ("x", 5)])
 def test_get_kv_value_from_instance_bad_arguments_raise_at_the_call(world, bad):
-    """User passes an empty / non-string instance id or key. It must raise at the call where the
-    code can catch it, and the orchestration then carries on (no stuck syscall at a worker)."""
+    """User passes an empty / non-string instance id or a non-string key. It must raise at the
+    call where the code can catch it, and the orchestration then carries on (no stuck syscall at
+    a worker). (An empty key is a key, as in duroxide-python: see the KV tests.)"""
 
     @world.runtime.register_orchestration("B")
     def b(ctx, _):
