@@ -223,7 +223,8 @@ def _site_of(root: Any) -> tuple[str, int] | None:
 def _format_exception(exc: BaseException) -> str:
     """The exception as Python prints it (duroxide-python's error text is
     ``traceback.format_exc()``): ``Traceback (most recent call last):``, the user frames (engine
-    frames left out), then ``Type: message`` last. Just ``Type: message`` without user frames."""
+    frames left out), then ``Type: message`` and a newline last. Just ``Type: message`` without
+    user frames."""
     frames = [
         f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PKG_DIR)
     ]
@@ -236,7 +237,8 @@ def _format_exception(exc: BaseException) -> str:
         tail = "".join(traceback.format_exception_only(exc)).rstrip("\n")
     if not frames:
         return codec.bounded_error_text(tail)
-    return codec.bounded_error_text("Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + tail)
+    # (ends with a newline, as traceback.format_exc() does: the peer's text is exactly that)
+    return codec.bounded_error_text("Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + tail + "\n")
 
 
 #: The empty FIFO of an engine that has emitted nothing since it was last drained.

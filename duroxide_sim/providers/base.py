@@ -280,10 +280,13 @@ class QueueDepths:
     timer_queue: int = 0
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, hash=False)
 class InstanceTree:
+    """``Client.get_instance_tree``: the root and every instance under it (root first).
+    ``all_ids`` is a list, as duroxide-python returns it (a tuple compared unequal to a list)."""
+
     root_id: str
-    all_ids: tuple[str, ...]
+    all_ids: list[str] = attrs.field(converter=list)
 
     @property
     def size(self) -> int:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..core.events import HistoryEvent
+from ..core.events import HistoryEvent, TimerCreated, TimerFired
 from ..core.events import to_dict
 
 __all__ = ["Event", "MetricsSnapshot", "OrchestrationStats", "event_record"]
@@ -103,6 +103,9 @@ def _embedded(text: Any) -> Any:
         return text
 
 
+_TIMER_EVENTS = (TimerCreated, TimerFired)
+
+
 def event_record(ev: HistoryEvent) -> Event:
     """The public form of a history event. ``data`` is JSON text, as duroxide-python gives it:
     an event whose only field is a payload (an activity's result, an orchestration's output)
@@ -110,6 +113,9 @@ def event_record(ev: HistoryEvent) -> Event:
     (``input``, ``result``, ``output``, ``data``) embedded as JSON values rather than as
     strings holding JSON. None when the event has no fields of its own."""
     fields = {k: v for k, v in to_dict(ev).items() if k not in _ENVELOPE and v is not None}
+    if type(ev) in _TIMER_EVENTS:
+        # (duroxide-python names the due time fireAtMs - the one camelCase key of its event data)
+        fields = {"fireAtMs": fields.pop("fire_at_ms", None), **fields}
     if not fields:
         data = None
     elif len(fields) == 1 and next(iter(fields)) in _PAYLOADS:

@@ -632,7 +632,7 @@ def test_a_changed_timer_duration_is_not_a_divergence_and_the_recorded_fire_time
     client.start_orchestration("rem", "Rem", 1)
     _wait_until(lambda: _has(client, "rem", "TimerCreated"), 10, "the timer")
     rt.shutdown(2_000)
-    fire_at = json.loads(next(e for e in client.read_execution_history("rem", 1) if e.kind == "TimerCreated").data)["fire_at_ms"]
+    fire_at = json.loads(next(e for e in client.read_execution_history("rem", 1) if e.kind == "TimerCreated").data)["fireAtMs"]
     rt = _deploy(rig, reg(reminder_shorter))
     st = client.wait_for_orchestration("rem", 10_000)
     assert (st.status, st.output) == ("Completed", "b:1"), st

@@ -41,7 +41,7 @@ def _retry_orch(world, style, retry, activity="Flaky"):
 
 def _backoff_deltas(world, instance):
     """fire_at_ms - timestamp_ms of every TimerCreated (the requested delays)."""
-    return [e["data"]["fire_at_ms"] - e["timestamp_ms"] for e in events_of(world, instance, "TimerCreated")]
+    return [e["data"]["fireAtMs"] - e["timestamp_ms"] for e in events_of(world, instance, "TimerCreated")]
 
 
 @pytest.mark.parametrize("style", STYLES)

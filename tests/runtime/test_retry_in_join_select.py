@@ -92,7 +92,7 @@ def test_retries_inside_a_join_back_off_and_succeed(w):
     assert w.result("i").output == [{"ok": "plain"}, {"ok": "k ok after 3"}]
     k = kinds(w, "i")
     assert k.count("ActivityScheduled") == 4 and k.count("ActivityFailed") == 2
-    assert [e["data"]["fire_at_ms"] - e["timestamp_ms"] for e in events_of(w, "i", "TimerCreated")] == [1000, 1000]
+    assert [e["data"]["fireAtMs"] - e["timestamp_ms"] for e in events_of(w, "i", "TimerCreated")] == [1000, 1000]
 
 
 def test_exhausted_retry_task_is_an_error_entry_not_a_short_circuit(w):

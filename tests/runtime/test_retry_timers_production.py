@@ -95,7 +95,7 @@ def last_line(text: str | None) -> str:
 
 
 def timer_deltas(h: list[dict[str, Any]]) -> list[int]:
-    return [e["data"]["fire_at_ms"] - e["ts"] for e in h if e["kind"] == "TimerCreated"]
+    return [e["data"]["fireAtMs"] - e["ts"] for e in h if e["kind"] == "TimerCreated"]
 
 
 # =============================================================================================
@@ -155,9 +155,9 @@ def test_backoff_between_attempts_matches_policy_on_the_wall_clock(rig):
             if e["kind"] != "TimerCreated":
                 continue
             failed, fired, next_sched = h[i - 1], h[i + 1], h[i + 2]
-            fire_at = e["data"]["fire_at_ms"]
+            fire_at = e["data"]["fireAtMs"]
             assert e["ts"] >= failed["ts"], (key, "backoff timer created before the failure it follows")
-            assert fired["src"] == e["id"] and fired["data"]["fire_at_ms"] == fire_at
+            assert fired["src"] == e["id"] and fired["data"]["fireAtMs"] == fire_at
             assert fired["ts"] >= fire_at, (key, "backoff timer fired early", fired["ts"] - fire_at)
             assert next_sched["ts"] >= fire_at, (key, "next attempt scheduled before the backoff elapsed")
         # the activity itself ran each retry no sooner than the policy's delay after the previous run
@@ -780,11 +780,11 @@ def test_zero_one_ms_and_maximum_delay_timers(rig):
         h = hist(c, inst)
         created = [e for e in h if e["kind"] == "TimerCreated"][0]
         fired = [e for e in h if e["kind"] == "TimerFired"][0]
-        assert created["data"]["fire_at_ms"] - created["ts"] == d
-        assert fired["ts"] >= created["data"]["fire_at_ms"]
+        assert created["data"]["fireAtMs"] - created["ts"] == d
+        assert fired["ts"] >= created["data"]["fireAtMs"]
     assert wait_until(lambda: "TimerCreated" in kinds(c, "max"), 5.0)
     created = [e for e in hist(c, "max") if e["kind"] == "TimerCreated"][0]
-    assert created["data"]["fire_at_ms"] == created["ts"] + MAX_TIMER_DELAY_MS
+    assert created["data"]["fireAtMs"] == created["ts"] + MAX_TIMER_DELAY_MS
     time.sleep(0.2)
     assert c.get_status("max").status == "Running"
     c.cancel_instance("max", "bye")
@@ -817,8 +817,8 @@ def test_two_hundred_timers_created_in_one_turn_all_fire(rig):
     assert len({e["ts"] for e in created.values()}) <= 2  # all in the first turn
     assert sorted(e["src"] for e in fired) == sorted(created)
     for e in fired:
-        assert e["data"]["fire_at_ms"] == created[e["src"]]["data"]["fire_at_ms"]
-        assert e["ts"] >= e["data"]["fire_at_ms"], "a timer fired early"
+        assert e["data"]["fireAtMs"] == created[e["src"]]["data"]["fireAtMs"]
+        assert e["ts"] >= e["data"]["fireAtMs"], "a timer fired early"
     deltas = sorted(timer_deltas(h))
     assert deltas == sorted(1 + (i * 7) % 250 for i in range(200))
 
@@ -856,7 +856,7 @@ def test_timer_raced_against_an_external_event_both_winners(rig, api):
     h = hist(c, "to")
     created = [e for e in h if e["kind"] == "TimerCreated"][0]
     fired = [e for e in h if e["kind"] == "TimerFired"][0]
-    assert fired["ts"] >= created["data"]["fire_at_ms"]
+    assert fired["ts"] >= created["data"]["fireAtMs"]
     assert [e["data"]["reason"] for e in h if e["kind"] == "ExternalSubscribedCancelled"] == ["dropped_future"]
 
 
@@ -927,7 +927,7 @@ def test_pending_timers_survive_a_restart_and_fire_exactly_once_never_early(rig)
         st = c.wait_for_orchestration(key, WAIT_MS)
         assert (st.status, st.output) == ("Completed", key)
         h = hist(c, key)
-        fire_at = [e for e in h if e["kind"] == "TimerCreated"][0]["data"]["fire_at_ms"]
+        fire_at = [e for e in h if e["kind"] == "TimerCreated"][0]["data"]["fireAtMs"]
         fired = [e for e in h if e["kind"] == "TimerFired"]
         assert len(fired) == 1, fired
         assert fired[0]["ts"] >= fire_at
@@ -975,7 +975,7 @@ def test_retry_backoff_pending_across_a_restart_continues_with_the_next_attempt(
     sched = [e for e in h if e["kind"] == "ActivityScheduled"]
     timers = [e for e in h if e["kind"] == "TimerCreated"]
     for t, s, run in zip(timers, sched[1:], calls[1:], strict=False):
-        assert s["ts"] >= t["data"]["fire_at_ms"] and run >= t["data"]["fire_at_ms"]
+        assert s["ts"] >= t["data"]["fireAtMs"] and run >= t["data"]["fireAtMs"]
     warnings = [r.getMessage() for r in caplog.records if r.name == "duroxide_sim.orchestration"]
     assert len(warnings) == 2, warnings
     assert "attempt 1/3" in warnings[0] and "attempt 2/3" in warnings[1]
@@ -1024,7 +1024,7 @@ def test_utc_now_is_non_decreasing_across_turns_and_replays_identically(rig):
     assert all(v == recorded[k] for k, v in seen), [(k, v, recorded[k]) for k, v in seen if v != recorded[k]]
     assert sum(1 for k, _ in seen if k == "t0") >= 3  # really replayed several times
     # after each timer the next utc_now is no earlier than its fire time
-    fire_ats = [e["data"]["fire_at_ms"] for e in h if e["kind"] == "TimerCreated"]
+    fire_ats = [e["data"]["fireAtMs"] for e in h if e["kind"] == "TimerCreated"]
     for fire_at, later in zip(fire_ats, values[1:], strict=False):
         assert later >= fire_at, (later, fire_at)
     assert values[0] >= h[0]["ts"]
@@ -1061,10 +1061,10 @@ def test_a_timer_counts_from_the_turn_that_scheduled_it_as_the_readme_documents(
     assert st.status == "Completed"
     created = [e for e in hist(c, "s") if e["kind"] == "TimerCreated"][0]
     fired = [e for e in hist(c, "s") if e["kind"] == "TimerFired"][0]
-    assert created["data"]["fire_at_ms"] == created["ts"] + 300  # the turn's time + the delay
+    assert created["data"]["fireAtMs"] == created["ts"] + 300  # the turn's time + the delay
     assert marks["requested"] - created["ts"] >= 350  # the call came ~400 ms into the turn
-    assert fired["ts"] >= created["data"]["fire_at_ms"]  # never before the recorded fire_at
-    assert marks["resumed"] >= created["data"]["fire_at_ms"]
+    assert fired["ts"] >= created["data"]["fireAtMs"]  # never before the recorded fire_at
+    assert marks["resumed"] >= created["data"]["fireAtMs"]
     readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
     assert "counts from the start of the turn" in readme.read_text()
 
@@ -1086,7 +1086,7 @@ def _sim_always_fails(world, name="Flaky"):
 
 
 def _sim_deltas(world, inst):
-    return [e["data"]["fire_at_ms"] - e["timestamp_ms"] for e in events_of(world, inst, "TimerCreated")]
+    return [e["data"]["fireAtMs"] - e["timestamp_ms"] for e in events_of(world, inst, "TimerCreated")]
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,7 @@ def test_duplicate_timer_and_activity_completions_are_recorded_once():
     world.client.start_orchestration("t", "TimerThenActivity")
     world.run_for(1)
     timer = events_of(world, "t", "TimerCreated")[0]
-    fired = TimerFiredMsg(instance="t", execution_id=1, id=timer["event_id"], fire_at_ms=timer["data"]["fire_at_ms"])
+    fired = TimerFiredMsg(instance="t", execution_id=1, id=timer["event_id"], fire_at_ms=timer["data"]["fireAtMs"])
     world.provider.enqueue_for_orchestrator(fired)
     world.provider.enqueue_for_orchestrator(fired)
     world.run()

@@ -80,7 +80,7 @@ def test_retry_with_exponential_backoff_and_timeout(world: World, style: str) ->
     kinds = [e["kind"] for e in history]
     assert kinds.count("ActivityScheduled") == 3
     assert kinds.count("ActivityFailed") == 2
-    timers = [(e["event_id"], json.loads(e["data"])["fire_at_ms"], e["timestamp_ms"]) for e in history if e["kind"] == "TimerCreated"]
+    timers = [(e["event_id"], json.loads(e["data"])["fireAtMs"], e["timestamp_ms"]) for e in history if e["kind"] == "TimerCreated"]
     # attempt timeout timers (60 s) interleaved with back-off timers (100 ms, then 200 ms)
     delays = [fire - ts for _, fire, ts in timers]
     assert delays == [60_000, 100, 60_000, 200, 60_000]

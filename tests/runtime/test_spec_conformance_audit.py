@@ -882,7 +882,7 @@ def test_retry_backoff_unknown_string_is_linear(kind):
 
     w.client.start_orchestration("i", "O")
     assert w.result("i").output == "Activity 'F' call failed: ValueError: n4"
-    delays = [e["data"]["fire_at_ms"] - e["timestamp_ms"] for e in w.of("i", "TimerCreated")]
+    delays = [e["data"]["fireAtMs"] - e["timestamp_ms"] for e in w.of("i", "TimerCreated")]
     assert delays == [100, 200, 300]
 
 
@@ -1287,7 +1287,7 @@ def test_changed_timer_delay_replays_recorded_fire_time(kind):
 
     assert w2.result("t").output == "v2"
     fired = w2.of("t", "TimerFired")
-    assert [(e["data"]["fire_at_ms"] - t0, e["timestamp_ms"] - t0) for e in fired] == [(10_000, 10_000)]
+    assert [(e["data"]["fireAtMs"] - t0, e["timestamp_ms"] - t0) for e in fired] == [(10_000, 10_000)]
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)
@@ -1394,7 +1394,7 @@ def test_retry_timeout_history_shape_activity_before_deadline_timer(kind):
         "ActivityScheduled", "TimerCreated", "ActivityCompleted",
         "OrchestrationCompleted",
     ]
-    delays = [e["data"]["fire_at_ms"] - e["timestamp_ms"] for e in w.of("i", "TimerCreated")]
+    delays = [e["data"]["fireAtMs"] - e["timestamp_ms"] for e in w.of("i", "TimerCreated")]
     assert delays == [60_000, 1_000, 60_000]
 
 
@@ -1699,7 +1699,7 @@ def test_duplicate_timer_and_sub_orchestration_completions_are_dropped(kind, dup
     timer = w.of("i", "TimerCreated")[0]
     sub = w.of("i", "SubOrchestrationScheduled")[0]["event_id"]
     if dup == "timer":
-        w.enqueue(TimerFiredMsg(instance="i", execution_id=1, id=timer["event_id"], fire_at_ms=timer["data"]["fire_at_ms"]))
+        w.enqueue(TimerFiredMsg(instance="i", execution_id=1, id=timer["event_id"], fire_at_ms=timer["data"]["fireAtMs"]))
     elif dup == "sub_completed":
         w.enqueue(SubOrchCompletedMsg(parent_instance="i", parent_execution_id=1, parent_id=sub, result='"again"'))
     else:

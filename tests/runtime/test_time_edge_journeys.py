@@ -84,11 +84,11 @@ def assert_well_formed(h: list[Any]) -> None:
     assert ids == sorted(set(ids)), ids
     assert h[0].kind == "OrchestrationStarted"
     assert sum(e.kind in ("OrchestrationCompleted", "OrchestrationFailed") for e in h) <= 1
-    created = {e.event_id: data(e)["fire_at_ms"] for e in h if e.kind == "TimerCreated"}
+    created = {e.event_id: data(e)["fireAtMs"] for e in h if e.kind == "TimerCreated"}
     fired = [e for e in h if e.kind == "TimerFired"]
     srcs = [e.source_event_id for e in fired]
     assert len(srcs) == len(set(srcs)), f"a timer fired twice: {srcs}"
-    assert all(data(e)["fire_at_ms"] == created[e.source_event_id] for e in fired)
+    assert all(data(e)["fireAtMs"] == created[e.source_event_id] for e in fired)
     done = [e.source_event_id for e in h if e.kind in ("ActivityCompleted", "ActivityFailed")]
     assert len(done) == len(set(done)), f"an activity completed twice: {done}"
 
@@ -202,9 +202,9 @@ def test_five_thousand_timers_in_one_instance_fire_once_in_due_order_beside_a_qu
     h = hist(c, "fan")
     assert_well_formed(h)
     fired = [e for e in h if e.kind == "TimerFired"]
-    due = [data(e)["fire_at_ms"] for e in fired]
+    due = [data(e)["fireAtMs"] for e in fired]
     assert len(fired) == n and due == sorted(due), "timers missing or recorded out of due order"
-    assert all(e.timestamp_ms >= data(e)["fire_at_ms"] for e in fired), "a timer fired early"
+    assert all(e.timestamp_ms >= data(e)["fireAtMs"] for e in fired), "a timer fired early"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
@@ -229,7 +229,7 @@ def test_two_thousand_instances_each_with_a_timer_all_fire_on_time(live, kind):
             h = hist(c, f"i{i}")
             assert_well_formed(h)
             (fired,) = [e for e in h if e.kind == "TimerFired"]
-            fire_at = data(fired)["fire_at_ms"]
+            fire_at = data(fired)["fireAtMs"]
             assert fire_at <= fired.timestamp_ms < fire_at + 5_000 and st.output >= fire_at
 
 
@@ -269,8 +269,8 @@ def test_races_pending_across_an_aborting_shutdown_resolve_once_after_the_restar
             assert_well_formed(h)
             created = [e for e in h if e.kind == "TimerCreated"]
             assert len(created) == 2 and [e.kind for e in h].count("TimerFired") == 2
-            assert data(created[1])["fire_at_ms"] == created[1].timestamp_ms + 200
-            assert created[1].timestamp_ms >= data(created[0])["fire_at_ms"]
+            assert data(created[1])["fireAtMs"] == created[1].timestamp_ms + 200
+            assert created[1].timestamp_ms >= data(created[0])["fireAtMs"]
     finally:
         for rt in rts:
             rt.shutdown(1_000)
@@ -302,11 +302,11 @@ def test_recorded_fire_time_stands_under_new_code_and_a_timer_after_downtime_cou
     v2.driver.run_until_quiet(HOUR_MS // 2)
     created = [e for e in hist(world.client, "s") if e.kind == "TimerCreated"]
     assert len(created) == 1 and world.client.get_status("s").status == "Running"
-    assert data(created[0])["fire_at_ms"] == created[0].timestamp_ms + HOUR_MS
+    assert data(created[0])["fireAtMs"] == created[0].timestamp_ms + HOUR_MS
     world.clock.advance(3 * HOUR_MS)  # nothing runs: the runtime is down
     v2.driver.run_until_idle()
     created = [e for e in hist(world.client, "s") if e.kind == "TimerCreated"]
-    assert data(created[1])["fire_at_ms"] == world.clock.now_ms() + HOUR_MS // 2
+    assert data(created[1])["fireAtMs"] == world.clock.now_ms() + HOUR_MS // 2
     assert world.client.get_status("s").status == "Running"
     v2.run()
     assert v2.result("s").output == "v2"

@@ -29,8 +29,8 @@ def test_timer_resolves_with_none_after_delay(world, style):
     assert world.result("i1").output == {"value": None}
     created = events_of(world, "i1", "TimerCreated")
     fired = events_of(world, "i1", "TimerFired")
-    assert created[0]["data"]["fire_at_ms"] == t0 + 5_000
-    assert created[0]["data"]["fire_at_ms"] - created[0]["timestamp_ms"] == 5_000
+    assert created[0]["data"]["fireAtMs"] == t0 + 5_000
+    assert created[0]["data"]["fireAtMs"] - created[0]["timestamp_ms"] == 5_000
     assert fired[0]["source_event_id"] == created[0]["event_id"]
     assert fired[0]["timestamp_ms"] >= t0 + 5_000
 

@@ -322,7 +322,7 @@ def test_int_subclass_and_maximum_delay_are_accepted(world):
     world.run_for(1_000)
     world.client.raise_event("m", "go", "x")
     assert world.result("m").output == {"index": 1, "value": "x"}
-    fire = [e["data"]["fire_at_ms"] for e in events_of(world, "m", "TimerCreated")]
+    fire = [e["data"]["fireAtMs"] for e in events_of(world, "m", "TimerCreated")]
     created = [e["timestamp_ms"] for e in events_of(world, "m", "TimerCreated")]
     assert fire[0] - created[0] == 250
     assert fire[1] - created[1] == MAX_TIMER_DELAY_MS and fire[1] < 2**63
@@ -366,7 +366,7 @@ def test_all_of_timers_fire_in_due_order_results_in_list_order_ties_keep_schedul
 
     world.client.start_orchestration("a", "A")
     assert world.result("a").output == [{"ok": None}] * 5
-    created = {e["event_id"]: e["data"]["fire_at_ms"] for e in events_of(world, "a", "TimerCreated")}
+    created = {e["event_id"]: e["data"]["fireAtMs"] for e in events_of(world, "a", "TimerCreated")}
     assert list(created) == [2, 3, 4, 5, 6]
     fired = [e["source_event_id"] for e in events_of(world, "a", "TimerFired")]
     assert fired == [5, 3, 6, 4, 2]
@@ -432,7 +432,7 @@ def test_old_execution_timer_is_dropped_and_does_not_resolve_the_same_id_in_the_
     assert kinds(world, "c", 1)[-1] == "OrchestrationContinuedAsNew"
     assert "TimerFired" not in kinds(world, "c", 1)
     fired2 = events_of(world, "c", "TimerFired", 2)
-    assert len(fired2) == 1 and fired2[0]["data"]["fire_at_ms"] == ex2[0]["data"]["fire_at_ms"]
+    assert len(fired2) == 1 and fired2[0]["data"]["fireAtMs"] == ex2[0]["data"]["fireAtMs"]
 
 
 def test_timer_scheduled_in_the_can_turn_is_not_carried_to_the_new_execution(world):
