@@ -3,7 +3,8 @@
 ``pg_url``: ``$DUROXIDE_PG_URL`` when set (``.ci/run`` starts a server and exports it), else a
 private server this test process starts on first use (``tests/pg_server.py``), so
 ``python -m pytest`` works locally with nothing set up. ``pg_schema``: a fresh, unique schema
-name per call; every schema handed out is dropped at teardown. The other provider tests never
+name per call; every schema handed out is dropped at teardown. ``opened``: open
+PostgresProviders in such schemas, all closed at teardown. The other provider tests never
 request these fixtures, so they start nothing. ``each_provider``: a test run once per shipped
 provider (memory, SQLite file, PostgreSQL).
 """
@@ -51,6 +52,26 @@ def pg_schema(pg_url: str) -> Iterator[Callable[[str], str]]:
 
     yield make
     drop_schemas(pg_url, made)
+
+
+@pytest.fixture
+def opened(pg_url: str) -> Iterator[Callable[..., object]]:
+    """``opened(schema, *, url=None, clock=None, cls=PostgresProvider, **options)`` opens a
+    provider on ``pg_url`` (or ``url``) in ``schema`` (default clock: a ConformanceClock); every
+    provider opened is closed after the test."""
+    from duroxide_sim.providers.postgres import PostgresProvider
+    from duroxide_sim.testing.conformance import ConformanceClock
+
+    made: list = []
+
+    def open_one(schema: str, *, url: str | None = None, clock=None, cls: type = PostgresProvider, **kw):
+        provider = cls.connect_with_schema(url or pg_url, schema, clock=clock or ConformanceClock(), **kw)
+        made.append(provider)
+        return provider
+
+    yield open_one
+    for provider in made:
+        provider.close()
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])

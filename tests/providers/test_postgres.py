@@ -39,19 +39,6 @@ def conformance_provider_factory(pg_url, pg_schema):
     return make
 
 
-@pytest.fixture
-def opened(pg_url):
-    """Open providers (default: a clock-driven provider on ``pg_url``); all closed afterwards."""
-    made: list[PostgresProvider] = []
-
-    def open_one(schema: str, *, url: str | None = None, clock=None, **kw) -> PostgresProvider:
-        provider = PostgresProvider.connect_with_schema(url or pg_url, schema, clock=clock or ConformanceClock(), **kw)
-        made.append(provider)
-        return provider
-
-    yield open_one
-    for provider in made:
-        provider.close()
 
 
 def _url(base: str, **changes: str) -> str:

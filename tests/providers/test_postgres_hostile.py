@@ -41,7 +41,7 @@ from duroxide_sim.providers.postgres import PostgresProvider
 from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
 from duroxide_sim.sim.checkers import check_well_formed
 from duroxide_sim.testing.conformance import (
-    ConformanceClock, can_ev, completed_ev, create, fetch, kv_set, start_item, started, status_ev,
+    can_ev, completed_ev, create, fetch, kv_set, start_item, started, status_ev,
 )
 from tests.providers.conftest import drop_schemas
 
@@ -76,18 +76,6 @@ def schemas(pg_url):
     drop_schemas(pg_url, made)
 
 
-@pytest.fixture
-def opened(pg_url):
-    made: list[PostgresProvider] = []
-
-    def open_one(schema: str, *, clock: Any = None, cls: type = PostgresProvider, **kw: Any) -> PostgresProvider:
-        provider = cls.connect_with_schema(pg_url, schema, clock=clock or ConformanceClock(), **kw)
-        made.append(provider)
-        return provider
-
-    yield open_one
-    for provider in made:
-        provider.close()
 
 
 def verbatim_text(ctx, inp):

@@ -22,19 +22,6 @@ from duroxide_sim.providers.postgres import PostgresProvider, _key32
 from duroxide_sim.testing.conformance import ConformanceClock, act, start_item
 
 
-@pytest.fixture
-def opened(pg_url):
-    """Open providers on ``pg_url`` (default: a ConformanceClock); all closed afterwards."""
-    made: list[PostgresProvider] = []
-
-    def open_one(schema: str, *, clock=None, **kw) -> PostgresProvider:
-        provider = PostgresProvider.connect_with_schema(pg_url, schema, clock=clock or ConformanceClock(), **kw)
-        made.append(provider)
-        return provider
-
-    yield open_one
-    for provider in made:
-        provider.close()
 
 
 def _lock_table(pg_url: str, schema: str, table: str) -> psycopg.Connection:

@@ -44,19 +44,6 @@ from duroxide_sim.testing.conformance import (
 )
 
 
-@pytest.fixture
-def opened(pg_url):
-    """Open providers on ``pg_url`` (default: a ConformanceClock); all closed afterwards."""
-    made: list[PostgresProvider] = []
-
-    def open_one(schema: str, *, url: str | None = None, clock=None, **kw) -> PostgresProvider:
-        provider = PostgresProvider.connect_with_schema(url or pg_url, schema, clock=clock or ConformanceClock(), **kw)
-        made.append(provider)
-        return provider
-
-    yield open_one
-    for provider in made:
-        provider.close()
 
 
 # --- helpers -----------------------------------------------------------------------------------------
