@@ -773,8 +773,8 @@ _EVENT = "évent ✓ \u202eright-to-left"
 _QUEUE = "队列 'q' %s"
 HOSTILE_IDS = [
     unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café"), "Case", "case", "trail ", "trail",
-    "🎉 party", "\u202eevil", "tab\tand\nnewline", "it's %s %(x)s {}", "looks::sub::1", "L" + _noise(2_399, 24),
-]
+    "🎉 party", "\u202eevil", "tab\tand\nnewline", "it's %s %(x)s {}", "looks:sub::1", "L" + _noise(2_399, 24),
+]  # ("x::sub::1" itself is refused at the client: the reserved marker of auto child ids)
 
 
 def _hostile_run(provider: Any, clock: SimClock) -> dict[str, Any]:
