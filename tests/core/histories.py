@@ -224,6 +224,32 @@ def child_fail(parent_id: int, message: str | ErrorDetails, parent_execution_id:
     return SubOrchFailedMsg(parent_instance=INSTANCE, parent_execution_id=parent_execution_id, parent_id=parent_id, details=details)
 
 
+def nth(history: Sequence[HistoryEvent], kind: str, n: int) -> Any:
+    """The ``n``-th event of type ``kind`` (its class name) in ``history``."""
+    return [e for e in history if type(e).__name__ == kind][n]
+
+
+def batch_messages(history: Sequence[HistoryEvent], batch: Iterable[tuple[str, Any]]) -> list[Any]:
+    """Messages for a batch written as the reference's tests write them (``make_messages``):
+    ``("timer", i)`` fires the i-th timer of ``history``, ``("activity"/"child", i)`` completes
+    the i-th activity / sub-orchestration with ``"ok"``, ``("q"/"q2", v)`` enqueues ``v`` on
+    that queue, any other ``(name, v)`` raises event ``name`` with ``v``."""
+    out: list[Any] = []
+    for what, arg in batch:
+        if what == "timer":
+            t = nth(history, "TimerCreated", arg)
+            out.append(fired(t.event_id, t.fire_at_ms))
+        elif what == "activity":
+            out.append(act_done(nth(history, "ActivityScheduled", arg).event_id, '"ok"'))
+        elif what == "child":
+            out.append(child_done(nth(history, "SubOrchestrationScheduled", arg).event_id, '"ok"'))
+        elif what in ("q", "q2"):
+            out.append(enqueued(what, arg))
+        else:
+            out.append(raised(what, arg))
+    return out
+
+
 def start_msg(input: str = '"x"', name: str = "O", version: str | None = None, **kw: Any) -> StartOrchestration:
     return StartOrchestration(instance=INSTANCE, orchestration=name, input=input, version=version, **kw)
 

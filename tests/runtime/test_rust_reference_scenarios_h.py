@@ -446,32 +446,13 @@ def _race_handler(mode: str):
     return orch
 
 
-def _nth(history: list[Any], kind: str, n: int) -> Any:
-    return [e for e in history if type(e).__name__ == kind][n]
-
-
-def _messages(history: list[Any], batch: list[tuple[str, Any]]) -> list[Any]:
-    out = []
-    for what, arg in batch:
-        if what == "timer":
-            t = _nth(history, "TimerCreated", arg)
-            out.append(H.fired(t.event_id, t.fire_at_ms))
-        elif what == "activity":
-            out.append(H.act_done(_nth(history, "ActivityScheduled", arg).event_id, "ok"))
-        elif what == "signal":
-            out.append(H.raised("s", arg))
-        else:
-            out.append(H.enqueued("q", arg))
-    return out
-
-
 def _drive(orch, batches: list[list[tuple[str, Any]]]):
     """Run one live turn per batch; after each, a replay of the grown history must add nothing
     and decide the same (SPEC §18). Returns the history and the last live result."""
     history = [H.started()]
     live = None
     for batch in batches:
-        live = H.turn(orch, history, _messages(history, batch))
+        live = H.turn(orch, history, H.batch_messages(history, batch))
         assert live.kind in ("continue", "completed", "continued_as_new"), (live.kind, live.error)
         if live.kind != "continue":
             return history, live
@@ -481,9 +462,9 @@ def _drive(orch, batches: list[list[tuple[str, Any]]]):
     return history, live
 
 
-_FIRST_THEN_TIMER = [[], [("msg", "first"), ("timer", 0)], [("msg", "second")], [("activity", 0)]]
-_TIMER_ALONE_FIRST = [[], [("timer", 0)], [("msg", "first")], [("msg", "second")], [("activity", 0)]]
-_TIMER_AND_MSG = [[], [("timer", 0), ("msg", "first")], [("activity", 0)], [("msg", "second")], [("activity", 1)]]
+_FIRST_THEN_TIMER = [[], [("q", "first"), ("timer", 0)], [("q", "second")], [("activity", 0)]]
+_TIMER_ALONE_FIRST = [[], [("timer", 0)], [("q", "first")], [("q", "second")], [("activity", 0)]]
+_TIMER_AND_MSG = [[], [("timer", 0), ("q", "first")], [("activity", 0)], [("q", "second")], [("activity", 1)]]
 
 
 @pytest.mark.parametrize(("mode", "batches", "expected"), [
@@ -631,10 +612,10 @@ def test_signal_in_the_batch_where_the_wait_loses_is_lost_and_a_fresh_one_comple
     activity, with a barrier) does not see it. The next signal "b" resolves that wait: the
     checkpoint records "b" and the instance completes "b". There is no legacy hang, and a replay
     of every turn matches its live run."""
-    batches = [[], [("timer", 0), ("signal", '"a"')]]
+    batches = [[], [("timer", 0), ("s", '"a"')]]
     if barrier:
         batches.append([("activity", 0)])
-    batches += [[("signal", '"b"')], [("activity", 1 if barrier else 0)]]
+    batches += [[("s", '"b"')], [("activity", 1 if barrier else 0)]]
     history, last = _drive(_positional(barrier), batches)
     assert (last.kind, json.loads(last.output)) == ("completed", "b"), (last.kind, last.error, _names(history))
     assert [json.loads(e.input) for e in history if type(e).__name__ == "ActivityScheduled" and e.name == "checkpoint"] == ["b"]
@@ -680,7 +661,7 @@ def test_race_loser_then_continue_as_new_carries_the_unconsumed_messages(drain, 
             yield ctx.dequeue_event("q")
         yield ctx.continue_as_new("successor")
 
-    batch = [("timer", 0), ("msg", '"a"')] + ([("msg", '"b"')] if drain else [])
+    batch = [("timer", 0), ("q", '"a"')] + ([("q", '"b"')] if drain else [])
     history, last = _drive(orch, [[], batch])
     assert last.kind == "continued_as_new", (last.kind, last.error)
     assert _names(last.delta)[-1] == "OrchestrationContinuedAsNew"
@@ -708,7 +689,7 @@ def test_adjacent_independent_cancellation_breadcrumbs_replay_in_either_order():
     history = [H.started()]
     t0 = H.turn(_two_losers, history)
     history += t0.delta
-    t1 = H.turn(_two_losers, history, _messages(history, [("timer", 0)]))
+    t1 = H.turn(_two_losers, history, H.batch_messages(history, [("timer", 0)]))
     assert t1.kind == "continue", (t1.kind, t1.error)
     history += t1.delta
     crumbs = [i for i, e in enumerate(history) if type(e).__name__ == "QueueSubscriptionCancelled"]

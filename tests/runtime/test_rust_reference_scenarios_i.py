@@ -313,6 +313,19 @@ def test_error_classification_counters_app_error_and_unregistered_activity_poiso
     assert (m.orch_configuration_errors, m.activity_config_errors) == (0, 0), m
 
 
+def _success_env() -> Env:
+    """A world on a fault-switchable memory store with "SuccessOrch": one activity, then "done"."""
+    env = Env(provider=FailingMemory(clock := SimClock()), clock=clock)
+    env.rt.register_activity("AlwaysOk", lambda ctx, _: "ok")
+
+    @env.rt.register_orchestration("SuccessOrch")
+    def orch(ctx, _):
+        yield ctx.schedule_activity("AlwaysOk", "payload")
+        return "done"
+
+    return env
+
+
 def test_worker_ack_that_commits_then_fails_is_an_activity_infra_error_and_the_instance_completes():
     """Reference: observability_tests.rs::metrics_capture_activity_and_orchestration_outcomes
     (``set_ack_then_fail`` + ``fail_next_ack_work_item``; asserts activity_infra_errors >= 1).
@@ -323,13 +336,7 @@ def test_worker_ack_that_commits_then_fails_is_an_activity_infra_error_and_the_i
     ``activity_infra_errors`` (SPEC §14).
     Before 8b0efa6: activity_infra_errors 0, provider_errors 1 - WorkerDispatcher.commit counts
     activity_infra_errors only for LockLostError (runtime/dispatchers.py)."""
-    env = Env(provider=FailingMemory(clock := SimClock()), clock=clock)
-    env.rt.register_activity("AlwaysOk", lambda ctx, _: "ok")
-
-    @env.rt.register_orchestration("SuccessOrch")
-    def orch(ctx, _):
-        yield ctx.schedule_activity("AlwaysOk", "payload")
-        return "done"
+    env = _success_env()
 
     env.provider.ack_work_then_fail = True
     env.client.start_orchestration("metrics-success-infra", "SuccessOrch", "")
@@ -355,13 +362,7 @@ def test_permanent_orchestrator_ack_failure_fails_the_instance_and_counts_it_as_
     OrchestrationDispatcher._commit takes the turn's counts back before
     _commit_infrastructure_failure writes Started + Failed and bumps only
     orch_infrastructure_errors (runtime/dispatchers.py)."""
-    env = Env(provider=FailingMemory(clock := SimClock()), clock=clock)
-    env.rt.register_activity("AlwaysOk", lambda ctx, _: "ok")
-
-    @env.rt.register_orchestration("SuccessOrch")
-    def orch(ctx, _):
-        yield ctx.schedule_activity("AlwaysOk", "payload")
-        return "done"
+    env = _success_env()
 
     env.provider.fail_next_ack_orchestration_item = True
     env.client.start_orchestration("metrics-orch-infra", "SuccessOrch", "")

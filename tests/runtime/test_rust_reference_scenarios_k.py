@@ -107,30 +107,6 @@ def _handler(program: tuple[str, ...] | None, drain: tuple[str, ...] = (), until
     return orch, reads
 
 
-def _nth(history: list[Any], kind: str, n: int) -> Any:
-    return [e for e in history if type(e).__name__ == kind][n]
-
-
-def _messages(history: list[Any], batch: list[tuple[str, Any]]) -> list[Any]:
-    """The reference's ``make_messages``: ("timer", i) fires the i-th timer of the history,
-    ("activity"/"child", i) completes the i-th one with "ok", ("q"/"q2", v) enqueues v,
-    ("s"/"s2", v) raises v."""
-    out = []
-    for what, arg in batch:
-        if what == "timer":
-            t = _nth(history, "TimerCreated", arg)
-            out.append(H.fired(t.event_id, t.fire_at_ms))
-        elif what == "activity":
-            out.append(H.act_done(_nth(history, "ActivityScheduled", arg).event_id, '"ok"'))
-        elif what == "child":
-            out.append(H.child_done(_nth(history, "SubOrchestrationScheduled", arg).event_id, '"ok"'))
-        elif what in ("q", "q2"):
-            out.append(H.enqueued(what, arg))
-        else:
-            out.append(H.raised(what, arg))
-    return out
-
-
 @attrs.define
 class _Obs:
     live: Any
@@ -146,7 +122,7 @@ def _record(orch: Any, reads: list, batches: list[list[tuple[str, Any]]], initia
     history = [H.started()]
     out = []
     for batch in [list(initial), *batches]:
-        live = H.turn(orch, history, _messages(history, batch))
+        live = H.turn(orch, history, H.batch_messages(history, batch))
         live_reads = list(reads)
         history = history + list(live.delta)
         replay = H.turn(orch, history) if live.kind == "continue" else None
