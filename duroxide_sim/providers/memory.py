@@ -834,11 +834,16 @@ class InMemoryProvider:
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
                        kv_base: Mapping[str, tuple[str, int]] | None = None,
-                       restored: Mapping[str, int] | None = None) -> None:
-        """Restore a recorded instance: events verbatim plus what their acks stored beside them
-        (see SqliteProvider.import_history); all or nothing."""
+                       restored: Mapping[str, int] | None = None, queued: Sequence[WorkItem] = ()) -> None:
+        """Restore a recorded instance: events verbatim plus what their acks stored beside them,
+        and the work still queued for it (see SqliteProvider.import_history); all or nothing."""
         op = "import_history"
+        queued = list(queued)
+        for item in queued:
+            if not isinstance(item, ActivityExecute):
+                self._check_orch_item(item, op)
         with self._lock:
+            now = self._now() if queued else 0
             if instance in self._instances or self._executions.get(instance):
                 raise ProviderError(f"{op}: instance {instance!r} already exists; refusing to overwrite it",
                                     operation=op, instance_id=instance, retryable=False)
@@ -883,6 +888,14 @@ class InMemoryProvider:
             if restored and row is not None:
                 row.created_at = restored.get("created_at", row.created_at)
                 row.custom_status_version = restored.get("custom_status_version", row.custom_status_version)
+            for item in queued:
+                if isinstance(item, ActivityExecute):
+                    self._work.add(_WorkRow(self._next_seq(), item, now))
+                else:
+                    visible_at = max(now, item.fire_at_ms) if isinstance(item, TimerFiredMsg) else now
+                    self._orch.add(_OrchRow(self._next_seq(), item, visible_at))
+        if queued:
+            self._notify(["worker" if isinstance(i, ActivityExecute) else "orchestrator" for i in queued])
 
     def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
         """The instance's stored KV store without the current execution's own changes: what the

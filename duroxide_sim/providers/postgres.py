@@ -1630,12 +1630,16 @@ class PostgresProvider(PostgresAdminMixin):
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
                        kv_base: Mapping[str, tuple[str, int]] | None = None,
-                       restored: Mapping[str, int] | None = None) -> None:
-        """Restore a recorded instance: events verbatim plus what their acks stored beside them
-        (see SqliteProvider.import_history, also for ``kv_base``); one transaction, refused when
-        the instance exists."""
+                       restored: Mapping[str, int] | None = None, queued: Sequence[WorkItem] = ()) -> None:
+        """Restore a recorded instance: events verbatim plus what their acks stored beside them,
+        and the work still queued for it (see SqliteProvider.import_history, also for ``kv_base``
+        and ``queued``); one transaction, refused when the instance exists."""
         op = "import_history"
         self._refuse_if_read_only(op)
+        queued = list(queued)
+        for item in queued:
+            if not isinstance(item, ActivityExecute):
+                self._check_orch_item(item, op)
         plans = []
         for execution_id, events, info in _imported_executions(instance, executions, op):
             self._check_events(events, op)
@@ -1678,6 +1682,18 @@ class PostgresProvider(PostgresAdminMixin):
                 db.send("UPDATE instances SET created_at = COALESCE(%s, created_at), "
                         "custom_status_version = COALESCE(%s, custom_status_version) WHERE instance_id = %s",
                         (restored.get("created_at"), restored.get("custom_status_version"), instance))
+            if queued:
+                now = self._now()
+                for item in queued:
+                    if isinstance(item, ActivityExecute):
+                        db.send(self._INSERT_WORK, self._work_row(item, now))
+                    else:
+                        visible_at = max(now, item.fire_at_ms) if isinstance(item, TimerFiredMsg) else now
+                        db.send(self._INSERT_ORCH, self._orch_row(item, visible_at, now))
+                db.notify("orchestrator")
+                db.notify("worker")
+        if queued:
+            self._notify(["worker" if isinstance(i, ActivityExecute) else "orchestrator" for i in queued])
 
     def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
         """The instance's stored KV store without the current execution's own changes: what the

@@ -1767,7 +1767,7 @@ class SqliteProvider(SqliteAdminMixin):
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
                        kv_base: Mapping[str, tuple[str, int]] | None = None,
-                       restored: Mapping[str, int] | None = None) -> None:
+                       restored: Mapping[str, int] | None = None, queued: Sequence[WorkItem] = ()) -> None:
         """Restore a recorded instance (``duroxide-sim import``): its executions' events verbatim,
         plus what their turns' acks stored beside them, read back from the events: the instance
         row (name, version, parent, current execution, created/updated at the recorded times),
@@ -1776,9 +1776,15 @@ class SqliteProvider(SqliteAdminMixin):
         stored KV store as exported - see :meth:`kv_base` - for an instance whose earlier
         executions were pruned). ``restored``: the source's ``created_at`` and
         ``custom_status_version``, which the events cannot tell (pruned executions, several
-        custom status updates in one execution). One transaction; refused (nothing written) when
-        the instance already exists or an event id repeats."""
+        custom status updates in one execution). ``queued``: the work still queued for it (an
+        export's ``queued``), queued again in the same transaction - visible now, a fired timer
+        at its fire time, activities unlocked with a fresh attempt count. One transaction; refused
+        (nothing written) when the instance already exists or an event id repeats."""
         op = "import_history"
+        for item in queued:
+            if not isinstance(item, ActivityExecute):
+                self._check_orch_item(item, op)
+        rows = [(item, dumps(item)) for item in queued]  # serialized before taking the writer
         with self._tx(op) as db:
             if db.execute("SELECT 1 FROM instances WHERE instance_id = ? UNION ALL "
                           "SELECT 1 FROM executions WHERE instance_id = ? LIMIT 1", (instance, instance)).fetchone():
@@ -1813,6 +1819,16 @@ class SqliteProvider(SqliteAdminMixin):
                 db.execute("UPDATE instances SET created_at = COALESCE(?, created_at), "
                            "custom_status_version = COALESCE(?, custom_status_version) WHERE instance_id = ?",
                            (restored.get("created_at"), restored.get("custom_status_version"), instance))
+            if rows:
+                now = self._now()
+                for item, text in rows:
+                    if isinstance(item, ActivityExecute):
+                        self._insert_work(db, item, now, text)
+                    else:
+                        visible_at = max(now, item.fire_at_ms) if isinstance(item, TimerFiredMsg) else now
+                        self._insert_orch(db, item, visible_at, now, text)
+        if rows:
+            self._notify(["worker" if isinstance(i, ActivityExecute) else "orchestrator" for i, _ in rows])
 
     def kv_base(self, instance: str) -> dict[str, tuple[str, int]]:
         """The instance's stored KV store without the current execution's own changes: what the

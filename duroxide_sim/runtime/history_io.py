@@ -18,12 +18,15 @@ the wrong type, event ids out of order, an execution without ``OrchestrationStar
 instance id a client would refuse, the same instance twice). Import validates every document and
 checks every target instance before it writes anything. Nothing here touches an engine: export
 reads through the Provider protocol, import writes through the provider's ``import_history``
-(events plus the rows their acks would have written).
+(events plus the rows their acks would have written, and the work still queued for the
+instance, in one transaction per instance). A document's ``queued`` items must be its own
+instance's work or the start of a child it scheduled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import pathlib
 import urllib.parse
@@ -43,8 +46,9 @@ from ..core.events import (
     from_dict,
     to_dict,
 )
+from ..core.registry import parse_engine_version
 from ..core.texts import text_problem
-from ..errors import InvalidInputError, SerializationError
+from ..errors import ConfigurationError, InvalidInputError, SerializationError
 from .client import MAX_ANY_INSTANCE_ID_BYTES
 
 __all__ = [
@@ -282,6 +286,12 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
                 raise SerializationError(f"{where}: queued item #{i}: {exc}") from exc
             except (TypeError, ValueError, AttributeError) as exc:
                 raise SerializationError(f"{where}: queued item #{i}: malformed record: {exc}") from exc
+            owner = item.instance if isinstance(item, ActivityExecute) else item.target_instance
+            if owner != instance and not (isinstance(item, StartOrchestration) and item.parent_instance == instance):
+                # An export carries only the instance's own work and the start of a child it
+                # scheduled (queued_by_instance): anything else would reach another instance.
+                raise SerializationError(f"{where}: queued item #{i} ({type(item).__name__}) is for instance "
+                                         f"{owner!r}, not {instance!r}")
     if not doc["executions"]:
         raise SerializationError(f"{where}: instance {instance!r} has no executions")
     previous = 0
@@ -308,6 +318,12 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
                 raise SerializationError(f"{at}: malformed record: {exc}") from exc
             if i == 0 and not isinstance(event, OrchestrationStarted):
                 raise SerializationError(f"{at}: an execution must begin with OrchestrationStarted, not {type(event).__name__}")
+            if isinstance(event, OrchestrationStarted) and event.duroxide_version is not None:
+                try:
+                    parse_engine_version(event.duroxide_version)
+                except ConfigurationError:
+                    raise SerializationError(f"{at}: duroxide_version must be an engine version like '0.1.0', "
+                                             f"got {json.dumps(event.duroxide_version)[:60]}") from None
             if event.event_id <= last_event:
                 raise SerializationError(f"{at}: event_id {event.event_id} does not follow {last_event} (event ids increase from 1)")
             last_event = event.event_id
@@ -404,6 +420,13 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
     restore = getattr(provider, "import_history", None)
     if restore is None:
         raise InvalidInputError(f"{type(provider).__name__} cannot import histories (it has no import_history)")
+    if getattr(provider, "clock", True) is None and hasattr(provider, "bind_clock"):
+        # Queued work is stamped with the provider's time (a timer is due at its fire time, the
+        # rest now): a provider opened without a clock gets the system clock, as a Runtime or a
+        # Client binds it, before anything is written.
+        from .realtime import SystemClock
+
+        provider.bind_clock(SystemClock())
     seen: set[str] = set()
     for n, doc in enumerate(docs):
         check_document(doc, f"document #{n}")
@@ -425,18 +448,31 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
         fields = {k: v for k, v in (doc.get("instance") or {}).items() if k != "order"}
         if fields:
             extra["restored"] = fields
-        restore(doc["instance_id"], sorted(executions.items()), **extra)
-        _requeue(provider, doc)
+        queued = [from_dict(raw, "work") for raw in doc.get("queued") or ()]
+        if queued and _takes_queued(restore):
+            restore(doc["instance_id"], sorted(executions.items()), queued=queued, **extra)  # one transaction
+        else:
+            restore(doc["instance_id"], sorted(executions.items()), **extra)
+            _requeue(provider, queued)
         count += len(executions)
     return count
 
 
-def _requeue(provider: Any, doc: dict[str, Any]) -> None:
-    """Queue again the work the document carries (see :func:`queued_by_instance`): visible now,
-    a fired timer at its fire time, activities unlocked (with a fresh attempt count)."""
+def _takes_queued(restore: Any) -> bool:
+    """Whether a provider's ``import_history`` queues the work itself (in its transaction): the
+    shipped providers do; one written before that parameter existed gets it queued after."""
+    try:
+        return "queued" in inspect.signature(restore).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _requeue(provider: Any, queued: Sequence[WorkItem]) -> None:
+    """Queue again the work a document carries (see :func:`queued_by_instance`) through the
+    provider's enqueue calls, for an ``import_history`` without ``queued``: visible now, a fired
+    timer at its fire time, activities unlocked (with a fresh attempt count)."""
     now = None
-    for raw in doc.get("queued") or ():
-        item = from_dict(raw, "work")
+    for item in queued:
         if isinstance(item, ActivityExecute):
             provider.enqueue_for_worker(item)
             continue
