@@ -192,11 +192,12 @@ _PIN_FILTER = """
                  > (%(hi0)s, %(hi1)s, %(hi2)s)))"""
 _CURRENT_EXECUTION_ID = ("SELECT COALESCE((SELECT current_execution_id FROM instances WHERE instance_id = %(i)s), "
                          "(SELECT MAX(execution_id) FROM executions WHERE instance_id = %(i)s))")
-# The current execution continued-as-new and a ContinueAsNew item is queued outside the batch
-# being fetched (tagged %(t)s).
-_CAN_PENDING = ("SELECT COALESCE((SELECT e.status = 'ContinuedAsNew' FROM instances i JOIN executions e "
-                "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
-                "WHERE i.instance_id = %(i)s), FALSE) AND EXISTS (SELECT 1 FROM orchestrator_queue "
+# The current execution (the instance row's, else the latest stored one: an instance whose acks
+# named no orchestration has no row) continued-as-new and a ContinueAsNew item is queued outside
+# the batch being fetched (tagged %(t)s).
+_CAN_PENDING = ("SELECT COALESCE((SELECT e.status = 'ContinuedAsNew' FROM executions e WHERE e.instance_id = %(i)s "
+                "AND e.execution_id = (" + _CURRENT_EXECUTION_ID + ")), FALSE) "
+                "AND EXISTS (SELECT 1 FROM orchestrator_queue "
                 "WHERE instance_id = %(i)s AND item_kind = 'ContinueAsNew' AND lock_token IS DISTINCT FROM %(t)s)")
 _INSTANCE_INFO = ("SELECT orchestration_name, orchestration_version, current_execution_id, created_seq "
                   "FROM instances WHERE instance_id = %s")
@@ -946,6 +947,17 @@ class PostgresProvider(PostgresAdminMixin):
                     self._hcache.popitem(last=False)
         return list(events)
 
+    def _note_inserted(self, instance: str, execution_id: int, events: Sequence[HistoryEvent]) -> None:
+        """After a commit that stored ``events``: drop a cached history of that execution that
+        already holds a higher event id (see SqliteProvider._note_inserted)."""
+        if not events:
+            return
+        with self._hcache_lock:
+            entry = self._hcache.get(instance)
+            if (entry is not None and entry[1] == execution_id and entry[2]
+                    and min(e.event_id for e in events) < entry[2][-1].event_id):
+                del self._hcache[instance]
+
     @staticmethod
     def _decode_rows(db: _Db, instance: str, execution_id: int, after: int) -> list[HistoryEvent]:
         rows = db.all("SELECT event_id, event_data FROM history WHERE instance_id = %s AND execution_id = %s "
@@ -1304,6 +1316,8 @@ class PostgresProvider(PostgresAdminMixin):
             # "committed": clients waiting on an instance (here or in other processes) look again.
             kinds = (["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"]
             db.notify(*kinds)
+        if delta and self._hcache:
+            self._note_inserted(instance, execution_id, delta)
         self._notify(kinds)
 
     @staticmethod
@@ -1627,6 +1641,7 @@ class PostgresProvider(PostgresAdminMixin):
             now = self._now()
             self._validate_events(db, instance, execution_id, events, op)
             self._append(db, instance, execution_id, events, now)
+        self._note_inserted(instance, execution_id, events)
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
                        kv_base: Mapping[str, tuple[str, int]] | None = None,

@@ -897,6 +897,22 @@ class SqliteProvider(SqliteAdminMixin):
                    "WHERE instance_id = ? AND created_seq IS NOT NULL "
                    "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)", (instance,))
 
+    def _note_inserted(self, instance: str, execution_id: int, events: Sequence[HistoryEvent]) -> None:
+        """After events were stored: a cached history of that execution that already holds a
+        higher event id would never read these (:meth:`_load_events` reads only rows after its
+        last cached id), so it is dropped. Ids are stored verbatim (SPEC §1): an ack or
+        ``append_with_execution`` may fill a gap below the last id. Called after the commit (a
+        reader may have cached the history between the write and the commit). Only this
+        process's cache: another process's writes below a cached id are not seen (the runtime
+        never makes them; ``append_with_execution`` is for tests and tools)."""
+        if not events:
+            return
+        with self._hcache_lock:
+            entry = self._hcache.get(instance)
+            if (entry is not None and entry[1] == execution_id and entry[2]
+                    and min(e.event_id for e in events) < entry[2][-1].event_id):
+                del self._hcache[instance]
+
     def _forget_history(self, instance: str) -> None:
         """Drop the decoded history of an instance that reached a terminal state: it is read
         again only by management calls, which decode it from the rows."""
@@ -1082,7 +1098,10 @@ class SqliteProvider(SqliteAdminMixin):
             items = [item for _, item in batch]
             meta = ((info[0], info[1], info[2], True, None) if info is not None
                     else self._batch_metadata(db, instance, items, orphan_exec))
-            if info is not None and info[4] == "ContinuedAsNew" and self._continue_as_new_pending(db, instance, items):
+            status = info[4] if info is not None else (None if orphan_exec is None else db.execute(
+                "SELECT status FROM executions WHERE instance_id = ? AND execution_id = ?",
+                (instance, orphan_exec)).fetchone()[0])
+            if status == "ContinuedAsNew" and self._continue_as_new_pending(db, instance, items):
                 continue
             if meta is None:
                 # Orphan: no row, no history, no start item. QueueMessages sent before the
@@ -1147,15 +1166,11 @@ class SqliteProvider(SqliteAdminMixin):
         return bounds[0] <= tuple(row) <= bounds[1]
 
     def _continue_as_new_pending(self, db: sqlite3.Connection, instance: str, items: list[WorkItem]) -> bool:
-        """True when the current execution continued-as-new and its ContinueAsNew item is queued
-        but not in this batch: wait for it instead of letting SPEC §3.1 step 3 discard the
-        batch's messages (see InMemoryProvider._continue_as_new_pending)."""
+        """For an instance whose current execution continued-as-new (the caller checked, from
+        the instance row or, without one, the latest stored execution): True when its
+        ContinueAsNew item is queued but not in this batch - wait for it instead of letting SPEC
+        §3.1 step 3 discard the batch's messages (see InMemoryProvider._continue_as_new_pending)."""
         if any(isinstance(item, ContinueAsNew) for item in items):
-            return False
-        row = db.execute(
-            "SELECT e.status FROM instances i JOIN executions e ON e.instance_id = i.instance_id "
-            "AND e.execution_id = i.current_execution_id WHERE i.instance_id = ?", (instance,)).fetchone()
-        if row is None or row[0] != "ContinuedAsNew":
             return False
         return db.execute(
             "SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND json_extract(work_item, '$.kind') = 'ContinueAsNew' "
@@ -1244,6 +1259,8 @@ class SqliteProvider(SqliteAdminMixin):
         instance = self._group_write(op, lambda db: self._ack_orch(
             db, self._now(), lock_token, execution_id, delta, workers, orchs, metadata, cancelled_activities, op,
             texts))
+        if delta and self._hcache:  # again after the commit: a reader may have cached meanwhile
+            self._note_inserted(instance, execution_id, delta)
         self._notify_ack(workers, orchs, instance)
 
     def ack_orchestration_item_and_fetch(
@@ -1287,6 +1304,8 @@ class SqliteProvider(SqliteAdminMixin):
                 fetch_on, lambda: self._fetch_orch(db, now, lock_timeout_ms, bounds, "fetch_orchestration_item"))
 
         instance, nxt = self._group_write(op, body)
+        if delta and self._hcache:  # (as in ack_orchestration_item)
+            self._note_inserted(instance, execution_id, delta)
         if nxt is not None and all(item.target_instance == nxt.instance for item in orchs):
             # Everything this ack queued is for the instance the caller just fetched (e.g. its own
             # continue-as-new): waking another dispatcher would only find it locked.
@@ -1373,6 +1392,8 @@ class SqliteProvider(SqliteAdminMixin):
             self._insert_events_checked(db, instance, execution_id, delta, now, event_texts, op)
         else:
             self._insert_events(db, instance, execution_id, delta, now, event_texts)
+        if delta and self._hcache:  # (a fetch chained to this ack reads the history in this transaction)
+            self._note_inserted(instance, execution_id, delta)
         statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
         if statuses and has_row:  # the last one wins; one version bump per ack
             db.execute("UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
@@ -1764,6 +1785,7 @@ class SqliteProvider(SqliteAdminMixin):
             now = self._now()
             self._validate_events(db, instance, execution_id, events, op)
             self._append(db, instance, execution_id, events, now)
+        self._note_inserted(instance, execution_id, events)  # after the commit (see _note_inserted)
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
                        kv_base: Mapping[str, tuple[str, int]] | None = None,
