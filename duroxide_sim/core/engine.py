@@ -8,6 +8,8 @@ events and work in :mod:`.finalize`. Pure: no clock, no I/O."""
 
 from __future__ import annotations
 
+import dis
+import inspect
 import os
 import sys
 import traceback
@@ -182,6 +184,25 @@ _MAX_RESUMPTIONS = 2 * LIMITS["history_events"]
 #: Verdicts by file name (the verdict depends on nothing else; keying by code object would let
 #: two files' equal-bodied functions share one, since code objects compare by content).
 _USER_CODE: dict[str, bool] = {}
+
+
+#: ``Engine.root_frame`` of code that returned without yielding (a plain function): no frame.
+_PLAIN_RETURNED: Any = object()
+
+
+def _plain_return_site(fn: Any) -> tuple[str, int, bool] | None:
+    """``(file, line, is_def_line)`` of a plain orchestration function's return, read from its
+    bytecode (it has run to its end, so no frame is left): the line of its only ``return``
+    statement, else its ``def`` line. None for a callable without Python code (a builtin, a
+    ``functools.partial``) or outside user code."""
+    code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
+    if code is None or not _is_user_code(code):
+        return None
+    lines = sorted({i.positions.lineno for i in dis.get_instructions(code)
+                    if i.opname in ("RETURN_VALUE", "RETURN_CONST") and i.positions and i.positions.lineno})
+    if len(lines) == 1:
+        return code.co_filename, lines[0], False
+    return code.co_filename, code.co_firstlineno, True
 
 
 def _is_user_code(code: Any) -> bool:
@@ -431,6 +452,7 @@ class _Engine:
             # decorator (functools.wraps), a callable object or a lambda may hand back a
             # generator or a coroutine from a function that is neither itself.
             if not isinstance(result, _RESUMABLE):
+                self.root_frame = _PLAIN_RETURNED  # (return_site reads the function's bytecode)
                 self._finish_value(result)
                 return
             self.root_frame = getattr(result, "gi_frame", None) or getattr(result, "cr_frame", None)
@@ -549,12 +571,25 @@ class _Engine:
             self.output = (False, ApplicationError(kind="OrchestrationFailed", message=str(exc)))
 
     def return_site(self) -> tuple[str, int] | None:
-        """(file, line) of the ``return`` that ended the code (None: not returned yet, plain
-        function, or not user code). A finished generator's frame keeps its last line."""
+        """(file, line) of the ``return`` that ended the code (None: not returned yet, or not
+        user code). A finished generator's frame keeps its last line. A plain function (it
+        returned without yielding: no frame is left) is read from its bytecode: the line of its
+        only ``return``; with several, its ``def`` line (see :meth:`return_is_def_line`)."""
         frame = self.root_frame
+        if frame is _PLAIN_RETURNED:
+            site = _plain_return_site(self.handler.fn)
+            return site[:2] if site is not None else None
         if frame is None or self.stack or not _is_user_code(frame.f_code):
             return None
         return frame.f_code.co_filename, frame.f_lineno
+
+    def return_is_def_line(self) -> bool:
+        """Whether :meth:`return_site` names a plain function's ``def`` line (it has several
+        ``return`` statements and left no frame to tell which one ran)."""
+        if self.root_frame is not _PLAIN_RETURNED:
+            return False
+        site = _plain_return_site(self.handler.fn)
+        return site is not None and site[2]
 
     def _finish_error(self, exc: BaseException) -> None:
         self.output = (False, ApplicationError(kind="OrchestrationFailed", message=_format_exception(exc)))

@@ -271,5 +271,9 @@ def _ending_site(engine: Any, result: Any) -> str:
         return _raise_site(result.error)
     if result.kind == "completed" and engine is not None:
         site = engine.return_site()
-        return f" at {site[0]}:{site[1]} (its return)" if site else ""
+        if site is None:
+            return ""
+        if engine.return_is_def_line():
+            return f" at {site[0]}:{site[1]} (the function, which returned without yielding)"
+        return f" at {site[0]}:{site[1]} (its return)"
     return ""

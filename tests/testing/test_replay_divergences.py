@@ -616,3 +616,31 @@ def test_steps_removed_or_changed_after_the_code_returns_are_reported_at_the_ret
     message = divergences[0].message
     assert what in message and "no longer takes" in message, message
     assert f"{HERE}:{_line(changed)} (its return)" in message, message
+
+
+def _one_step(ctx, x):
+    return (yield ctx.schedule_activity("A", x))
+
+
+def _plain_one_return(ctx, x):
+    return x + 1  # MARK
+
+
+def _plain_two_returns(ctx, x):  # MARK
+    if x > 100:
+        return "big"
+    return x + 1
+
+
+@pytest.mark.parametrize("changed,where", [(_plain_one_return, "(its return)"),
+                                           (_plain_two_returns, "(the function, which returned without yielding)")])
+def test_a_plain_function_that_replaced_the_code_is_reported_at_its_return_or_def_line(changed, where) -> None:
+    """An orchestration edited into a plain function (no yield left) returns at once: its frame
+    is gone, so the site comes from its bytecode - the line of its only ``return``, or with
+    several its ``def`` line, said as such (it used to name no line)."""
+    docs, _, _ = _record(_app(_one_step), [("i", "O", 1)])
+    divergences = [d for d in _replay(docs, _app(changed)) if d.instance == "i"]
+    assert len(divergences) == 1, divergences
+    message = divergences[0].message
+    assert "no longer takes" in message, message
+    assert f"{HERE}:{_line(changed)} {where}" in message, message
