@@ -282,8 +282,11 @@ class QueueDepths:
 
 @attrs.frozen(kw_only=True, hash=False)
 class InstanceTree:
-    """``Client.get_instance_tree``: the root and every instance under it (root first).
-    ``all_ids`` is a list, as duroxide-python returns it (a tuple compared unequal to a list)."""
+    """The root and every instance under it. A provider's ``get_instance_tree`` lists them
+    children before parents (the order a delete needs, the reference's provider contract);
+    ``Client.get_instance_tree`` lists them root first, as duroxide-python does (that order
+    reversed). ``all_ids`` is a list, as duroxide-python returns it (a tuple compared unequal to
+    a list)."""
 
     root_id: str
     all_ids: list[str] = attrs.field(converter=list)

@@ -377,13 +377,18 @@ class Client:
         return list(self.provider.read_with_execution(_check_id(instance_id), _check_execution_id(execution_id)))
 
     def get_instance_tree(self, instance_id: str) -> Any:
-        """The instance and its descendants. An unknown id gives a tree of that id alone, as
-        duroxide-python answers (the provider's own call raises InstanceNotFound)."""
+        """The instance and its descendants, root first, as duroxide-python lists them (a
+        depth-first walk: an instance, then its last-created child's subtree, ..., its first
+        child's subtree). Providers list the tree for deletion, children before parents (the
+        reference's provider contract): this is that order reversed. An unknown id gives a tree
+        of that id alone, as duroxide-python answers (the provider's own call raises
+        InstanceNotFound)."""
         admin = self._admin()
         try:
-            return admin.get_instance_tree(_check_id(instance_id))
+            tree = admin.get_instance_tree(_check_id(instance_id))
         except InstanceNotFound:
             return InstanceTree(root_id=instance_id, all_ids=(instance_id,))
+        return InstanceTree(root_id=tree.root_id, all_ids=tree.all_ids[::-1])
 
     def get_system_metrics(self) -> Any:
         return self._admin().get_system_metrics()
