@@ -441,7 +441,7 @@ def test_runtime_end_to_end_on_postgres(pg_schema, opened):
         assert (st.status, st.output) == ("Completed", [30, "yes"])
         assert client.wait_for_orchestration("c", 20_000).output == 3
         assert client.list_executions("c") == [1, 2, 3, 4]
-        assert client.get_instance_tree("p").all_ids[-1] == "p" and len(client.get_instance_tree("p").all_ids) == 2
+        assert client.get_instance_tree("p").all_ids[0] == "p" and len(client.get_instance_tree("p").all_ids) == 2
     finally:
         rt.shutdown(2_000)
     provider._check()
