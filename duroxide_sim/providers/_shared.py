@@ -21,7 +21,7 @@ from ..core.events import (
 from ..errors import InvalidInputError, InvalidInputTypeError, LockLostError, ProviderError
 from .base import ExecutionMetadata
 
-__all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "ImportedExecution", "imported_execution",
+__all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "forget_if_filled_below", "ImportedExecution", "imported_execution",
            "imported_executions", "ORPHAN_PARK_SHIFT", "PARKED_BELOW", "ORPHAN_RETENTION_MS",
            "ORPHAN_SWEEP_INTERVAL_MS"]
 
@@ -85,6 +85,23 @@ def tree_order(root: str, children: Callable[[str], list[str]]) -> list[str]:
             out.append(current)
             stack.extend(children(current))
     return out[::-1]
+
+
+def forget_if_filled_below(cache: Any, lock: Any, instance: str, execution_id: int, events: Sequence[Any]) -> None:
+    """After a commit that stored ``events``: drop the decoded-history cache entry of that
+    execution (``cache[instance] = (seq, execution_id, events)``, under ``lock``) when it already
+    holds a higher event id - the SQL providers' caches read only rows after their last cached id,
+    so an id stored verbatim below it (SPEC §1: gaps may be filled) would never be read. Called
+    after the commit: a reader may have cached the history between the write and the commit.
+    Only this process's cache: another process's writes below a cached id are not seen (the
+    runtime never makes them; ``append_with_execution`` is for tests and tools)."""
+    if not events:
+        return
+    with lock:
+        entry = cache.get(instance)
+        if (entry is not None and entry[1] == execution_id and entry[2]
+                and min(e.event_id for e in events) < entry[2][-1].event_id):
+            del cache[instance]
 
 
 def lock_lost(op: str, token: str, message: str, **fields: Any) -> LockLostError:

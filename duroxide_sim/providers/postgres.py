@@ -98,6 +98,7 @@ from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERV
 from ._shared import imported_executions as _imported_executions
 from ._shared import check_instance_arg
 from ._shared import advisory_key32 as _key32
+from ._shared import forget_if_filled_below
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -947,17 +948,6 @@ class PostgresProvider(PostgresAdminMixin):
                     self._hcache.popitem(last=False)
         return list(events)
 
-    def _note_inserted(self, instance: str, execution_id: int, events: Sequence[HistoryEvent]) -> None:
-        """After a commit that stored ``events``: drop a cached history of that execution that
-        already holds a higher event id (see SqliteProvider._note_inserted)."""
-        if not events:
-            return
-        with self._hcache_lock:
-            entry = self._hcache.get(instance)
-            if (entry is not None and entry[1] == execution_id and entry[2]
-                    and min(e.event_id for e in events) < entry[2][-1].event_id):
-                del self._hcache[instance]
-
     @staticmethod
     def _decode_rows(db: _Db, instance: str, execution_id: int, after: int) -> list[HistoryEvent]:
         rows = db.all("SELECT event_id, event_data FROM history WHERE instance_id = %s AND execution_id = %s "
@@ -1317,7 +1307,7 @@ class PostgresProvider(PostgresAdminMixin):
             kinds = (["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"]
             db.notify(*kinds)
         if delta and self._hcache:
-            self._note_inserted(instance, execution_id, delta)
+            forget_if_filled_below(self._hcache, self._hcache_lock, instance, execution_id, delta)
         self._notify(kinds)
 
     @staticmethod
@@ -1641,7 +1631,7 @@ class PostgresProvider(PostgresAdminMixin):
             now = self._now()
             self._validate_events(db, instance, execution_id, events, op)
             self._append(db, instance, execution_id, events, now)
-        self._note_inserted(instance, execution_id, events)
+        forget_if_filled_below(self._hcache, self._hcache_lock, instance, execution_id, events)
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
                        kv_base: Mapping[str, tuple[str, int]] | None = None,

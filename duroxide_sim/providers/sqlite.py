@@ -57,6 +57,7 @@ from ..errors import ProviderError, SerializationError
 from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW, HistoryView
 from ._shared import imported_executions as _imported_executions
 from ._shared import check_instance_arg
+from ._shared import forget_if_filled_below
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
 from .base import (
@@ -897,22 +898,6 @@ class SqliteProvider(SqliteAdminMixin):
                    "WHERE instance_id = ? AND created_seq IS NOT NULL "
                    "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)", (instance,))
 
-    def _note_inserted(self, instance: str, execution_id: int, events: Sequence[HistoryEvent]) -> None:
-        """After events were stored: a cached history of that execution that already holds a
-        higher event id would never read these (:meth:`_load_events` reads only rows after its
-        last cached id), so it is dropped. Ids are stored verbatim (SPEC §1): an ack or
-        ``append_with_execution`` may fill a gap below the last id. Called after the commit (a
-        reader may have cached the history between the write and the commit). Only this
-        process's cache: another process's writes below a cached id are not seen (the runtime
-        never makes them; ``append_with_execution`` is for tests and tools)."""
-        if not events:
-            return
-        with self._hcache_lock:
-            entry = self._hcache.get(instance)
-            if (entry is not None and entry[1] == execution_id and entry[2]
-                    and min(e.event_id for e in events) < entry[2][-1].event_id):
-                del self._hcache[instance]
-
     def _forget_history(self, instance: str) -> None:
         """Drop the decoded history of an instance that reached a terminal state: it is read
         again only by management calls, which decode it from the rows."""
@@ -1260,7 +1245,7 @@ class SqliteProvider(SqliteAdminMixin):
             db, self._now(), lock_token, execution_id, delta, workers, orchs, metadata, cancelled_activities, op,
             texts))
         if delta and self._hcache:  # again after the commit: a reader may have cached meanwhile
-            self._note_inserted(instance, execution_id, delta)
+            forget_if_filled_below(self._hcache, self._hcache_lock, instance, execution_id, delta)
         self._notify_ack(workers, orchs, instance)
 
     def ack_orchestration_item_and_fetch(
@@ -1305,7 +1290,7 @@ class SqliteProvider(SqliteAdminMixin):
 
         instance, nxt = self._group_write(op, body)
         if delta and self._hcache:  # (as in ack_orchestration_item)
-            self._note_inserted(instance, execution_id, delta)
+            forget_if_filled_below(self._hcache, self._hcache_lock, instance, execution_id, delta)
         if nxt is not None and all(item.target_instance == nxt.instance for item in orchs):
             # Everything this ack queued is for the instance the caller just fetched (e.g. its own
             # continue-as-new): waking another dispatcher would only find it locked.
@@ -1393,7 +1378,7 @@ class SqliteProvider(SqliteAdminMixin):
         else:
             self._insert_events(db, instance, execution_id, delta, now, event_texts)
         if delta and self._hcache:  # (a fetch chained to this ack reads the history in this transaction)
-            self._note_inserted(instance, execution_id, delta)
+            forget_if_filled_below(self._hcache, self._hcache_lock, instance, execution_id, delta)
         statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
         if statuses and has_row:  # the last one wins; one version bump per ack
             db.execute("UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
@@ -1785,7 +1770,7 @@ class SqliteProvider(SqliteAdminMixin):
             now = self._now()
             self._validate_events(db, instance, execution_id, events, op)
             self._append(db, instance, execution_id, events, now)
-        self._note_inserted(instance, execution_id, events)  # after the commit (see _note_inserted)
+        forget_if_filled_below(self._hcache, self._hcache_lock, instance, execution_id, events)  # after the commit
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
                        kv_base: Mapping[str, tuple[str, int]] | None = None,

@@ -56,12 +56,12 @@ from hypothesis import strategies as st
 from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
 from duroxide_sim.sim.checkers import check_well_formed
 from tests.sim.test_generated_programs import (
+    instance_problems,
     ACTS,
     LIVE_TIMERS,
     act_fn,
     evaluate,
     event_data,
-    norm,
     prog_async,
     prog_gen,
     programs,
@@ -215,37 +215,11 @@ def wait_all_ended(client: Client, provider: Any, roots: list[str], timeout_s: f
         time.sleep(0.05)
 
 
-def _got(st_: Any) -> tuple[str, Any]:
-    return (st_.status, st_.output if st_.status == "Completed" else norm(st_.error))
-
-
 def outcome_problems(statuses: dict[str, Any], starts: list[tuple[str, str, dict[str, Any]]],
                      cancelled: bool = False) -> list[str]:
     out = []
     for inst, _name, inp in starts:
-        exp = evaluate(inp)
-        st_ = statuses.get(inst)
-        if st_ is None:
-            out.append(f"{inst}: no status")
-            continue
-        got = _got(st_)
-        if cancelled:  # (the program ends waiting for good: only a failure or the cancel end it)
-            allowed = [("Failed", "canceled: stop")] + ([(exp.status, exp.value)] if exp.status == "Failed" else [])
-            if got not in allowed:
-                out.append(f"{inst}: got {got!r:.500}, expected one of {allowed!r:.500}")
-            continue
-        if got != (exp.status, exp.value):
-            out.append(f"{inst}: got {got!r:.500}, expected {(exp.status, exp.value)!r:.500}")
-        elif st_.custom_status != exp.custom_status:
-            out.append(f"{inst}: custom status {st_.custom_status!r}, expected {exp.custom_status!r}")
-        for suffix, dexp in exp.detached.items():
-            dst = statuses.get(inst + suffix)
-            if dst is None or _got(dst) != (dexp.status, dexp.value):
-                out.append(f"detached {inst + suffix}: got {None if dst is None else _got(dst)!r:.400}, "
-                           f"expected {(dexp.status, dexp.value)!r:.400}")
-        for child, cst in statuses.items():
-            if child.startswith(inst + "-") and child.endswith("-9") and _got(cst) != ("Failed", CANCELLED_CHILD):
-                out.append(f"raced child {child}: got {_got(cst)!r:.400}")
+        out += instance_problems(statuses, inst, evaluate(inp), cancelled)
     out += [f"{n} still {s.status}" for n, s in statuses.items() if s.status not in ENDED]
     return out
 
@@ -386,13 +360,11 @@ def _check_store(provider: Any, log: RunLog, tag: str, exact: bool) -> list[str]
     return hp + run_counts_problems(log, done, exact)
 
 
-@settings(max_examples=MANY, **SETTINGS)
-@given(batch=batches(4, 8), caches=st.lists(CACHES, min_size=2, max_size=3), conc=st.integers(2, 4),
-       split=st.booleans(), early=st.booleans())
-def test_postgres_runtimes_match_evaluator(pg_store: Any, batch: list[dict[str, Any]], caches: list[int],
-                                           conc: int, split: bool, early: bool) -> None:
+def _runtimes_match_evaluator(providers: list[Any], batch: list[dict[str, Any]], caches: list[int], conc: int,
+                              split: bool, early: bool) -> None:
+    """(a)/(b): one runtime per provider (all on one store) run the batch; outcomes, histories,
+    run counts and the worker queue are checked; runtimes and providers are closed after."""
     log = RunLog()
-    providers = [pg_store() for _ in caches]
     rts = [make_runtime(p, log, instance_cache_size=c, **roles(k, conc, split)).start()
            for k, (p, c) in enumerate(zip(providers, caches, strict=True))]
     client = Client(providers[0])
@@ -407,6 +379,14 @@ def test_postgres_runtimes_match_evaluator(pg_store: Any, batch: list[dict[str, 
         close_all(providers)
 
 
+@settings(max_examples=MANY, **SETTINGS)
+@given(batch=batches(4, 8), caches=st.lists(CACHES, min_size=2, max_size=3), conc=st.integers(2, 4),
+       split=st.booleans(), early=st.booleans())
+def test_postgres_runtimes_match_evaluator(pg_store: Any, batch: list[dict[str, Any]], caches: list[int],
+                                           conc: int, split: bool, early: bool) -> None:
+    _runtimes_match_evaluator([pg_store() for _ in caches], batch, caches, conc, split, early)
+
+
 # ------------------------------------------------------------------------------------------------
 # (b) SQLite file, 2 runtimes (one provider each)
 # ------------------------------------------------------------------------------------------------
@@ -418,21 +398,7 @@ def test_postgres_runtimes_match_evaluator(pg_store: Any, batch: list[dict[str, 
 def test_sqlite_runtimes_match_evaluator(tmp_path_factory: Any, batch: list[dict[str, Any]], caches: list[int],
                                          conc: int, split: bool, early: bool) -> None:
     path = tmp_path_factory.mktemp("gpmr") / "app.db"
-    log = RunLog()
-    providers = [SqliteProvider.open(str(path)) for _ in caches]
-    rts = [make_runtime(p, log, instance_cache_size=c, **roles(k, conc, split)).start()
-           for k, (p, c) in enumerate(zip(providers, caches, strict=True))]
-    client = Client(providers[0])
-    try:
-        tag = new_tag()
-        problems, _ = run_batch(batch, rts, client, providers[0], tag, early=early)
-        assert not problems, problems
-        assert not _check_store(providers[0], log, tag, exact=True)
-        assert providers[0].get_queue_depths().worker_queue == 0
-    finally:
-        shutdown_all(rts)
-        for p in providers:
-            p.close()
+    _runtimes_match_evaluator([SqliteProvider.open(str(path)) for _ in caches], batch, caches, conc, split, early)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -503,6 +503,33 @@ def _got(st_: Any) -> tuple[str, Any]:
     return (st_.status, st_.output if st_.status == "Completed" else norm(st_.error))
 
 
+def instance_problems(statuses: dict[str, Any], inst: str, exp: Any, cancelled: bool = False) -> list[str]:
+    """What is wrong with instance ``inst`` (and its detached and raced children) in
+    ``statuses`` against the evaluator's ``exp``; ``cancelled``: the program ends waiting for
+    good, so only its own failure or the client's cancel ("stop") may end it."""
+    st_ = statuses.get(inst)
+    if st_ is None:
+        return [f"{inst}: no status"]
+    got = _got(st_)
+    if cancelled:
+        allowed = [("Failed", "canceled: stop")] + ([(exp.status, exp.value)] if exp.status == "Failed" else [])
+        return [] if got in allowed else [f"{inst}: got {got!r:.600}, expected one of {allowed!r:.600}"]
+    out = []
+    if got != (exp.status, exp.value):
+        out.append(f"{inst}: got {got!r:.600}, expected {(exp.status, exp.value)!r:.600}")
+    elif st_.custom_status != exp.custom_status:
+        out.append(f"{inst}: custom status {st_.custom_status!r}, expected {exp.custom_status!r}")
+    for suffix, dexp in exp.detached.items():
+        dst = statuses.get(inst + suffix)
+        if dst is None or _got(dst) != (dexp.status, dexp.value):
+            out.append(f"detached {inst + suffix}: got {None if dst is None else _got(dst)!r:.400}, "
+                       f"expected {(dexp.status, dexp.value)!r:.400}")
+    for child, cst in statuses.items():
+        if child.startswith(inst + "-") and child.endswith("-9") and _got(cst) != ("Failed", CANCELLED_CHILD):
+            out.append(f"raced child {child}: got {_got(cst)!r:.400}, expected {('Failed', CANCELLED_CHILD)!r}")
+    return out
+
+
 def outcome_problems(result: Any, inp: dict[str, Any], styles: tuple[str, ...] = ("gen", "async"),
                      skip: tuple[str, ...] = (), cancel: bool = False) -> list[str]:
     if cancel:
@@ -513,28 +540,7 @@ def outcome_problems(result: Any, inp: dict[str, Any], styles: tuple[str, ...] =
         inst = style[0]
         if any(b == inst or b.startswith(inst + "-") or b.startswith(inst + "::") for b in skip):
             continue
-        st_ = result.statuses.get(inst)
-        if st_ is None:
-            out.append(f"{inst}: no status")
-            continue
-        got = _got(st_)
-        if cancel:
-            allowed = [("Failed", "canceled: stop")] + ([(exp.status, exp.value)] if exp.status == "Failed" else [])
-            if got not in allowed:
-                out.append(f"{inst}: got {got!r:.600}, expected one of {allowed!r:.600}")
-            continue
-        if got != (exp.status, exp.value):
-            out.append(f"{inst}: got {got!r:.600}, expected {(exp.status, exp.value)!r:.600}")
-        elif st_.custom_status != exp.custom_status:
-            out.append(f"{inst}: custom status {st_.custom_status!r}, expected {exp.custom_status!r}")
-        for suffix, dexp in exp.detached.items():
-            dst = result.statuses.get(inst + suffix)
-            if dst is None or _got(dst) != (dexp.status, dexp.value):
-                out.append(f"detached {inst + suffix}: got {None if dst is None else _got(dst)!r:.400}, "
-                           f"expected {(dexp.status, dexp.value)!r:.400}")
-        for child, cst in result.statuses.items():
-            if child.startswith(inst + "-") and child.endswith("-9") and _got(cst) != ("Failed", CANCELLED_CHILD):
-                out.append(f"raced child {child}: got {_got(cst)!r:.400}, expected {('Failed', CANCELLED_CHILD)!r}")
+        out += instance_problems(result.statuses, inst, exp, cancel)
     return out
 
 
