@@ -72,7 +72,6 @@ pytestmark = pytest.mark.realtime
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENDED = ("Completed", "Failed")
-CANCELLED_CHILD = "canceled: parent dropped sub-orchestration future"
 SETTINGS = dict(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
