@@ -437,6 +437,7 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
         if provider.latest_execution_id(instance) is not None:
             raise InvalidInputError(f"instance {instance!r} already exists in the target; refusing to overwrite it")
     count = 0
+    queues_itself = _takes_queued(restore)
     # Oldest first, as they were created (an export directory lists them by file name): listings
     # and trees keep their order.
     for doc in sorted(docs, key=lambda d: ((d.get("instance") or {}).get("created_at", 0), (d.get("instance") or {}).get("order", 0))):
@@ -449,7 +450,7 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
         if fields:
             extra["restored"] = fields
         queued = [from_dict(raw, "work") for raw in doc.get("queued") or ()]
-        if queued and _takes_queued(restore):
+        if queued and queues_itself:
             restore(doc["instance_id"], sorted(executions.items()), queued=queued, **extra)  # one transaction
         else:
             restore(doc["instance_id"], sorted(executions.items()), **extra)

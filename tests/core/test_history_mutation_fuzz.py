@@ -727,15 +727,23 @@ def test_cli_import_of_corrupt_json_is_exit_2_and_writes_nothing(instance, how, 
 # --------------------------------------------------------------------------------------------
 
 
+def _write_mutant(doc: dict[str, Any], tag: str) -> pathlib.Path | None:
+    """``doc`` as a JSON file in a fresh temp directory; None when it cannot be written as UTF-8
+    (a lone surrogate the mutation put in)."""
+    src = pathlib.Path(tempfile.mkdtemp(prefix=f"hist-fuzz-{tag}-", dir=_TMP)) / "h.json"
+    try:
+        src.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8", errors="surrogatepass")
+    except ValueError:
+        return None
+    return src
+
+
 @settings(derandomize=True, max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(instance=st.sampled_from(INSTANCES), mutations=st.lists(MUTATION, min_size=1, max_size=3), renumber=st.booleans())
 def test_cli_show_and_replay_in_process_of_mutants(instance, mutations, renumber) -> None:
     doc = _apply(_docs()[instance], mutations, renumber)
-    root = pathlib.Path(tempfile.mkdtemp(prefix="hist-fuzz-show-", dir=_TMP))
-    src = root / "h.json"
-    try:
-        src.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8", errors="surrogatepass")
-    except ValueError:
+    src = _write_mutant(doc, "show")
+    if src is None:
         return
     for argv, codes in ((["show", str(src)], (0, 2)),
                         (["replay", str(src), "--app", APP_REF, "--no-hash-seed-check"], (0, 1, 2))):
@@ -753,11 +761,8 @@ def test_cli_show_and_replay_in_process_of_mutants(instance, mutations, renumber
 @given(instance=st.sampled_from(INSTANCES), mutations=st.lists(MUTATION, min_size=1, max_size=3))
 def test_cli_replay_subprocess_of_mutants(instance, mutations) -> None:
     doc = _apply(_docs()[instance], mutations, True)
-    root = pathlib.Path(tempfile.mkdtemp(prefix="hist-fuzz-cli-", dir=_TMP))
-    src = root / "h.json"
-    try:
-        src.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8", errors="surrogatepass")
-    except ValueError:
+    src = _write_mutant(doc, "cli")
+    if src is None:
         return
     proc = subprocess.run([sys.executable, "-m", "duroxide_sim", "replay", str(src), "--app", APP_REF],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
