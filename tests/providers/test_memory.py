@@ -1136,7 +1136,16 @@ def test_check_detects_broken_index(clock):
     prov = InMemoryProvider(clock)
     prov.enqueue_for_worker(act("a", 1))
     prov._check()
-    prov._work.order.clear()
+    prov._work.fifo.clear()  # the row's entry in the in-order lane lost
+    with pytest.raises(AssertionError):
+        prov._check()
+
+
+def test_check_detects_broken_late_lane(clock):
+    prov = InMemoryProvider(clock)
+    prov.enqueue_for_orchestrator(start_item("a"), delay_ms=500)  # queued for later: the late lane
+    prov._check()
+    prov._orch.late.clear()
     with pytest.raises(AssertionError):
         prov._check()
 
