@@ -52,6 +52,8 @@ from .turn import LIMITS, TurnInput, TurnResult, child_instance_id
 
 __all__ = ["poison_turn"]
 
+_ENDINGS = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
+
 
 
 #: Dropped-future breadcrumb event per slot kind, and how a mismatch names the kind.
@@ -552,6 +554,13 @@ def poison_turn(
     if isinstance(start, ContinueAsNew) and any(isinstance(e, OrchestrationContinuedAsNew) for e in history):
         # A poisoned continue-as-new fails the *new* execution; the old one stays ContinuedAsNew.
         execution_id, history = inp.execution_id + 1, []
+    elif history_error is None and any(isinstance(e, _ENDINGS) for e in history):
+        # The execution has ended (Completed / Failed - a cancel too - or ContinuedAsNew with no
+        # next execution to start in this batch): its late messages are discarded however often
+        # they were delivered (SPEC §3.1 step 3, §3.12), as on any other fetch. Poisoning here
+        # appended a second ending after the first and rewrote the instance's outcome (a
+        # cancelled instance became "poison: ..."; found by the generated cancellation probe).
+        return TurnResult(kind="noop", execution_id=inp.execution_id, message="instance is already terminal")
     env = {"instance_id": inp.instance, "execution_id": execution_id, "timestamp_ms": inp.now_ms}
     delta: list[HistoryEvent] = []
     started: OrchestrationStarted | None = history[0] if history and isinstance(history[0], OrchestrationStarted) else None

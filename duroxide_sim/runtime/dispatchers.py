@@ -256,14 +256,15 @@ class OrchestrationDispatcher:
             inp = self.turn_input(item)
             if item.history_error is not None:
                 if item.attempt_count > opts.max_attempts:
-                    _log_poison("orchestration message", item.instance, item.attempt_count, opts.max_attempts)
                     result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts, history_error=item.history_error)
+                    _log_poison("orchestration message", item.instance, item.attempt_count, opts.max_attempts)
                     return self._commit(item, result, carry)
                 provider.abandon_orchestration_item(item.lock_token, 1_000, False)
                 return None
             if item.attempt_count > opts.max_attempts:
-                _log_poison("orchestration message", item.instance, item.attempt_count, opts.max_attempts)
                 result = poison_turn(inp, attempt_count=item.attempt_count, max_attempts=opts.max_attempts)
+                if result.kind != "noop":  # (an ended execution's late messages are discarded, not poison)
+                    _log_poison("orchestration message", item.instance, item.attempt_count, opts.max_attempts)
                 return self._commit(item, result, carry)
             hits = self.cache.hits if self.cache is not None else 0
             result = execute_turn(inp, s.registry, self.cache)
