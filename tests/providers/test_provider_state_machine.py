@@ -546,12 +546,16 @@ class ProviderStateMachine(RuleBasedStateMachine):
         assert result == ("ok", None), result
         h.locked_until = self.now() + extend
 
+    def unissued_work_token(self, i):
+        """A token of provider ``i``'s own worker-lock shape that no fetch handed out."""
+        return "mem-lock-999" if i == 0 else "sql-1-999-w1"
+
     @rule(which=st.sampled_from(["bogus", "work-token", "empty"]), op=st.sampled_from(["ack", "abandon", "renew"]))
     def foreign_token(self, which, op):
         """A2: unknown / foreign tokens fail (LockLostError) and change nothing."""
         def token(i):
             if which == "work-token":
-                return f"{'mem-lock-999' if i == 0 else 'sql-1-999-w1'}"
+                return self.unissued_work_token(i)
             return "" if which == "empty" else "no-such-token"
 
         def call(p, i):
