@@ -10,7 +10,8 @@ is not flagged.
 
 Forbidden: ``time.time/time_ns/monotonic/perf_counter/process_time/thread_time/clock_gettime/
 sleep``, ``time.localtime/gmtime/ctime/asctime/strftime`` without their time argument (they
-read the clock then; with it they are pure), ``datetime.now/utcnow/today`` (also on
+read the clock then; with it they are pure; a literal ``None`` time, ``localtime(None)``, reads
+the clock too and is reported; a variable holding None is not seen), ``datetime.now/utcnow/today`` (also on
 subclasses, as libraries such as pendulum or freezegun define), module-level ``random.*`` (the
 hidden global ``Random``) and any ``Random`` seeded from the OS (``random.Random()``,
 ``random.seed()``), ``uuid.uuid1/uuid4``, ``os.urandom/getrandom``, reading ``os.environ``
@@ -34,7 +35,10 @@ non-stdlib code (``dataclasses``' ``__repr__`` reads the thread id as a recursio
 Profile hooks see calls no matter how the function was imported (``from time import time``
 included), because they compare the called objects, not names. The reported line is the
 innermost frame of the orchestration's own code (not this package, not the standard library,
-not generated code such as a dataclass ``__init__`` when a real source line calls it); calls the
+not generated code such as a dataclass ``__init__`` when a real source line calls it, not the
+cattrs/attrs machinery that builds a typed value; when no user frame made the call - a typed
+result whose default factory is the C function itself, ``attrs.field(factory=time.time)`` - the
+line the orchestration waits at for that result); calls the
 engine itself makes while running a turn (formatting a traceback reads source files) are not
 the orchestration's and are not reported.
 
@@ -76,6 +80,9 @@ def _is_stdlib(filename: str) -> bool:
             return False
         filename = real
     return not filename.startswith(_SITE) and "site-packages" not in filename and "dist-packages" not in filename
+#: Libraries that build typed values for the engine (cattrs structuring a result): a forbidden
+#: call made under them is reported at the user frame that asked for the value.
+_CONVERTERS = {"cattrs", "cattr", "attr", "attrs"}
 _TOOLING = {"hypothesis", "_pytest", "pytest", "pluggy", "coverage", "_hypothesis_globals"}
 #: Standard-library modules that read static data for the interpreter: a forbidden call made
 #: by (or under) one of them, before the walk reaches the orchestration's line, is not the
@@ -161,6 +168,31 @@ def _clock_when_short() -> dict[Any, int]:
     return {time.localtime: 1, time.gmtime: 1, time.ctime: 1, time.asctime: 1, time.strftime: 2}
 
 
+_ARG_LOADS: dict[Any, dict[int, bool]] = {}  # code -> {CALL offset: its last argument is the constant None}
+
+
+def _last_arg_is_none(frame: Any) -> bool:
+    """Whether the CALL the frame is executing got the literal ``None`` as its last argument
+    (``time.localtime(None)`` reads the clock as ``localtime()`` does). Read from the bytecode:
+    a variable that holds None is not seen."""
+    import dis
+
+    code = frame.f_code
+    calls = _ARG_LOADS.get(code)
+    if calls is None:
+        calls = {}
+        previous = None
+        for ins in dis.get_instructions(code):
+            if ins.opname in ("CACHE", "PRECALL", "KW_NAMES", "EXTENDED_ARG"):
+                continue
+            if ins.opname == "CALL":
+                calls[ins.offset] = previous is not None and previous.opname == "LOAD_CONST" and previous.argval is None
+            previous = ins
+        if len(_ARG_LOADS) < 4096:
+            _ARG_LOADS[code] = calls
+    return calls.get(frame.f_lasti, False)
+
+
 def _call_args(frame: Any) -> int | None:
     """Arguments passed by the CALL instruction the frame is executing (None if it is not a
     plain CALL, e.g. ``f(*args)``: then the count is unknown and nothing is flagged)."""
@@ -214,6 +246,9 @@ class Sandbox:
         # looks at the (cached) hash of its name first, and at the code only when the name matches.
         self._py_names = frozenset(code.co_name for code in self._py)
         self._identity = _identity()
+        import time
+
+        self._none_reads_clock = frozenset((time.localtime, time.gmtime, time.ctime))  # f(None) is f()
         self._global_random = __import__("random")._inst  # type: ignore[attr-defined]
         import datetime
 
@@ -266,7 +301,8 @@ class Sandbox:
                     return
             elif label.__class__ is int:
                 nargs = _call_args(frame)
-                if nargs is None or nargs >= label:
+                if nargs is None or (nargs >= label and not (
+                        nargs == 1 and arg in self._none_reads_clock and _last_arg_is_none(frame))):
                     return
                 label = f"time.{arg.__name__}() without a time argument (reads the clock)"
             elif arg in self._identity:
@@ -274,6 +310,14 @@ class Sandbox:
                 if fn.startswith(_PKG_DIR) or _is_stdlib(fn):
                     return  # the stdlib's recursion guard / fork check, not a value the code uses
             self._report(label, frame)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _yield_site(engine: Any) -> tuple[str, int] | None:
+        """The user line the engine's orchestration code is suspended at (None: not known)."""
+        from ..core.engine import _site_of
+
+        stack = getattr(engine, "stack", None)
+        return _site_of(stack[0]) if stack else None
 
     def _report(self, label: str, frame: Any) -> None:
         # Test tooling can run inside a poll without being called by it (Hypothesis installs a
@@ -300,18 +344,29 @@ class Sandbox:
             if module == "logging":
                 via_logging = True
             if not fn.startswith(_PKG_DIR) and not _is_stdlib(fn):
-                if not fn.startswith("<") or fn.startswith("<stdin>"):
+                if module in _CONVERTERS:
+                    pass  # cattrs / attrs building a typed value: look for who asked for it
+                elif not fn.startswith("<") or fn.startswith("<stdin>"):
                     break
-                generated = generated or f  # a dataclass/attrs __init__: keep looking for its caller
+                else:
+                    generated = generated or f  # a dataclass/attrs __init__: keep looking for its caller
             f = f.f_back
+        engine = self._engines[-1] if self._engines else None
+        site: tuple[str, int] | None = None
         if f is None or f.f_code in watched:
+            # No user frame made the call: a typed result's default factory that is the C function
+            # itself (``attrs.field(factory=time.time)``), called by the generated ``__init__``
+            # that cattrs runs while the engine applies a completion. The orchestration's own line
+            # is where it waits for that value (its yield); the generated frame is the fallback.
+            site = self._yield_site(engine)
             f = generated
-        if f is None:
-            return
+        if site is None:
+            if f is None:
+                return
+            site = (f.f_code.co_filename, f.f_lineno)
         if via_logging:
             label = "logging (use ctx.trace_info: replay-safe)"
-        engine = self._engines[-1] if self._engines else None
         orch = getattr(getattr(engine, "handler", None), "name", "?")
-        v = Violation(orch, label, f.f_code.co_filename, f.f_lineno)
+        v = Violation(orch, label, site[0], site[1])
         if v not in self.violations:
             self.violations.append(v)
