@@ -48,7 +48,7 @@ from .events import (
     WorkItem,
 )
 from .nondeterminism import _Divergence, describe_event, nondeterminism_message
-from .turn import LIMITS, TurnInput, TurnResult, child_instance_id
+from .turn import LIMITS, TurnInput, TurnResult, batch_start, child_instance_id
 
 __all__ = ["poison_turn"]
 
@@ -548,7 +548,7 @@ def poison_turn(
     instance shows as Failed, and notifies a parent."""
     from .events import to_dict
 
-    start = next((m for m in inp.messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
+    start = batch_start(inp.messages)  # (as the turn reads it: a ContinueAsNew beats a duplicate start)
     execution_id = inp.execution_id
     history = list(inp.history)
     if isinstance(start, ContinueAsNew) and any(isinstance(e, OrchestrationContinuedAsNew) for e in history):

@@ -87,7 +87,7 @@ from .events import (
 from .finalize import _corrupt, _finish, _reconcile_dropped, poison_turn
 from .nondeterminism import _Divergence, describe_action, describe_event, nondeterminism_message
 from .registry import Registry
-from .turn import LIMITS, TurnInput, TurnResult, _Builder
+from .turn import LIMITS, TurnInput, TurnResult, _Builder, batch_start
 
 __all__ = [
     "TurnInput",
@@ -333,20 +333,8 @@ def _execute_turn(
     ``inspect`` (a list) receives the turn's engine, for tools that report where in the code
     something happened (:mod:`.verify`)."""
     history: Sequence[HistoryEvent] = inp.history
-    start: StartOrchestration | ContinueAsNew | None = None
-    rest: list[WorkItem] = []
-    for msg in inp.messages:
-        if isinstance(msg, (StartOrchestration, ContinueAsNew)):
-            # One start item per batch; later ones are ignored (SPEC §3.2) - except that a
-            # ContinueAsNew beats a StartOrchestration queued before it: that is a duplicate
-            # start of the existing instance (a client's "ensure started" retry, a detached
-            # start onto an actor) which arrived while the continue-as-new turn held the lock.
-            # Taking it as the batch's start dropped the ContinueAsNew and stranded the
-            # instance between executions (the reference ignores the duplicate start).
-            if start is None or (type(msg) is ContinueAsNew and type(start) is StartOrchestration):
-                start = msg
-            continue
-        rest.append(msg)
+    start = batch_start(inp.messages)  # (one start item per batch: SPEC §3.2, see batch_start)
+    rest: list[WorkItem] = [msg for msg in inp.messages if not isinstance(msg, (StartOrchestration, ContinueAsNew))]
 
     # A history the cache vouches for was produced by a committed non-terminal turn of ours, so
     # the O(history) scan for a terminal event can be skipped. Otherwise one pass over the

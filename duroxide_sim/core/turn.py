@@ -11,12 +11,33 @@ import attrs
 from .events import (
     ENGINE_VERSION,
     ActivityExecute,
+    ContinueAsNew,
     ErrorDetails,
     HistoryEvent,
+    StartOrchestration,
     WorkItem,
 )
 
-__all__ = ["TurnInput", "TurnResult", "LIMITS", "child_instance_id"]
+__all__ = ["TurnInput", "TurnResult", "LIMITS", "child_instance_id", "batch_start"]
+
+
+def batch_start(messages: Sequence[WorkItem]) -> StartOrchestration | ContinueAsNew | None:
+    """The batch's start item (SPEC §3.2): the first StartOrchestration or ContinueAsNew; later
+    ones are ignored - except that a ContinueAsNew beats a StartOrchestration queued before it.
+    That StartOrchestration is a duplicate start of the existing instance (a client's "ensure
+    started" retry, a detached start onto an actor) which arrived while the continue-as-new
+    turn held the lock; taking it as the batch's start dropped the ContinueAsNew and stranded
+    the instance between executions (the reference ignores the duplicate start). The turn and
+    the poison path read the batch the same way."""
+    start: StartOrchestration | ContinueAsNew | None = None
+    for msg in messages:
+        kind = type(msg)
+        if kind is ContinueAsNew:
+            if start is None or type(start) is StartOrchestration:
+                start = msg
+        elif kind is StartOrchestration and start is None:
+            start = msg
+    return start
 
 
 

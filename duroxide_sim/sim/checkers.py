@@ -204,11 +204,11 @@ def check_lock_fencing(result: SimResult) -> tuple[list[tuple[str, str, int]], l
     fetch gets a second committed turn is an older fetch's turn committing after it). A turn is
     paired with the fetch it used by following each node's fetched items as the harness
     holds them: a turn takes the node's oldest item unless a reorder fault fired at its step; a
-    crash drops the node's items. Where the trace cannot say which item was taken (a fired
-    reorder, or a turn that raised and left no ``orch_turn`` record: ``provider_error`` /
-    ``replay_divergence``, while the node held two items of the instance), the turn is taken to
-    have used the node's newest item when it committed (the oldest when it did not): no
-    verdict rests on a guess. Turns whose ack failed (no result) are never reported - among
+    turn that raised (``provider_error`` / ``replay_divergence``, which name the node and the
+    instance it ``turned``) used one up the same way; a crash drops the node's items. Where the
+    trace cannot say which item was taken (a fired reorder), the turn is taken to have used the
+    node's newest item when it committed (the oldest when it did not), and a raised turn's
+    instance is not judged on that node any more: no verdict rests on a guess. Turns whose ack failed (no result) are never reported - among
     them the lock-lost acks of taken-over locks, and acks that committed and then reported
     failure (retried, such an ack finds its token used up).
 
@@ -280,7 +280,18 @@ def check_lock_fencing(result: SimResult) -> tuple[list[tuple[str, str, int]], l
             if rec["kind"] == "reorder":
                 reorder_at = rec["step"]
         elif op == "replay_divergence" or (op == "provider_error" and rec.get("action") == "orch_turn"):
-            unrecorded_at = rec["step"]
+            # A turn that raised took an item too: the node's oldest unless a reorder fault fired
+            # at its step. Without that removal the used-up fetch stayed held, every later turn of
+            # the instance on the node paired with the fetch before its own, and the committed one
+            # was reported as stale (an abandon that committed and then reported an error, found
+            # by the generated versioning probe).
+            mine = held.get(rec.get("node"), {}).get(rec.get("turned"))
+            if mine and (len(mine) == 1 or reorder_at != rec["step"]):
+                mine.pop(0)
+            elif mine:
+                mine.clear()  # (which of several a reorder took is unknown: no later verdict on them)
+            elif rec.get("turned") is None:
+                unrecorded_at = rec["step"]  # (a record that does not say: the pairing stays cautious)
     return stale, cancelled
 
 
@@ -380,9 +391,12 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
         got_out = result.outputs()
         for inst, got in got_out.items():
             want = ref_out.get(inst)
-            if got[0] == "Failed" and str(got[1]).startswith("poison:") and want is not None and not str(want[1]).startswith("poison:"):
+            if got[0] == "Failed" and str(got[1]).startswith("poison:") and want is not None and got != want:
                 # The faults used up the retry budget (max_attempts deliveries): the runtime's
                 # documented answer to repeated failure, not a workflow bug. Counted, not failed.
+                # Also when the fault-free outcome is itself a poison, another one (an instance
+                # that backs off on a missing version until it is poisoned, whose activity the
+                # faults poisoned first; found by the generated versioning probe).
                 result.budget_exhausted.append(inst)
         # A poisoned instance stopped half-way, so the world (and every instance that reads it
         # later) may differ from the fault-free run without any bug: the twin is no longer a

@@ -450,6 +450,7 @@ class _Run:
         # scheduler calls it once per step, so it skips randrange's argument checks.
         self._below = self.rng._randbelow
         self._act_client: tuple[Any, ...] = ("client", None, self._client_step)
+        self._turned: str | None = None  # the instance of the last item an orch_turn step took
         self.inner = sim._make_provider(self.clock)
         if self.active_kinds.intersection(_STORAGE_FAULTS):
             self.provider = FaultyProvider(self.inner, self._decide, on_fault=self._on_fault)
@@ -689,11 +690,16 @@ class _Run:
                 # The live turn and a from-scratch replay of it disagree (verify_cache): the
                 # turn is not committed; its lock expires and it is retried.
                 self.divergences.append((self.step, getattr(exc, "instance_id", None), str(exc)))
-                self._log("replay_divergence", instance=getattr(exc, "instance_id", None), error=str(exc)[:300])
+                self._log("replay_divergence", instance=getattr(exc, "instance_id", None), error=str(exc)[:300],
+                          node=act[1].name, turned=self._turned)
             except ProviderError as exc:
                 # A provider failure escaping a step is what a real dispatcher loop would log and
-                # back off from; the step is simply lost.
-                self._log("provider_error", action=act[0], error=str(exc))
+                # back off from; the step is simply lost. A turn's names the item it took (the
+                # node's, by instance: the lock checker must know which fetch it used up).
+                if act[0] == "orch_turn":
+                    self._log("provider_error", action=act[0], error=str(exc), node=act[1].name, turned=self._turned)
+                else:
+                    self._log("provider_error", action=act[0], error=str(exc))
             if self.check_invariants is not None and self.step >= self.next_invariant_check:
                 walked = self.check_invariants()  # the provider's own _check(): fails loudly on corruption
                 extra = walked // _INVARIANT_WORK_PER_STEP if isinstance(walked, int) else 0
@@ -775,6 +781,7 @@ class _Run:
     def _orch_turn(self, node: _Node) -> None:
         items = node.orch_items
         item = items.pop(self._pick(items) if len(items) > 1 else 0)
+        self._turned = item.instance  # (named by the error record if the turn raises)
         result = node.runtime.orchestration_dispatcher.process(item)
         self.trace._records.append({
             "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "orch_turn", "node": node.name,
