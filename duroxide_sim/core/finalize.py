@@ -11,6 +11,7 @@ from .context import (
 )
 from .engine import _Engine
 from .events import (
+    TERMINAL_EVENTS,
     ActivityCancelRequested,
     ActivityCompleted,
     ActivityExecute,
@@ -51,8 +52,6 @@ from .nondeterminism import _Divergence, describe_event, nondeterminism_message
 from .turn import LIMITS, TurnInput, TurnResult, batch_start, child_instance_id
 
 __all__ = ["poison_turn"]
-
-_ENDINGS = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
 
 
 
@@ -554,7 +553,7 @@ def poison_turn(
     if isinstance(start, ContinueAsNew) and any(isinstance(e, OrchestrationContinuedAsNew) for e in history):
         # A poisoned continue-as-new fails the *new* execution; the old one stays ContinuedAsNew.
         execution_id, history = inp.execution_id + 1, []
-    elif history_error is None and any(isinstance(e, _ENDINGS) for e in history):
+    elif history_error is None and any(isinstance(e, TERMINAL_EVENTS) for e in history):
         # The execution has ended (Completed / Failed - a cancel too - or ContinuedAsNew with no
         # next execution to start in this batch): its late messages are discarded however often
         # they were delivered (SPEC §3.1 step 3, §3.12), as on any other fetch. Poisoning here

@@ -208,9 +208,10 @@ def check_lock_fencing(result: SimResult) -> tuple[list[tuple[str, str, int]], l
     instance it ``turned``) used one up the same way; a crash drops the node's items. Where the
     trace cannot say which item was taken (a fired reorder), the turn is taken to have used the
     node's newest item when it committed (the oldest when it did not), and a raised turn's
-    instance is not judged on that node any more: no verdict rests on a guess. Turns whose ack failed (no result) are never reported - among
-    them the lock-lost acks of taken-over locks, and acks that committed and then reported
-    failure (retried, such an ack finds its token used up).
+    instance is not judged on that node any more: no verdict rests on a guess. Turns whose ack
+    failed (no result) are never reported - among them the lock-lost acks of taken-over locks,
+    and acks that committed and then reported failure (retried, such an ack finds its token
+    used up).
 
     *No completion for a cancelled-and-deleted activity.* A committed turn whose delta holds an
     ``ActivityCancelRequested`` deleted that activity's work item in its ack; a worker ack of the
