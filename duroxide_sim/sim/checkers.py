@@ -331,7 +331,7 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
                          inst, _step_of(result, inst, ev.event_id))
             if complete_from is None or exe < complete_from:
                 continue
-            problem = verify_execution(inst, exe, events, result.registry, snaps.get(exe))
+            problem = verify_execution(inst, exe, events, result.registry_for(inst, exe, events), snaps.get(exe))
             if problem is not None:
                 fail("determinism", f"replay from scratch diverged: {problem}", inst, _step_of(result, inst))
     # 8. one committed turn per fetch and 9. no completion for a cancelled-and-deleted activity

@@ -173,7 +173,11 @@ class SimResult:
     statuses: dict[str, Any]
     world: ExternalWorld
     quiescent: bool
+    #: The first booted process's registry (the spec's code as set up at the start).
     registry: Any
+    #: ``(instance, execution) -> registries`` of the processes that committed its turns, in
+    #: commit order; see :meth:`registry_for`.
+    writers: dict[tuple[str, int], tuple[Any, ...]] = attrs.Factory(dict)
     failures: list[Failure] = attrs.Factory(list)
     crash_reports: list[str] = attrs.Factory(list)
     #: Instances that failed with poison because faults exhausted max_attempts deliveries.
@@ -191,6 +195,16 @@ class SimResult:
     #: judges an instance of such a run only when neither holds anything for it.
     queued: dict[str, list[Any]] | None = None
     to_come: frozenset[str] = frozenset()
+
+    def registry_for(self, instance: str, execution_id: int, history: Any = ()) -> Any:
+        """The registry to replay an execution with: that of the last process that committed one
+        of its turns and registers the history's orchestration version (a spec may model a code
+        upgrade by registering other versions in a restarted process), else :attr:`registry`."""
+        first = history[0] if history else None
+        for registry in reversed(self.writers.get((instance, execution_id), ())):
+            if first is None or registry.resolve(getattr(first, "name", None), getattr(first, "version", None)) is not None:
+                return registry
+        return self.registry
 
     def settled(self, instance: str) -> bool:
         """Nothing can move ``instance`` any more: the run went quiet, or it stopped with nothing
@@ -458,6 +472,10 @@ class _Run:
             self.provider = self.inner  # no storage fault can fire: skip the wrapper
         self.options = self.spec.options or RuntimeOptions()
         self.registry = None
+        #: ``(instance, execution) -> registries`` of the processes that committed its turns, in
+        #: commit order (consecutive repeats once): the code that wrote each history, which the
+        #: determinism checker replays it with (a restarted process may register other versions).
+        self.writers: dict[tuple[str, int], list[Any]] = {}
         self.nodes = [self._boot(i) for i in range(sim.n_nodes)]
         self.client = Client(self.provider, clock=self.clock, sleep=lambda ms: None)
         if twin_of is not None:
@@ -783,6 +801,14 @@ class _Run:
         item = items.pop(self._pick(items) if len(items) > 1 else 0)
         self._turned = item.instance  # (named by the error record if the turn raises)
         result = node.runtime.orchestration_dispatcher.process(item)
+        if result is not None and result.delta:
+            key = (item.instance, result.execution_id)
+            written = self.writers.get(key)
+            registry = node.runtime.registry
+            if written is None:
+                self.writers[key] = [registry]
+            elif written[-1] is not registry:
+                written.append(registry)
         self.trace._records.append({
             "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "orch_turn", "node": node.name,
             "instance": item.instance, "result": None if result is None else result.kind,
@@ -882,6 +908,7 @@ class _Run:
             world=self.world,
             quiescent=quiescent,
             registry=self.registry,
+            writers={key: tuple(regs) for key, regs in self.writers.items()},
             crash_reports=self.crash_reports,
             divergences=self.divergences,
             realized=self.realized,
