@@ -69,7 +69,7 @@ _NO_CRUMBS: frozenset[tuple[type, int | None]] = frozenset()
 
 def _reconcile_dropped(
     engine: _Engine, history: list[HistoryEvent], delta: list[HistoryEvent], add: Any, *, warm: bool = False,
-    walked_from: int = 0,
+    walked_from: int = 0, walked_to: int | None = None,
 ) -> None:
     """SPEC §3.10: check persisted dropped-future breadcrumbs, then add missing ones.
 
@@ -78,7 +78,13 @@ def _reconcile_dropped(
     *caught-up* engine (``walked_from`` > 0: cached from an earlier turn, it replayed
     ``history[walked_from:]`` this turn) knows the breadcrumbs before ``walked_from`` the same
     way; the persisted ones from ``walked_from`` on are checked like a cold replay checks them,
-    against the futures it dropped this turn."""
+    against the futures it dropped this turn.
+
+    ``walked_to``: where in ``history`` the walk stopped because the code returned (SPEC §3.4
+    step 2: the rest of the history is ignored). Breadcrumbs there are not compared with the
+    code's drops: they belong to steps the code did not reach in this walk - in a replay of a
+    finished history, the last turn's own drops of work the code asked for just before it
+    returned (a race's losing retry re-scheduled in the turn the race was won)."""
     if warm and not engine.dropped:
         return  # nothing persisted to check, nothing dropped to record (the common turn)
     crumb_types = _CRUMB_TYPES
@@ -91,10 +97,12 @@ def _reconcile_dropped(
     existing: set[tuple[type, int | None]] = set()
     persisted_dropped: dict[type, set[int]] = {}
     if not warm:
-        for e in history[walked_from:] if walked_from else history:
+        end = len(history) if walked_to is None else walked_to
+        for at in range(walked_from, len(history)):
+            e = history[at]
             if isinstance(e, crumb_classes):
                 existing.add((type(e), e.source_event_id))
-                if e.reason == "dropped_future":  # type: ignore[attr-defined]
+                if e.reason == "dropped_future" and at < end:  # type: ignore[attr-defined]
                     persisted_dropped.setdefault(type(e), set()).add(e.source_event_id)  # type: ignore[arg-type]
     for e in delta:
         if isinstance(e, crumb_classes):

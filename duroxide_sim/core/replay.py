@@ -541,8 +541,11 @@ def _execute_turn(
         # reconciliation (no `dropped_future` breadcrumbs, no child cancelled for a dropped
         # future); what is still open gets the end-of-execution breadcrumbs instead (§3.9).
         return _finish(engine, history, delta, add, ("can", engine.can), base, ran_code=True)
+    # (the walk may have stopped inside the persisted history: the code returned first)
+    walked_to = len(history) - max(0, engine.unwalked - (len(events) - persisted)) if engine.unwalked else None
     try:
-        _reconcile_dropped(engine, history, delta, add, warm=warm is not None, walked_from=0 if warm is not None else walked_from)
+        _reconcile_dropped(engine, history, delta, add, warm=warm is not None, walked_from=0 if warm is not None else walked_from,
+                           walked_to=walked_to)
     except _Divergence as div:
         return _finish(engine, history, delta, add, ("failed", ConfigurationErrorDetails(message=str(div))), base, ran_code=False)
     # What the engine has walked or written once this turn commits, breadcrumbs included (a
