@@ -331,9 +331,15 @@ def _check(sim: Simulation, result: SimResult, reference: SimResult | None, sand
                          inst, _step_of(result, inst, ev.event_id))
             if complete_from is None or exe < complete_from:
                 continue
-            problem = verify_execution(inst, exe, events, result.registry_for(inst, exe, events), snaps.get(exe))
-            if problem is not None:
-                fail("determinism", f"replay from scratch diverged: {problem}", inst, _step_of(result, inst))
+            codes = result.replay_registries(inst, exe, events)
+            for process, registry in codes:
+                problem = verify_execution(inst, exe, events, registry, snaps.get(exe))
+                if problem is not None:
+                    # (several codes wrote this history - a rolling deploy, a restart that changed
+                    # code: name the process whose code does not replay it)
+                    whose = f" (with the code of process {process})" if len(codes) > 1 else ""
+                    fail("determinism", f"replay from scratch diverged{whose}: {problem}", inst, _step_of(result, inst))
+                    break
     # 8. one committed turn per fetch and 9. no completion for a cancelled-and-deleted activity
     for message, inst, step in stale_turns:
         fail("one_turn_per_fetch", message, inst, step)

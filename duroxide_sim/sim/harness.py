@@ -161,6 +161,42 @@ class Failure:
         return text + (f"\nreproduce: {self.repro}" if self.repro else "")
 
 
+def _code_key(fn: Any, depth: int = 0) -> tuple[Any, ...]:
+    """What makes a handler's code: its code object and what its closure holds - values of
+    plain types by value, functions by their own key (a few levels deep), anything else by
+    identity. Every simulated process runs in one interpreter, so module code and globals are
+    shared; two processes' handlers differ only through what ``setup`` closed over (a flag, a
+    per-process object). An equal key means the same code for certain; a different key may
+    still be the same code (a closure over a per-process object), which costs one more replay."""
+    f = getattr(fn, "__func__", fn)
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return ("obj", fn)
+    cells: list[tuple[Any, ...]] = []
+    for cell in f.__closure__ or ():
+        try:
+            v = cell.cell_contents
+        except ValueError:  # an empty cell
+            cells.append(("empty",))
+            continue
+        if v is None or type(v) in (bool, int, float, str, bytes):
+            cells.append(("v", type(v).__name__, v))
+        elif depth < 3 and hasattr(getattr(v, "__func__", v), "__code__"):
+            cells.append(("f", _code_key(v, depth + 1)))
+        else:
+            cells.append(("o", v))
+    return ("fn", code, tuple(cells))
+
+
+def _same_key(a: Any, b: Any) -> bool:
+    """Keys compared element by element, objects by identity (no user ``__eq__`` runs)."""
+    if type(a) is tuple and type(b) is tuple:
+        return len(a) == len(b) and all(_same_key(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) in (bool, int, float, str, bytes) or a is None:
+        return type(a) is type(b) and a == b
+    return a is b
+
+
 @attrs.define(kw_only=True)
 class SimResult:
     seed: int
@@ -175,9 +211,9 @@ class SimResult:
     quiescent: bool
     #: The first booted process's registry (the spec's code as set up at the start).
     registry: Any
-    #: ``(instance, execution) -> registries`` of the processes that committed its turns, in
-    #: commit order; see :meth:`registry_for`.
-    writers: dict[tuple[str, int], tuple[Any, ...]] = attrs.Factory(dict)
+    #: ``(instance, execution) -> ((process name, registry), ...)`` of the processes that
+    #: committed its turns, in commit order; see :meth:`replay_registries`.
+    writers: dict[tuple[str, int], tuple[tuple[str, Any], ...]] = attrs.Factory(dict)
     failures: list[Failure] = attrs.Factory(list)
     crash_reports: list[str] = attrs.Factory(list)
     #: Instances that failed with poison because faults exhausted max_attempts deliveries.
@@ -196,15 +232,32 @@ class SimResult:
     queued: dict[str, list[Any]] | None = None
     to_come: frozenset[str] = frozenset()
 
-    def registry_for(self, instance: str, execution_id: int, history: Any = ()) -> Any:
-        """The registry to replay an execution with: that of the last process that committed one
-        of its turns and registers the history's orchestration version (a spec may model a code
-        upgrade by registering other versions in a restarted process), else :attr:`registry`."""
+    def replay_registries(self, instance: str, execution_id: int, history: Any = ()) -> list[tuple[str | None, Any]]:
+        """``(process name, registry)`` to replay an execution with: each process that committed
+        one of its turns and registers the history's orchestration version, once per distinct
+        handler code (:func:`_code_key`), the last writer first - any of them could have taken
+        the next turn, so each must replay the history (a rolling deploy that changes code in
+        place is caught here; an upgrade that adds versions is not a finding). Without such a
+        writer: ``[(None, registry)]``, the first booted process's."""
         first = history[0] if history else None
-        for registry in reversed(self.writers.get((instance, execution_id), ())):
-            if first is None or registry.resolve(getattr(first, "name", None), getattr(first, "version", None)) is not None:
-                return registry
-        return self.registry
+        name, version = getattr(first, "name", None), getattr(first, "version", None)
+        out: list[tuple[str | None, Any]] = []
+        seen: list[Any] = []
+        for process, registry in reversed(self.writers.get((instance, execution_id), ())):
+            handler = registry.resolve(name, version) if first is not None else None
+            if handler is None:
+                continue
+            key = _code_key(handler.fn)
+            if any(_same_key(key, k) for k in seen):
+                continue
+            seen.append(key)
+            out.append((process, registry))
+        return out or [(None, self.registry)]
+
+    def registry_for(self, instance: str, execution_id: int, history: Any = ()) -> Any:
+        """The registry of the last process that committed a turn of the execution and registers
+        its version (see :meth:`replay_registries`), else :attr:`registry`."""
+        return self.replay_registries(instance, execution_id, history)[0][1]
 
     def settled(self, instance: str) -> bool:
         """Nothing can move ``instance`` any more: the run went quiet, or it stopped with nothing
@@ -472,10 +525,11 @@ class _Run:
             self.provider = self.inner  # no storage fault can fire: skip the wrapper
         self.options = self.spec.options or RuntimeOptions()
         self.registry = None
-        #: ``(instance, execution) -> registries`` of the processes that committed its turns, in
-        #: commit order (consecutive repeats once): the code that wrote each history, which the
-        #: determinism checker replays it with (a restarted process may register other versions).
-        self.writers: dict[tuple[str, int], list[Any]] = {}
+        #: ``(instance, execution) -> [(process name, registry)]`` of the processes that committed
+        #: its turns, in commit order (consecutive repeats once): the code that wrote each history,
+        #: which the determinism checker replays it with (a restarted process runs ``setup`` again
+        #: and may register other code: an upgrade, or a rolling deploy).
+        self.writers: dict[tuple[str, int], list[tuple[str, Any]]] = {}
         self.nodes = [self._boot(i) for i in range(sim.n_nodes)]
         self.client = Client(self.provider, clock=self.clock, sleep=lambda ms: None)
         if twin_of is not None:
@@ -806,9 +860,9 @@ class _Run:
             written = self.writers.get(key)
             registry = node.runtime.registry
             if written is None:
-                self.writers[key] = [registry]
-            elif written[-1] is not registry:
-                written.append(registry)
+                self.writers[key] = [(f"{node.name}, incarnation {node.incarnation}", registry)]
+            elif written[-1][1] is not registry:
+                written.append((f"{node.name}, incarnation {node.incarnation}", registry))
         self.trace._records.append({
             "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "orch_turn", "node": node.name,
             "instance": item.instance, "result": None if result is None else result.kind,
@@ -908,7 +962,7 @@ class _Run:
             world=self.world,
             quiescent=quiescent,
             registry=self.registry,
-            writers={key: tuple(regs) for key, regs in self.writers.items()},
+            writers={key: tuple(w) for key, w in self.writers.items()},
             crash_reports=self.crash_reports,
             divergences=self.divergences,
             realized=self.realized,

@@ -2,10 +2,12 @@
 
 A simulated process that restarts runs ``SimSpec.setup`` again, so a spec can model a code
 upgrade: the restarted process registers versions its first incarnation did not have. The
-from-scratch replay of the determinism checker must then use a registry that has the history's
-version (the registry of a process that committed turns of that execution), not the first
-booted process's registry: that one lacks the upgrade's versions and would report every
-upgraded execution as "not registered" - a finding about the harness, not the workflow.
+from-scratch replay of the determinism checker must then use the registries of the processes
+that committed turns of that execution (each that has the history's version, once per distinct
+code), not the first booted process's registry: that one lacks the upgrade's versions and would
+report every upgraded execution as "not registered" - a finding about the harness, not the
+workflow. A restart that changes a version's code in place (a rolling deploy) is still found:
+every writer's code must replay the history, and the failure names the process.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def test_an_execution_started_on_upgraded_code_is_replayed_with_that_code() -> N
 def test_registry_for_picks_a_writer_that_has_the_version() -> None:
     result = run_and_check(Simulation(_spec(), 3, _crash_once(), nodes=1))
     early, late = result.histories["early"][1], result.histories["late"][1]
-    assert len(result.writers[("early", 1)]) == 2  # both incarnations committed turns of it
+    assert [w[0] for w in result.writers[("early", 1)]] == ["n0, incarnation 0", "n0, incarnation 1"]
+    # (the same 1.0.0 code in both processes: replayed once)
+    assert [p for p, _ in result.replay_registries("early", 1, early)] == ["n0, incarnation 1"]
     for inst, history in (("early", early), ("late", late)):
         registry = result.registry_for(inst, 1, history)
         assert registry.resolve("Up", history[0].version) is not None
@@ -106,4 +110,32 @@ def test_a_nondeterministic_upgrade_is_still_reported() -> None:
     assert result.histories["late"][1][0].version == "2.0.0"
     assert not any("not registered" in f.message for f in result.failures), [f.render() for f in result.failures]
     assert any(f.checker == "determinism" and f.instance == "late" for f in result.failures), \
+        [f.render() for f in result.failures]
+
+
+def test_code_changed_in_place_by_a_restart_is_reported_naming_the_process() -> None:
+    """A rolling deploy: the restarted process registers *the same version* with other code (one
+    more step). A history both processes wrote must replay with each one's code; the old code
+    does not replay what the new code wrote, and the failure says whose code it was."""
+    def setup(rt: Any, world: Any) -> None:
+        rt.register_activity("Inc", lambda ctx, x: x + 1)
+        extra = _incarnation(rt) > 0
+
+        def run(ctx: Any, x: int) -> Any:
+            x = yield ctx.schedule_activity("Inc", x)
+            yield ctx.schedule_timer(60_000)
+            if extra:  # the new build's extra step, under the old version number
+                x = yield ctx.schedule_activity("Inc", x)
+            x = yield ctx.schedule_activity("Inc", x)
+            return x
+
+        rt.register_orchestration_versioned("Up", "1.0.0", run)
+
+    spec = SimSpec(name="rolling-deploy", setup=setup, starts=[Start(instance="i", orchestration="Up", input=0)],
+                   fault_transparent=False)
+    result = run_and_check(Simulation(spec, 3, FaultPlan.scripted([(6, "crash")], until_ms=30_000), nodes=1))
+    assert [w[0] for w in result.writers[("i", 1)]] == ["n0, incarnation 0", "n0, incarnation 1"]
+    assert result.statuses["i"].output == 3  # the new code finished what the old one started
+    found = [f for f in result.failures if f.checker == "determinism"]
+    assert found and "(with the code of process n0, incarnation 0)" in found[0].message, \
         [f.render() for f in result.failures]
