@@ -170,7 +170,115 @@ def _strict_converter() -> Any:
         return hook
 
     conv.register_structure_hook_factory(is_record, record_factory)
+    _strict_unstructure(conv, is_record)
     return conv
+
+
+def _strict_unstructure(conv: Any, is_record: Any) -> None:
+    """Sending: cattrs unstructures a record's fields by their declared types, so a value of
+    another kind was silently reshaped (a ``str`` in a ``list[str]`` field went out as a list of
+    its letters, a dict as a list of its keys, a 3-tuple in a ``tuple[int, str]`` field was cut
+    to two items) or failed with cattrs' internal error (an enum field holding a plain string).
+    These hooks refuse such a value with what was declared, what was found and the field's name.
+    (Scalars are not checked here: an ``int`` field holding ``"5"`` is sent as it is, and the
+    receiver's strict structuring refuses it by name.)"""
+    import collections.abc as abc
+    import enum
+
+    from cattrs.cols import (
+        is_mapping,
+        is_sequence,
+        iterable_unstructure_factory,
+        make_hetero_tuple_unstructure_fn,
+        mapping_unstructure_factory,
+    )
+    from cattrs.gen import make_dict_unstructure_fn
+
+    def sequence_factory(tp: Any, c: Any) -> Any:
+        inner = iterable_unstructure_factory(tp, c)
+
+        def hook(value: Any) -> Any:
+            t = type(value)
+            if t is not list and t is not tuple and (
+                    isinstance(value, (str, bytes, bytearray)) or not isinstance(value, abc.Sequence)):
+                raise TypeError(f"expected a list or tuple for {_type_label(tp)}, got {_kind(value)}")
+            return inner(value)
+        return hook
+
+    def mapping_factory(tp: Any, c: Any) -> Any:
+        inner = mapping_unstructure_factory(tp, c)
+
+        def hook(value: Any) -> Any:
+            if not isinstance(value, abc.Mapping):
+                raise TypeError(f"expected a dict for {_type_label(tp)}, got {_kind(value)}")
+            return inner(value)
+        return hook
+
+    def is_fixed_tuple(tp: Any) -> bool:
+        args = typing.get_args(tp)
+        return typing.get_origin(tp) is tuple and bool(args) and not (len(args) == 2 and args[1] is Ellipsis)
+
+    def fixed_tuple_factory(tp: Any, c: Any) -> Any:
+        inner = make_hetero_tuple_unstructure_fn(tp, c)
+        n = len(typing.get_args(tp))
+
+        def hook(value: Any) -> Any:
+            if type(value) not in (list, tuple) or len(value) != n:
+                raise TypeError(f"expected {n} items for {_type_label(tp)}, got {_kind(value)}")
+            return inner(value)
+        return hook
+
+    def is_enum(tp: Any) -> bool:
+        return isinstance(tp, type) and issubclass(tp, enum.Enum)
+
+    def enum_factory(tp: Any, c: Any) -> Any:
+        def hook(value: Any) -> Any:
+            if not isinstance(value, tp):
+                raise TypeError(f"expected a {tp.__name__} member, got {_kind(value)}")
+            return c.unstructure(value.value)
+        return hook
+
+    def record_factory(tp: Any, c: Any) -> Any:
+        inner = make_dict_unstructure_fn(tp, c)
+
+        def hook(value: Any) -> Any:
+            try:
+                return inner(value)
+            except RecursionError:
+                raise  # (a circular value: encode() words it; probing its fields would recurse again)
+            except Exception as exc:  # noqa: BLE001 - named by field, then raised again
+                raise _field_error(c, tp, value, exc) from exc
+        return hook
+
+    conv.register_unstructure_hook_factory(is_sequence, sequence_factory)
+    conv.register_unstructure_hook_factory(is_mapping, mapping_factory)
+    conv.register_unstructure_hook_factory(is_fixed_tuple, fixed_tuple_factory)
+    conv.register_unstructure_hook_factory(is_enum, enum_factory)
+    conv.register_unstructure_hook_factory(is_record, record_factory)
+
+
+def _type_label(tp: Any) -> str:
+    text = repr(tp) if typing.get_args(tp) else getattr(tp, "__name__", repr(tp))
+    return text.replace("typing.", "")
+
+
+def _field_error(conv: Any, tp: type, value: Any, exc: Exception) -> Exception:
+    """``exc`` re-raised with the first field of ``value`` (a ``tp``) that does not unstructure
+    named in front (``Order.items: expected a list ...``; nested records chain the names)."""
+    import dataclasses
+
+    if type(value) is tp:
+        fields = attrs.fields(tp) if attrs.has(tp) else dataclasses.fields(tp)
+        try:
+            hints = typing.get_type_hints(tp)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: the declared ones
+            hints = {}
+        for f in fields:
+            try:
+                conv.unstructure(getattr(value, f.name), hints.get(f.name, f.type))
+            except Exception as inner:  # noqa: BLE001
+                return TypeError(f"{tp.__name__}.{f.name}: {inner}")
+    return exc
 
 
 def _numeric_key(key: Any, key_type: type) -> Any:
