@@ -713,6 +713,22 @@ def _circular() -> list[Any]:
     return loop
 
 
+def _context_refusals(ctx: Any, value: Any, expected: type[BaseException]) -> dict[str, str | None]:
+    """Each of CONTEXT_CALLS with ``value``: label -> the ``expected`` error's text, None when the
+    call accepted it, or ``unexpected ...`` for another error."""
+    said: dict[str, str | None] = {}
+    for label, (call, _where) in CONTEXT_CALLS.items():
+        try:
+            call(ctx, value)
+        except expected as exc:
+            said[label] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported
+            said[label] = f"unexpected {type(exc).__name__}: {exc}"
+        else:
+            said[label] = None
+    return said
+
+
 #: A value JSON cannot hold, the field type that declares it, and what the codec's error says.
 BAD_VALUES: dict[str, tuple[Any, Any, str]] = {
     "nan": (lambda: float("nan"), float, "Out of range float values are not JSON compliant"),
@@ -787,16 +803,7 @@ def bad_payload_setup(case: Case, bad: Any) -> Any:
         @rt.register_orchestration_typed("Sender")
         def sender(ctx: Any, x: P) -> dict[str, Any]:
             yield from store_good_values(ctx, x)
-            said: dict[str, str | None] = {}
-            for label, (call, _where) in CONTEXT_CALLS.items():
-                try:
-                    call(ctx, bad)
-                except SerializationError as exc:
-                    said[label] = str(exc)
-                except Exception as exc:  # noqa: BLE001 - reported
-                    said[label] = f"unexpected {type(exc).__name__}: {exc}"
-                else:
-                    said[label] = None
+            said = _context_refusals(ctx, bad, SerializationError)
             try:
                 yield ctx.schedule_activity("BadResult", None)
                 said["activity result"] = None
@@ -994,16 +1001,7 @@ def test_payloads_over_the_size_limits_fail_loudly_and_keep_what_was_stored(tmp_
     @rt.register_orchestration_typed("Sizes")
     def sizes(ctx: Any, b: Blob) -> dict[str, str | None]:
         yield from store_good_values(ctx, b)
-        said: dict[str, str | None] = {}
-        for label, (call, _where) in CONTEXT_CALLS.items():
-            try:
-                call(ctx, big)
-            except PayloadTooLargeError as exc:
-                said[label] = str(exc)
-            except Exception as exc:  # noqa: BLE001 - reported
-                said[label] = f"unexpected {type(exc).__name__}: {exc}"
-            else:
-                said[label] = None
+        said = _context_refusals(ctx, big, PayloadTooLargeError)
         try:
             yield ctx.schedule_activity("Huge", None)
             said["activity result"] = None

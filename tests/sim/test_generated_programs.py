@@ -35,6 +35,8 @@ from duroxide_sim.sim.checkers import run_and_check
 from duroxide_sim.sim.faults import FaultPlan
 from duroxide_sim.sim.harness import Signal, SimSpec, Simulation, Start
 
+from ._drive import drive
+
 M = 10_007
 DAY = 86_400_000
 ACTS = ("Inc", "Dbl", "Sq", "Bad")
@@ -233,18 +235,7 @@ def prog_gen(ctx: Any, inp: dict[str, Any]) -> Any:
 
 
 async def prog_async(ctx: Any, inp: dict[str, Any]) -> Any:
-    gen = body(ctx, inp)
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            task = gen.throw(error) if error is not None else gen.send(value)
-        except StopIteration as stop:
-            return stop.value
-        try:
-            value, error = await task, None
-        except Exception as exc:  # noqa: BLE001 - handed to the program, as a generator gets it
-            value, error = None, exc
+    return await drive(body(ctx, inp))
 
 
 def setup(rt: Any, world: Any) -> None:

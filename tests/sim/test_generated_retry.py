@@ -88,6 +88,8 @@ from duroxide_sim.sim.checkers import run_and_check
 from duroxide_sim.sim.faults import FaultPlan
 from duroxide_sim.sim.harness import SimSpec, Simulation, Start
 
+from ._drive import drive
+
 DAY = 86_400_000
 #: RuntimeOptions' default worker lock timeout (SPEC §1/§14): a lease whose worker crashed after
 #: running it is fetched again this long after it was fetched.
@@ -204,18 +206,7 @@ def r_gen(ctx: Any, prog: list[Any]) -> Any:
 
 
 async def r_async(ctx: Any, prog: list[Any]) -> Any:
-    gen = body(ctx, prog)
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            task = gen.throw(error) if error is not None else gen.send(value)
-        except StopIteration as stop:
-            return stop.value
-        try:
-            value, error = await task, None
-        except Exception as exc:  # noqa: BLE001 - handed to the program, as a generator gets it
-            value, error = None, exc
+    return await drive(body(ctx, prog))
 
 
 def setup(rt: Any, world: Any) -> None:
