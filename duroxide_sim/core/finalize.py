@@ -97,13 +97,18 @@ def _reconcile_dropped(
     existing: set[tuple[type, int | None]] = set()
     persisted_dropped: dict[type, set[int]] = {}
     if not warm:
-        end = len(history) if walked_to is None else walked_to
-        for at in range(walked_from, len(history)):
-            e = history[at]
+        if walked_to is None:
+            walked, unwalked = history[walked_from:] if walked_from else history, ()
+        else:
+            walked, unwalked = history[walked_from:walked_to], history[walked_to:]
+        for e in walked:
             if isinstance(e, crumb_classes):
                 existing.add((type(e), e.source_event_id))
-                if e.reason == "dropped_future" and at < end:  # type: ignore[attr-defined]
+                if e.reason == "dropped_future":  # type: ignore[attr-defined]
                     persisted_dropped.setdefault(type(e), set()).add(e.source_event_id)  # type: ignore[arg-type]
+        for e in unwalked:  # (past the stop: known breadcrumbs, not compared)
+            if isinstance(e, crumb_classes):
+                existing.add((type(e), e.source_event_id))
     for e in delta:
         if isinstance(e, crumb_classes):
             existing.add((type(e), e.source_event_id))

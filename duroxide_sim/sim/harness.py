@@ -212,7 +212,7 @@ class SimResult:
     #: The first booted process's registry (the spec's code as set up at the start).
     registry: Any
     #: ``(instance, execution) -> ((process name, registry), ...)`` of the processes that
-    #: committed its turns, in commit order; see :meth:`replay_registries`.
+    #: committed its turns, in boot order; see :meth:`replay_registries`.
     writers: dict[tuple[str, int], tuple[tuple[str, Any], ...]] = attrs.Factory(dict)
     failures: list[Failure] = attrs.Factory(list)
     crash_reports: list[str] = attrs.Factory(list)
@@ -235,7 +235,7 @@ class SimResult:
     def replay_registries(self, instance: str, execution_id: int, history: Any = ()) -> list[tuple[str | None, Any]]:
         """``(process name, registry)`` to replay an execution with: each process that committed
         one of its turns and registers the history's orchestration version, once per distinct
-        handler code (:func:`_code_key`), the last writer first - any of them could have taken
+        handler code (:func:`_code_key`), the latest booted first - any of them could have taken
         the next turn, so each must replay the history (a rolling deploy that changes code in
         place is caught here; an upgrade that adds versions is not a finding). Without such a
         writer: ``[(None, registry)]``, the first booted process's."""
@@ -377,6 +377,10 @@ class _Node:
         self.orch_idle = False
         self.work_idle = False
         self.incarnation = 0
+        #: ``(instance, execution)`` of every turn with events this incarnation committed: the code
+        #: that wrote each history, which the determinism checker replays it with (a restarted
+        #: process runs ``setup`` again and may register other code: an upgrade, a rolling deploy).
+        self.wrote: set[tuple[str, int]] = set()
         #: This incarnation's runnable-action tuples ``(kind, node, handler)``, built once by
         #: ``_Run._boot`` (the scheduler lists them every step).
         self.act_restart: tuple[Any, ...] = ()
@@ -525,11 +529,9 @@ class _Run:
             self.provider = self.inner  # no storage fault can fire: skip the wrapper
         self.options = self.spec.options or RuntimeOptions()
         self.registry = None
-        #: ``(instance, execution) -> [(process name, registry)]`` of the processes that committed
-        #: its turns, in commit order (consecutive repeats once): the code that wrote each history,
-        #: which the determinism checker replays it with (a restarted process runs ``setup`` again
-        #: and may register other code: an upgrade, or a rolling deploy).
-        self.writers: dict[tuple[str, int], list[tuple[str, Any]]] = {}
+        #: Every process incarnation booted, in boot order (each remembers the executions it
+        #: committed turns of: ``_Node.wrote``, read by ``_writers``).
+        self.booted: list[_Node] = []
         self.nodes = [self._boot(i) for i in range(sim.n_nodes)]
         self.client = Client(self.provider, clock=self.clock, sleep=lambda ms: None)
         if twin_of is not None:
@@ -634,6 +636,7 @@ class _Run:
             self.registry = rt.registry
         node = _Node(index, rt)
         node.incarnation = incarnation
+        self.booted.append(node)
         node.act_restart = ("restart", node, self._restart_step)
         node.act_orch_fetch = ("orch_fetch", node, self._orch_fetch)
         node.act_orch_turn = ("orch_turn", node, self._orch_turn)
@@ -856,13 +859,7 @@ class _Run:
         self._turned = item.instance  # (named by the error record if the turn raises)
         result = node.runtime.orchestration_dispatcher.process(item)
         if result is not None and result.delta:
-            key = (item.instance, result.execution_id)
-            written = self.writers.get(key)
-            registry = node.runtime.registry
-            if written is None:
-                self.writers[key] = [(f"{node.name}, incarnation {node.incarnation}", registry)]
-            elif written[-1][1] is not registry:
-                written.append((f"{node.name}, incarnation {node.incarnation}", registry))
+            node.wrote.add((item.instance, result.execution_id))
         self.trace._records.append({
             "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "orch_turn", "node": node.name,
             "instance": item.instance, "result": None if result is None else result.kind,
@@ -962,13 +959,22 @@ class _Run:
             world=self.world,
             quiescent=quiescent,
             registry=self.registry,
-            writers={key: tuple(w) for key, w in self.writers.items()},
+            writers=self._writers(),
             crash_reports=self.crash_reports,
             divergences=self.divergences,
             realized=self.realized,
             queued=None if quiescent else self._queued(),
             to_come=frozenset(op.instance for op in self.pending),
         )
+
+    def _writers(self) -> dict[tuple[str, int], tuple[tuple[str, Any], ...]]:
+        """``(instance, execution) -> ((process, registry), ...)`` in boot order, sorted by key."""
+        out: dict[tuple[str, int], list[tuple[str, Any]]] = {}
+        for node in self.booted:
+            label = f"{node.name}, incarnation {node.incarnation}"
+            for key in sorted(node.wrote):
+                out.setdefault(key, []).append((label, node.runtime.registry))
+        return {key: tuple(out[key]) for key in sorted(out)}
 
     def _queued(self) -> dict[str, list[Any]] | None:
         """What the store still holds by instance, leaving out activity items no simulated
