@@ -300,7 +300,7 @@ class _Engine:
         "pos_arrivals", "q_subs", "q_buffer", "settled", "dropped", "schedules", "completed", "crumbs",
         "cancel_reason", "last_event_id", "history_len", "can", "kv", "custom_status", "is_replaying", "logs",
         "output", "events", "cursor", "stack", "waiting", "started_code", "requested_versions", "ctx",
-        "input_text", "started_ms", "root_frame", "unwalked", "fibers", "lingering",
+        "input_text", "started_ms", "root_frame", "unwalked", "fibers",
     )
 
     def __init__(self, inp: TurnInput, handler: Handler, started: OrchestrationStarted, execution_id: int) -> None:
@@ -319,12 +319,6 @@ class _Engine:
         # active subscription of a name receives its n-th arrival (SPEC §6.1, §6.2).
         self.pos_subs: dict[str, list[_Slot]] = _NO_MAP  # type: ignore[assignment]
         self.pos_arrivals: dict[str, list[str]] = _NO_MAP  # type: ignore[assignment]
-        # Positional waits the code dropped whose ExternalSubscribed is in history but whose
-        # cancellation breadcrumb is not yet (event id -> name): SPEC §6.1 counts them active
-        # for the arrival rule until the breadcrumb's position (written when the turn ends), so
-        # an event in the same batch as the step that dropped them still joins the arrivals
-        # (it used to be audit-only: lost). They pair with nothing (left out of pos_subs).
-        self.lingering: dict[int, str] = _NO_MAP  # type: ignore[assignment]
         self.q_subs: dict[str, list[_Slot]] = _NO_MAP  # type: ignore[assignment]
         self.q_buffer: dict[str, list[tuple[int, str]]] = _NO_MAP  # type: ignore[assignment]  # (event_id, data)
         # (kind, name) -> w: the first w active subscriptions of the name are all done, so a
@@ -380,17 +374,6 @@ class _Engine:
         if self.crumbs is _NO_SET:
             self.crumbs = set()
         self.crumbs.add((cls, source_id))
-        if self.lingering and cls is ExternalSubscribedCancelled:
-            self.lingering.pop(source_id, None)  # type: ignore[arg-type]
-
-    def _linger(self, slot: _Slot) -> None:
-        """A dropped positional wait with a persisted subscription: active for arrivals until
-        its breadcrumb (see ``lingering``)."""
-        if (ExternalSubscribedCancelled, slot.event_id) in self.crumbs:
-            return
-        if self.lingering is _NO_MAP:
-            self.lingering = {}
-        self.lingering[slot.event_id] = slot.name  # type: ignore[index]
 
     def request_version(self, event_id: int, version: str | None) -> None:
         if self.requested_versions is _NO_MAP:
@@ -775,8 +758,6 @@ class _Engine:
             return
         if slot.kind in ("wait", "queue"):
             self._cancel_sub(slot)
-            if slot.kind == "wait" and slot.event_id is not None:
-                self._linger(slot)
         self.dropped.append(slot)
 
     def _cancel_sub(self, slot: _Slot) -> None:
@@ -884,13 +865,11 @@ class _Engine:
                     self.kv[ev.key] = (ev.value, ev.last_updated_at_ms)  # Recommend: recorded ts
             return False
         if isinstance(ev, ExternalEvent):
-            active = len(self.pos_subs.get(ev.name, ()))
-            if self.lingering:
-                active += sum(1 for name in self.lingering.values() if name == ev.name)
+            active = self.pos_subs.get(ev.name, ())
             if self.pos_arrivals is _NO_MAP:
                 self.pos_arrivals = {}
             arrivals = self.pos_arrivals.setdefault(ev.name, [])
-            if active > len(arrivals):
+            if len(active) > len(arrivals):
                 arrivals.append(ev.data)
                 self._settle_positional(ev.name)
                 return True
@@ -925,11 +904,7 @@ class _Engine:
             subs = self.pos_subs.setdefault(ev.name, [])
             if not slot.cancelled:
                 subs.append(slot)
-            elif slot.dropped:
-                self._linger(slot)  # (dropped before its subscription was written)
             self._settle_positional(ev.name)
-            # (an arrival that joined while a dropped wait lingered may be waiting for it)
-            return slot.done
         elif isinstance(ev, QueueSubscribed):
             if self.q_subs is _NO_MAP:
                 self.q_subs = {}

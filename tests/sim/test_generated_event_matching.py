@@ -53,11 +53,12 @@ seed, same trace bytes; (d) production ``Runtime`` on ``InMemoryProvider`` and a
 signals go first, then the starts): the oracle holds on the histories read from the provider,
 the instances complete, and lone pre-start enqueues are dropped.
 
-Found and fixed with it (``test_positional_event_after_a_lost_race_joins_the_arrivals``): a
-positional event in the same batch as, and after, the timer that beat a wait on its name was lost
-instead of going to the next wait; SPEC §6.1 counts the dropped subscription active until its
-breadcrumb. The engine now lets such a dropped wait linger for the arrival rule
-(``_Engine.lingering``).
+The oracle reads §6.1's "active (non-cancelled)" as the reference does: a positional wait the
+code drops (a race it lost) is cancelled from the poll that dropped it, not from its breadcrumb
+(the reference fixtures pinned in tests/runtime/test_rust_reference_scenarios_h.py / _k.py; a
+literal reading, cancelled only at the breadcrumb, would deliver a signal that arrives in the
+batch where the wait loses - the reference loses it, and so does this engine:
+``test_positional_event_in_the_batch_where_the_wait_loses_is_audit_only``).
 """
 
 from __future__ import annotations
@@ -262,9 +263,17 @@ def _decode(data: str) -> Any:
         return data
 
 
-def oracle(events: list[HistoryEvent]) -> Verdict:
+def oracle(events: list[HistoryEvent], dropped_at: dict[int, int] | None = None) -> Verdict:
     """Which value every subscription of one execution must resolve with (SPEC §6.1/§6.2), and
-    what the execution must carry forward (§6.2, §8)."""
+    what the execution must carry forward (§6.2, §8).
+
+    ``dropped_at`` (subscription id -> history position): when the code dropped a positional
+    wait (a race it lost), which then counts as cancelled from that position - not only from its
+    breadcrumb, written when the turn ends. That is the reference's reading of §6.1's "active
+    (non-cancelled)" (its queue_race_upgrade / positional_unbound_races fixtures, pinned in
+    tests/runtime/test_rust_reference_scenarios_h.py and _k.py): a signal in the batch where the
+    wait loses is audit-only."""
+    early = dropped_at or {}
     subs: list[Sub] = []
     by_id: dict[int, Sub] = {}
     per_name: dict[tuple[str, str], list[Sub]] = {}
@@ -290,7 +299,8 @@ def oracle(events: list[HistoryEvent]) -> Verdict:
         elif isinstance(e, ExternalEvent):
             # §6.1: joins only if, at its position, active (non-cancelled) subscriptions
             # outnumber the arrivals already joined.
-            active = sum(1 for s in per_name.get(("w", e.name), ()) if s.cancelled_at is None)
+            active = sum(1 for s in per_name.get(("w", e.name), ())
+                         if s.cancelled_at is None and early.get(s.event_id, pos + 1) > pos)
             joined = arrivals.setdefault(e.name, [])
             (joined if active > len(joined) else audit.setdefault(e.name, [])).append((pos, _decode(e.data)))
         elif isinstance(e, QueueEventDelivered):
@@ -302,6 +312,9 @@ def oracle(events: list[HistoryEvent]) -> Verdict:
             timers.setdefault(e.source_event_id, pos)  # type: ignore[arg-type]
         elif isinstance(e, (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)) and terminal is None:
             terminal = type(e).__name__
+    for s in subs:  # (a wait dropped before this history ends is cancelled from its drop)
+        if s.cancelled_at is None and early.get(s.event_id, len(events)) < len(events):
+            s.cancelled_at = early[s.event_id]
     for (kind, name), same in per_name.items():
         live = [s for s in same if s.cancelled_at is None]
         items = arrivals.get(name, []) if kind == "w" else buffers.get(name, [])
@@ -366,10 +379,30 @@ def _schedules(events: list[HistoryEvent]) -> list[tuple[str, str | None, int]]:
     return out
 
 
+def _race_drops(inp: dict[str, Any], rnd: int, events: list[HistoryEvent]) -> dict[int, int] | None:
+    """Where each positional wait that lost its race was dropped: the poll right after its
+    timer fired (see :func:`oracle`)."""
+    log = _code_log(events)
+    if log is None:
+        return None
+    steps = steps_run(inp, rnd)
+    plan, hist = schedule_plan(steps), _schedules(events)
+    if len(plan) != len(hist):
+        return None
+    fired = {e.source_event_id: pos for pos, e in enumerate(events) if isinstance(e, TimerFired)}
+    ids = {(i, slot): eid for (_k, _n, i, slot), (_k2, _n2, eid) in zip(plan, hist, strict=True)}
+    out = {}
+    for i, step in enumerate(steps):
+        if step[0] == "race" and step[1] == "w" and i < len(log) and not log[i][1] and ids[(i, 1)] in fired:
+            out[ids[(i, 0)]] = fired[ids[(i, 1)]] + 1
+    return out
+
+
 def _one_execution(inp: dict[str, Any], where: str, rnd: int, events: list[HistoryEvent],
                    nxt: list[HistoryEvent] | None, received: Counter) -> list[str]:
     out: list[str] = []
-    v = oracle(events)
+    drops = _race_drops(inp, rnd, events)
+    v = oracle(events, drops)
     # -- history-only: carry-forward into the next execution (SPEC §6.2, §8)
     if v.carry is not None and nxt:
         cf = [tuple(x) for x in (getattr(nxt[0], "carry_forward_events", None) or ())]
@@ -430,7 +463,7 @@ def _one_execution(inp: dict[str, Any], where: str, rnd: int, events: list[Histo
             tid = ids[(i, 1, "t")]
             cut = v.timers.get(tid, len(events))
             ready = next((n for n in range(s.pos + 1, cut + 1)
-                          if next(x for x in oracle(events[:n]).subs if x.event_id == eid).value
+                          if next(x for x in oracle(events[:n], drops).subs if x.event_id == eid).value
                           is not MISSING), None)
             if ready is not None and isinstance(events[ready - 1], (ExternalSubscribedCancelled, QueueSubscriptionCancelled)):
                 continue
@@ -848,30 +881,21 @@ def test_an_enqueue_behind_an_early_raise_is_kept_until_the_start() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_positional_event_after_a_lost_race_joins_the_arrivals() -> None:
-    """SPEC §6.1 (with §3.4, §3.7, §3.10, §4): ``race(wait("x"), timer(1 s))`` then
-    ``wait("x")``; the raise of "x" lands in the batch of the timer, after ``TimerFired``.
+def test_positional_event_in_the_batch_where_the_wait_loses_is_audit_only() -> None:
+    """SPEC §6.1 as the reference reads it: ``race(wait("x"), timer(1 s))`` then ``wait("x")``;
+    the raise of "x" lands in the batch of the timer, after ``TimerFired``.
 
-    History (the same under the SPEC and as observed): Started, ExternalSubscribed#2(x), TimerCreated#3,
-    TimerFired#4, ExternalEvent#5(x,"first"), ExternalSubscribed#6(x),
-    ExternalSubscribedCancelled#7(source 2, dropped_future), then the next raise
-    ExternalEvent#8(x,"second").
+    History: Started, ExternalSubscribed#2(x), TimerCreated#3, TimerFired#4,
+    ExternalEvent#5(x,"first"), ExternalSubscribed#6(x), ExternalSubscribedCancelled#7(source 2,
+    dropped_future), then the next raise ExternalEvent#8(x,"second").
 
-    SPEC: an arrival joins the name's list "if, at its position in history, active
-    (non-cancelled) subscriptions outnumber arrivals already delivered" - at #5, subscription #2
-    is not cancelled yet (its breadcrumb is #7, written at finalization, §3.10; §3.7 marks only
-    dropped *queue* subscriptions cancelled during the turn), so "first" joins as arrival 0. The
-    second wait (#6, raw 1, one cancelled lower) resolves with ``arrivals[1 - 1]`` = "first"; #8
-    is audit-only (1 active subscription, 1 arrival). Expected output ``[1, "first"]``.
-
-    It used to be ``[1, "second"]``: the engine cancelled a dropped positional subscription the
-    moment the code dropped it, so at #5 nothing was active and "first" was audit-only - an
-    event raised while the instance still had a persisted, uncancelled subscription was lost
-    (and the liveness checker's pairing, ``checkers._pair_positional``, which follows the SPEC,
-    counted it as delivered). Now the dropped wait lingers for the arrival rule until its
-    breadcrumb, and the next wait gets "first" in the same turn (pairing skips the dropped one:
-    the SPEC's ``raw - cancelled lower``, counting it as cancelled from its drop, so the wait
-    does not have to wait for another message to see an arrival that is already there)."""
+    The timer wins at the poll after #4, and the code drops wait #2 there: from then on it is
+    cancelled, so at #5 no subscription is active and "first" is audit-only; the second wait gets
+    "second". A literal reading of "active (non-cancelled) at its position" - cancelled only at
+    the breadcrumb #7, written when the turn ends - would give "first" (this probe first reported
+    that as a bug, and a change that delivered it broke the reference fixtures of
+    tests/runtime/test_rust_reference_scenarios_h.py / _k.py, whose checkpoint records "b": the
+    reference loses the signal too). Pinned, with the oracle's reading (``dropped_at``)."""
     from duroxide_sim import Client, Runtime, RuntimeOptions
     from duroxide_sim.providers.memory import InMemoryProvider
     from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
@@ -900,6 +924,8 @@ def test_positional_event_after_a_lost_race_joins_the_arrivals() -> None:
         "OrchestrationStarted", "ExternalSubscribed", "TimerCreated", "TimerFired", "ExternalEvent",
         "ExternalSubscribed", "ExternalSubscribedCancelled"]
     assert history[4].data == '"first"'
-    second_wait = next(s for s in oracle(history).subs if s.event_id == 6)
-    assert second_wait.value == "first"  # the oracle's reading of SPEC §6.1
-    assert client.get_orchestration_status("i").output == [1, "first"]
+    assert history[7].data == '"second"'
+    second_wait = next(s for s in oracle(history, {2: 4}).subs if s.event_id == 6)  # (dropped at the poll after #4)
+    assert second_wait.value == "second"
+    assert next(s for s in oracle(history).subs if s.event_id == 6).value == "first"  # (the literal reading)
+    assert client.get_orchestration_status("i").output == [1, "second"]
