@@ -255,8 +255,8 @@ class SimResult:
         return out or [(None, self.registry)]
 
     def registry_for(self, instance: str, execution_id: int, history: Any = ()) -> Any:
-        """The registry of the last process that committed a turn of the execution and registers
-        its version (see :meth:`replay_registries`), else :attr:`registry`."""
+        """The registry of the latest booted process that committed a turn of the execution and
+        registers its version (see :meth:`replay_registries`), else :attr:`registry`."""
         return self.replay_registries(instance, execution_id, history)[0][1]
 
     def settled(self, instance: str) -> bool:
