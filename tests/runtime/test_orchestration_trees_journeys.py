@@ -719,10 +719,10 @@ def test_prod_force_delete_running_tree_mid_activity(tmp_path):
     grandchildren, their queued work); a grandchild's running activity loses its row, so it is
     told to stop (§11.2) and its late result goes nowhere; nothing of the tree comes back."""
     seen: dict[str, str] = {}
-    started = threading.Event()
+    started: set[str] = set()
 
     def crunch(ctx, key):
-        started.set()
+        started.add(key)
         deadline = time.monotonic() + 8.0
         while time.monotonic() < deadline:
             if ctx.is_cancelled():
@@ -736,10 +736,12 @@ def test_prod_force_delete_running_tree_mid_activity(tmp_path):
         _cancel_setup(rt, ExternalWorld(), crunch)
         rt.start()
         client.start_orchestration("fd", "Tenant", {"sleep": 3_600_000, "tick": 20})
-        assert started.wait(5)
-        _until(lambda: client.get_status("fd-step-x").status == "Running", 5, "the tree to be built")
+        # the whole tree exists (each child is created by its own start message, in no fixed
+        # order) and both Crunch activities are running
+        _until(lambda: len(client.get_instance_tree("fd").all_ids) == 11 and started == {"fd-top", "fd-deep"},
+               5, "the tree to be built and both activities to start")
         tree = set(client.get_instance_tree("fd").all_ids)
-        assert len(tree) == 11
+        assert all(client.get_status(i).status == "Running" for i in tree)
         with pytest.raises(InstanceStillRunning):
             client.delete_instance("fd")
         res = client.delete_instance("fd", True)
