@@ -180,8 +180,10 @@ def _strict_unstructure(conv: Any, is_record: Any) -> None:
     its letters, a dict as a list of its keys, a 3-tuple in a ``tuple[int, str]`` field was cut
     to two items) or failed with cattrs' internal error (an enum field holding a plain string).
     These hooks refuse such a value with what was declared, what was found and the field's name.
-    (Scalars are not checked here: an ``int`` field holding ``"5"`` is sent as it is, and the
-    receiver's strict structuring refuses it by name.)"""
+    A record's scalar fields (``str``, ``int``, ``float``, ``bool`` and unions of them with
+    ``None``) are checked by the JSON kind they would be written as, by the receiver's rules
+    (an ``int`` is accepted where a ``float`` is declared; a ``bool`` is not an ``int``), so an
+    ``int`` field holding ``"5"`` is refused where it is sent, not where it is read."""
     import collections.abc as abc
     import enum
 
@@ -238,10 +240,51 @@ def _strict_unstructure(conv: Any, is_record: Any) -> None:
             return c.unstructure(value.value)
         return hook
 
+    # The JSON kinds the receiver's scalar hooks accept for each declared scalar type.
+    json_kinds = {str: ("a string", (str,)), int: ("an integer", (int,)), float: ("a number", (int, float)),
+                  bool: ("true or false", (bool,)), type(None): ("null", (type(None),))}
+
+    def json_kind(value: Any) -> type | None:
+        """The JSON kind ``value`` is written as (bool before int: True is an int; an enum
+        member as its value), or None for anything else (records, containers)."""
+        if isinstance(value, enum.Enum):
+            value = value.value
+        for kind in (bool, str, int, float, type(None)):
+            if isinstance(value, kind):
+                return kind
+        return None
+
+    def scalar_checks(tp: Any) -> tuple[tuple[str, str, tuple[type, ...]], ...]:
+        """(field name, label, accepted JSON kinds) for the record's fields declared as a JSON
+        scalar or a union of them."""
+        import dataclasses
+
+        try:
+            hints = typing.get_type_hints(tp)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: not checked here
+            return ()
+        names = [f.name for f in (attrs.fields(tp) if attrs.has(tp) else dataclasses.fields(tp))]
+        checks = []
+        for name in names:
+            declared = hints.get(name)
+            members = (typing.get_args(declared) if typing.get_origin(declared) in (typing.Union, types.UnionType)
+                       else (declared,))
+            if not members or not all(m in json_kinds for m in members):
+                continue
+            accepted = tuple(dict.fromkeys(k for m in members for k in json_kinds[m][1]))
+            label = " or ".join(json_kinds[m][0] for m in members)
+            checks.append((name, label, accepted))
+        return tuple(checks)
+
     def record_factory(tp: Any, c: Any) -> Any:
         inner = make_dict_unstructure_fn(tp, c)
+        checks = scalar_checks(tp)
 
         def hook(value: Any) -> Any:
+            for name, label, accepted in (checks if isinstance(value, tp) else ()):
+                field_value = getattr(value, name, None)
+                if json_kind(field_value) not in accepted:
+                    raise TypeError(f"{tp.__name__}.{name}: expected {label}, got {_kind(field_value)}")
             try:
                 return inner(value)
             except RecursionError:

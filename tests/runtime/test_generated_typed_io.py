@@ -1241,3 +1241,45 @@ def test_a_field_holding_a_value_of_another_kind_is_refused_when_sent_naming_the
     world.client.start_orchestration("i", "O")
     out = world.result("i").output
     assert out.startswith("refused: input of activity 'Count' cannot be encoded as JSON: Tags.tags: expected a list"), out
+
+
+@attrs.define
+class Scalars:
+    count: int
+    ratio: float
+    name: str
+    flag: bool
+    note: typing.Optional[str]
+    either: typing.Union[int, str]
+
+
+SCALAR_FIELDS = {"count": 1, "ratio": 0.5, "name": "n", "flag": False, "note": None, "either": 2}
+#: Values of every JSON kind (and an enum member of each scalar kind) a field may wrongly hold.
+ANY_KIND = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5),
+                     st.sampled_from([Level.HIGH, Mode.FAST, Color.RED]), st.just([1]), st.just({"k": 1}))
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(field_name=st.sampled_from(sorted(SCALAR_FIELDS)), value=ANY_KIND)
+def test_a_scalar_field_is_refused_when_sent_exactly_when_its_receiver_would_refuse_it(field_name: str,
+                                                                                      value: Any) -> None:
+    """A record's scalar fields (``int``, ``float``, ``str``, ``bool``, ``Optional[str]``, a
+    scalar union) holding a value of another JSON kind: attrs does not check annotations, and
+    such a record used to be sent as it was, so the mistake surfaced only at the receiver (an
+    ``int`` field holding ``"5"``: "expected an integer, got a string '5'" in another turn or
+    process, without the sender's name). Now the sender refuses it, naming ``Scalars.<field>``,
+    and exactly then: whatever is sent, the receiver's strict structuring reads back equal
+    (an ``int`` in a ``float`` field widens; an enum member goes out as its value)."""
+    record = Scalars(**{**SCALAR_FIELDS, field_name: value})
+    try:
+        text = codec.encode(record, "input of activity 'X'")
+    except SerializationError as exc:
+        assert f"Scalars.{field_name}: expected " in str(exc), str(exc)
+        sent = {**SCALAR_FIELDS, field_name: value.value if isinstance(value, enum.Enum) else value}
+        with pytest.raises(SerializationError):  # the receiver would have refused the same value
+            codec.decode_typed(json.dumps(sent), Scalars)
+        return
+    back = codec.decode_typed(text, Scalars)
+    expected = value.value if isinstance(value, enum.Enum) else value
+    assert getattr(back, field_name) == expected and type(getattr(back, field_name)) in (type(expected), float)
