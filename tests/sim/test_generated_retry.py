@@ -88,7 +88,7 @@ from duroxide_sim.sim.checkers import run_and_check
 from duroxide_sim.sim.faults import FaultPlan
 from duroxide_sim.sim.harness import SimSpec, Simulation, Start
 
-from ._drive import drive
+from ._drive import backoff, drive
 
 DAY = 86_400_000
 #: RuntimeOptions' default worker lock timeout (SPEC §1/§14): a lease whose worker crashed after
@@ -138,14 +138,7 @@ def build_policy(desc: dict[str, Any]) -> Any:
     if form == "default":
         return RetryPolicy()
     kind, base, mult, mx = desc["kind"], desc["base"], desc["mult"], desc["max"]
-    if kind == "none":
-        b = Backoff.none()
-    elif kind == "fixed":
-        b = Backoff.fixed(base)
-    elif kind == "linear":
-        b = Backoff.linear(base, mx)
-    else:
-        b = Backoff.exponential(base, mult, mx)
+    b = backoff(kind, base, mult, mx)
     t, via = desc["timeout"], desc["via"]
     if t is None:
         return RetryPolicy(desc["n"], b)

@@ -39,10 +39,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from duroxide_sim.core.context import Backoff, RetryPolicy
+from duroxide_sim.core.context import RetryPolicy
 from duroxide_sim.sim.checkers import run_and_check
 from duroxide_sim.sim.faults import FaultPlan
 from duroxide_sim.sim.harness import Signal, SimSpec, Simulation, Start
+
+from ._drive import backoff
 
 DAY = 86_400_000
 UTC = "__duroxide_syscall:utc_now_ms"
@@ -80,14 +82,7 @@ def policy_of(spec: Any) -> RetryPolicy:
     if isinstance(spec, dict):  # duroxide-python's dict form (SPEC §17)
         return RetryPolicy.from_dict(spec)
     attempts, kind, base, mult, mx, timeout = spec
-    if kind == "none":
-        b = Backoff.none()
-    elif kind == "fixed":
-        b = Backoff.fixed(base)
-    elif kind == "linear":
-        b = Backoff.linear(base, mx)
-    else:
-        b = Backoff.exponential(base, mult, mx)
+    b = backoff(kind, base, mult, mx)
     return RetryPolicy(attempts, b, timeout)
 
 
