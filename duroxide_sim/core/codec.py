@@ -47,6 +47,12 @@ MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 #: exception cannot put more than MAX_PAYLOAD_BYTES into a history event or a status row (even
 #: JSON-escaped: at most 6 bytes per character).
 MAX_ERROR_TEXT_CHARS = 1024 * 1024
+#: The deepest nesting of arrays and objects a payload may have. Python's JSON reader recurses
+#: once per level within the interpreter's recursion limit (1000 by default), from wherever it
+#: is called: a value the client encoded near the top of its stack failed to decode deep in a
+#: dispatcher and arrived as its raw text. Refused where encoded, with room to spare for any
+#: reader. (The reference's serde_json reads at most 128 levels.)
+MAX_NESTING_DEPTH = 512
 
 _converter: Any = None
 
@@ -371,6 +377,20 @@ def bounded_error_text(text: str) -> str:
     return f"{text[:keep]}\n... [{len(text) - 2 * keep} characters cut] ...\n{text[-keep:]}"
 
 
+#: Values that are never types: a ``result_type`` of one of these was accepted by the typed calls,
+#: the work ran, and then its result "did not match type {}" - blaming the result.
+_NOT_TYPES = (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, complex, bool)
+
+
+def check_result_type(result_type: Any) -> Any:
+    """``result_type`` if it can describe a value (None, a class, a typing form such as
+    ``list[int]`` or ``Optional[Order]``); TypeError naming it when it is a value instead."""
+    if result_type is not None and isinstance(result_type, _NOT_TYPES):
+        raise TypeError(f"result_type must be a type (a class, or a typing form such as list[int]), "
+                        f"got {type(result_type).__name__} {result_type!r}"[:300])
+    return result_type
+
+
 def check_text(text: str, what: str) -> str:
     """``text`` if every store can hold it: SerializationError for a lone surrogate (what
     ``os.fsdecode`` or ``errors="surrogateescape"`` make of undecodable bytes), which no store
@@ -448,7 +468,35 @@ def encode(value: Any, what: str = "payload") -> str:
                 f"{exc} (value of type {type(value).__name__})",
                 what=what,
             ) from exc
+    if len(text) > 2 * MAX_NESTING_DEPTH and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
+        depth = _nesting_depth(text)
+        if depth > MAX_NESTING_DEPTH:
+            raise SerializationError(
+                f"{what} is nested {depth} levels deep (arrays and objects), over the limit of "
+                f"{MAX_NESTING_DEPTH}: flatten it (value of type {type(value).__name__})",
+                what=what,
+            )
     return check_size(text, what)
+
+
+#: A JSON string (escapes included), compiled on first use; the ASCII that is not a bracket;
+#: the depth step of each bracket byte.
+_JSON_STRING: Any = None
+_NOT_BRACKETS = {c: None for c in range(128) if chr(c) not in "[]{}"}
+_BRACKET_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of arrays/objects in a JSON text (brackets inside strings ignored).
+    Only for texts with more brackets than the limit: ~the time of encoding them again."""
+    import itertools
+    import re
+
+    global _JSON_STRING
+    if _JSON_STRING is None:
+        _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+    brackets = _JSON_STRING.sub("", text).translate(_NOT_BRACKETS).encode("ascii", "ignore")
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
 def encode_typed(value: Any, what: str = "payload") -> str:

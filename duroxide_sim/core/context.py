@@ -120,7 +120,7 @@ class ActivityTask(DurableTask):
         """Route this activity to workers whose ``worker_tag_filter`` accepts ``tag``. Tags this
         task and returns it, as duroxide-python's does: ``t.with_tag("gpu"); yield t`` runs
         on a gpu worker (a copy left ``t`` untagged, on the default workers, silently)."""
-        _check_tag(tag)
+        tag = _check_tag(tag)
         if self.post is not None:
             # A system call (utc_now, new_guid, get_kv_value_from_instance) runs on any worker: a
             # tagged one waited for good where no worker took the tag (duroxide-python's syscall
@@ -136,9 +136,17 @@ class ActivityTask(DurableTask):
         return f"activity {self.name!r}"
 
 
-def _check_tag(tag: object) -> None:
+def _check_tag(tag: object) -> str:
+    """A worker tag as stored: a non-empty plain str that every provider can hold (no NUL: a
+    PostgreSQL text column; valid Unicode: the turn's tag-size check and SQLite's insert
+    encoded it and crashed the dispatcher on a lone surrogate). Its size is checked when the
+    turn ends (SPEC §10.3: the orchestration fails)."""
     if not isinstance(tag, str) or not tag:
         raise TypeError(f"with_tag expects a non-empty string, got {tag!r}"[:200])
+    problem = text_problem(tag)
+    if problem is not None:
+        raise ValueError(f"with_tag: the tag {problem}, got {tag!r}"[:200])
+    return tag if type(tag) is str else str.__str__(tag)
 
 
 class TimerTask(DurableTask):
@@ -551,7 +559,8 @@ class OrchestrationContext:
         return RetryTask(self.schedule_activity_on_session(name, input, session_id), self._retry_policy(retry))
 
     def schedule_activity_typed(self, name: str, input: Any = None, result_type: Any = None) -> ActivityTask:
-        return ActivityTask(_name(name, "activity"), codec.encode_typed(input, f"input of activity {name!r}"), None, None, result_type)
+        return ActivityTask(_name(name, "activity"), codec.encode_typed(input, f"input of activity {name!r}"), None, None,
+                            codec.check_result_type(result_type))
 
     def schedule_activity_on_session_typed(
         self, name: str, input: Any = None, session_id: str | None = None, result_type: Any = None
@@ -589,13 +598,13 @@ class OrchestrationContext:
         return WaitEventTask(_name(name, "event"))
 
     def wait_for_event_typed(self, name: str, result_type: Any = None) -> WaitEventTask:
-        return WaitEventTask(_name(name, "event"), result_type)
+        return WaitEventTask(_name(name, "event"), codec.check_result_type(result_type))
 
     def dequeue_event(self, queue_name: str) -> DequeueTask:
         return DequeueTask(_name(queue_name, "queue"))
 
     def dequeue_event_typed(self, queue_name: str, result_type: Any = None) -> DequeueTask:
-        return DequeueTask(_name(queue_name, "queue"), result_type)
+        return DequeueTask(_name(queue_name, "queue"), codec.check_result_type(result_type))
 
     # --- sub-orchestrations and detached starts -------------------------------------------
 
@@ -614,13 +623,15 @@ class OrchestrationContext:
         return SubOrchestrationTask(_name(name, "orchestration"), _instance_id(instance_id), codec.encode(input, f"input of {name!r}"), version)
 
     def schedule_sub_orchestration_typed(self, name: str, input: Any = None, result_type: Any = None) -> SubOrchestrationTask:
-        return SubOrchestrationTask(_name(name, "orchestration"), None, codec.encode_typed(input, f"input of {name!r}"), None, result_type)
+        return SubOrchestrationTask(_name(name, "orchestration"), None, codec.encode_typed(input, f"input of {name!r}"), None,
+                                    codec.check_result_type(result_type))
 
     def schedule_sub_orchestration_with_id_typed(
         self, name: str, instance_id: str, input: Any = None, result_type: Any = None
     ) -> SubOrchestrationTask:
         return SubOrchestrationTask(
-            _name(name, "orchestration"), _instance_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), None, result_type
+            _name(name, "orchestration"), _instance_id(instance_id), codec.encode_typed(input, f"input of {name!r}"), None,
+            codec.check_result_type(result_type)
         )
 
     def start_orchestration(self, name: str, instance_id: str, input: Any = None) -> DetachedStartTask:
@@ -814,7 +825,7 @@ def _instance_id(value: Any) -> str:
     problem = text_problem(value, MAX_INSTANCE_ID_BYTES)
     if problem is not None:
         raise TypeError(f"instance id {problem}" + (f", got {value!r}" if "NUL" in problem else ""))
-    return value
+    return value if type(value) is str else str.__str__(value)  # (stored as plain text)
 
 
 def _kv_key(value: Any) -> str:
@@ -864,5 +875,5 @@ def _sid(session_id: Any) -> str | None:
     problem = text_problem(session_id, MAX_SESSION_ID_BYTES)
     if problem is not None:
         raise TypeError(f"session_id {problem}")
-    return session_id
+    return session_id if type(session_id) is str else str.__str__(session_id)
 

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
+from .texts import text_problem
 
 __all__ = [
     "SYSCALL_PREFIX",
@@ -72,7 +73,10 @@ _SEMVER_NUMBER = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
 def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ConfigurationError(f"{what} name must be a non-empty string, got {name!r}")
-    return name
+    problem = text_problem(name)  # (a name no client or store can hold could never be started)
+    if problem is not None:
+        raise ConfigurationError(f"{what} name {problem}, got {name!r}"[:300])
+    return name if type(name) is str else str.__str__(name)
 
 
 def _annotated(fn: Callable[..., Any]) -> Any:
@@ -264,7 +268,7 @@ class Registry:
     # --- activities ------------------------------------------------------------------------
 
     def add_activity(self, name: str, fn: Callable[..., Any], *, typed: bool = False) -> Handler:
-        _check_name(name, "activity")
+        name = _check_name(name, "activity")
         if name.startswith(SYSCALL_PREFIX):
             raise ConfigurationError(f"activity name {name!r} uses the reserved prefix {SYSCALL_PREFIX!r}")
         if name in self._activities:
@@ -284,10 +288,10 @@ class Registry:
     def add_orchestration(
         self, name: str, fn: Callable[..., Any], *, version: str | None = None, typed: bool = False
     ) -> Handler:
-        _check_name(name, "orchestration")
+        name = _check_name(name, "orchestration")
         ver = DEFAULT_VERSION if version is None else version
         key = parse_semver(ver)
-        versions = self._orchestrations.setdefault(name, [])
+        versions = self._orchestrations.get(name, [])
         if any(k == key for k, _ in versions):
             raise ConfigurationError(f"orchestration {name!r} version {ver} is already registered")
         if versions and key < versions[-1][0]:
@@ -296,11 +300,13 @@ class Registry:
                 f"({ver} after {versions[-1][1].version})"
             )
         handler = _make_handler(name, fn, version=ver, typed=typed, activity=False)
-        versions.append((key, handler))
+        # (the name is added only now: a refused handler left it behind with no version)
+        self._orchestrations.setdefault(name, versions).append((key, handler))
         return handler
 
     def set_version_policy(self, name: str, exact_version: str | None) -> None:
         """``None`` = Latest (default); a version string = always start that version."""
+        name = _check_name(name, "orchestration")
         if exact_version is not None:
             parse_semver(exact_version)
         self._policies[name] = exact_version

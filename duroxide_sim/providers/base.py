@@ -137,7 +137,10 @@ class TagFilter(str):
         for tag in found:
             if not isinstance(tag, str) or not tag:
                 raise ConfigurationError(f"tags must be non-empty strings, got {tag!r}")
-        return found
+            problem = text_problem(tag)  # (a lone surrogate failed every SQLite worker fetch)
+            if problem is not None:
+                raise ConfigurationError(f"worker tag filter: the tag {problem}, got {tag!r}"[:300])
+        return frozenset(t if type(t) is str else str.__str__(t) for t in found)
 
     @classmethod
     def from_value(cls, value: Any) -> "TagFilter":

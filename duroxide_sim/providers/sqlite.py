@@ -438,6 +438,17 @@ class SqliteProvider(SqliteAdminMixin):
                 f"open: the SQLite database path is empty ({target!r}): pass the path of a database file "
                 "(a new path creates one), or \":memory:\" for a private in-memory database",
                 operation="open", retryable=False)
+        nul = "\x00" if isinstance(target, str) else b"\x00"
+        if isinstance(target, (str, bytes)) and nul in target:
+            raise ProviderError(f"open: the SQLite database path {target!r} contains a NUL character, which no file "
+                                "name can hold", operation="open", retryable=False)
+        if isinstance(target, str) and not target.isascii():
+            try:
+                target.encode("utf-8")
+            except UnicodeEncodeError:  # (os.fsdecode's stand-ins for undecodable bytes)
+                raise ProviderError(f"open: the SQLite database path {target!r} is not valid Unicode (it holds a lone "
+                                    "surrogate): SQLite takes UTF-8 file names", operation="open",
+                                    retryable=False) from None
         if isinstance(target, (str, bytes)) and not os.path.isabs(target):
             return os.path.join(os.getcwd() if isinstance(target, str) else os.getcwdb(), target)
         return target
@@ -1826,6 +1837,9 @@ class SqliteProvider(SqliteAdminMixin):
                 db.execute("UPDATE instances SET created_at = COALESCE(?, created_at), "
                            "custom_status_version = COALESCE(?, custom_status_version) WHERE instance_id = ?",
                            (restored.get("created_at"), restored.get("custom_status_version"), instance))
+                if "custom_status" in restored:
+                    db.execute("UPDATE instances SET custom_status = ? WHERE instance_id = ?",
+                               (restored["custom_status"], instance))
             if rows:
                 now = self._now()
                 for item, text in rows:

@@ -34,6 +34,7 @@ from ..core.events import (
     to_dict,
 )
 from ..errors import (
+    ConfigurationError,
     InstanceNotFound,
     InvalidInputError,
     InvalidInputTypeError,
@@ -41,6 +42,7 @@ from ..errors import (
     OperationTimeout,
     OrchestrationFailedError,
     ProviderError,
+    SerializationError,
 )
 from ..providers.base import Clock, InstanceFilter, InstanceTree, PruneOptions
 from .records import Event, OrchestrationStats, event_record
@@ -84,7 +86,20 @@ def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
     problem = text_problem(instance_id, limit)
     if problem is not None:
         raise InvalidInputError(f"instance_id {problem}" if instance_id else "instance_id must not be empty")
-    return instance_id
+    return _plain(instance_id)
+
+
+def _check_result_type(result_type: Any) -> None:
+    try:
+        codec.check_result_type(result_type)
+    except TypeError as exc:
+        raise InvalidInputTypeError(str(exc)) from None
+
+
+def _plain(text: str) -> str:
+    """A str subclass (a StrEnum member, a NewType-like class) as a plain str: the in-memory
+    provider keeps the objects it is given, so reads differed from SQLite's plain strings."""
+    return text if type(text) is str else str.__str__(text)
 
 
 def _check_execution_id(execution_id: Any) -> int:
@@ -126,7 +141,22 @@ def _check_name(name: Any, what: str) -> str:
     problem = text_problem(name)  # (every provider must store it: no NUL, no lone surrogate)
     if problem is not None:
         raise InvalidInputError(f"{what} {problem}, got {name!r}")
-    return name
+    return _plain(name)
+
+
+#: What a client calls on every provider (the management views are optional: ManagementNotAvailable).
+_CLIENT_PROVIDER_METHODS = ("enqueue_for_orchestrator", "read")
+
+
+def check_provider(provider: Any, methods: tuple[str, ...]) -> None:
+    """ConfigurationError unless ``provider`` has the ``methods`` a Runtime or Client calls,
+    naming what it got (with a hint when it is a path)."""
+    missing = [m for m in methods if not callable(getattr(provider, m, None))]
+    if missing:
+        hint = (" (open one: SqliteProvider.open(path))"
+                if isinstance(provider, (str, bytes)) or hasattr(provider, "__fspath__") else "")
+        raise ConfigurationError(f"provider must be a Provider (SqliteProvider, PostgresProvider, InMemoryProvider, ...), "
+                                 f"got {type(provider).__name__} without {', '.join(missing)}{hint}")
 
 
 class Client:
@@ -135,6 +165,9 @@ class Client:
     def __init__(self, provider: Any, *, clock: Clock | None = None, sleep: Callable[[float], None] | None = None) -> None:
         from . import realtime
 
+        # (a path or None given for a provider was accepted, and every call then failed with an
+        # AttributeError about the value's missing methods)
+        check_provider(provider, _CLIENT_PROVIDER_METHODS)
         self.provider = provider
         self.clock = clock or getattr(provider, "clock", None) or realtime.SystemClock()
         if hasattr(provider, "bind_clock"):
@@ -148,15 +181,16 @@ class Client:
     # --- starting and signalling ------------------------------------------------------------
 
     def _start(self, instance_id: str, name: str, input_text: str, version: str | None) -> None:
-        _check_id(instance_id, MAX_INSTANCE_ID_BYTES)
+        instance_id = _check_id(instance_id, MAX_INSTANCE_ID_BYTES)
         problem = reserved_id_problem(instance_id)
         if problem is not None:
             raise InvalidInputError(f"Invalid input: instance id {instance_id!r} {problem}"[:400])
-        _check_name(name, "orchestration name")
+        name = _check_name(name, "orchestration name")
         if version is not None:
             from ..core.registry import parse_semver
 
             parse_semver(version)
+            version = _plain(version)
         self.provider.enqueue_for_orchestrator(
             StartOrchestration(instance=instance_id, orchestration=name, input=input_text, version=version)
         )
@@ -194,7 +228,16 @@ class Client:
     def cancel_instance(self, instance_id: str, reason: str | None = None) -> None:
         if reason is not None and not isinstance(reason, str):
             raise InvalidInputError(f"cancel reason must be a string or None, got {type(reason).__name__}")
-        self.provider.enqueue_for_orchestrator(CancelInstance(instance=_check_id(instance_id), reason=reason or ""))
+        # Text every store can hold, within the payload limit (a lone surrogate failed SQLite's
+        # insert and was kept by the in-memory provider; a reason of any size was stored whole).
+        if reason:
+            try:
+                reason = codec.check_size(reason, "cancel reason")
+            except SerializationError as exc:
+                raise InvalidInputError(str(exc)) from None
+        else:
+            reason = ""
+        self.provider.enqueue_for_orchestrator(CancelInstance(instance=_check_id(instance_id), reason=reason))
 
     # --- status -----------------------------------------------------------------------------
 
@@ -283,6 +326,7 @@ class Client:
     def wait_for_orchestration_typed(self, instance_id: str, timeout_ms: int = 30_000, result_type: Any = None) -> Any:
         """The output of a completed instance (structured into ``result_type`` if given);
         raises :class:`OrchestrationFailedError` with the error text if it failed."""
+        _check_result_type(result_type)
         st = self.wait_for_orchestration(instance_id, timeout_ms)
         if st.status == "Failed":
             raise OrchestrationFailedError(st.error or "Orchestration failed", instance_id=instance_id)
@@ -324,6 +368,7 @@ class Client:
         return self.provider.get_kv_value(_check_id(instance_id), _check_key(key))
 
     def get_kv_value_typed(self, instance_id: str, key: str, result_type: Any = None) -> Any:
+        _check_result_type(result_type)
         raw = self.get_kv_value(instance_id, key)
         return None if raw is None else codec.decode_typed(raw, result_type, f"KV value {key!r}")
 
@@ -337,6 +382,7 @@ class Client:
             raise OperationTimeout(f"Timed out waiting for value '{key}' on instance '{instance_id}'") from None
 
     def wait_for_kv_value_typed(self, instance_id: str, key: str, timeout_ms: int = 30_000, result_type: Any = None) -> Any:
+        _check_result_type(result_type)
         return codec.decode_typed(self.wait_for_kv_value(instance_id, key, timeout_ms), result_type, f"KV value {key!r}")
 
     # --- management -------------------------------------------------------------------------

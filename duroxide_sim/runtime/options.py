@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from ..core.texts import text_problem
 from ..errors import ConfigurationError
 from ..providers.base import TagFilter
 
@@ -43,6 +44,9 @@ def _optional_text(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and not isinstance(value, str):  # (duroxide-python: "cannot be converted to 'PyString'")
         raise ConfigurationError(f"RuntimeOptions.{attribute.name} must be a string or None, got "
                                  f"{type(value).__name__} {value!r}"[:300])
+    problem = text_problem(value) if value else None
+    if problem is not None:  # (a worker_node_id with a lone surrogate failed every SQLite fetch)
+        raise ConfigurationError(f"RuntimeOptions.{attribute.name} {problem}, got {value!r}"[:300])
 
 
 #: ``log_level`` names (duroxide-python's levels, case-insensitive) -> ``logging`` levels.

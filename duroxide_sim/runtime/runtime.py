@@ -18,7 +18,7 @@ from typing import Any
 from ..core.registry import Registry, parse_semver
 from ..errors import ConfigurationError
 from ..providers.base import Clock
-from .client import Client
+from .client import Client, check_provider
 from .dispatchers import IdSource, OrchestrationDispatcher, Services, WorkerDispatcher
 from .options import LOG_LEVELS, RuntimeOptions, renewal_period_ms
 from .records import MetricsSnapshot
@@ -51,11 +51,8 @@ class Runtime:
 
         if options is not None and not isinstance(options, RuntimeOptions):
             raise ConfigurationError(f"options must be RuntimeOptions, got {type(options).__name__}")
-        missing = [m for m in _PROVIDER_METHODS if not callable(getattr(provider, m, None))]
-        if missing:  # (a path given for a provider started, then every dispatcher step crashed)
-            hint = " (open one: SqliteProvider.open(path))" if isinstance(provider, (str, bytes)) or hasattr(provider, "__fspath__") else ""
-            raise ConfigurationError(f"provider must be a Provider (SqliteProvider, PostgresProvider, InMemoryProvider, ...), "
-                                     f"got {type(provider).__name__} without {', '.join(missing)}{hint}")
+        # (a path given for a provider started, then every dispatcher step crashed)
+        check_provider(provider, _PROVIDER_METHODS)
         self.provider = provider
         self.options = options or RuntimeOptions()
         if self.options.log_level is not None:

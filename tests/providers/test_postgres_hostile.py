@@ -153,7 +153,6 @@ def _register(rt: Runtime) -> None:
     rt.register_orchestration("CallBoom", call_boom)
     rt.register_orchestration("OnSession", on_session)
     rt.register_orchestration("Plain", plain)
-    rt.register_orchestration("Nul\x00Name", lambda ctx, x: x)
     rt.register_orchestration("VerbatimText", verbatim_text)
 
 
