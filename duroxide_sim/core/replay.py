@@ -637,8 +637,11 @@ def _convert_new(engine: _Engine, add: Any) -> bool:
             engine.request_version(ev.event_id, action.version)
         if engine._bind(slot, ev):
             poll_again = True
-            if engine.fifo and type(ev) is QueueSubscribed:
-                return True  # (see above: poll before binding the rest)
+            if engine.fifo and type(ev) is QueueSubscribed and engine.output is None:
+                # (see above: poll before binding the rest - unless the code has returned: then
+                # nothing can observe the binding, and the rest must still be converted; the
+                # turn used to end here and drop the code's last status / KV / detached starts)
+                return True
     engine.fifo = NO_FIFO  # drained: give the (empty) deque back
     return poll_again
 

@@ -982,6 +982,8 @@ class InMemoryProvider:
             if restored and row is not None:
                 row.created_at = restored.get("created_at", row.created_at)
                 row.custom_status_version = restored.get("custom_status_version", row.custom_status_version)
+                if "custom_status" in restored:
+                    row.custom_status = restored["custom_status"]
             for item in queued:
                 if isinstance(item, ActivityExecute):
                     self._work.add(_WorkRow(self._next_seq(), item, now), now)

@@ -1687,6 +1687,9 @@ class PostgresProvider(PostgresAdminMixin):
                 db.send("UPDATE instances SET created_at = COALESCE(%s, created_at), "
                         "custom_status_version = COALESCE(%s, custom_status_version) WHERE instance_id = %s",
                         (restored.get("created_at"), restored.get("custom_status_version"), instance))
+                if "custom_status" in restored:
+                    db.send("UPDATE instances SET custom_status = %s WHERE instance_id = %s",
+                            (_store_text(restored["custom_status"]), instance))
             if queued:
                 now = self._now()
                 for item in queued:

@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 
+from ..core import codec
 from ..core.events import (
     ActivityExecute,
     ErrorDetails,
@@ -127,11 +128,13 @@ def export_instance(provider: Any, instance: str, queued: dict[str, list[WorkIte
     return doc
 
 
-def _instance_fields(provider: Any, instance: str) -> dict[str, int]:
+def _instance_fields(provider: Any, instance: str) -> dict[str, Any]:
     """The instance row's fields its events cannot rebuild: when it was created (its first
-    executions may be pruned) and its custom status version (one per ack that set one, however
-    many executions did)."""
-    out: dict[str, int] = {}
+    executions may be pruned), its custom status version (one per ack that set one, however
+    many executions did) and the custom status itself (the execution that set it may be
+    pruned: an import rebuilt it from the events left, so a pruned instance came back with
+    none)."""
+    out: dict[str, Any] = {}
     info = getattr(provider, "get_instance_info", None)
     if info is not None:
         try:
@@ -144,6 +147,7 @@ def _instance_fields(provider: Any, instance: str) -> dict[str, int]:
     found = status(instance, 0) if status is not None else None
     if found is not None and type(found[1]) is int and found[1] > 0:
         out["custom_status_version"] = found[1]
+        out["custom_status"] = found[0]
     return out
 
 
@@ -270,10 +274,13 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
         raise SerializationError(f"{where}: kv_base must map each key to [value (a string), last_updated_at_ms (an integer)]")
     fields = doc.get("instance")
     if fields is not None and not (isinstance(fields, dict) and all(
-            k in ("created_at", "custom_status_version", "order") and type(v) is int and 0 <= v < 2**63
+            (k in ("created_at", "custom_status_version", "order") and type(v) is int and 0 <= v < 2**63)
+            or (k == "custom_status" and (v is None or isinstance(v, str)))
             for k, v in fields.items())):
         raise SerializationError(f"{where}: instance must map created_at / custom_status_version / order to non-negative "
-                                 "integers")
+                                 "integers, and custom_status to a string or null")
+    if fields and isinstance(fields.get("custom_status"), str):
+        codec.check_size(fields["custom_status"], f"{where}: instance custom_status")
     queued = doc.get("queued")
     if queued is not None:
         if not isinstance(queued, list):
