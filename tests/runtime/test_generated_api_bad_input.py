@@ -437,17 +437,24 @@ CLIENT_METHODS: list[tuple[str, list[Any], list[str | None]]] = [
 DOMAIN_ERRORS = {InstanceNotFound.__name__, OperationTimeout.__name__}
 
 
-@st.composite
-def client_calls(draw: Any) -> tuple[str, list[Any], str, bool]:
-    method, args, kinds = draw(st.sampled_from(CLIENT_METHODS))
+def _draw_call(draw: Any, methods: list[tuple[str, list[Any], list[str | None]]],
+               kinds_table: dict[str, Any]) -> tuple[str, list[Any], str, bool]:
+    """One call of ``methods`` with one of its checked parameters replaced by a bad value or a
+    valid neighbour of its kind: (method, arguments, the parameter's kind, bad?)."""
+    method, args, kinds = draw(st.sampled_from(methods))
     pos = draw(st.sampled_from([i for i, k in enumerate(kinds) if k is not None]))
     kind = kinds[pos]
     assert kind is not None
-    bad_values, neighbours, _ = CLIENT_KINDS[kind]
+    bad_values, neighbours, _ = kinds_table[kind]
     bad = draw(st.booleans())
     args = list(args)
     args[pos] = draw(bad_values if bad else neighbours)
     return method, args, kind, bad
+
+
+@st.composite
+def client_calls(draw: Any) -> tuple[str, list[Any], str, bool]:
+    return _draw_call(draw, CLIENT_METHODS, CLIENT_KINDS)
 
 
 def _short(value: Any) -> str:
@@ -651,15 +658,7 @@ def probe_orchestration(method: str, args: list[Any], warmup: bool) -> Callable[
 
 @st.composite
 def ctx_calls(draw: Any) -> tuple[str, list[Any], str, bool, bool]:
-    method, args, kinds = draw(st.sampled_from(CTX_METHODS))
-    pos = draw(st.sampled_from([i for i, k in enumerate(kinds) if k is not None]))
-    kind = kinds[pos]
-    assert kind is not None
-    bad_values, neighbours, _ = CTX_KINDS[kind]
-    bad = draw(st.booleans())
-    args = list(args)
-    args[pos] = draw(bad_values if bad else neighbours)
-    return method, args, kind, bad, draw(st.booleans())
+    return (*_draw_call(draw, CTX_METHODS, CTX_KINDS), draw(st.booleans()))
 
 
 def _last_exception(error: str, message: str) -> str:
