@@ -217,11 +217,17 @@ def _register_common(rt: Runtime, effects: list[Any]) -> None:
     rt.register_orchestration("Bystander", bystander)
 
 
-def make_world(kind: str, path: Any, setup: Callable[[Runtime, list[Any]], None] | None = None) -> World:
-    clock = SimClock()
-    provider = InMemoryProvider(clock) if kind == "memory" else SqliteProvider.open(path, clock=clock)
-    runtime = Runtime(provider, OPTIONS, clock=clock, ids=SequentialIds(), runtime_id="rt-probe")
-    driver = SequentialDriver(runtime, clock, max_steps=20_000)
+def make_world(kind: str, path: Any, setup: Callable[[Runtime, list[Any]], None] | None = None, *,
+               provider: Any = None, clock: SimClock | None = None, options: RuntimeOptions | None = None,
+               max_steps: int = 20_000) -> World:
+    """A world of ``kind`` (memory, or SQLite at ``path``; or ``provider`` on ``clock``, as the
+    PostgreSQL probe passes it) with the common registrations and the two bystanders run."""
+    if provider is None:
+        clock = SimClock()
+        provider = InMemoryProvider(clock) if kind == "memory" else SqliteProvider.open(path, clock=clock)
+    assert clock is not None
+    runtime = Runtime(provider, options or OPTIONS, clock=clock, ids=SequentialIds(), runtime_id="rt-probe")
+    driver = SequentialDriver(runtime, clock, max_steps=max_steps)
     client = Client(provider, clock=clock, sleep=driver.sleep)
     effects: list[Any] = []
     _register_common(runtime, effects)
