@@ -447,24 +447,7 @@ def test_activity_context_client_refuses_bad_ids_alike_on_postgres(pg_url: str, 
     """``trace_*`` in an activity takes any message; ``ctx.get_client()`` refuses a bad id as
     the client outside does, failing the activity with that message - the same on PostgreSQL
     (the activity's client is then a PostgreSQL client inside a worker turn)."""
-
-    def setup(rt: Runtime, _effects: list[Any]) -> None:
-        def noisy(ctx: Any, _: Any) -> Any:
-            for trace in (ctx.trace_info, ctx.trace_warn, ctx.trace_error, ctx.trace_debug):
-                trace(message)
-            return ctx.get_client().get_status(bad_id).status
-
-        rt.register_activity("Noisy", noisy)
-
-        def call(ctx: Any, _: Any) -> Any:
-            try:
-                return {"ok": (yield ctx.schedule_activity("Noisy", None))}
-            except Exception as exc:  # noqa: BLE001
-                return {"err": str(exc)}
-
-        rt.register_orchestration("CallNoisy", call)
-
-    pair = PgPair(pg_url, setup)
+    pair = PgPair(pg_url, bp.noisy_setup(message, bad_id))
     try:
         for w in pair.worlds:
             w.client.start_orchestration("noisy", "CallNoisy", None)

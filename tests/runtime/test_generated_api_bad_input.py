@@ -808,12 +808,10 @@ def _same_json(a: Any, b: Any) -> bool:
 # ─── ActivityContext ──────────────────────────────────────────────────────────────────────
 
 
-@SETTINGS
-@given(message=st.one_of(WRONG_TYPES, NUL_TEXT, SURROGATE_TEXT, CLEAN_TEXT), bad_id=BAD_IDS)
-def test_activity_context_traces_anything_and_its_client_refuses_bad_ids(base: Any, message: Any, bad_id: Any) -> None:
-    """``trace_*`` in an activity takes any message (it is text for a log); ``get_client()``
-    refuses a bad id there as it does outside, which fails the activity with that message; the
-    same on both providers."""
+def noisy_setup(message: Any, bad_id: Any) -> Callable[[Runtime, list[Any]], None]:
+    """Registrations of an activity that traces ``message`` at every level and then reads the
+    status of ``bad_id`` through its own client, and of ``CallNoisy``, which returns its result
+    (``{"ok": ...}``) or its error text (``{"err": ...}``)."""
 
     def setup(rt: Runtime, _effects: list[Any]) -> None:
         def noisy(ctx: Any, _: Any) -> Any:
@@ -831,7 +829,16 @@ def test_activity_context_traces_anything_and_its_client_refuses_bad_ids(base: A
 
         rt.register_orchestration("CallNoisy", call)
 
-    pair = Pair(base, setup)
+    return setup
+
+
+@SETTINGS
+@given(message=st.one_of(WRONG_TYPES, NUL_TEXT, SURROGATE_TEXT, CLEAN_TEXT), bad_id=BAD_IDS)
+def test_activity_context_traces_anything_and_its_client_refuses_bad_ids(base: Any, message: Any, bad_id: Any) -> None:
+    """``trace_*`` in an activity takes any message (it is text for a log); ``get_client()``
+    refuses a bad id there as it does outside, which fails the activity with that message; the
+    same on both providers."""
+    pair = Pair(base, noisy_setup(message, bad_id))
     try:
         outs = []
         for w in pair.worlds:
