@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from ..errors import PayloadTooLargeError, SerializationError
+from .texts import plain_text
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -408,7 +409,7 @@ def check_text(text: str, what: str) -> str:
             ) from None
     # A str subclass (a StrEnum member) is stored as plain text: the in-memory provider kept the
     # caller's object, so reads differed from SQLite's (and the reference's) plain str.
-    return text if type(text) is str else str.__str__(text)
+    return plain_text(text)
 
 
 def check_size(text: str, what: str) -> str:

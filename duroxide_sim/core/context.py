@@ -27,7 +27,7 @@ import attrs
 from . import codec
 from .events import ClearKeyValue, ClearKeyValues, SetKeyValue, UpdateCustomStatus
 from .registry import SYSCALL_GET_KV, SYSCALL_NEW_GUID, SYSCALL_UTC_NOW, parse_semver
-from .texts import text_problem
+from .texts import plain_text, text_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from .replay import _Engine
@@ -146,7 +146,7 @@ def _check_tag(tag: object) -> str:
     problem = text_problem(tag)
     if problem is not None:
         raise ValueError(f"with_tag: the tag {problem}, got {tag!r}"[:200])
-    return tag if type(tag) is str else str.__str__(tag)
+    return plain_text(tag)
 
 
 class TimerTask(DurableTask):
@@ -825,7 +825,7 @@ def _instance_id(value: Any) -> str:
     problem = text_problem(value, MAX_INSTANCE_ID_BYTES)
     if problem is not None:
         raise TypeError(f"instance id {problem}" + (f", got {value!r}" if "NUL" in problem else ""))
-    return value if type(value) is str else str.__str__(value)  # (stored as plain text)
+    return plain_text(value)
 
 
 def _kv_key(value: Any) -> str:
@@ -861,7 +861,7 @@ def _name(value: Any, what: str) -> str:
     if "\x00" in value or (not value.isascii() and text_problem(value) is not None):
         # (every provider must store it: PostgreSQL text holds no NUL, no driver a lone surrogate)
         raise TypeError(f"{what} name must be valid Unicode without NUL characters, got {value!r}")
-    return value if type(value) is str else str.__str__(value)  # (a StrEnum member is stored as its text)
+    return plain_text(value)
 
 
 #: The longest session id: every provider keys a sessions table by it (PostgreSQL's btree rows end
@@ -875,5 +875,5 @@ def _sid(session_id: Any) -> str | None:
     problem = text_problem(session_id, MAX_SESSION_ID_BYTES)
     if problem is not None:
         raise TypeError(f"session_id {problem}")
-    return session_id if type(session_id) is str else str.__str__(session_id)
+    return plain_text(session_id)
 

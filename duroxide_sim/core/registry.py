@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from .texts import text_problem
+from .texts import plain_text, text_problem
 
 __all__ = [
     "SYSCALL_PREFIX",
@@ -76,7 +76,7 @@ def _check_name(name: Any, what: str) -> str:
     problem = text_problem(name)  # (a name no client or store can hold could never be started)
     if problem is not None:
         raise ConfigurationError(f"{what} name {problem}, got {name!r}"[:300])
-    return name if type(name) is str else str.__str__(name)
+    return plain_text(name)
 
 
 def _annotated(fn: Callable[..., Any]) -> Any:

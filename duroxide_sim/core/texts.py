@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["text_problem"]
+__all__ = ["plain_text", "text_problem"]
 
 
 def text_problem(value: Any, limit: int | None = None) -> str | None:
@@ -27,3 +27,10 @@ def text_problem(value: Any, limit: int | None = None) -> str | None:
     if limit is not None and size > limit:
         return f"is longer than {limit} bytes"
     return None
+
+
+def plain_text(value: str) -> str:
+    """``value`` as a plain ``str``: a subclass (a ``StrEnum`` member, a ``NewType``-like class)
+    is stored as its text, since the in-memory provider keeps the objects it is given and its
+    reads would otherwise differ from SQLite's (and the reference's) plain strings."""
+    return value if type(value) is str else str.__str__(value)

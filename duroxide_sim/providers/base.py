@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from ..core.events import ActivityExecute, HistoryEvent, WorkItem
-from ..core.texts import text_problem
+from ..core.texts import plain_text, text_problem
 from ..errors import InvalidInputError
 
 __all__ = [
@@ -140,7 +140,7 @@ class TagFilter(str):
             problem = text_problem(tag)  # (a lone surrogate failed every SQLite worker fetch)
             if problem is not None:
                 raise ConfigurationError(f"worker tag filter: the tag {problem}, got {tag!r}"[:300])
-        return frozenset(t if type(t) is str else str.__str__(t) for t in found)
+        return frozenset(map(plain_text, found))
 
     @classmethod
     def from_value(cls, value: Any) -> "TagFilter":

@@ -20,7 +20,7 @@ import attrs
 from ..core import codec
 from ..core.context import MAX_INSTANCE_ID_BYTES as _MAX_INSTANCE_ID_BYTES
 from ..core.context import reserved_id_problem
-from ..core.texts import text_problem
+from ..core.texts import plain_text, text_problem
 from ..core.events import (
     CancelInstance,
     ExternalRaised,
@@ -86,7 +86,7 @@ def _check_id(instance_id: Any, limit: int = MAX_ANY_INSTANCE_ID_BYTES) -> str:
     problem = text_problem(instance_id, limit)
     if problem is not None:
         raise InvalidInputError(f"instance_id {problem}" if instance_id else "instance_id must not be empty")
-    return _plain(instance_id)
+    return plain_text(instance_id)
 
 
 def _check_result_type(result_type: Any) -> None:
@@ -94,12 +94,6 @@ def _check_result_type(result_type: Any) -> None:
         codec.check_result_type(result_type)
     except TypeError as exc:
         raise InvalidInputTypeError(str(exc)) from None
-
-
-def _plain(text: str) -> str:
-    """A str subclass (a StrEnum member, a NewType-like class) as a plain str: the in-memory
-    provider keeps the objects it is given, so reads differed from SQLite's plain strings."""
-    return text if type(text) is str else str.__str__(text)
 
 
 def _check_execution_id(execution_id: Any) -> int:
@@ -141,7 +135,7 @@ def _check_name(name: Any, what: str) -> str:
     problem = text_problem(name)  # (every provider must store it: no NUL, no lone surrogate)
     if problem is not None:
         raise InvalidInputError(f"{what} {problem}, got {name!r}")
-    return _plain(name)
+    return plain_text(name)
 
 
 #: What a client calls on every provider (the management views are optional: ManagementNotAvailable).
@@ -190,7 +184,7 @@ class Client:
             from ..core.registry import parse_semver
 
             parse_semver(version)
-            version = _plain(version)
+            version = plain_text(version)
         self.provider.enqueue_for_orchestrator(
             StartOrchestration(instance=instance_id, orchestration=name, input=input_text, version=version)
         )

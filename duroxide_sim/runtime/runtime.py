@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.registry import Registry, parse_semver
-from ..core.texts import text_problem
+from ..core.texts import plain_text, text_problem
 from ..errors import ConfigurationError
 from ..providers.base import Clock
 from .client import Client, check_provider
@@ -79,7 +79,7 @@ class Runtime:
             problem = text_problem(runtime_id) if isinstance(runtime_id, str) else "must be a non-empty string"
             if problem is not None:
                 raise ConfigurationError(f"runtime_id {problem}, got {runtime_id!r}"[:300])
-            runtime_id = runtime_id if type(runtime_id) is str else str.__str__(runtime_id)
+            runtime_id = plain_text(runtime_id)
         self.runtime_id = runtime_id if runtime_id is not None else realtime.new_runtime_id()
         self._services = Services(
             provider=provider,
