@@ -737,7 +737,7 @@ class OrchestrationContext:
     # --- key/value store (SPEC §13) --------------------------------------------------------
 
     def set_kv_value(self, key: str, value: Any) -> None:
-        key = _kv_key(key)
+        key = _kv_key_written(key)
         what = f"KV value for {key!r}"
         text = codec.check_text(value, what) if isinstance(value, str) else codec.encode(value, what)
         ts = self._engine.ctx_now()
@@ -759,7 +759,7 @@ class OrchestrationContext:
         return len(self._engine.kv)
 
     def clear_kv_value(self, key: str) -> None:
-        _kv_key(key)  # (a non-string key would clear nothing here and fail the ack, or worse)
+        _kv_key_written(key)  # (a non-string key would clear nothing here and fail the ack, or worse)
         self._engine.kv.pop(key, None)
         self._engine.emit_plain(ClearKeyValue(key=key), _caller_site())
 
@@ -828,12 +828,27 @@ def _instance_id(value: Any) -> str:
     return plain_text(value)
 
 
+#: The longest KV key a turn may write (UTF-8 bytes): every provider indexes keys, and
+#: PostgreSQL's btree rows end near 2.7 KB (a longer key failed the turn there with an
+#: infrastructure error while memory and SQLite stored it). Reads of a longer key find nothing.
+MAX_KV_KEY_BYTES = 1_024
+
+
 def _kv_key(value: Any) -> str:
     """A KV key: any string a store can hold, the empty one included (as duroxide-python
     accepts it)."""
     if type(value) is str and not value:
         return value
     return _name(value, "KV key")
+
+
+def _kv_key_written(value: Any) -> str:
+    """A KV key a turn writes (set / clear): :func:`_kv_key` and at most MAX_KV_KEY_BYTES."""
+    key = _kv_key(value)
+    if len(key) > MAX_KV_KEY_BYTES // 4 and len(key.encode("utf-8")) > MAX_KV_KEY_BYTES:
+        raise ValueError(f"KV key {key[:40]!r}... is {len(key.encode('utf-8'))} bytes; "
+                         f"KV keys are limited to {MAX_KV_KEY_BYTES} bytes (UTF-8)")
+    return key
 
 
 def _detached_id(value: Any) -> str:

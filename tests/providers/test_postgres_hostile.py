@@ -11,10 +11,10 @@ The runtime cases run the real dispatchers on a SimClock (``SequentialDriver``),
 poison take no wall time; a bounded ``max_steps`` turns a livelock into a ``StuckError``.
 
 Tests whose docstring says ``BUG:`` failed before their fix (the docstring keeps the cause).
-Three findings are not fixed and have no test here (PostgreSQL limits that need a schema change):
-incompressible instance ids over ~2.7 KB and session ids over ~2.7 KB exceed btree index rows
-(a long session id blocks every session-aware fetch of the schema); see the session notes of
-issue 7. (A NUL in an error message, custom status or KV value, once a third finding, is now
+Incompressible instance ids over ~2.7 KB exceed btree index rows: refused by PostgreSQL at the
+call with a permanent ProviderError, nothing stored (memory and SQLite accept up to 16 KiB).
+Session ids and the KV keys a turn writes are limited to 1 KiB on every provider (a long session
+id once blocked every session-aware fetch of the schema; a long KV key failed its turn). (A NUL in an error message, custom status or KV value, once a third finding, is now
 stored escaped and read back unchanged: ``test_verbatim_text_with_nul_round_trips``.)
 """
 
@@ -358,15 +358,22 @@ def test_a_long_kv_key_is_not_retried_into_poison(world):
     """BUG: a KV key of 3,000 random characters (SQLite stores it) fails every ack on
     ``kv_delta_pkey`` with a *retryable* error; the dispatcher retries each ack 6 times, abandons,
     and the instance ends ``poison: ... exceeded 4 attempts``, a message that hides the cause.
-    Expected: Completed with the value readable, or Failed with an error naming the problem."""
+    Since KV keys are limited to 1024 bytes where the code writes them (``MAX_KV_KEY_BYTES``,
+    the same on every provider) the write raises a ValueError naming the limit; unhandled, it
+    fails the orchestration with that message. A key at the limit (1024 incompressible bytes,
+    multi-byte characters included) is stored and read back."""
     key = _noise(3_000, seed=7)
     world.client.start_orchestration("long-key", "KvLater", key)
     world.run()
     st = world.status("long-key")
-    if st.status == "Completed":
-        assert world.client.get_kv_value("long-key", key) == "v"
-    else:
-        assert st.status == "Failed" and "poison" not in st.error, st.error
+    assert st.status == "Failed" and "poison" not in st.error, st.error
+    assert "KV keys are limited to 1024 bytes" in st.error, st.error
+    at_limit = _noise(1_000, seed=8) + "\u00e9" * 12  # 1,024 UTF-8 bytes
+    assert len(at_limit.encode()) == 1_024
+    world.client.start_orchestration("limit-key", "KvLater", at_limit)
+    world.run()
+    assert world.status("limit-key").status == "Completed", world.status("limit-key").error
+    assert world.client.get_kv_value("limit-key", at_limit) == "v"
 
 
 def test_multi_mib_payloads_round_trip(world):

@@ -77,10 +77,11 @@ properties now draw these inputs too)
 
 Gaps the SPEC leaves open, pinned as observed (``test_pinned_*``): ``ctx.all`` of a
 non-iterable is Python's own ``TypeError`` (no mention of the call); ``RuntimeOptions.log_format``
-takes any string and ``worker_node_id=""`` means "unset"; event/queue names and KV keys have no
-size bound. (Two more were pinned at first and then changed: ``register_*`` now refuses names
-with NUL or a lone surrogate, as every call that would use them does, and a tag with NUL is
-refused, since PostgreSQL could not store it.)
+takes any string and ``worker_node_id=""`` means "unset"; event/queue names have no size bound.
+(Three more were pinned at first and then changed: ``register_*`` now refuses names with NUL or
+a lone surrogate, as every call that would use them does; a tag with NUL is refused, since
+PostgreSQL could not store it; KV keys written by a turn are limited to 1 KiB, since PostgreSQL
+could not index a longer one.)
 
 Hunts run while writing: the default (60 examples per property, derandomized), and 400 and
 1,500 random examples per property; no property failure beyond the bugs above (one hunt found
@@ -1334,19 +1335,24 @@ def test_a_tag_with_nul_is_refused_where_it_is_given(base: Any) -> None:
         assert "with_tag: the tag must not contain NUL characters, got 'g\\x00'" in status.error, (kind, status.error)
 
 
-def test_pinned_names_and_kv_keys_have_no_size_bound(base: Any) -> None:
-    """Event/queue names and KV keys have no byte limit (instance ids: 16 KiB, session ids:
-    1 KiB, tags: 256 B; SPEC §10.3: "Payload sizes are otherwise unbounded"): a 1 MiB event name
-    is accepted and recorded, a 10,000-character KV key is stored and read back, on memory and
-    SQLite alike; the waiting bystander is unaffected. (PostgreSQL cannot index such a key: the
-    same turn fails there with ``infrastructure:ack_orchestration_item: ... index row requires
-    ... bytes``.)"""
+def test_pinned_names_have_no_size_bound_kv_keys_have_1_kib(base: Any) -> None:
+    """Event/queue names have no byte limit (instance ids: 16 KiB, session ids: 1 KiB, tags:
+    256 B; SPEC §10.3: "Payload sizes are otherwise unbounded"): a 1 MiB event name is accepted
+    and recorded on memory and SQLite alike; the waiting bystander is unaffected. KV keys a turn
+    writes are limited to 1 KiB (``MAX_KV_KEY_BYTES``: PostgreSQL cannot index a 10,000-character
+    key - the turn failed there with ``infrastructure:ack_orchestration_item: ... index row
+    requires ... bytes`` - while memory and SQLite stored it): the write raises ValueError, a
+    1,024-character key is stored and read back."""
     key = "".join(chr(0x41 + (i * 7919) % 26) for i in range(10_000))
 
     def setup(rt: Runtime, _effects: list[Any]) -> None:
         def keeps(ctx: Any, _: Any) -> Any:
-            ctx.set_kv_value(key, "v")
-            return ctx.get_kv_value(key)
+            try:
+                ctx.set_kv_value(key, "v")
+            except ValueError as exc:
+                refused = str(exc)
+            ctx.set_kv_value(key[:1024], "v")
+            return [refused, ctx.get_kv_value(key), ctx.get_kv_value(key[:1024])]
             yield  # (a generator orchestration)
 
         rt.register_orchestration("Keeps", keeps)
@@ -1360,7 +1366,10 @@ def test_pinned_names_and_kv_keys_have_no_size_bound(base: Any) -> None:
             w.run()
             names = [e for e in w.client.read_history_events("by-wait") if getattr(e, "name", None) == big]
             assert len(names) == 1, w.kind
-            assert w.client.get_status("keeps").output == "v" and w.client.get_kv_value("keeps", key) == "v", w.kind
+            refused, long_read, kept = w.client.get_status("keeps").output
+            assert "is 10000 bytes; KV keys are limited to 1024 bytes" in refused, (w.kind, refused)
+            assert (long_read, kept, w.client.get_kv_value("keeps", key)) == (None, "v", None), w.kind
+            assert w.client.get_kv_value("keeps", key[:1024]) == "v", w.kind
         pair.finish()
     finally:
         pair.close()

@@ -338,6 +338,43 @@ def test_kv_key_count_over_limit_fails_instance(world):
     assert st.error == "KV key count (151) exceeds limit (150)"
 
 
+def test_kv_keys_over_1024_bytes_are_refused_where_written(world):
+    """KV keys are limited to 1024 UTF-8 bytes (``MAX_KV_KEY_BYTES``), checked when the code sets
+    or clears one: PostgreSQL indexes keys in btree rows that end near 2.7 KB, and such a key used
+    to fail the turn there with an infrastructure error while memory and SQLite stored it. The
+    code gets a ValueError naming the limit (it may handle it); reads of a longer key find
+    nothing; a key of exactly 1024 bytes - multi-byte characters counted as bytes - is stored."""
+    from duroxide_sim.core.context import MAX_KV_KEY_BYTES
+
+    assert MAX_KV_KEY_BYTES == 1024
+    at_limit = "\u00e9" * 512  # 1024 bytes in 512 characters
+    over = "k" * 1023 + "\u00e9"  # 1025 bytes in 1024 characters
+
+    @world.runtime.register_orchestration("O")
+    def orch(ctx, _):
+        ctx.set_kv_value(at_limit, "fits")
+        seen = []
+        for write in (lambda: ctx.set_kv_value(over, "v"), lambda: ctx.clear_kv_value(over),
+                      lambda: ctx.set_kv_value("x" * 5000, "v")):
+            try:
+                write()
+            except ValueError as exc:
+                seen.append(str(exc))
+        seen.append(ctx.get_kv_value(over))
+        yield ctx.schedule_timer(1)
+        return seen
+
+    world.client.start_orchestration("i1", "O")
+    st = world.result("i1")
+    assert st.status == "Completed", st.error
+    assert len(st.output) == 4 and st.output[3] is None
+    assert "is 1025 bytes; KV keys are limited to 1024 bytes" in st.output[0]
+    assert "is 1025 bytes" in st.output[1] and "is 5000 bytes" in st.output[2]
+    assert world.client.get_kv_value("i1", at_limit) == "fits"
+    assert world.client.get_kv_value("i1", over) is None
+    assert world.client.get_kv_all_values("i1") == {at_limit: "fits"}
+
+
 def test_prune_kv_values_updated_before(world):
     """prune_kv_values_updated_before clears keys stamped before the cutoff and returns the count."""
 
