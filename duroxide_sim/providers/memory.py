@@ -457,7 +457,8 @@ class InMemoryProvider:
         return row
 
     def _bump_session(self, session_id: str | None, now: int) -> None:
-        # Only while the session lock is live: never refresh a session another worker took over.
+        # Only while the session lock is live (SPEC §15.3): an expired session is not revived. A
+        # late ack of the previous owner's lease bumps the new owner's live session, as in SQL.
         session = self._sessions.get(session_id) if session_id is not None else None
         if session is not None and session.locked_until > now:
             session.last_activity_at = now
