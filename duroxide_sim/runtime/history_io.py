@@ -20,7 +20,9 @@ checks every target instance before it writes anything. Nothing here touches an 
 reads through the Provider protocol, import writes through the provider's ``import_history``
 (events plus the rows their acks would have written, and the work still queued for the
 instance, in one transaction per instance). A document's ``queued`` items must be its own
-instance's work or the start of a child it scheduled.
+instance's work or that of a child it scheduled whose start is queued with them (a child that
+has not started has no document: its start and what waits for it - a cancel, an event - go with
+its parent).
 """
 
 from __future__ import annotations
@@ -80,12 +82,13 @@ def queued_by_instance(provider: Any) -> dict[str, list[WorkItem]] | None:
         return None
     out: dict[str, list[WorkItem]] = {}
     for target, items in reader().items():
-        for item in items:
-            owner = target
-            if (isinstance(item, StartOrchestration) and item.parent_instance is not None
-                    and provider.latest_execution_id(target) is None):
-                owner = item.parent_instance  # a child that has not started: goes with its parent
-            out.setdefault(owner, []).append(item)
+        owner = target
+        if provider.latest_execution_id(target) is None:
+            # A child that has not started: its start - and whatever else waits for it, a cancel
+            # from its parent, a raised event - goes with its parent (it has no document).
+            owner = next((item.parent_instance for item in items
+                          if isinstance(item, StartOrchestration) and item.parent_instance is not None), target)
+        out.setdefault(owner, []).extend(items)
     return out
 
 
@@ -250,6 +253,29 @@ def _check_instance_id(instance: Any) -> None:
         raise SerializationError(f"instance_id {problem}")
 
 
+def _check_kv_base(kv_base: dict[str, list[Any]], where: str) -> None:
+    """The stored KV store a document carries must be one a turn could have written: keys by
+    the context's rules (no NUL, valid Unicode, at most ``MAX_KV_KEY_BYTES``), values valid
+    Unicode within the per-value limit, at most the key-count limit (SPEC §10.3)."""
+    from ..core.context import MAX_KV_KEY_BYTES
+    from ..core.turn import LIMITS
+
+    if len(kv_base) > LIMITS["kv_keys"]:
+        raise SerializationError(f"{where}: kv_base holds {len(kv_base)} keys, over the limit of {LIMITS['kv_keys']}")
+    for key, (value, _) in kv_base.items():
+        problem = text_problem(key, MAX_KV_KEY_BYTES) if key else None
+        if problem is not None:
+            raise SerializationError(f"{where}: kv_base key {key[:40]!r} {problem}")
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise SerializationError(f"{where}: kv_base value for key {key[:40]!r} is not valid Unicode "
+                                     "(it holds a lone surrogate)") from None
+        if size > LIMITS["kv_value_bytes"]:
+            raise SerializationError(f"{where}: kv_base value for key {key[:40]!r} is {size} bytes, over the limit "
+                                     f"of {LIMITS['kv_value_bytes']}")
+
+
 def check_document(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise SerializationError(f"{where}: expected a JSON object, got {type(doc).__name__}")
@@ -272,6 +298,8 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
             isinstance(k, str) and isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
             and type(e[1]) is int and e[1] in _INT64 for k, e in kv_base.items())):
         raise SerializationError(f"{where}: kv_base must map each key to [value (a string), last_updated_at_ms (an integer)]")
+    if kv_base:
+        _check_kv_base(kv_base, where)
     fields = doc.get("instance")
     if fields is not None and not (isinstance(fields, dict) and all(
             (k in ("created_at", "custom_status_version", "order") and type(v) is int and 0 <= v < 2**63)
@@ -285,6 +313,7 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
     if queued is not None:
         if not isinstance(queued, list):
             raise SerializationError(f"{where}: queued must be a list of work items")
+        items = []
         for i, raw in enumerate(queued):
             try:
                 item = from_dict(raw, "work")
@@ -293,12 +322,18 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
                 raise SerializationError(f"{where}: queued item #{i}: {exc}") from exc
             except (TypeError, ValueError, AttributeError) as exc:
                 raise SerializationError(f"{where}: queued item #{i}: malformed record: {exc}") from exc
+            items.append(item)
+        # Children this instance scheduled that have not started: their start is queued here.
+        children = {item.target_instance for item in items
+                    if isinstance(item, StartOrchestration) and item.parent_instance == instance}
+        for i, item in enumerate(items):
             owner = item.instance if isinstance(item, ActivityExecute) else item.target_instance
-            if owner != instance and not (isinstance(item, StartOrchestration) and item.parent_instance == instance):
-                # An export carries only the instance's own work and the start of a child it
-                # scheduled (queued_by_instance): anything else would reach another instance.
+            if owner != instance and owner not in children:
+                # An export carries only the instance's own work and that of a child it scheduled
+                # that has not started (queued_by_instance): anything else would reach another
+                # instance.
                 raise SerializationError(f"{where}: queued item #{i} ({type(item).__name__}) is for instance "
-                                         f"{owner!r}, not {instance!r}")
+                                         f"{owner!r}, not {instance!r} or a child it started")
     if not doc["executions"]:
         raise SerializationError(f"{where}: instance {instance!r} has no executions")
     previous = 0
