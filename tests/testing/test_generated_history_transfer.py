@@ -52,26 +52,30 @@ with a ``SerializationError`` naming the problem and leave the target store unch
 when the corruption still spells a valid document - are imported and export back to the same
 document; the CLI (``export``, ``import``, ``replay --json``) on one generated store.
 
-PostgreSQL: only when ``$DUROXIDE_PG_URL`` is set (the shared ``pg_url`` fixture lives in
-tests/providers/conftest.py, out of this directory's reach; starting a private server costs
-more than this file's time budget), else skipped.
+PostgreSQL: the corpus store imported into a fresh schema exports the same files (the server:
+``$DUROXIDE_PG_URL``, which CI starts, else a private one from tests/pg_server.py).
 
-Found: ``test_bug_kv_base_with_a_lone_surrogate_is_not_validated`` (a document's ``kv_base``
-is not checked like the rest: SQLite raises a raw ``UnicodeEncodeError`` after the instances
-before it were written, memory stores the key) and
-``test_bug_cancel_of_a_child_that_has_not_started_is_lost_by_export`` (a ``CancelInstance``
-queued for a child whose start is still queued travels with no document; the restored child
-runs to the end instead of being cancelled). The generators steer around the second (see
-``_steer``). Pinned (``test_pinned_*``, the documented policy leaves them open): a queued
-child start that names an instance the target already has; a document carrying ``kv_base``
-for an unpruned instance.
+Found (both fixed; each test failed before its fix): a document's ``kv_base`` was not checked
+like the rest (SQLite raised a raw ``UnicodeEncodeError`` after the instances before it were
+written, memory stored the key:
+``test_kv_base_with_a_lone_surrogate_is_refused_before_anything_is_written``); a
+``CancelInstance`` queued for a child whose start was still queued travelled with no document,
+so the restored child ran to the end instead of being cancelled
+(``test_cancel_of_a_child_that_has_not_started_travels_with_its_parent``; reached only when the
+child's handler is not deployed yet, which the generators - every handler registered - never
+do). Pinned (``test_pinned_*``, the documented
+policy leaves them open): a queued child start that names an instance the target already has
+(imported; the parent's child call fails at run time); a document carrying ``kv_base`` for an
+unpruned instance (the store is replaced; the re-export drops it). Noticed, not asserted as a
+defect: an event missing ``execution_id`` or ``timestamp_ms`` is read with the record's default
+(1, 0) instead of being refused; the top-level ``orchestration_name`` / ``orchestration_version``
+are never checked against the events (import ignores them, export recomputes them).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -84,7 +88,7 @@ from hypothesis import strategies as st
 from duroxide_sim import Client, InMemoryProvider, PruneOptions, Runtime, RuntimeOptions, SqliteProvider
 from duroxide_sim.cli import main as cli
 from duroxide_sim.core.events import StartOrchestration, from_dict, to_dict
-from duroxide_sim.errors import DuroxideError, InvalidInputError, SerializationError
+from duroxide_sim.errors import InvalidInputError, SerializationError
 from duroxide_sim.runtime.history_io import export_to_path, import_documents, load_documents
 from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
 from duroxide_sim.testing.replay import build_registry, replay_documents
@@ -342,33 +346,19 @@ def prune(w: World, inst: str) -> None:
 
 def not_carried(provider: Any) -> tuple[set[str], list[Any]]:
     """What the README says an export does not carry: work queued for an instance that has no
-    history (a root or detached start not run yet, and whatever else waits for it), except the
-    start of a child, which goes with its parent. Returns (those instances, those items)."""
+    history (a root or detached start not run yet, and whatever else waits for it), except a
+    child's: the start of a child that has not run and whatever waits for it go with its parent.
+    Returns (those instances, those items)."""
     ids: set[str] = set()
     items: list[Any] = []
     for target, queued in provider.queued_work().items():
         if provider.latest_execution_id(target) is not None:
             continue
-        for item in queued:
-            if isinstance(item, StartOrchestration) and item.parent_instance is not None:
-                continue
-            ids.add(target)
-            items.append(item)
-    return ids, items
-
-
-def _steer(provider: Any) -> bool:
-    """True when the store holds work the export loses although its instance will exist after
-    the import: a message (a CancelInstance) queued for a child whose start is still queued
-    (``test_bug_cancel_of_a_child_that_has_not_started_is_lost_by_export``). The generative
-    test stops such examples short of the comparison (the bug test pins the defect)."""
-    for target, queued in provider.queued_work().items():
-        if provider.latest_execution_id(target) is not None:
+        if any(isinstance(i, StartOrchestration) and i.parent_instance is not None for i in queued):
             continue
-        if any(isinstance(i, StartOrchestration) and i.parent_instance is not None for i in queued) and any(
-                not isinstance(i, StartOrchestration) for i in queued):
-            return True
-    return False
+        ids.add(target)
+        items.extend(queued)
+    return ids, items
 
 
 def views(w: World, skip: set[str] = frozenset(), lost: list[Any] = (),  # type: ignore[assignment]
@@ -507,8 +497,6 @@ def round_trip(sc: dict[str, Any], source_kind: str, tmp: pathlib.Path) -> None:
     worlds = [src]
     try:
         run_phase_one(src, sc)
-        if _steer(src.provider):
-            return  # test_bug_cancel_of_a_child_that_has_not_started_is_lost_by_export
         skip, lost = not_carried(src.provider)
         before = views(src, skip, lost, metrics=not skip)
         files = export_bytes(src.provider, tmp / "out1")
@@ -607,13 +595,13 @@ def _descendants_of(w: World, roots: set[str]) -> set[str]:
     return out
 
 
-@settings(max_examples=120, **SETTINGS)
+@settings(max_examples=250, **SETTINGS)
 @given(sc=scenarios())
 def test_round_trip_from_sqlite_file(sc: dict[str, Any], tmp_path_factory: Any) -> None:
     round_trip(sc, "sqlite", tmp_path_factory.mktemp("xfer"))
 
 
-@settings(max_examples=120, **SETTINGS)
+@settings(max_examples=250, **SETTINGS)
 @given(sc=scenarios())
 def test_round_trip_from_memory(sc: dict[str, Any], tmp_path_factory: Any) -> None:
     round_trip(sc, "memory", tmp_path_factory.mktemp("xfer"))
@@ -753,7 +741,7 @@ def corrupt(docs: list[dict[str, Any]], kind: str, r: tuple[int, int, int]) -> t
     return json.dumps(docs, sort_keys=True, indent=1).encode("utf-8"), True
 
 
-@settings(max_examples=120, **SETTINGS)
+@settings(max_examples=300, **SETTINGS)
 @given(change=corruptions(), target_kind=st.sampled_from(["sqlite", "memory"]))
 def test_corrupted_documents_are_refused_with_the_problem_named_and_nothing_written(
         change: tuple[str, Any], target_kind: str, tmp_path_factory: Any) -> None:
@@ -793,7 +781,7 @@ def test_corrupted_documents_are_refused_with_the_problem_named_and_nothing_writ
 
 
 @pytest.mark.parametrize("target_kind", ["sqlite", "memory"])
-def test_bug_kv_base_with_a_lone_surrogate_is_not_validated(tmp_path: pathlib.Path, target_kind: str) -> None:
+def test_kv_base_with_a_lone_surrogate_is_refused_before_anything_is_written(tmp_path: pathlib.Path, target_kind: str) -> None:
     """history_io's docstring: "Reading validates everything and raises SerializationError
     naming the file and the problem (... a field of the wrong type ...)"; "Every document is
     validated and every instance checked before the first write, so those refusals write
@@ -801,12 +789,10 @@ def test_bug_kv_base_with_a_lone_surrogate_is_not_validated(tmp_path: pathlib.Pa
     "field 'name' is not valid Unicode"; the instance's custom status likewise).
 
     A document whose ``kv_base`` (exported for instances with pruned executions) holds a key with
-    a lone surrogate passes ``check_document``. Expected: a SerializationError naming
-    ``kv_base``, nothing written. Actual: SQLite raises a bare ``UnicodeEncodeError`` ("'utf-8'
-    codec can't encode character '\\udc00'", no file, document or field named) after the
-    documents before it were written; the in-memory provider stores the key. Reproduce: export
-    an instance whose first execution was pruned, put ``"k\\udc00"`` in its ``kv_base``, import it
-    after another document."""
+    a lone surrogate, imported after other documents: a SerializationError naming ``kv_base``,
+    nothing written. (Before the fix ``check_document`` let it through: SQLite raised a bare
+    ``UnicodeEncodeError`` - no file, document or field named - after the documents before it
+    were written; the in-memory provider stored the key.)"""
     docs = corpus(tmp_path)
     pruned = next(d for d in docs if "kv_base" in d)
     pruned["kv_base"] = {"k\udc00": ["v", 1]}
@@ -826,7 +812,7 @@ def test_bug_kv_base_with_a_lone_surrogate_is_not_validated(tmp_path: pathlib.Pa
     assert (outcome, written) == (("SerializationError", True), []), (outcome, written)
 
 
-def test_bug_cancel_of_a_child_that_has_not_started_is_lost_by_export(tmp_path: pathlib.Path) -> None:
+def test_cancel_of_a_child_that_has_not_started_travels_with_its_parent(tmp_path: pathlib.Path) -> None:
     """README: ``export`` writes "the work still queued for it (messages not yet in its history
     ...) ... the start of a child that has not run: without them a restored instance waited for
     good"; "Not carried: session claims and locks ..., and the start of a detached orchestration
@@ -838,11 +824,11 @@ def test_bug_cancel_of_a_child_that_has_not_started_is_lost_by_export(tmp_path: 
     start is abandoned with the unregistered backoff and stays queued). The parent is cancelled:
     the CancelInstance for the child is queued behind its start. Export, import, then the same
     new deployment (with ``Kid``) on both stores. Expected: the restored child is cancelled as
-    the original is ("canceled: parent canceled"). Actual: the child's start travels with the
-    parent's document but the CancelInstance (queued under the child's id, which has no
-    document) is dropped: the restored child runs and waits for good, orphaned (its parent has
-    failed). ``queued_by_instance`` moves only StartOrchestration items of an unstarted child to
-    the parent; a QueueMessage enqueued to such a child is lost the same way."""
+    the original is ("canceled: parent canceled"). It was not (fixed): the child's start
+    travelled with the parent's document but the CancelInstance (queued under the child's id,
+    which has no document) was dropped, so the restored child ran and waited for good, orphaned
+    (its parent had failed): ``queued_by_instance`` moved only StartOrchestration items of an
+    unstarted child to the parent."""
 
     def deploy(provider: Any, clock: SimClock, ids: int, kid: bool) -> tuple[Client, SequentialDriver]:
         rt = Runtime(provider, RuntimeOptions(), clock=clock, ids=SequentialIds(ids))
@@ -965,13 +951,11 @@ def test_cli_export_import_replay_on_a_generated_store(tmp_path: pathlib.Path, c
     assert cli(["export", str(tmp_path / "b.db"), "--out", str(tmp_path / "cli2")]) == 0
     assert {f.name: f.read_bytes() for f in sorted((tmp_path / "cli2").iterdir())} == lib
     capsys.readouterr()
-    before = (tmp_path / "b.db").read_bytes()
     assert cli(["import", str(tmp_path / "cli"), "--db", str(tmp_path / "b.db")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("duroxide-sim: instance ") and "already exists" in err and err.count("\n") == 1, err
     assert cli(["export", str(tmp_path / "b.db"), "--out", str(tmp_path / "cli3")]) == 0
     assert {f.name: f.read_bytes() for f in sorted((tmp_path / "cli3").iterdir())} == lib
-    del before
     docs = load_documents(tmp_path / "cli")
     expected = [{"instance": d.instance, "execution": d.execution_id, "in_flight": d.in_flight, "message": d.message}
                 for d in replay_documents(docs, build_registry(register_changed))]
@@ -984,18 +968,19 @@ def test_cli_export_import_replay_on_a_generated_store(tmp_path: pathlib.Path, c
         assert json.loads(capsys.readouterr().out) == expected
 
 
-@pytest.mark.skipif(not os.environ.get("DUROXIDE_PG_URL"), reason="PostgreSQL only when $DUROXIDE_PG_URL is set")
 def test_round_trip_into_postgres(tmp_path: pathlib.Path) -> None:
-    """The corpus store exported and imported into a fresh PostgreSQL schema: the same files."""
+    """The corpus store exported and imported into a fresh PostgreSQL schema: the same files.
+    (The server: ``$DUROXIDE_PG_URL`` - CI starts one - else a private one, tests/pg_server.py.)"""
     import uuid
 
     from duroxide_sim.providers.postgres import PostgresProvider
+    from tests import pg_server
+    from tests.providers.conftest import drop_schemas
 
+    url = pg_server.shared_url()
     docs = corpus(tmp_path)
-    export = tmp_path / "src"
-    (export).mkdir()
     schema = f"dx_xfer_{uuid.uuid4().hex[:8]}"
-    provider = PostgresProvider.connect_with_schema(os.environ["DUROXIDE_PG_URL"], schema, clock=SimClock(_CORPUS["now"]))
+    provider = PostgresProvider.connect_with_schema(url, schema, clock=SimClock(_CORPUS["now"]))
     try:
         mem = InMemoryProvider(SimClock(_CORPUS["now"]))
         import_documents(mem, docs)
@@ -1003,3 +988,4 @@ def test_round_trip_into_postgres(tmp_path: pathlib.Path) -> None:
         assert export_bytes(provider, tmp_path / "pg") == export_bytes(mem, tmp_path / "mem")
     finally:
         provider.close()
+        drop_schemas(url, [schema])

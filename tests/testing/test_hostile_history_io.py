@@ -335,3 +335,28 @@ def test_client_refuses_an_id_with_a_lone_surrogate() -> None:
     client = Client(SqliteProvider.in_memory(clock=SimClock()), clock=SimClock())
     with pytest.raises(InvalidInputError, match="lone surrogate"):
         client.start_orchestration("a\udc00", "Main", 1)
+
+
+@pytest.mark.parametrize("kv_base, problem", [
+    ({"k\udc00": ["v", 1]}, "kv_base key 'k\\udc00' is not valid Unicode"),
+    ({"a\x00b": ["v", 1]}, "kv_base key 'a\\x00b' must not contain NUL characters"),
+    ({"k" * 1025: ["v", 1]}, "is longer than 1024 bytes"),
+    ({"k": ["\udc00", 1]}, "kv_base value for key 'k' is not valid Unicode"),
+    ({"k": ["v" * 65_537, 1]}, "kv_base value for key 'k' is 65537 bytes, over the limit of 65536"),
+    ({f"k{i}": ["v", 1] for i in range(151)}, "kv_base holds 151 keys, over the limit of 150"),
+], ids=["surrogate-key", "nul-key", "long-key", "surrogate-value", "big-value", "too-many-keys"])
+def test_kv_base_is_checked_like_what_a_turn_writes(tmp_path, kv_base, problem):
+    """A document's ``kv_base`` (the stored KV store of an instance whose early executions were
+    pruned) must be one a turn could have written (key rules, 1 KiB keys, 64 KiB values, 150
+    keys): anything else is refused by name before the first write. The empty key, the longest
+    key and value and the most keys are accepted."""
+    doc = json.loads((HISTORIES / sorted(p.name for p in HISTORIES.glob("*.json") if p.name != "index.json")[0]).read_text())
+    doc["kv_base"] = kv_base
+    (tmp_path / "bad.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(SerializationError) as info:
+        load_documents(tmp_path / "bad.json")
+    assert problem in str(info.value) and "bad.json" in str(info.value), str(info.value)
+    edge = {"": ["", 0], "é" * 512: ["v" * 65_536, 1], **{f"k{i}": ["v", 2] for i in range(148)}}
+    doc["kv_base"] = edge
+    (tmp_path / "edge.json").write_text(json.dumps(doc), encoding="utf-8")
+    assert load_documents(tmp_path / "edge.json")[0]["kv_base"] == edge
