@@ -454,9 +454,10 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
     """Restore each document's instance in ``provider`` (its ``import_history``: the events
     verbatim plus the instance row, execution statuses, custom status and KV store their acks
     would have written, so the instance is listed, shown and exported like any other); returns
-    the number of executions written. Refuses to import onto an existing instance (nothing is
-    overwritten). Every document is validated and every instance checked before the first
-    write, so those refusals write nothing. Each instance is then one transaction: should the
+    the number of executions written. Refuses to import onto an existing instance, or one whose
+    start is queued in the target (nothing is overwritten or absorbed). Every document is
+    validated and every instance checked before the first write, so those refusals write
+    nothing. Each instance is then one transaction: should the
     provider itself refuse one (a value too large for PostgreSQL, say), the instances before it
     stay imported and the error names the one refused."""
     restore = getattr(provider, "import_history", None)
@@ -478,6 +479,15 @@ def import_documents(provider: Any, docs: Sequence[dict[str, Any]]) -> int:
         seen.add(instance)
         if provider.latest_execution_id(instance) is not None:
             raise InvalidInputError(f"instance {instance!r} already exists in the target; refusing to overwrite it")
+    reader = getattr(provider, "queued_work", None)
+    if reader is not None:
+        # A start queued in the target that has not run yet: the instance is about to exist
+        # there. Importing over it would leave that start to be absorbed as a duplicate.
+        pending = reader()
+        for doc in docs:
+            if any(isinstance(item, StartOrchestration) for item in pending.get(doc["instance_id"], ())):
+                raise InvalidInputError(f"instance {doc['instance_id']!r} has a start queued in the target that has "
+                                        "not run yet; refusing to import over it")
     count = 0
     queues_itself = _takes_queued(restore)
     # Oldest first, as they were created (an export directory lists them by file name): listings

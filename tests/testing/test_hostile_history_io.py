@@ -360,3 +360,19 @@ def test_kv_base_is_checked_like_what_a_turn_writes(tmp_path, kv_base, problem):
     doc["kv_base"] = edge
     (tmp_path / "edge.json").write_text(json.dumps(doc), encoding="utf-8")
     assert load_documents(tmp_path / "edge.json")[0]["kv_base"] == edge
+
+
+def test_import_refuses_an_instance_whose_start_is_queued_in_the_target(tmp_path):
+    """A client started ``a`` on the target and no runtime has run it yet: importing a document
+    for ``a`` is refused by name (it would leave that start to be absorbed as a duplicate start
+    of the imported instance), and nothing is written - the other documents included."""
+    source = _db(tmp_path / "src.db", [("a", "Main", 1), ("b", "Main", 2)])
+    export_to_path(source, tmp_path / "out")
+    source.close()
+    clock = SimClock()
+    target = SqliteProvider.open(str(tmp_path / "t.db"), clock=clock)
+    Client(target, clock=clock).start_orchestration("a", "Loop", 0)
+    with pytest.raises(InvalidInputError, match="instance 'a' has a start queued in the target that has not run yet"):
+        import_documents(target, load_documents(tmp_path / "out"))
+    assert target.list_instances() == [] and [type(i).__name__ for i in target.queued_work()["a"]] == ["StartOrchestration"]
+    target.close()
