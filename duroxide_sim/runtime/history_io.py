@@ -246,6 +246,18 @@ def _check_carry(ev: Any) -> None:
         raise SerializationError("field 'carry_forward_events' must be a list of [name, data] string pairs")
 
 
+#: Fields every exported event carries; the record classes give them defaults (for the engine's
+#: own construction), which an import must not fill in silently (execution 1, time 0).
+_ENVELOPE = ("event_id", "instance_id", "execution_id", "timestamp_ms")
+
+
+def _check_envelope(ev: Any) -> None:
+    if isinstance(ev, dict):
+        missing = [k for k in _ENVELOPE if k not in ev]
+        if missing:
+            raise SerializationError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+
+
 def _check_instance_id(instance: Any) -> None:
     """The client's rules for an instance id: imported instances must be addressable."""
     problem = text_problem(instance, MAX_ANY_INSTANCE_ID_BYTES)
@@ -353,6 +365,7 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
             try:
                 _check_carry(ev)
                 event = from_dict(ev, "event")
+                _check_envelope(ev)
                 _check_fields(event)
             except SerializationError as exc:
                 raise SerializationError(f"{at}: {exc}") from exc

@@ -376,3 +376,17 @@ def test_import_refuses_an_instance_whose_start_is_queued_in_the_target(tmp_path
         import_documents(target, load_documents(tmp_path / "out"))
     assert target.list_instances() == [] and [type(i).__name__ for i in target.queued_work()["a"]] == ["StartOrchestration"]
     target.close()
+
+
+@pytest.mark.parametrize("field", ["event_id", "instance_id", "execution_id", "timestamp_ms"])
+def test_an_event_without_its_envelope_fields_is_refused(tmp_path, field):
+    """Every exported event carries its id, instance, execution and time; a document event
+    without one is refused by name, not read with the record's default (execution 1, time 0)."""
+    name = sorted(p.name for p in HISTORIES.glob("*.json") if p.name != "index.json")[0]
+    doc = json.loads((HISTORIES / name).read_text())
+    del doc["executions"][0]["events"][1][field]
+    (tmp_path / "bad.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(SerializationError) as info:
+        load_documents(tmp_path / "bad.json")
+    text = str(info.value)
+    assert "bad.json" in text and "execution 1 event #1: " in text and "missing" in text and f"'{field}'" in text, text
