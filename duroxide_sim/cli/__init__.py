@@ -199,8 +199,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             runnable.append((index, label, spec))
     if not runnable:
         if not problems:
-            print(f"duroxide-sim: no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}"
-                  f"{_subdirectory_hint(path)}", file=sys.stderr)
+            none_found = f"no scenario modules (defining SPEC{' and VARIANTS' if args.variants else ''}) in {path}"
+            print(f"duroxide-sim: {none_found}{_subdirectory_hint(path)}", file=sys.stderr)
+            args._load_errors = [*getattr(args, "_load_errors", []), (str(path), none_found)]
         if args.json:  # (the document README promises, not ok, with what could not load)
             _report([], args)
         return 2

@@ -60,9 +60,13 @@ def _load_modules(path: pathlib.Path, problems: list[tuple[str, str]] | None = N
     files = sorted(p for p in path.glob("*.py") if not p.name.startswith("_")) if path.is_dir() else [path]
     root = (path if path.is_dir() else path.parent).resolve()
     package = (root / "__init__.py").exists() and root.name.isidentifier()
-    for entry in (str(pathlib.Path.cwd()), str(root.parent)):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
+    # The package's parent goes first (its modules import as ``<dir>.<module>``); the working
+    # directory last (a scenario may import the application it tests from there, but a file in
+    # it named like an installed or standard-library module must not shadow that module).
+    if package and str(root.parent) not in sys.path:
+        sys.path.insert(0, str(root.parent))
+    if str(pathlib.Path.cwd()) not in sys.path:
+        sys.path.append(str(pathlib.Path.cwd()))
     if not package:
         use_flat_directory(root)  # last on sys.path; another directory's `_common` is forgotten
     if package:
@@ -71,10 +75,14 @@ def _load_modules(path: pathlib.Path, problems: list[tuple[str, str]] | None = N
     for file in files:
         try:
             module = _import_scenario(file.resolve(), root, package)
-        except Exception as exc:  # noqa: BLE001 - the module's own code: reported per file
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own code: reported per file
             if problems is None:
                 raise
-            problems.append((str(file), f"{type(exc).__name__}: {exc}"))
+            if isinstance(exc, SystemExit):  # (a script's sys.exit / argparse at module level)
+                problems.append((str(file), f"SystemExit({exc.code!r}): the module exits when imported (guard "
+                                            "script code with `if __name__ == \"__main__\":`)"))
+            else:
+                problems.append((str(file), f"{type(exc).__name__}: {exc}"))
             continue
         if hasattr(module, "SPEC"):
             modules.append(module)

@@ -95,6 +95,20 @@ def _check_signal_kind(kind: Any) -> None:
         raise ValueError(f"Signal.kind must be 'raise', 'enqueue' or 'cancel', got {kind!r}")
 
 
+def _check_spec_text(attribute: Any, value: Any, optional: bool) -> None:
+    """A SimSpec's name (and ref): a non-empty string - reports, repro lines and file names
+    are made of it."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(f"SimSpec.{attribute.name} must be a non-empty string, got {value!r}"[:200])
+
+
+def _check_setup(value: Any) -> None:
+    if not callable(value):
+        raise TypeError(f"SimSpec.setup must be a function setup(rt, world), got {value!r}"[:200])
+
+
 @attrs.frozen(kw_only=True)
 class Start:
     """Start ``orchestration`` as ``instance`` at virtual time ``at_ms`` (from the run's start)."""
@@ -125,8 +139,8 @@ class Signal:
 class SimSpec:
     """What to simulate. ``starts``/``signals`` may be lists or ``fn(random.Random) -> list``."""
 
-    name: str
-    setup: Callable[[Runtime, ExternalWorld], None]
+    name: str = attrs.field(validator=lambda _s, a, v: _check_spec_text(a, v, optional=False))
+    setup: Callable[[Runtime, ExternalWorld], None] = attrs.field(validator=lambda _s, _a, v: _check_setup(v))
     starts: Sequence[Start] | Callable[[random.Random], Sequence[Start]] = ()
     signals: Sequence[Signal] | Callable[[random.Random], Sequence[Signal]] = ()
     invariants: Sequence[Callable[["SimResult"], str | None]] = ()
@@ -136,7 +150,7 @@ class SimSpec:
     horizon_ms: int = attrs.field(default=7 * 24 * 3600 * 1000, validator=lambda _s, a, v: _check_at_ms(a, v, optional=False))
     options: RuntimeOptions | None = None
     #: Where this spec can be imported from, ``path/to/module.py:NAME`` (for repro lines).
-    ref: str | None = None
+    ref: str | None = attrs.field(default=None, validator=lambda _s, a, v: _check_spec_text(a, v, optional=True))
     #: The span (ms from the start) in which signals with ``at_ms=None`` are drawn; None: the
     #: fault plan's window (10 minutes by default). A spec on a production time scale (a mailbox
     #: that closes after 1.5 s) sets its own, or its "arbitrary" messages all come after it ended.

@@ -160,8 +160,10 @@ def load_app(ref: str) -> Any:
                 module = importlib.import_module(dotted)
             except ImportError:
                 module = None
-            except Exception as exc:  # noqa: BLE001 - the module's own code raised
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own code raised (or exited)
                 raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
+            if module is not None and not _is_file(module, path):
+                module = None  # the name is another module's (``signal.py``: the standard library's)
         if module is None:
             # Its sibling modules are importable by name, as when it ran as a script (a scenario
             # file's `from _common import ...` works from any directory the repro line is pasted in).
@@ -186,6 +188,9 @@ def load_app(ref: str) -> Any:
                     sys.modules.pop(name_in_sys, None)
                 else:
                     sys.modules[name_in_sys] = previous
+                if isinstance(exc, SystemExit):  # (a script's sys.exit / argparse at module level)
+                    raise ImportError(f"cannot import {where}: it exits when imported (SystemExit({exc.code!r}); "
+                                      "guard script code with `if __name__ == \"__main__\":`)") from exc
                 if not isinstance(exc, Exception):
                     raise
                 raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
@@ -194,11 +199,19 @@ def load_app(ref: str) -> Any:
             module = importlib.import_module(where)
         except ImportError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own code raised (or exited)
             raise ImportError(f"cannot import {where}: {_describe(exc)}") from exc
     if not hasattr(module, name):
         raise ValueError(f"{where} has no attribute {name!r}")
     return getattr(module, name)
+
+
+def _is_file(module: Any, path: Any) -> bool:
+    """Whether ``module`` was loaded from the file ``path``."""
+    import pathlib
+
+    origin = getattr(module, "__file__", None)
+    return origin is not None and pathlib.Path(origin).resolve() == pathlib.Path(path).resolve()
 
 
 def _package_root(path: Any) -> tuple[Any, str] | None:
@@ -243,6 +256,14 @@ def use_flat_directory(directory: Any) -> None:
             _forget_if_elsewhere(file.stem, file)
 
 
+def _installed(origin: Any) -> bool:
+    """Whether a module file lies in the standard library or an installed package's directory."""
+    import sysconfig
+
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(origin.is_relative_to(root) for root in roots)
+
+
 def _forget_if_elsewhere(dotted: str, file: Any) -> None:
     """Drop an already-imported module of that name - with its top-level package and everything
     under it - when it was loaded from another file (two scenario or app directories may use the
@@ -252,6 +273,8 @@ def _forget_if_elsewhere(dotted: str, file: Any) -> None:
 
     loaded = sys.modules.get(dotted)
     origin = getattr(loaded, "__file__", None)
+    if origin is not None and _installed(pathlib.Path(origin).resolve()):
+        return  # the standard library's or an installed package's: never taken out from under the process
     if loaded is not None and origin is not None and pathlib.Path(origin).resolve() != pathlib.Path(file).resolve():
         top = dotted.split(".")[0]
         for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
