@@ -52,6 +52,7 @@ import math
 import os
 import pathlib
 import re
+import subprocess
 import sys
 from typing import Any
 
@@ -158,7 +159,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             (args.budget_s is not None and args.command == "run", "--budget-s",
              "it is explore's time budget; run takes --seeds"),
             (args.seeds is not None and args.command == "explore", "--seeds",
-             "explore runs new seeds until --budget-s runs out; use run for a fixed number")):
+             "explore runs new seeds until --budget-s runs out; use run for a fixed number"),
+            (args.hash_seed_check and args.command == "explore", "--hash-seed-check",
+             "it checks a fixed first seed; use run")):
         if given:
             print(f"duroxide-sim {args.command}: {applies} does not apply here: {hint}", file=sys.stderr)
             return 2
@@ -240,6 +243,7 @@ def _run_and_report(runnable: list[tuple[int, str, Any]], args: argparse.Namespa
             else:
                 rows = _run_targets(targets, seeds, args)
             _shrink(rows, targets, args, args)
+            _hash_seed_check(rows, targets, args)
     except KeyboardInterrupt:
         print("duroxide-sim: interrupted", file=sys.stderr)
         return 130
@@ -249,6 +253,43 @@ def _run_and_report(runnable: list[tuple[int, str, Any]], args: argparse.Namespa
     return _report(rows, args)
 
 
+
+
+def _hash_seed_check(rows: list[dict[str, Any]], targets: list[tuple[str, Any]], args: argparse.Namespace) -> None:
+    """``run --hash-seed-check``: the first seed of each scenario, fault-free, reproduced in two
+    subprocesses under different ``PYTHONHASHSEED`` values; different traces mean the workflow
+    depends on the iteration order of sets (or other hash-ordered collections), which one process
+    never shows - its string hashes are fixed - but the next production process does. Counted as
+    a failing property of that seed."""
+    if not args.hash_seed_check:
+        return
+    from ..sim.harness import _module_ref
+    from ..testing.hashseed import check_hash_seed_independence
+
+    specs = dict(targets)
+    extra = ("--provider", args.provider, "--nodes", str(args.nodes))
+    for row in rows:
+        spec = specs[row["scenario"]]
+        row["properties"] = [*row["properties"], "hash-seed independence"]
+        ref = spec.ref or _module_ref(spec)
+        if not ref:
+            row["hash_seed"] = "not checked: the spec has no ref (give it ref='path/to/file.py:NAME')"
+            print(f"duroxide-sim: {_printable(row['scenario'])}: hash-seed check {row['hash_seed']}", file=sys.stderr)
+            continue
+        try:
+            problem = check_hash_seed_independence(ref, args.first_seed, faults="none", extra=extra)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            raise SimWorkerError(row["scenario"], args.first_seed, args.first_seed,
+                                 f"the hash-seed check could not run: {exc}", seed=args.first_seed) from exc
+        row["hash_seed"] = problem or "independent"
+        if problem is not None:
+            if row["first_failing_seed"] != args.first_seed:
+                row["failures"] += 1
+            if row["first_failure"] is None:
+                row["first_failure"] = f"hash-seed independence (seed {args.first_seed}): {problem}"
+                row["first_failing_seed"] = args.first_seed
+            else:
+                row["first_failure"] += f"\nalso: hash-seed independence (seed {args.first_seed}): {problem}"
 
 
 def _spec_problem(spec: Any, args: argparse.Namespace) -> str | None:
@@ -293,6 +334,7 @@ def _cmd_run_jobs(runnable: list[tuple[int, str, Any]], args: argparse.Namespace
     try:
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             _shrink(rows, targets, args, options)
+            _hash_seed_check(rows, targets, args)
     except KeyboardInterrupt:
         print("duroxide-sim: interrupted", file=sys.stderr)
         return 130
@@ -694,6 +736,9 @@ def main(argv: list[str] | None = None) -> int:
         run.add_argument("--provider", choices=("memory", "sqlite"), default="memory")
         run.add_argument("--nodes", type=_positive_int, default=2)
         run.add_argument("--sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
+        run.add_argument("--hash-seed-check", action="store_true",
+                         help="also reproduce each scenario's first seed (no faults) under two PYTHONHASHSEEDs in "
+                              "subprocesses: different traces mean set-order dependence (run only)")
         run.add_argument("--no-shrink", action="store_true",
                          help="report a failing seed with the plan it ran (default: the fewest of its faults that still fail it)")
         run.add_argument("--max-steps", type=_positive_int, default=None,

@@ -104,6 +104,16 @@ def _check_spec_text(attribute: Any, value: Any, optional: bool) -> None:
         raise TypeError(f"SimSpec.{attribute.name} must be a non-empty string, got {value!r}"[:200])
 
 
+def _check_invariants(value: Any) -> None:
+    """Each invariant a function ``fn(result) -> str | None`` (a name in quotes would fail every
+    seed with a TypeError pointing at the harness, not at the scenario)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"SimSpec.invariants must be a list of functions fn(result) -> str | None, got {value!r}"[:200])
+    for fn in value:
+        if not callable(fn):
+            raise TypeError(f"SimSpec.invariants must hold functions fn(result) -> str | None, got {fn!r}"[:200])
+
+
 def _check_setup(value: Any) -> None:
     if not callable(value):
         raise TypeError(f"SimSpec.setup must be a function setup(rt, world), got {value!r}"[:200])
@@ -143,7 +153,7 @@ class SimSpec:
     setup: Callable[[Runtime, ExternalWorld], None] = attrs.field(validator=lambda _s, _a, v: _check_setup(v))
     starts: Sequence[Start] | Callable[[random.Random], Sequence[Start]] = ()
     signals: Sequence[Signal] | Callable[[random.Random], Sequence[Signal]] = ()
-    invariants: Sequence[Callable[["SimResult"], str | None]] = ()
+    invariants: Sequence[Callable[["SimResult"], str | None]] = attrs.field(default=(), validator=lambda _s, _a, v: _check_invariants(v))
     #: The workflow promises the same outputs and external world with and without faults.
     fault_transparent: bool = True
     #: Virtual time after which the run stops even if work remains (eternal actors).

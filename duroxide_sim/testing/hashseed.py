@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 __all__ = ["check_hash_seed_independence", "other_hash_seed", "replay_under_another_hash_seed"]
 
 
-def _trace_hash(ref: str, seed: int, faults: str, hash_seed: int, cwd: str | None) -> dict:
+def _trace_hash(ref: str, seed: int, faults: str, hash_seed: int, cwd: str | None, extra: tuple[str, ...] = ()) -> dict:
     env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
     proc = subprocess.run(
-        [sys.executable, "-m", "duroxide_sim", "reproduce", ref, "--seed", str(seed), "--faults", faults, "--json"],
+        [sys.executable, "-m", "duroxide_sim", "reproduce", ref, "--seed", str(seed), "--faults", faults, *extra, "--json"],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -36,17 +37,20 @@ def _trace_hash(ref: str, seed: int, faults: str, hash_seed: int, cwd: str | Non
 
 
 def check_hash_seed_independence(
-    ref: str, seed: int, *, faults: str = "none", hash_seeds: tuple[int, int] = (0, 1), cwd: str | None = None
+    ref: str, seed: int, *, faults: str = "none", hash_seeds: tuple[int, int] = (0, 1), cwd: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> str | None:
-    """None when both hash seeds give the same trace; else a message with both hashes."""
-    a = _trace_hash(ref, seed, faults, hash_seeds[0], cwd)
-    b = _trace_hash(ref, seed, faults, hash_seeds[1], cwd)
+    """None when both hash seeds give the same trace; else a message with both hashes.
+    ``extra``: more ``reproduce`` options (``--provider sqlite``, ``--nodes 1``)."""
+    a = _trace_hash(ref, seed, faults, hash_seeds[0], cwd, extra)
+    b = _trace_hash(ref, seed, faults, hash_seeds[1], cwd, extra)
     if a["trace_sha256"] == b["trace_sha256"]:
         return None
     return (
         f"{ref} seed {seed}: the trace depends on PYTHONHASHSEED ({hash_seeds[0]}: {a['trace_sha256'][:16]}, "
         f"{hash_seeds[1]}: {b['trace_sha256'][:16]}); look for iteration over sets or hash-ordered "
-        f"collections in orchestration code. Reproduce: PYTHONHASHSEED={hash_seeds[1]} duroxide-sim reproduce {ref} --seed {seed} --faults {faults} --trace"
+        f"collections in orchestration code. Reproduce: PYTHONHASHSEED={hash_seeds[1]} duroxide-sim reproduce "
+        f"{shlex.quote(ref)} --seed {seed} --faults {shlex.quote(faults)}{''.join(' ' + x for x in extra)} --trace"
     )
 
 
