@@ -107,7 +107,7 @@ def _check_spec_text(attribute: Any, value: Any, optional: bool) -> None:
 def _check_invariants(value: Any) -> None:
     """Each invariant a function ``fn(result) -> str | None`` (a name in quotes would fail every
     seed with a TypeError pointing at the harness, not at the scenario)."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):  # (checked, not consumed)
         raise TypeError(f"SimSpec.invariants must be a list of functions fn(result) -> str | None, got {value!r}"[:200])
     for fn in value:
         if not callable(fn):
