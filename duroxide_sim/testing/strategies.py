@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -36,6 +36,9 @@ __all__ = ["seeds", "fault_plans", "simulation_test", "check_simulation", "check
 
 
 def seeds(max_value: int = 2**32 - 1) -> st.SearchStrategy[int]:
+    """Simulation seeds 0..max_value."""
+    if type(max_value) is not int or max_value < 0:
+        raise ValueError(f"max_value must be an integer >= 0, got {max_value!r}")
     return st.integers(min_value=0, max_value=max_value)
 
 
@@ -43,11 +46,24 @@ def fault_plans(
     kinds: Sequence[str] = FAULT_KINDS, *, max_faults: int = 6, max_opportunity: int = 40, until_ms: int = 10 * 60_000
 ) -> st.SearchStrategy[FaultPlan]:
     """Scripted plans of at most ``max_faults`` faults, each at opportunity 1..max_opportunity of its kind."""
+    kinds = _fault_kinds(kinds)
+    for name, value, least in (("max_faults", max_faults, 0), ("max_opportunity", max_opportunity, 1)):
+        if type(value) is not int or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
         raise ValueError(f"unknown fault kinds {unknown}; known: {FAULT_KINDS}")
     entry = st.tuples(st.integers(min_value=1, max_value=max_opportunity), st.sampled_from(tuple(kinds)))
     return st.lists(entry, max_size=max_faults, unique=True).map(lambda script: FaultPlan.scripted(script, until_ms))
+
+
+def _fault_kinds(kinds: Any) -> tuple[str, ...]:
+    """``kinds`` as a tuple of names; one string is refused (it would be read character by
+    character: ``"crash"`` as c, r, a, s, h)."""
+    if isinstance(kinds, str) or not isinstance(kinds, Iterable):
+        raise TypeError(f"kinds must be a list of fault kind names such as [{kinds!r}], got {kinds!r}; "
+                        f"known: {list(FAULT_KINDS)}"[:300])
+    return tuple(kinds)
 
 
 def check_simulation(spec: SimSpec, seed: int, plan: FaultPlan | None, **kw: Any) -> SimResult:
@@ -86,6 +102,13 @@ def simulation_test(
     fails the same seed (the plan's own first, then every kind at every opportunity, earliest
     first) and reports that one: shrinking can stop at a plan whose faults only fail together,
     because each shifts the opportunities counted after it."""
+
+    if not isinstance(spec, SimSpec):
+        hint = (" (a 'file.py:NAME' reference: load it first, e.g. duroxide_sim.cli.load_spec)" if isinstance(spec, str)
+                else " (pass the SimSpec, not its setup function)" if callable(spec) else "")
+        raise TypeError(f"@simulation_test needs a SimSpec, got {type(spec).__name__}{hint}")
+    kinds = _fault_kinds(kinds)
+    strategy = fault_plans(kinds, max_faults=max_faults, max_opportunity=max_opportunity)  # (checks them now)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
@@ -142,7 +165,7 @@ def simulation_test(
         # them under one example-database key (a passing test deleting another's failure).
         run._hypothesis_internal_add_digest = (  # type: ignore[attr-defined]
             f"{fn.__module__}.{fn.__qualname__}:{spec.name}:{spec.ref}").encode()
-        test = given(seed=seeds(2**16), plan=fault_plans(kinds, max_faults=max_faults, max_opportunity=max_opportunity))(run)
+        test = given(seed=seeds(2**16), plan=strategy)(run)
         base = hypothesis_settings if hypothesis_settings is not None else settings.default
         overrides: dict[str, Any] = {}
         if max_examples is not None:
