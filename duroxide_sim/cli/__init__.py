@@ -280,7 +280,8 @@ def _hash_seed_check(rows: list[dict[str, Any]], targets: list[tuple[str, Any]],
             problem = check_hash_seed_independence(ref, args.first_seed, faults="none", extra=extra)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             raise SimWorkerError(row["scenario"], args.first_seed, args.first_seed,
-                                 f"the hash-seed check could not run: {exc}", seed=args.first_seed) from exc
+                                 f"the hash-seed check could not run: {exc}", seed=args.first_seed,
+                                 in_worker=False) from exc
         row["hash_seed"] = problem or "independent"
         if problem is not None:
             if row["first_failing_seed"] != args.first_seed:

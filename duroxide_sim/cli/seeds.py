@@ -229,7 +229,8 @@ def _run_targets(targets: list[tuple[str, Any]], seeds: range, args: argparse.Na
                                      sandbox=args.sandbox, **_steps(args))
                     result = run_and_check(sim)
                 except Exception as exc:  # noqa: BLE001 - as a worker process reports it (--jobs)
-                    raise SimWorkerError(label, seed, seed, f"{type(exc).__name__}: {exc}", seed=seed) from exc
+                    raise SimWorkerError(label, seed, seed, f"{type(exc).__name__}: {exc}", seed=seed,
+                                         in_worker=False) from exc
                 row["seeds"] += 1
                 row["faults_injected"] += sum(result.faults_injected.values())
                 row["fault_kinds"].update(result.faults_injected)
@@ -418,9 +419,10 @@ class SimWorkerError(Exception):
     """A worker process raised, or died, while simulating ``label`` over seeds ``first..last``."""
 
     def __init__(self, label: str, first: int, last: int, detail: str, *, seed: int | None = None,
-                 worker_traceback: str = "") -> None:
+                 worker_traceback: str = "", in_worker: bool = True) -> None:
         where = f"seed {seed}" if seed is not None else (f"seeds {first}-{last}" if last > first else f"seed {first}")
-        super().__init__(f"worker error in scenario {label}, {where}: {detail}")
+        # (``in_worker=False``: raised in the command's own process - ``--jobs 1`` has no worker)
+        super().__init__(f"{'worker error' if in_worker else 'error'} in scenario {label}, {where}: {detail}")
         self.label, self.first, self.last, self.seed = label, first, last, seed
         self.detail, self.worker_traceback = detail, worker_traceback
 

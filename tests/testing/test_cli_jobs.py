@@ -250,3 +250,16 @@ def test_explore_shares_the_budget_between_scenarios(tmp_path: pathlib.Path, cap
     assert min(seeds) >= 5, seeds  # a seed of this scenario takes milliseconds: a ~1 s share runs many
     assert max(seeds) <= 4 * min(seeds), seeds
     assert elapsed < 15
+
+
+def test_an_error_while_simulating_in_process_is_not_called_a_worker_error(tmp_path: pathlib.Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``--jobs 1`` there is no worker: a spec whose start input cannot be encoded as JSON
+    (an object) stops the run with exit 2 and "error in scenario NAME, seed N: ...", not "worker
+    error" (which the same failure reads as under ``--jobs 2``)."""
+    bad = GOOD.replace('name="payments"', 'name="bad-input"').replace("input=i)", "input=object())")
+    assert "input=object()" in bad
+    d = _write(tmp_path, bad=bad)
+    assert cli(["run", str(d), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "duroxide-sim: error in scenario bad-input, seed 0: " in err and "worker error" not in err, err
