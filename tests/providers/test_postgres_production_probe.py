@@ -357,9 +357,11 @@ def test_a_first_turn_postgres_refuses_names_the_cause(pg_url, pg_schema, case):
     ``start_orchestration``. Every ack of that turn fails with the permanent ProviderError
     "a value is too large for PostgreSQL". Expected (SPEC §3.1 step 10, as for the same failure
     in a later turn): the instance ends Failed with an error naming that cause, bystanders
-    unaffected. (Today the dispatcher abandons a first turn whose ack failed permanently
-    (``_commit_infrastructure_failure``: empty fetched history) and the instance ends
-    "poison: ... exceeded N attempts" - the cause is lost.)"""
+    unaffected. (The dispatcher used to abandon a first turn whose ack failed permanently
+    (``_commit_infrastructure_failure``: empty fetched history) and the instance ended
+    "poison: ... exceeded N attempts" - the cause was lost.) Since KV keys a turn writes are
+    limited to 1 KiB on every provider (``MAX_KV_KEY_BYTES``), the KV key never reaches
+    PostgreSQL: ``set_kv_value`` raises, and the instance fails naming that limit instead."""
     clock = SimClock()
     provider = PostgresProvider.connect_with_schema(pg_url, pg_schema("big1"), clock=clock)
     try:
@@ -390,7 +392,8 @@ def test_a_first_turn_postgres_refuses_names_the_cause(pg_url, pg_schema, case):
         assert (w.client.get_status("bystander").status, w.client.get_status("bystander").output) == ("Completed", 7)
         st = w.client.get_status(victim)
         assert st.status == "Failed", st
-        assert "too large" in (st.error or "") and not (st.error or "").startswith("poison"), st.error[-300:]
+        cause = "KV keys are limited to 1024 bytes" if case == "kv-key" else "too large"
+        assert cause in (st.error or "") and not (st.error or "").startswith("poison"), st.error[-300:]
     finally:
         provider.close()
 
