@@ -28,7 +28,7 @@ The command line draws ``--sim-faults`` from all/swarm/none/a crash_after_effect
 Model / checks: (1) correct workflows pass every test under every fault option (no false
 positive); (2) a planted bug fails ``@simulation_test`` (and the ``simulate`` test wherever the
 options make it certain), the plain test still passes, and the output names the checker (and the
-invariant), the seed, the plan (Hypothesis' ``Falsifying example``) and a ``duroxide-sim
+invariant), the seed, the plan (Hypothesis' ``Falsifying example`` / ``Failing test case``) and a ``duroxide-sim
 reproduce`` line (plus the plugin's ``reproduce with pytest`` line and summary for ``simulate``);
 (3) the reported plan is minimal: the same seed with any one of its faults removed passes
 (in-process, ``run_and_check``), and a fault-free bug shrinks to the empty plan; (4) the printed
@@ -303,7 +303,9 @@ def test_generated_user_module(pytester: pytest.Pytester, bug: str | None, case:
     prop = _section(out, "test_property")
     assert re.search(rf"^E +AssertionError: {checker}\b.*\(seed \d+\).*{re.escape(detail)}", prop, re.M), prop[-3000:]
     assert all(d in prop for d in more), prop[-3000:]  # (every flagged call is named)
-    assert "Falsifying example: test_property(" in prop and re.search(r"^E +plan=FaultPlan\(", prop, re.M), prop[-3000:]
+    # (Hypothesis' heading: "Falsifying example" before 6.16x, "Failing test case" since)
+    assert re.search(r"(Falsifying example|Failing test case): test_property\(", prop) and re.search(
+        r"^E +plan=FaultPlan\(", prop, re.M), prop[-3000:]
     cmd = _reproduce_cmd(prop)
     ref, seed, plan, sandbox = _plan_of(cmd)
     assert sandbox == case["sandbox"]
