@@ -290,7 +290,9 @@ def _strict_unstructure(conv: Any, is_record: Any) -> None:
         def hook(value: Any) -> Any:
             for name, label, accepted in (checks if isinstance(value, tp) else ()):
                 field_value = getattr(value, name, None)
-                if json_kind(field_value) not in accepted:
+                # (a value whose exact type is accepted is of that JSON kind: json_kind only
+                # decides the rest - bool vs int, str / int subclasses such as enum members)
+                if type(field_value) not in accepted and json_kind(field_value) not in accepted:
                     raise TypeError(f"{tp.__name__}.{name}: expected {label}, got {_kind(field_value)}")
             try:
                 return inner(value)

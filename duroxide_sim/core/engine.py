@@ -229,6 +229,16 @@ _APPLY_ROLE: dict[type, int] = {
 
 def _site_of(root: Any) -> tuple[str, int] | None:
     """Deepest user (non-library) frame in the suspended generator/coroutine chain."""
+    if type(root) is _GENERATOR and root.gi_yieldfrom is None:
+        # The common case, a generator that yields directly: the chain is this one frame.
+        frame = root.gi_frame
+        if frame is None:
+            return None
+        code = frame.f_code
+        user = _USER_CODE.get(code.co_filename)
+        if user is None:
+            user = _is_user_code(code)
+        return (code.co_filename, frame.f_lineno) if user else None
     found = None
     obj = root
     depth = 0
@@ -283,6 +293,7 @@ _NOT_DURABLE_LOOP = _NotDurableLoop()
 
 #: What an orchestration call returns that the engine drives: a generator or a coroutine.
 _RESUMABLE = (types.GeneratorType, types.CoroutineType)
+_GENERATOR = types.GeneratorType
 
 
 def _fresh(exc: BaseException) -> BaseException:

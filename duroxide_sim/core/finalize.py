@@ -518,24 +518,30 @@ def _carry_forward(engine: _Engine, events: list[HistoryEvent]) -> list[tuple[st
 
 def _check_limits(engine: _Engine | None, delta: list[HistoryEvent]) -> str | None:
     # The last status the turn set (a reset after it does not make an oversized value
-    # acceptable: the reference checks what was set, as it fails such a turn)
+    # acceptable: the reference checks what was set, as it fails such a turn) is checked first;
+    # then tags and KV values in delta order. (One pass over the delta; events are exact classes.)
     last_status = None
+    problem = None
     for ev in delta:
-        if type(ev) is CustomStatusUpdated and ev.status is not None:
-            last_status = ev
+        t = type(ev)
+        if t is ActivityScheduled:
+            if problem is None and ev.tag is not None:
+                n = len(ev.tag.encode("utf-8"))
+                if n > LIMITS["tag_bytes"]:
+                    problem = f"Activity '{ev.name}' tag size ({n} bytes) exceeds limit ({LIMITS['tag_bytes']} bytes)"
+        elif t is CustomStatusUpdated:
+            if ev.status is not None:
+                last_status = ev
+        elif t is KeyValueSet and problem is None:
+            n = len(ev.value.encode("utf-8"))
+            if n > LIMITS["kv_value_bytes"]:
+                problem = f"KV value for key '{ev.key}' ({n} bytes) exceeds limit ({LIMITS['kv_value_bytes']} bytes)"
     if last_status is not None:
         n = len(last_status.status.encode("utf-8"))
         if n > LIMITS["custom_status_bytes"]:
             return f"Custom status size ({n} bytes) exceeds limit ({LIMITS['custom_status_bytes']} bytes)"
-    for ev in delta:
-        if isinstance(ev, ActivityScheduled) and ev.tag is not None:
-            n = len(ev.tag.encode("utf-8"))
-            if n > LIMITS["tag_bytes"]:
-                return f"Activity '{ev.name}' tag size ({n} bytes) exceeds limit ({LIMITS['tag_bytes']} bytes)"
-        if isinstance(ev, KeyValueSet):
-            n = len(ev.value.encode("utf-8"))
-            if n > LIMITS["kv_value_bytes"]:
-                return f"KV value for key '{ev.key}' ({n} bytes) exceeds limit ({LIMITS['kv_value_bytes']} bytes)"
+    if problem is not None:
+        return problem
     if engine is not None and len(engine.kv) > LIMITS["kv_keys"]:
         return f"KV key count ({len(engine.kv)}) exceeds limit ({LIMITS['kv_keys']})"
     # Event ids are consecutive from 1, so the last new id is the execution's size after the turn.

@@ -542,12 +542,13 @@ def _execute_turn(
         # future); what is still open gets the end-of-execution breadcrumbs instead (§3.9).
         return _finish(engine, history, delta, add, ("can", engine.can), base, ran_code=True)
     # (the walk may have stopped inside the persisted history: the code returned first)
-    walked_to = len(history) - max(0, engine.unwalked - (len(events) - persisted)) if engine.unwalked else None
-    try:
-        _reconcile_dropped(engine, history, delta, add, warm=warm is not None, walked_from=0 if warm is not None else walked_from,
-                           walked_to=walked_to)
-    except _Divergence as div:
-        return _finish(engine, history, delta, add, ("failed", ConfigurationErrorDetails(message=str(div))), base, ran_code=False)
+    if warm is None or engine.dropped:  # (a warm turn that dropped nothing has nothing to reconcile)
+        walked_to = len(history) - max(0, engine.unwalked - (len(events) - persisted)) if engine.unwalked else None
+        try:
+            _reconcile_dropped(engine, history, delta, add, warm=warm is not None,
+                               walked_from=0 if warm is not None else walked_from, walked_to=walked_to)
+        except _Divergence as div:
+            return _finish(engine, history, delta, add, ("failed", ConfigurationErrorDetails(message=str(div))), base, ran_code=False)
     # What the engine has walked or written once this turn commits, breadcrumbs included (a
     # cached engine is resumed only on a history that extends exactly this).
     engine.last_event_id = delta[-1].event_id if delta else (history[-1].event_id if history else 0)
