@@ -14,7 +14,8 @@ hash when long) and an ``index.json`` listing ``{file: instance_id}``.
 
 Reading validates everything and raises :class:`~duroxide_sim.errors.SerializationError` naming
 the file and the problem (not JSON, wrong format tag, newer version, malformed event, a field of
-the wrong type, event ids out of order, an execution without ``OrchestrationStarted``, an
+the wrong type, event ids out of order, an execution without ``OrchestrationStarted``, a
+top-level name / version other than the last execution's ``OrchestrationStarted`` says, an
 instance id a client would refuse, the same instance twice). Import validates every document and
 checks every target instance before it writes anything. Nothing here touches an engine: export
 reads through the Provider protocol, import writes through the provider's ``import_history``
@@ -373,6 +374,8 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
                 raise SerializationError(f"{at}: malformed record: {exc}") from exc
             if i == 0 and not isinstance(event, OrchestrationStarted):
                 raise SerializationError(f"{at}: an execution must begin with OrchestrationStarted, not {type(event).__name__}")
+            if i == 0:
+                started = event
             if isinstance(event, OrchestrationStarted) and event.duroxide_version is not None:
                 try:
                     parse_engine_version(event.duroxide_version)
@@ -385,6 +388,15 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
             if event.instance_id != instance or event.execution_id != execution_id:
                 raise SerializationError(f"{at}: event belongs to instance {event.instance_id!r} execution {event.execution_id}, "
                                          f"not to instance {instance!r} execution {execution_id}")
+    # The top-level name / version say what the instance runs (export writes the last
+    # execution's); an import takes them from the events, so a document edited in one place
+    # only would be read as something it does not say.
+    for key, recorded in (("orchestration_name", started.name), ("orchestration_version", started.version)):
+        stated = doc.get(key)
+        if stated is not None and stated != recorded:
+            raise SerializationError(
+                f"{where}: {key} is {json.dumps(stated)[:80]} but the last execution's OrchestrationStarted says "
+                f"{json.dumps(recorded)[:80]}: the document disagrees with its events")
     return doc
 
 

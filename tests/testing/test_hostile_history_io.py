@@ -186,6 +186,11 @@ BAD_FILES = [
     ("carry pair of one", _edit(_set("carry_forward_events", [["a"]], 0)), "'carry_forward_events' must be a list"),
     ("carry of numbers", _edit(_set("carry_forward_events", [[1, 2]], 0)), "'carry_forward_events' must be a list"),
     ("nested 100000 deep", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    # The top-level name / version must say what the events say (the import reads the events).
+    ("name edited in one place", _edit(_set("orchestration_name", "Billing::orchestration::refund")),
+     'orchestration_name is "Billing::orchestration::refund" but the last execution\'s OrchestrationStarted says'),
+    ("version edited in one place", _edit(_set("orchestration_version", "9.9.9")),
+     'orchestration_version is "9.9.9" but the last execution\'s OrchestrationStarted says'),
 ]
 
 
