@@ -53,6 +53,7 @@ _log = logging.getLogger(__name__)
 _TERMINAL = ("Completed", "Failed", "ContinuedAsNew")
 #: Events an ack applies beyond appending them (event classes are final: exact types).
 _STATUS_OR_KV = frozenset((CustomStatusUpdated, KeyValueSet, KeyValueCleared, KeyValuesCleared))
+_WORKER_COMPLETIONS = (ActivityCompletedMsg, ActivityFailedMsg)  # what a worker ack may enqueue
 _DEFAULT_BULK_LIMIT = 1000  # SPEC §14: default limit of the bulk delete/prune filters
 _INF = math.inf
 
@@ -71,8 +72,14 @@ def _history_of(events: list[HistoryEvent]) -> Sequence[HistoryEvent]:
     return tuple(events) if len(events) <= _COPY_HISTORY_UP_TO else HistoryView(events)
 
 
+_key_seq = operator.itemgetter(1)  # a queue key's seq: keys are (visible_at, seq)
+
+
 def _row_order(row: Any) -> tuple[int, int]:
     return (row.visible_at, row.seq)
+
+
+_item_of = operator.attrgetter("item")  # a queue row's item (C speed, for map)
 
 
 @attrs.define
@@ -186,10 +193,9 @@ class _Queue:
             if fifo[0] is row.qkey:
                 fifo.popleft()
                 row.qkey = None
-                rows = self.rows
-                while fifo:  # (dead entries behind it)
+                while fifo and self.fifo_dead:  # (dead entries behind it: none when none is counted)
                     head = fifo[0]
-                    live = rows.get(head[1])
+                    live = self.rows.get(head[1])
                     if live is not None and live.qkey is head:
                         break
                     fifo.popleft()
@@ -210,14 +216,19 @@ class _Queue:
         self.fifo_dead = 0
 
     def add(self, row: Any, now: int) -> None:
-        seq, key = row.seq, row.group
+        seq, group = row.seq, row.group
         self.rows[seq] = row
-        self._place(row, row.visible_at, now)
-        seqs = self.groups.get(key)
-        if seqs is None:
-            self.groups[key] = {seq: None}
+        # (self._place(row, row.visible_at, now), inline: every queued row comes through here)
+        visible_at = row.visible_at
+        key = row.qkey = (visible_at, seq)
+        if visible_at <= now and key > self.fifo_last:
+            self.fifo.append(key)
+            self.fifo_last = key
+            row.in_fifo = True
         else:
-            seqs[seq] = None
+            self.late.add(key)
+            row.in_fifo = False
+        self.groups.setdefault(group, {})[seq] = None
 
     def remove(self, row: Any) -> None:
         seq, key = row.seq, row.group
@@ -241,13 +252,19 @@ class _Queue:
         """Rows visible at ``now``, oldest first. Lazy: callers stop at the first eligible row,
         and must not add, remove or move rows while iterating. Parked orphans
         (_shared.ORPHAN_PARK_SHIFT) are not walked."""
-        rows = self.rows
         late = self.late
         if late:
             start = late.bisect_left((PARKED_BELOW,)) if late[0][0] < PARKED_BELOW else 0
             if start < len(late) and late[start][0] <= now:
-                yield from self._merged(now, start)
-                return
+                return self._merged(now, start)
+        if not self.fifo_dead and self.fifo_last[0] <= now:
+            # The common case: no dead entry and every key visible (fifo keys are in order, up to
+            # fifo_last), so the walk is the fifo's rows as they are, mapped at C speed.
+            return map(self.rows.__getitem__, map(_key_seq, self.fifo))
+        return self._fifo_walk(now)
+
+    def _fifo_walk(self, now: int) -> Iterator[Any]:
+        rows = self.rows
         for key in self.fifo:
             if key[0] > now:
                 return
@@ -289,6 +306,10 @@ class _Queue:
         if not seqs:
             return []
         rows = self.rows
+        if len(seqs) == 1:  # (most groups hold one row)
+            [seq] = seqs
+            row = rows[seq]
+            return [row] if row.visible_at <= now else []
         batch = [row for row in map(rows.__getitem__, seqs) if row.visible_at <= now]
         if len(batch) > 1:
             batch.sort(key=_row_order)
@@ -351,6 +372,7 @@ class InMemoryProvider:
         self._work_tokens: dict[str, int] = {}  # token -> row seq
         self._sessions: dict[str, _Session] = {}
         self._orphan_sweep_at: int | None = None  # clock time of the next orphan expiry
+        self._filter_bounds: dict[tuple[str, str], tuple] = {}  # fetch filter -> its parsed bounds
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -465,9 +487,29 @@ class InMemoryProvider:
 
     # --- history helpers ---------------------------------------------------------------------
 
-    def _validate_events(self, instance: str, execution_id: int, events: Sequence[HistoryEvent], op: str) -> None:
+    def _validate_events(self, instance: str, execution_id: int, events: Sequence[HistoryEvent], op: str) -> bool:
+        """Raise ProviderError for a non-event or an event id already stored or repeated in
+        ``events``. Returns True when ``events`` are in order: each id above the one before it,
+        the first above the last stored one (what every turn appends), so that ``_append`` may
+        extend the stored list, which is exactly what its per-event test would do."""
         existing = self._executions.get(instance, {}).get(execution_id)
         stored = existing.events if existing else []
+        # Fast path: ids that increase from the last stored one cannot repeat any. Anything else
+        # (out of order, a non-event, ids that are not numbers: they do not compare with -inf)
+        # takes the full check below, which raises the same errors as ever, at the same event.
+        try:
+            prev = stored[-1].event_id if stored else -_INF
+            for event in events:
+                if not isinstance(event, HistoryEvent):
+                    break
+                eid = event.event_id
+                if not eid > prev:  # (the test _append applies)
+                    break
+                prev = eid
+            else:
+                return True
+        except Exception:
+            pass
         last = stored[-1].event_id if stored else None
         seen: set[int] = set()  # ids of this batch; stored ids are looked up (sorted list)
         for event in events:
@@ -485,11 +527,18 @@ class InMemoryProvider:
                     operation=op, instance_id=instance, event_id=event.event_id,
                 )
             seen.add(eid)
+        return False
 
-    def _append(self, instance: str, execution_id: int, events: Sequence[HistoryEvent], now: int) -> _Execution:
+    def _append(self, instance: str, execution_id: int, events: Sequence[HistoryEvent], now: int,
+                in_order: bool = False) -> _Execution:
+        """``in_order``: ``_validate_events`` found every event's id above the one before it (and
+        the first above the stored ones), so each one goes to the end: the list is extended."""
         execution = self._executions.setdefault(instance, {}).get(execution_id)
         if execution is None:
             execution = self._executions[instance][execution_id] = _Execution(started_at=now)
+        if in_order:
+            execution.events.extend(events)
+            return execution
         # Stored verbatim, ordered by event_id like the SQLite primary key / ORDER BY. Fetches
         # hand out HistoryViews of this list (its first n events), so events are only ever
         # appended in place; an event inserted before others (append_with_execution) goes into
@@ -529,33 +578,44 @@ class InMemoryProvider:
             now = self._now()
             bounds = None
             if filter is not None:
-                bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+                # Parsed once per filter (each runtime passes its own to every fetch); only plain
+                # (str, str) tuples are memoized, anything else is parsed (and rejected) as ever.
+                try:
+                    bounds = self._filter_bounds.get(filter)
+                except TypeError:  # (unhashable)
+                    pass
+                if bounds is None:
+                    bounds = (_parse_semver(filter[0], "filter minimum"), _parse_semver(filter[1], "filter maximum"))
+                    if type(filter) is tuple and len(filter) == 2 and type(filter[0]) is str and type(filter[1]) is str:
+                        if len(self._filter_bounds) >= 64:  # (bounded: runtimes come and go)
+                            self._filter_bounds.clear()
+                        self._filter_bounds[filter] = bounds
             if self._orphan_sweep_at is None or now >= self._orphan_sweep_at:
                 self._orphan_sweep_at = now + ORPHAN_SWEEP_INTERVAL_MS
                 self._expire_orphans(now)
-            if not self._orch.any_visible(now):
+            orch = self._orch
+            if not orch.any_visible(now):
                 return None  # nothing visible yet (the common empty poll): skip the scan's setup
             considered: set[str] = set()  # membership only; the order comes from the queue
             orphans: list[_OrchRow] = []
             parked: list[_OrchRow] = []
             result = None
-            for row in self._orch.visible(now):
-                instance = row.group
+            for row in orch.visible(now):
+                instance = row.item.target_instance  # (row.group)
                 if instance in considered:
                     continue
                 considered.add(instance)
                 lock = self._orch_locks.get(instance)
                 if lock is not None and lock.locked_until > now:
                     continue
+                current = self._current_execution(instance)
+                execution = current[1] if current is not None else None
                 if bounds is not None:
-                    current = self._current_execution(instance)
-                    pin = current[1].pin if current and current[1] else None
+                    pin = execution.pin if execution is not None else None
                     if pin is not None and not bounds[0] <= pin <= bounds[1]:
                         continue  # skipped before locking or reading history (SPEC §16 I30)
-                batch = self._orch.visible_group(instance, now)
-                meta = self._batch_metadata(instance, batch)
-                if meta is not None and self._continue_as_new_pending(instance, batch):
-                    continue
+                batch = orch.visible_group(instance, now)
+                meta = self._batch_metadata(instance, batch, current)
                 if meta is None:
                     # Orphan: no row, no history, no start item. QueueMessages sent before the
                     # instance exists are dropped (SPEC §6.2); anything else may be racing its
@@ -570,6 +630,9 @@ class InMemoryProvider:
                         orphans.extend(batch)  # removed after the scan, which must not see removals
                     else:
                         parked.extend(r for r in batch if r.visible_at >= PARKED_BELOW)
+                    continue
+                if (execution is not None and execution.status == "ContinuedAsNew"
+                        and self._continue_as_new_pending(instance, batch)):
                     continue
                 result = self._lock_batch(instance, batch, meta, lock_timeout_ms, now)
                 break
@@ -601,24 +664,24 @@ class InMemoryProvider:
                         self._orch.remove(r)
 
     def _continue_as_new_pending(self, instance: str, batch: list[_OrchRow]) -> bool:
-        """True when the instance's current execution continued-as-new and its ContinueAsNew item
-        is queued but not in this batch (not yet visible, e.g. abandoned with a delay). Fetching
-        now would hand the engine messages without the item that starts the next execution, and
-        SPEC §3.1 step 3 would discard them; waiting for the item keeps them (found by the
-        simulation's mailbox scenario)."""
-        current = self._current_execution(instance)
-        if current is None or current[1] is None or current[1].status != "ContinuedAsNew":
-            return False
+        """For an instance whose current execution continued-as-new (the caller checks that):
+        True when its ContinueAsNew item is queued but not in this batch (not yet visible, e.g.
+        abandoned with a delay). Fetching now would hand the engine messages without the item
+        that starts the next execution, and SPEC §3.1 step 3 would discard them; waiting for the
+        item keeps them (found by the simulation's mailbox scenario)."""
         if any(isinstance(r.item, ContinueAsNew) for r in batch):
             return False
         return any(isinstance(r.item, ContinueAsNew) for r in self._orch.members(instance))
 
-    def _batch_metadata(self, instance: str, batch: list[_OrchRow]) -> tuple[str, str | None, int, tuple] | None:
+    def _batch_metadata(
+        self, instance: str, batch: list[_OrchRow], current: tuple[int, _Execution | None] | None
+    ) -> tuple[str, str | None, int, tuple] | None:
+        """(name, version, execution id, history) for a fetch of ``instance``, None for an orphan.
+        ``current`` is ``self._current_execution(instance)``, which the caller has read."""
         row = self._instances.get(instance)
         if row is not None:
-            execution = self._executions.get(instance, {}).get(row.current_execution_id)
+            execution = current[1]  # (the row's current execution: see _current_execution)
             return row.name, row.version, row.current_execution_id, _history_of(execution.events) if execution else ()
-        current = self._current_execution(instance)
         if current is not None and current[1] is not None:  # history without a row
             for event in current[1].events:
                 if isinstance(event, OrchestrationStarted):
@@ -647,7 +710,7 @@ class InMemoryProvider:
         error = self._corrupt.get(instance)
         return OrchestrationItem(
             instance=instance, orchestration_name=name, execution_id=execution_id, version=version,
-            history=() if error is not None else history, messages=tuple(r.item for r in batch), lock_token=token,
+            history=() if error is not None else history, messages=tuple(map(_item_of, batch)), lock_token=token,
             attempt_count=attempts, history_error=error,
             kv_snapshot=dict(store) if (store := self._kv_store.get(instance)) else {},
         )
@@ -676,18 +739,20 @@ class InMemoryProvider:
             now = self._now()
             instance = self._held_orch_lock(lock_token, now, op)
             # ---- validate everything before the first mutation (all-or-nothing) ----
-            self._validate_events(instance, execution_id, delta, op)
+            in_order = self._validate_events(instance, execution_id, delta, op)
             pin = metadata.pinned_duroxide_version
             pin = _parse_semver(pin, "pinned_duroxide_version") if pin is not None else None
             for item in workers:
-                self._check_worker_item(item, op)
+                if not isinstance(item, ActivityExecute):
+                    self._check_worker_item(item, op)  # (raises)
             for item in orchs:
                 self._check_orch_item(item, op)
             # ---- mutate ----
-            queued = self._orch.rows
+            orch = self._orch
+            queued = orch.rows
             for row in self._orch_locks[instance].rows:  # the batch (held lock: checked above)
                 if row.lock_token == lock_token and queued.get(row.seq) is row:
-                    self._orch.remove(row)
+                    orch.remove(row)
             row = self._instances.get(instance)
             if metadata.orchestration_name is not None:
                 if row is None:
@@ -701,15 +766,16 @@ class InMemoryProvider:
                     row.name = metadata.orchestration_name
                     if metadata.orchestration_version is not None:  # a NULL version is filled in later
                         row.version = metadata.orchestration_version
-            execution = self._append(instance, execution_id, delta, now)
+            execution = self._append(instance, execution_id, delta, now, in_order)
             if pin is not None:
                 execution.pin = pin
             if row is not None:
-                row.current_execution_id = max(row.current_execution_id, execution_id)
+                if execution_id > row.current_execution_id:  # (max: the row's id stays on a tie)
+                    row.current_execution_id = execution_id
                 row.updated_at = now
             if metadata.status is not None:
                 execution.status, execution.output, execution.completed_at = metadata.status, metadata.output, now
-            if any(type(e) in _STATUS_OR_KV for e in delta):  # (most turns carry neither)
+            if not _STATUS_OR_KV.isdisjoint(map(type, delta)):  # (most turns carry neither)
                 statuses = [e for e in delta if isinstance(e, CustomStatusUpdated)]
                 if statuses and row is not None:  # the last one wins; one version bump per ack
                     row.custom_status = statuses[-1].status
@@ -718,14 +784,16 @@ class InMemoryProvider:
             if metadata.status in _TERMINAL:
                 self._merge_kv(instance)
             for item in workers:
-                self._work.add(_WorkRow(self._next_seq(), item, now), now)
+                self._seq += 1  # (self._next_seq(), inline)
+                self._work.add(_WorkRow(self._seq, item, now), now)
             # Cancel AFTER inserting: schedule+cancel in one ack must leave nothing (SPEC §11.2).
             for ident in cancelled_activities:
                 for wrow in self._work.group((ident.instance, ident.execution_id, ident.activity_id)):
                     self._remove_work_row(wrow)
             for item in orchs:
                 visible_at = item.fire_at_ms if isinstance(item, TimerFiredMsg) else now
-                self._orch.add(_OrchRow(self._next_seq(), item, visible_at), now)
+                self._seq += 1
+                orch.add(_OrchRow(self._seq, item, visible_at), now)
             self._release_orch_lock(instance)
         # "committed" (and the commit listeners, named by instance) let in-process clients
         # waiting on an instance look again at once.
@@ -805,9 +873,10 @@ class InMemoryProvider:
             for row in self._work.visible(now):
                 if row.locked_until is not None and row.locked_until > now:
                     continue
-                if not tag_filter.matches(row.item.tag):
+                item = row.item
+                if not tag_filter.matches(item.tag):
                     continue
-                session_id = row.item.session_id
+                session_id = item.session_id
                 if session_id is not None:
                     if session is None:
                         continue  # session rows go only to session-aware fetchers
@@ -817,10 +886,11 @@ class InMemoryProvider:
                     self._sessions[session_id] = _Session(session.owner_id, now + session.lock_timeout_ms, now)
                 if row.lock_token is not None:  # an expired lock is stolen: its token becomes unknown
                     del self._work_tokens[row.lock_token]
-                row.lock_token, row.locked_until = self._new_token(), now + lock_timeout_ms
+                token = self._new_token()
+                row.lock_token, row.locked_until = token, now + lock_timeout_ms
                 row.attempt_count += 1
-                self._work_tokens[row.lock_token] = row.seq
-                return WorkItemLease(item=row.item, lock_token=row.lock_token, attempt_count=row.attempt_count)
+                self._work_tokens[token] = row.seq
+                return WorkItemLease(item=item, lock_token=token, attempt_count=row.attempt_count)
             return None
 
     def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
@@ -829,14 +899,17 @@ class InMemoryProvider:
         with self._lock:
             now = self._now()
             row = self._work_row_for(lock_token, now, "ack_work_item", need_live=True)
-            if completion is not None and not isinstance(completion, (ActivityCompletedMsg, ActivityFailedMsg)):
+            if completion is not None and not isinstance(completion, _WORKER_COMPLETIONS):
                 raise ProviderError(f"a worker ack takes ActivityCompleted/ActivityFailed, got {completion!r}",
                                     operation="ack_work_item")
             self._remove_work_row(row)
-            self._bump_session(row.item.session_id, now)
+            session_id = row.item.session_id
+            if session_id is not None:
+                self._bump_session(session_id, now)
             if completion is not None:
-                self._orch.add(_OrchRow(self._next_seq(), completion, now), now)
-        if completion is not None:
+                self._seq += 1  # (self._next_seq(), inline)
+                self._orch.add(_OrchRow(self._seq, completion, now), now)
+        if completion is not None and self._listeners:
             self._notify(["orchestrator"])
 
     def renew_work_item_lock(self, lock_token: str, extend_ms: int) -> None:
@@ -924,8 +997,8 @@ class InMemoryProvider:
         events = list(events)
         with self._lock:
             now = self._now()
-            self._validate_events(instance, execution_id, events, "append_with_execution")
-            self._append(instance, execution_id, events, now)
+            in_order = self._validate_events(instance, execution_id, events, "append_with_execution")
+            self._append(instance, execution_id, events, now, in_order)
 
     def import_history(self, instance: str, executions: Sequence[tuple[int, Sequence[HistoryEvent]]],
                        kv_base: Mapping[str, tuple[str, int]] | None = None,
