@@ -415,9 +415,11 @@ def check_text(text: str, what: str) -> str:
 
 
 def check_size(text: str, what: str) -> str:
-    if not text.isascii():
+    if text.isascii():
+        size = len(text)  # (one byte per character)
+    else:
         check_text(text, what)
-    size = len(text.encode("utf-8")) if len(text) * 4 > MAX_PAYLOAD_BYTES else len(text)
+        size = len(text.encode("utf-8")) if len(text) * 4 > MAX_PAYLOAD_BYTES else len(text)
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLargeError(
             f"{what} is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte payload limit; "
@@ -471,14 +473,15 @@ def encode(value: Any, what: str = "payload") -> str:
                 f"{exc} (value of type {type(value).__name__})",
                 what=what,
             ) from exc
-    if len(text) > 2 * MAX_NESTING_DEPTH and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
-        depth = _nesting_depth(text)
-        if depth > MAX_NESTING_DEPTH:
-            raise SerializationError(
-                f"{what} is nested {depth} levels deep (arrays and objects), over the limit of "
-                f"{MAX_NESTING_DEPTH}: flatten it (value of type {type(value).__name__})",
-                what=what,
-            )
+        # (only a container's text nests: a scalar's - a JSON string's brackets included - never does)
+        if len(text) > 2 * MAX_NESTING_DEPTH and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
+            depth = _nesting_depth(text)
+            if depth > MAX_NESTING_DEPTH:
+                raise SerializationError(
+                    f"{what} is nested {depth} levels deep (arrays and objects), over the limit of "
+                    f"{MAX_NESTING_DEPTH}: flatten it (value of type {type(value).__name__})",
+                    what=what,
+                )
     return check_size(text, what)
 
 

@@ -108,7 +108,7 @@ class ActivityTask(DurableTask):
         result_type: Any = None,
         post: str | None = None,
     ) -> None:
-        super().__init__()
+        self._st = None  # (DurableTask.__init__, inline: one per scheduled activity)
         self.name = name
         self.input = input
         self.session_id = session_id
@@ -532,7 +532,8 @@ class OrchestrationContext:
     # --- activities -----------------------------------------------------------------------
 
     def schedule_activity(self, name: str, input: Any = None, session_id: str | None = None) -> ActivityTask:
-        return ActivityTask(_name(name, "activity"), codec.encode(input, f"input of activity {name!r}"), _sid(session_id))
+        return ActivityTask(_name(name, "activity"), codec.encode(input, f"input of activity {name!r}"),
+                            None if session_id is None else _sid(session_id))
 
     def _retry_policy(self, retry: Any) -> RetryPolicy:
         """The retry argument of the scheduling calls. Keys duroxide-python does not read are
@@ -876,7 +877,7 @@ def _name(value: Any, what: str) -> str:
     if "\x00" in value or (not value.isascii() and text_problem(value) is not None):
         # (every provider must store it: PostgreSQL text holds no NUL, no driver a lone surrogate)
         raise TypeError(f"{what} name must be valid Unicode without NUL characters, got {value!r}")
-    return plain_text(value)
+    return value if type(value) is str else plain_text(value)
 
 
 #: The longest session id: every provider keys a sessions table by it (PostgreSQL's btree rows end

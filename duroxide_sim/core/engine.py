@@ -471,27 +471,28 @@ class _Engine:
         else:
             if self.fibers:
                 self._drive_fibers()
-            if self.waiting is None or not self._ready(self.waiting):
+            waiting = self.waiting
+            if waiting is None:
                 return
-            ok, value = self._outcome(self.waiting)
+            if waiting.leaf:  # (_ready and _outcome of a leaf, inline: the common wait)
+                slot = waiting._st
+                if not slot.done:
+                    return
+                ok, value = slot.ok, slot.value
+            else:
+                if not self._ready(waiting):
+                    return
+                ok, value = self._outcome(waiting)
             self.waiting = None
             if ok:
                 send = value
             else:
                 throw = _fresh(value)
-        resumptions = 0
-        while True:
-            resumptions += 1
-            if resumptions > _MAX_RESUMPTIONS:
-                # Each resumption that does not wait hands the code something already complete
-                # (a finished task, an empty join): a loop that never waits would spin here
-                # forever. Legitimate code waits at least once per event, and a history holds
-                # at most LIMITS["history_events"].
-                self.stack.clear()
-                self._finish_error(RuntimeError(
-                    f"orchestration resumed {_MAX_RESUMPTIONS} times in one turn without waiting for anything "
-                    "(an endless loop over already-completed tasks?)"))
-                return
+        # Each resumption that does not wait hands the code something already complete (a
+        # finished task, an empty join): a loop that never waits would spin here forever.
+        # Legitimate code waits at least once per event, and a history holds at most
+        # LIMITS["history_events"]: after _MAX_RESUMPTIONS resumptions the code is failed (below).
+        for _ in range(_MAX_RESUMPTIONS):
             gen = self.stack[-1]
             try:
                 yielded = gen.throw(throw) if throw is not None else gen.send(send)
@@ -512,13 +513,14 @@ class _Engine:
                 send, throw = None, exc
                 continue
             send, throw = None, None
-            if type(yielded) is types.CoroutineType and not yielded.cr_suspended and yielded.cr_frame is not None \
-                    and not yielded.cr_running:
-                # A generator orchestration yielding a durable ``async def`` helper it just
-                # called: driven as ``await`` would (the helper's own yields are the tasks).
-                self.stack.append(yielded)
-                continue
             if not isinstance(yielded, DurableTask):
+                # (checked first: a coroutine is never a DurableTask, and tasks are the common yield)
+                if type(yielded) is types.CoroutineType and not yielded.cr_suspended and yielded.cr_frame is not None \
+                        and not yielded.cr_running:
+                    # A generator orchestration yielding a durable ``async def`` helper it just
+                    # called: driven as ``await`` would (the helper's own yields are the tasks).
+                    self.stack.append(yielded)
+                    continue
                 throw = TypeError(
                     "orchestrations may only yield/await tasks from the context "
                     f"(ctx.schedule_activity, ctx.schedule_timer, ...), got {type(yielded).__name__}; "
@@ -561,7 +563,7 @@ class _Engine:
             except TypeError as exc:
                 throw = exc
                 continue
-            if self._ready(yielded):
+            if yielded._st.done if yielded.leaf else self._ready(yielded):  # (a leaf's _ready, inline)
                 ok, value = self._outcome(yielded)
                 if ok:
                     send = value
@@ -570,6 +572,10 @@ class _Engine:
                 continue
             self.waiting = yielded
             return
+        self.stack.clear()
+        self._finish_error(RuntimeError(
+            f"orchestration resumed {_MAX_RESUMPTIONS} times in one turn without waiting for anything "
+            "(an endless loop over already-completed tasks?)"))
 
     def _finish_value(self, value: Any) -> None:
         if isinstance(value, ContinueAsNewTask):  # `return ctx.continue_as_new(x)` is accepted too
@@ -820,34 +826,36 @@ class _Engine:
 
     def apply(self, ev: HistoryEvent) -> bool:
         """Apply one history event; return True if the code must be polled before the next."""
-        role = _APPLY_ROLE.get(type(ev), 0)
+        t = type(ev)
+        role = _APPLY_ROLE.get(t, 0)
         if role == 3:  # completions first: the most frequent kind in a replayed history
-            slot = self.by_id.get(ev.source_event_id)  # type: ignore[attr-defined]
+            sid = ev.source_event_id  # type: ignore[attr-defined]
+            slot = self.by_id.get(sid)
             if slot is None or slot.done:
                 raise self.diverge("completion without open schedule", ev, None, None)
-            if slot.kind != _COMPLETION_KIND[type(ev)]:
+            kind = _COMPLETION_KIND[t]
+            if slot.kind != kind:
                 # (SPEC 3.4: named by the kind the completion needs - "ActivityCompleted on a
                 # non-activity: expected activity" - then what the id schedules)
-                raise self.diverge(f"completion kind mismatch: expected {_KIND_LABEL[_COMPLETION_KIND[type(ev)]]} "
-                                   f"(id {ev.source_event_id} schedules a {_KIND_LABEL.get(slot.kind, slot.kind)})",  # type: ignore[attr-defined]
+                raise self.diverge(f"completion kind mismatch: expected {_KIND_LABEL[kind]} "
+                                   f"(id {sid} schedules a {_KIND_LABEL.get(slot.kind, slot.kind)})",
                                    ev, None, slot.site)
-            self.completed.add(ev.source_event_id)  # type: ignore[attr-defined]
+            self.completed.add(sid)
             if slot.dropped:
                 slot.finish(True, None)  # late completion of a dropped future: recorded, not delivered
                 return False
-            t = type(ev)
             if t is ActivityCompleted or t is SubOrchestrationCompleted:
                 self._resolve_text(slot, ev.result)  # type: ignore[attr-defined]
             elif t is TimerFired:
-                self._resolve(slot, None)
+                slot.finish(True, None)
             else:
                 self._fail(slot, ev.details)  # type: ignore[attr-defined]
             # Delivered: nothing looks this schedule up again (a second completion of the id is
             # refused as "without open schedule" either way, and a completion message for it is
             # dropped as a duplicate by the `completed` set before the schedule index is read),
             # so a long-lived cached engine does not keep every finished task.
-            del self.by_id[ev.source_event_id]  # type: ignore[attr-defined]
-            self.schedules.pop(ev.source_event_id, None)  # type: ignore[attr-defined]
+            del self.by_id[sid]
+            self.schedules.pop(sid, None)
             return True
         if role == 1:
             if not self.fifo:
@@ -904,9 +912,12 @@ class _Engine:
         return False  # Started and the rest: no effect on the code
 
     def _bind(self, slot: _Slot, ev: HistoryEvent) -> bool:
-        slot.event_id = ev.event_id
-        self.by_id[ev.event_id] = slot
-        self.schedules[ev.event_id] = ev
+        event_id = slot.event_id = ev.event_id
+        self.by_id[event_id] = slot
+        self.schedules[event_id] = ev
+        t = type(ev)
+        if t is ActivityScheduled or t is TimerCreated:
+            return False  # (the common kinds, exact classes: nothing more to bind)
         if isinstance(ev, SubOrchestrationScheduled):
             slot.child = ev.instance
         elif isinstance(ev, ExternalSubscribed):
@@ -956,15 +967,20 @@ class _Engine:
             self.settled = {}
         self.settled[key] = n
 
-    def _resolve(self, slot: _Slot, value: Any) -> None:
-        slot.finish(True, value)
-
     def _resolve_text(self, slot: _Slot, text: str) -> None:
         task = slot.task
         try:
             post = getattr(task, "post", None)
-            if post == "int":
-                value: Any = int(text)
+            if post is None:
+                result_type = getattr(task, "result_type", None)
+                if result_type is None:
+                    # (what decode_typed does without a type; the task's description is only
+                    # for the errors of a typed decode)
+                    value: Any = codec.decode(text)
+                else:
+                    value = codec.decode_typed(text, result_type, f"result of {task.describe()}")
+            elif post == "int":
+                value = int(text)
             elif post == "str":
                 value = text
             elif post == "kv":
@@ -974,7 +990,7 @@ class _Engine:
         except Exception as exc:  # noqa: BLE001 - a result the code cannot accept fails at its yield
             slot.finish(False, exc)
             return
-        self._resolve(slot, value)
+        slot.finish(True, value)
 
     def _fail(self, slot: _Slot, details: ErrorDetails) -> None:
         slot.finish(False, TaskFailedError(details.display_message(), details=details))

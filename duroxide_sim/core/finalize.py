@@ -85,8 +85,11 @@ def _reconcile_dropped(
     code's drops: they belong to steps the code did not reach in this walk - in a replay of a
     finished history, the last turn's own drops of work the code asked for just before it
     returned (a race's losing retry re-scheduled in the turn the race was won)."""
-    if warm and not engine.dropped:
-        return  # nothing persisted to check, nothing dropped to record (the common turn)
+    if not engine.dropped and (warm or not engine.crumbs):
+        # Nothing dropped to record, and nothing persisted to check: a warm engine checked the
+        # breadcrumbs when it walked them, and one that walked none knows none (the engine
+        # records every breadcrumb it walks in engine.crumbs). The common turn.
+        return
     crumb_types = _CRUMB_TYPES
     labels = _CRUMB_LABELS
     crumb_classes = _CRUMB_CLASSES
@@ -446,7 +449,13 @@ def _finish_general(
     )
 
 
-_DROPPED_CRUMBS = (ActivityCancelRequested, SubOrchestrationCancelRequested)
+#: What the common turn does with a new event, by its (exact) class: 1 a dropped future's
+#: breadcrumb (the general path takes the turn), 2 a schedule that becomes a work item
+#: (:func:`_dispatch`); any other event is only recorded.
+_CONTINUE_ROLE: dict[type, int] = {
+    ActivityCancelRequested: 1, SubOrchestrationCancelRequested: 1,
+    ActivityScheduled: 2, TimerCreated: 2, SubOrchestrationScheduled: 2, OrchestrationChained: 2,
+}
 
 
 def _finish_continue(
@@ -460,12 +469,14 @@ def _finish_continue(
     worker: list[ActivityExecute] = []
     orch: list[WorkItem] = []
     versions = engine.requested_versions
+    role_of = _CONTINUE_ROLE.get
     for ev in delta:
-        if isinstance(ev, _DROPPED_CRUMBS):
+        role = role_of(type(ev))
+        if role is None:
+            continue
+        if role == 1:
             return None
         item = _dispatch(ev, inst, exe, started, versions)  # type: ignore[arg-type]
-        if item is None:
-            continue
         if type(item) is ActivityExecute:
             worker.append(item)
         else:

@@ -195,24 +195,36 @@ class EngineCache:
 
     def vouches(self, instance: str, execution_id: int, history: Sequence[HistoryEvent]) -> bool:
         """True when a cached engine produced exactly this history (so it is not terminal)."""
+        return self._voucher(instance, execution_id, history) is not None
+
+    def _voucher(self, instance: str, execution_id: int, history: Sequence[HistoryEvent]) -> _Engine | None:
+        """The cached engine that produced exactly this history (left in the cache), or None."""
         with self._lock:
             engine = self._items.get(instance)
-        return (
+        if (
             engine is not None
             and engine.execution_id == execution_id
             and engine.history_len == len(history)
-            and bool(history)
+            and history
             and engine.last_event_id == history[-1].event_id
             and _same_start(engine, history[0])
-        )
+        ):
+            return engine
+        return None
 
-    def take(self, instance: str, execution_id: int, history: Sequence[HistoryEvent], handler: Any) -> _Engine | None:
+    def take(self, instance: str, execution_id: int, history: Sequence[HistoryEvent], handler: Any,
+             voucher: _Engine | None = None) -> _Engine | None:
         """Remove and return the engine that produced this history or a prefix of it, or None.
 
-        The caller walks ``history[engine.history_len:]`` (empty for a warm engine) as replay."""
+        The caller walks ``history[engine.history_len:]`` (empty for a warm engine) as replay.
+        ``voucher``: what :meth:`_voucher` returned for this same history and execution earlier
+        in the turn; when it is still the cached engine, only the handler is left to check."""
         with self._lock:
             engine = self._items.pop(instance, None)
             self._short.pop(instance, None)
+        if engine is not None and engine is voucher and engine.handler is handler:
+            self.hits += 1  # (warm: it produced exactly this history)
+            return engine
         if (
             engine is None
             or engine.execution_id != execution_id
@@ -334,15 +346,17 @@ def _execute_turn(
     something happened (:mod:`.verify`)."""
     history: Sequence[HistoryEvent] = inp.history
     start = batch_start(inp.messages)  # (one start item per batch: SPEC §3.2, see batch_start)
-    rest: list[WorkItem] = [msg for msg in inp.messages if not isinstance(msg, (StartOrchestration, ContinueAsNew))]
+    # (a batch without a start item - the common turn - has no start message to leave out)
+    rest: Sequence[WorkItem] = inp.messages if start is None else [
+        msg for msg in inp.messages if not isinstance(msg, (StartOrchestration, ContinueAsNew))]
 
     # A history the cache vouches for was produced by a committed non-terminal turn of ours, so
     # the O(history) scan for a terminal event can be skipped. Otherwise one pass over the
     # history collects everything the prep step needs (terminal, schedules, completions, cancel).
-    vouched = cache is not None and cache.vouches(inp.instance, inp.execution_id, history)
+    voucher = cache._voucher(inp.instance, inp.execution_id, history) if cache is not None else None
     terminal = None
     scan: tuple[dict[int, HistoryEvent], set[int], bool] | None = None
-    if not vouched:
+    if voucher is None:
         terminal, scan = _scan_history(history)
     is_can = isinstance(start, ContinueAsNew)
     if terminal is not None and not (is_can and isinstance(terminal, OrchestrationContinuedAsNew)):
@@ -372,15 +386,14 @@ def _execute_turn(
 
     delta: list[HistoryEvent] = []
     add = _Builder(delta, history[-1].event_id if history else 0, inp.instance, execution_id, inp.now_ms)
-    resumed = cache.take(inp.instance, execution_id, history, handler) if cache is not None and history else None
+    resumed = cache.take(inp.instance, execution_id, history, handler, voucher) if cache is not None and history else None
     # How much of the history the resumed engine has walked already: all of it (warm) or a
     # prefix (catch-up: the rest, written by other runtimes, is walked below as replay).
     walked_from = resumed.history_len if resumed is not None else 0
     warm = resumed if walked_from == len(history) else None
 
     if history:
-        started = history[0]
-        assert isinstance(started, OrchestrationStarted)
+        started = first  # (an OrchestrationStarted: checked above)
     else:
         assert start is not None
         started = add(
@@ -488,7 +501,7 @@ def _execute_turn(
     try:
         for i, ev in enumerate(events):
             engine.cursor = i
-            if i >= persisted:
+            if i == persisted:  # (the rest are this turn's new events; nothing sets it back)
                 engine.is_replaying = False
             if must_poll:
                 engine.poll()
@@ -542,7 +555,10 @@ def _execute_turn(
         # future); what is still open gets the end-of-execution breadcrumbs instead (§3.9).
         return _finish(engine, history, delta, add, ("can", engine.can), base, ran_code=True)
     # (the walk may have stopped inside the persisted history: the code returned first)
-    if warm is None or engine.dropped:  # (a warm turn that dropped nothing has nothing to reconcile)
+    # A turn that dropped nothing has nothing to record, and nothing persisted to check unless
+    # it walked a breadcrumb (a warm engine checked those as it walked them; the engine records
+    # every one it walks in engine.crumbs): the common turn, warm or replayed, skips this.
+    if engine.dropped or (warm is None and engine.crumbs):
         walked_to = len(history) - max(0, engine.unwalked - (len(events) - persisted)) if engine.unwalked else None
         try:
             _reconcile_dropped(engine, history, delta, add, warm=warm is not None,
