@@ -13,6 +13,7 @@ Dispatchers see providers only through the Provider protocol.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import Counter
@@ -98,13 +99,21 @@ class Renewer(Protocol):
 
 
 class NullRenewer:
-    """No background renewal: work must finish within its lock timeout."""
+    """No background renewal: work must finish within its lock timeout.
+
+    Its methods do nothing, so the dispatchers do not call them (nor build their callbacks)
+    when the services' renewer is exactly a NullRenewer (``type(renewer) is NullRenewer``: a
+    subclass may override them)."""
 
     def watch(self, kind: str, token: str, timeout_ms: int, on_lost: Callable[[], None]) -> None:
         return None
 
     def unwatch(self, token: str) -> None:
         return None
+
+
+def _ignore_lost() -> None:
+    """An orchestration turn's ``on_lost``: nothing to cancel (the ack finds the lock gone)."""
 
 
 _METRIC_NAMES = (
@@ -243,9 +252,10 @@ class OrchestrationDispatcher:
 
     def process(self, item: OrchestrationItem, carry: dict | None = None) -> TurnResult | None:
         """Run the turn for a fetched item and commit it. Returns what was committed."""
-        s, opts = self.s, self.s.options
-        provider = s.provider
-        s.renewer.watch("orchestration", item.lock_token, opts.orchestrator_lock_timeout_ms, lambda: None)
+        s = self.s
+        opts, provider = s.options, s.provider
+        if type(s.renewer) is not NullRenewer:  # (a NullRenewer's methods do nothing)
+            s.renewer.watch("orchestration", item.lock_token, opts.orchestrator_lock_timeout_ms, _ignore_lost)
         try:
             if not self._compatible(item):
                 # SPEC §12: the provider's capability filter let through an execution pinned to
@@ -266,13 +276,14 @@ class OrchestrationDispatcher:
                 if result.kind != "noop":  # (an ended execution's late messages are discarded, not poison)
                     _log_poison("orchestration message", item.instance, item.attempt_count, opts.max_attempts)
                 return self._commit(item, result, carry)
-            hits = self.cache.hits if self.cache is not None else 0
-            result = execute_turn(inp, s.registry, self.cache)
+            cache = self.cache
+            hits = cache.hits if cache is not None else 0
+            result = execute_turn(inp, s.registry, cache)
             # One warm turn in verify_cache_every is re-run from scratch, and fewer as the history
             # grows (a from-scratch turn costs the whole history: checking every third turn of
             # an ever-growing history made a long run quadratic in its length).
-            if (s.verify_cache and self.cache is not None and self.cache.hits > hits
-                    and self.cache.hits % (s.verify_cache_every * (1 + len(inp.history) // _VERIFY_SPAN)) == 0):
+            if (s.verify_cache and cache is not None and cache.hits > hits
+                    and cache.hits % (s.verify_cache_every * (1 + len(inp.history) // _VERIFY_SPAN)) == 0):
                 _verify_warm_turn(inp, s.registry, result)
             if result.kind == "unregistered":
                 delay = opts.unregistered_backoff_ms(item.attempt_count)
@@ -282,7 +293,8 @@ class OrchestrationDispatcher:
                 return None
             return self._commit(item, result, carry)
         finally:
-            s.renewer.unwatch(item.lock_token)
+            if type(s.renewer) is not NullRenewer:
+                s.renewer.unwatch(item.lock_token)
 
     def _pin_state(self, pin: Any) -> bool | None:
         """A stored engine stamp: True in this runtime's range, False outside it, None when it
@@ -359,19 +371,23 @@ class OrchestrationDispatcher:
             pinned_duroxide_version=pin if (pin := result.pinned_version) is None or self._pins.get(pin) is True
             else self._storable_pin(pin),  # (rare: a stamp not known to be in range)
         )
-        cancelled = [ScheduledActivityIdentifier(i, e, a) for i, e, a in result.cancelled]
-        chain = _chain(s.provider, "ack_orchestration_item_and_fetch", carry)
+        # (most turns cancel nothing and send nothing to other instances: no comprehension or
+        # call for them, the same empty lists)
+        cancelled = [ScheduledActivityIdentifier(i, e, a) for i, e, a in result.cancelled] if result.cancelled else []
+        chain = None if carry is None else _chain(s.provider, "ack_orchestration_item_and_fetch", carry)
+        orch_items = result.orchestrator_items
         retries = 0
         # The turn's counters go up before its ack, as the reference core counts while it builds
         # the turn: a client that sees the ack's outcome (Completed, say) must find it counted in
         # metrics_snapshot(). Counting after the ack returned let a client read the new status
         # and the old counts. An ack that does not commit takes the counts back.
         counts = _turn_counts(result)
-        s.metrics.add(counts)
+        if counts:
+            s.metrics.add(counts)
         while True:
             try:
                 args = (item.lock_token, result.execution_id, result.delta, result.worker_items,
-                        self._fill_parent_execution(result.orchestrator_items), metadata, cancelled)
+                        self._fill_parent_execution(orch_items) if orch_items else [], metadata, cancelled)
                 if chain is None:
                     s.provider.ack_orchestration_item(*args)
                 else:
@@ -500,6 +516,7 @@ class OrchestrationDispatcher:
 
 
 _NO_COUNTS: tuple[tuple[str, int], ...] = ()
+_SYSCALLS = (SYSCALL_UTC_NOW, SYSCALL_NEW_GUID, SYSCALL_GET_KV)  # (activity names the runtime answers itself)
 _UNKNOWN = object()  # (a stamp not in OrchestrationDispatcher._pins yet)
 _WORKER_ACK_FAILED = (("provider_errors", 1), ("activity_infra_errors", 1))
 _FAILURE_COUNTER = {"configuration": "orch_configuration_errors", "infrastructure": "orch_infrastructure_errors",
@@ -509,13 +526,10 @@ _FAILURE_COUNTER = {"configuration": "orch_configuration_errors", "infrastructur
 def _turn_counts(result: TurnResult) -> tuple[tuple[str, int], ...]:
     """The metrics a turn adds once committed (SPEC §14): starts, sub-orchestration calls and
     the execution's outcome."""
-    started = subs = 0
-    for e in result.delta:  # one pass
-        t = type(e)
-        if t is OrchestrationStarted:
-            started = 1
-        elif t is SubOrchestrationScheduled:
-            subs += 1
+    delta = result.delta
+    types = set(map(type, delta))  # (the events' classes, gathered without a Python loop)
+    started = OrchestrationStarted in types
+    subs = sum(type(e) is SubOrchestrationScheduled for e in delta) if SubOrchestrationScheduled in types else 0
     kind = result.kind
     if not started and not subs and kind == "continue":
         return _NO_COUNTS  # (the common turn)
@@ -698,7 +712,7 @@ class WorkerDispatcher:
         if len(self._sessions) >= opts.max_sessions_per_runtime:
             return None
         cfg = self._session_cfgs.get(slot)
-        owner = (self.s.options.worker_node_id or self.s.worker_id) if slot is None else self.slot_owner(slot)
+        owner = (opts.worker_node_id or self.s.worker_id) if slot is None else self.slot_owner(slot)
         if cfg is None or cfg.owner_id != owner or cfg.lock_timeout_ms != opts.session_lock_timeout_ms:
             cfg = self._session_cfgs[slot] = SessionConfig(owner_id=owner, lock_timeout_ms=opts.session_lock_timeout_ms)
         return cfg
@@ -723,8 +737,11 @@ class WorkerDispatcher:
     def step(self, carry: dict | None = None) -> bool:
         """fetch -> execute -> commit. With a ``carry`` (production driver) the ack may fetch
         the next lease in the same transaction (see :class:`OrchestrationDispatcher`)."""
-        lease = carry.pop("item", None) if carry is not None else None
-        slot = carry.get("slot") if carry is not None else None  # (set by the thread driver)
+        if carry is None:
+            lease = slot = None
+        else:
+            lease = carry.pop("item", None)
+            slot = carry.get("slot")  # (set by the thread driver)
         if lease is not None:
             lease = self._accept(lease)
             if lease is None:
@@ -767,7 +784,8 @@ class WorkerDispatcher:
         )
 
     def execute(self, lease: WorkItemLease, ctx: ActivityContext | None = None) -> ActivityOutcome:
-        s, opts = self.s, self.s.options
+        s = self.s
+        opts = s.options
         item = lease.item
         if lease.attempt_count > opts.max_attempts:
             s.metrics.inc("activity_poison")
@@ -777,7 +795,7 @@ class WorkerDispatcher:
                 instance=item.instance, execution_id=item.execution_id, activity_name=item.name, activity_id=item.id,
             )
             return ActivityOutcome("ack", _failed(item, details))
-        if item.name in (SYSCALL_UTC_NOW, SYSCALL_NEW_GUID, SYSCALL_GET_KV):
+        if item.name in _SYSCALLS:
             return ActivityOutcome("ack", self._syscall(item))
         handler = s.registry.activity(item.name)
         if handler is None:
@@ -788,7 +806,11 @@ class WorkerDispatcher:
         ctx = ctx or self.make_context(lease)
         token = lease.lock_token
         self._running.add(token)  # (until commit())
-        s.renewer.watch("worker", token, opts.worker_lock_timeout_ms, lambda: self._lock_lost(token, ctx))
+        if type(s.renewer) is not NullRenewer:  # (a NullRenewer's methods do nothing)
+            s.renewer.watch("worker", token, opts.worker_lock_timeout_ms, functools.partial(self._lock_lost, token, ctx))
+        # Only an async activity can register an abort (run_coroutine's on_start), so only its
+        # token can be in _aborts / _aborted_tokens afterwards: a sync one has nothing to clear.
+        is_async = False
         try:
             arg = (
                 codec.decode_typed(item.input, handler.input_type, f"input of activity {item.name!r}")
@@ -799,7 +821,8 @@ class WorkerDispatcher:
             if handler.style == "async" or hasattr(result, "__await__"):
                 if s.run_coroutine is None:
                     raise RuntimeError("this runtime has no event loop for async activities")
-                result = s.run_coroutine(result, lambda abort: self._register_abort(token, abort))
+                is_async = True
+                result = s.run_coroutine(result, functools.partial(self._register_abort, token))
             text = codec.encode(result, f"result of activity {item.name!r}")
         except BaseException as exc:  # noqa: BLE001 - activity code may raise anything
             # sys.exit() in an activity fails the activity; it used to end the worker thread
@@ -833,9 +856,10 @@ class WorkerDispatcher:
         finally:
             # (the lease stays watched - renewed - until commit() has acked it: a slow ack must
             # not let the lock expire and the activity run again elsewhere)
-            with self._lock:
-                self._aborts.pop(token, None)
-                self._aborted_tokens.discard(token)
+            if is_async:
+                with self._lock:
+                    self._aborts.pop(token, None)
+                    self._aborted_tokens.discard(token)
         s.metrics.inc("activity_success")
         return ActivityOutcome("ack", ActivityCompletedMsg(instance=item.instance, execution_id=item.execution_id, id=item.id, result=text))
 
@@ -854,15 +878,23 @@ class WorkerDispatcher:
 
     def commit(self, lease: WorkItemLease, outcome: ActivityOutcome, carry: dict | None = None) -> bool:
         """Ack or abandon. False when the lock was lost (the activity was cancelled or stolen)."""
-        provider = self.s.provider
+        s = self.s
+        provider = s.provider
         token = lease.lock_token
-        with self._lock:
-            stopped = token in self._stopped_tokens
-            if stopped:
-                self._stopped_tokens.discard(token)
-            halted = token in self._halted_tokens
-            if halted:
-                self._halted_tokens.discard(token)
+        # Both sets are empty but while a shutdown runs out of time (abort_running), so they are
+        # looked at under the lock only when one holds anything. (Read without the lock, an
+        # empty set is what the locked read would have found at that moment: this token gets
+        # into _stopped_tokens only while its activity runs, before commit(), and one that gets
+        # into _halted_tokens later is as late as if abort_running had taken the lock after us.)
+        stopped = halted = False
+        if self._stopped_tokens or self._halted_tokens:
+            with self._lock:
+                stopped = token in self._stopped_tokens
+                if stopped:
+                    self._stopped_tokens.discard(token)
+                halted = token in self._halted_tokens
+                if halted:
+                    self._halted_tokens.discard(token)
         if stopped:  # cancelled by a runtime shutdown: not the activity's outcome
             outcome = ActivityOutcome("abandon", delay_ms=None)
         try:
@@ -879,12 +911,12 @@ class WorkerDispatcher:
                 # ten restarts during one long activity poisoned it)
                 provider.abandon_work_item(lease.lock_token, outcome.delay_ms, stopped)
                 return True
-            chain = _chain(provider, "ack_work_item_and_fetch", carry)
+            chain = None if carry is None else _chain(provider, "ack_work_item_and_fetch", carry)
             if chain is None:
                 provider.ack_work_item(lease.lock_token, outcome.completion)
                 return True
             assert carry is not None
-            opts = self.s.options
+            opts = s.options
             nxt = chain(lease.lock_token, outcome.completion, lock_timeout_ms=opts.worker_lock_timeout_ms,
                         session=self._session_config(carry.get("slot")), tag_filter=opts.worker_tag_filter)
             if nxt is None:
@@ -894,12 +926,12 @@ class WorkerDispatcher:
                 carry["backlog"] = True
             return True
         except LockLostError:
-            self.s.metrics.inc("activity_infra_errors")
+            s.metrics.inc("activity_infra_errors")
             return False
         except ProviderError:
             # SPEC §10.2: a failed worker ack is given back (100 ms) and counted as an activity
             # infrastructure error, as a lost lock is (and as a provider error: the store failed).
-            self.s.metrics.add(_WORKER_ACK_FAILED)
+            s.metrics.add(_WORKER_ACK_FAILED)
             try:
                 provider.abandon_work_item(lease.lock_token, 100, False)
             except ProviderError:
@@ -907,7 +939,8 @@ class WorkerDispatcher:
             return False
         finally:
             self._running.discard(token)
-            self.s.renewer.unwatch(token)  # (watched since execute(): renewed through the ack)
+            if type(s.renewer) is not NullRenewer:
+                s.renewer.unwatch(token)  # (watched since execute(): renewed through the ack)
             sid = lease.item.session_id
             if sid is not None:
                 with self._lock:
