@@ -48,11 +48,12 @@ def parse_semver(version: str) -> tuple[int, int, int]:
     """``"1.2.3"`` -> ``(1, 2, 3)``; anything else raises ConfigurationError."""
     if not isinstance(version, str):
         raise ConfigurationError(f"version must be a string like '1.2.0', got {type(version).__name__}")
-    parts = version.split(".")
-    if len(parts) != 3 or not all(_SEMVER_NUMBER.fullmatch(p) for p in parts):
+    match = _SEMVER.fullmatch(version)
+    if match is None:
         raise ConfigurationError(f"version {version!r}"[:120] + " is not semver 'major.minor.patch' (ASCII numbers "
                                  "without leading zeros, at most 18 digits each)")
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch)
 
 
 def parse_engine_version(text: str) -> tuple[int, int, int]:
@@ -67,15 +68,27 @@ def parse_engine_version(text: str) -> tuple[int, int, int]:
 #: A semver number: no leading zero (``01.0.0`` would order as 1.0.0 but match as another
 #: string), ASCII digits only (``str.isdigit`` accepts ``²`` and Arabic-Indic digits), and small
 #: enough for the providers' 64-bit version columns.
-_SEMVER_NUMBER = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
+_SEMVER_NUMBER = r"(0|[1-9][0-9]{0,17})"
+#: A whole version: three such numbers separated by dots (one match, not a split and three:
+#: every simulated process restart and every dispatcher parses versions).
+_SEMVER = re.compile(rf"{_SEMVER_NUMBER}\.{_SEMVER_NUMBER}\.{_SEMVER_NUMBER}", re.ASCII)
+
+#: Names :func:`_check_name` accepted (plain ``str`` only: immutable, so the verdict stands); a
+#: simulation registers the same names again on every simulated process restart.
+_CHECKED_NAMES: set[str] = set()
+_CHECKED_NAMES_MAX = 4096
 
 
 def _check_name(name: Any, what: str) -> str:
+    if type(name) is str and name in _CHECKED_NAMES:
+        return name  # (what plain_text returns for a plain str)
     if not isinstance(name, str) or not name.strip():
         raise ConfigurationError(f"{what} name must be a non-empty string, got {name!r}")
     problem = text_problem(name)  # (a name no client or store can hold could never be started)
     if problem is not None:
         raise ConfigurationError(f"{what} name {problem}, got {name!r}"[:300])
+    if type(name) is str and len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
+        _CHECKED_NAMES.add(name)
     return plain_text(name)
 
 
@@ -209,8 +222,9 @@ def _cell_value(cell: Any) -> Any:
         return None
 
 
-def _shape(fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str, int, Any]:
-    """(style, parameter count, input type) of a handler function, cached (:func:`_shape_key`)."""
+def _shape(name: str, fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str, int, Any]:
+    """(style, parameter count, input type) of a handler function, cached (:func:`_shape_key`).
+    ConfigurationError for an async generator (never cached: a hit is a function that passed)."""
     key = _shape_key(fn, typed=typed, activity=activity)
     if key is not None:
         try:
@@ -219,13 +233,16 @@ def _shape(fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str,
             key = hit = None
         if hit is not None:
             return hit
-    shape = _inspect_shape(fn, typed=typed, activity=activity)
+    shape = _inspect_shape(name, fn, typed=typed, activity=activity)
     if key is not None and len(_SHAPES) < _SHAPES_MAX:
         _SHAPES[key] = shape
     return shape
 
 
-def _inspect_shape(fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str, int, Any]:
+def _inspect_shape(name: str, fn: Callable[..., Any], *, typed: bool, activity: bool) -> tuple[str, int, Any]:
+    # (checked here, with the shape: it reads the code flags, which the cache key holds by identity)
+    if inspect.isasyncgenfunction(fn):
+        raise ConfigurationError(f"{name!r}: async generators are not supported; use async def or a generator")
     if inspect.iscoroutinefunction(fn):
         style = "async" if activity else "coroutine"
     elif activity:
@@ -242,9 +259,7 @@ def _inspect_shape(fn: Callable[..., Any], *, typed: bool, activity: bool) -> tu
 def _make_handler(name: str, fn: Callable[..., Any], *, version: str, typed: bool, activity: bool) -> Handler:
     if not callable(fn):
         raise ConfigurationError(f"handler for {name!r} must be callable, got {type(fn).__name__}")
-    if inspect.isasyncgenfunction(fn):
-        raise ConfigurationError(f"{name!r}: async generators are not supported; use async def or a generator")
-    style, nparams, input_type = _shape(fn, typed=typed, activity=activity)
+    style, nparams, input_type = _shape(name, fn, typed=typed, activity=activity)  # (refuses async generators)
     return Handler(
         name=name,
         fn=fn,

@@ -685,11 +685,16 @@ def _canonical_value(value: Any) -> Any:
     return value
 
 
+#: ``json.dumps(value, sort_keys=True, default=repr)``, with the encoder built once (``dumps``
+#: builds one per call with these options; same bytes, same errors).
+_SORT_KEY_ENCODE = json.JSONEncoder(sort_keys=True, default=repr).encode
+
+
 def _sort_key(value: Any) -> str:
     """A total order for list items of any JSON-like shape (dicts with keys of mixed types,
     which ``sort_keys`` cannot order, fall back to their repr)."""
     try:
-        return json.dumps(value, sort_keys=True, default=repr)
+        return _SORT_KEY_ENCODE(value)
     except TypeError:
         return repr(value)
 

@@ -18,9 +18,11 @@ Nothing here touches the wall clock, threads, global randomness or hash order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import operator
 import random
 import re
 import shlex
@@ -54,18 +56,26 @@ _INVARIANT_WORK_PER_STEP = 1
 
 #: Canonical trace lines: compact separators, keys in the (fixed) order the logging code uses.
 #: The C encoder is built once (``JSONEncoder.encode`` builds one per call); same bytes.
-class _Later:
+class _Later(functools.partial):
     """A trace value computed when the line is encoded (from immutable inputs, so the bytes are
-    the same as computing it at once): turn digests and event lists cost nothing until read."""
+    the same as computing it at once): turn digests and event lists cost nothing until read.
 
-    __slots__ = ("fn", "arg")
+    ``_Later(fn, arg)`` is ``fn`` bound to ``arg`` (a ``functools.partial``: built in C, as a
+    few are per step); ``fn`` and ``arg`` name the two."""
 
-    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
-        self.fn, self.arg = fn, arg
+    __slots__ = ()
+
+    @property
+    def fn(self) -> Callable[[Any], Any]:
+        return self.func
+
+    @property
+    def arg(self) -> Any:
+        return self.args[0]
 
 
 def _trace_default(value: Any) -> Any:
-    return value.fn(value.arg) if type(value) is _Later else str(value)
+    return value() if type(value) is _Later else str(value)
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=_trace_default).encode
@@ -215,7 +225,8 @@ def _code_key(fn: Any, depth: int = 0) -> tuple[Any, ...]:
 def _same_key(a: Any, b: Any) -> bool:
     """Keys compared element by element, objects by identity (no user ``__eq__`` runs)."""
     if type(a) is tuple and type(b) is tuple:
-        return len(a) == len(b) and all(_same_key(x, y) for x, y in zip(a, b, strict=True))
+        # (``map`` over both, not a generator: keys are compared for every checked execution)
+        return len(a) == len(b) and all(map(_same_key, a, b))
     if type(a) in (bool, int, float, str, bytes) or a is None:
         return type(a) is type(b) and a == b
     return a is b
@@ -413,7 +424,16 @@ class _Node:
         self.act_work_fetch: tuple[Any, ...] = ()
         self.act_work_exec: tuple[Any, ...] = ()
         self.act_work_ack: tuple[Any, ...] = ()
+        #: The node's slice of the scheduler's runnable list while it is alive (``_Run._node_acts``),
+        #: kept from step to step; None: to be listed again. Everything that changes what decides
+        #: it - the in-flight lists, the idle flags, ``alive`` - sets it to None (the step
+        #: handlers, ``_wake_all``, ``_crash``); a dead node's is never kept (its restart
+        #: becomes due with the clock).
+        self.acts: list[tuple[Any, ...]] | None = None
 
+
+#: ``node.alive`` (for ``filter``: the crash opportunity lists the live nodes at every step).
+_ALIVE = operator.attrgetter("alive")
 
 #: Scheduler steps after which a run stops (and liveness fails if work is left).
 DEFAULT_MAX_STEPS = 200_000
@@ -531,13 +551,16 @@ class _Run:
         self.faults_injected: dict[str, int] = {}
         self.fired: list[tuple[int, str]] = []
         self.total_faults = 0
-        self.rates = dict(plan.rates)
         self.fault_until_ms = DEFAULT_EPOCH_MS + plan.until_ms
+        self.max_faults = plan.max_faults
         self.scripted = set(plan.script)
         self.kind_opportunities: dict[str, int] = {}
         # Kinds that can fire at all (a rate above 0 or a scripted entry): opportunities of the
         # other kinds are neither counted nor rolled, which changes nothing observable.
         self.active_kinds = frozenset(k for k in plan.enabled())
+        #: The rate of every active kind (0 for a kind only scripted): ``_decide`` reads it once
+        #: the kind is known to be active.
+        self.rates = {k: plan.rate(k) for k in plan.enabled()}
         #: False once no fault can fire any more (see ``_close_faults``); also False from the
         #: start when no kind is active.
         self.faults_open = bool(self.active_kinds)
@@ -556,6 +579,9 @@ class _Run:
         #: Every process incarnation booted, in boot order (each remembers the executions it
         #: committed turns of: ``_Node.wrote``, read by ``_writers``).
         self.booted: list[_Node] = []
+        #: Nodes whose ``orch_idle`` / ``work_idle`` a fetch set since the last ``_wake_all``
+        #: (the flags are set nowhere else; a node may be listed twice, or after it crashed).
+        self._idle: list[_Node] = []
         self.nodes = [self._boot(i) for i in range(sim.n_nodes)]
         self.client = Client(self.provider, clock=self.clock, sleep=lambda ms: None)
         if twin_of is not None:
@@ -608,19 +634,20 @@ class _Run:
     # --- faults -----------------------------------------------------------------------------
 
     def _faulting(self) -> bool:
-        return self.clock.now_ms() < self.fault_until_ms and self.total_faults < self.plan.max_faults
+        return self.clock.now_ms() < self.fault_until_ms and self.total_faults < self.max_faults
 
     def _decide(self, kind: str, op: str) -> bool:
         """One fault opportunity. Scripted faults name the n-th opportunity *of their kind*
         (so a shrinker moving an entry earlier stays meaningful); otherwise roll the rate."""
         if kind not in self.active_kinds:
             return False
-        n = self.kind_opportunities.get(kind, 0) + 1
-        self.kind_opportunities[kind] = n
+        opportunities = self.kind_opportunities
+        n = opportunities[kind] = opportunities.get(kind, 0) + 1
         if self.scripted and (n, kind) in self.scripted:
             return self._faulting()
-        rate = self.rates.get(kind, 0.0)
-        if rate <= 0.0 or not self._faulting():
+        rate = self.rates[kind]
+        # (``_faulting()`` written out: this runs for every fault opportunity)
+        if rate <= 0.0 or self.clock.now_ms() >= self.fault_until_ms or self.total_faults >= self.max_faults:
             return False
         return self.fault_rng.random() < rate
 
@@ -671,6 +698,7 @@ class _Run:
 
     def _crash(self, node: _Node, why: str) -> None:
         node.alive = False
+        node.acts = None
         lost = len(node.orch_items) + len(node.leases) + len(node.executed)
         node.orch_items, node.leases, node.executed = [], [], []
         node.restart_at = self.clock.now_ms() + self.fault_rng.randint(50, 2_000)
@@ -695,31 +723,39 @@ class _Run:
         """The runnable steps as ``(kind, node, handler)``, in a fixed order (the scheduler
         indexes this list with its seeded draw): a due client operation, then per node in
         index order restart | orch_fetch, orch_turn, work_fetch, work_exec, work_ack. The
-        tuples are built once per node incarnation (``_boot``), not per step."""
-        acts: list[tuple[Any, ...]] = []
-        now = self.clock.now_ms()
+        tuples are built once per node incarnation (``_boot``), not per step, and a live
+        node's slice of the list is kept until its state changes (``_Node.acts``): a step
+        changes one node, so the others' slices are reused as they are."""
         pending = self.pending
-        if pending and pending[0].at_ms + DEFAULT_EPOCH_MS <= now:
-            acts.append(self._act_client)
-        orch_slots, work_slots = self.orch_slots, self.work_slots
+        if pending and pending[0].at_ms + DEFAULT_EPOCH_MS <= self.clock.now_ms():
+            acts = [self._act_client]
+        else:
+            acts = []
         for node in self.nodes:
-            if not node.alive:
-                if node.restart_at is not None and node.restart_at <= now:
-                    acts.append(node.act_restart)
-                continue
-            orch_items = node.orch_items
-            if not node.orch_idle and len(orch_items) < orch_slots:
-                acts.append(node.act_orch_fetch)
-            if orch_items:
-                acts.append(node.act_orch_turn)
-            leases, executed = node.leases, node.executed
-            if work_slots > 0 and not node.work_idle and len(leases) + len(executed) < work_slots:
-                acts.append(node.act_work_fetch)
-            if leases:
-                acts.append(node.act_work_exec)
-            if executed:
-                acts.append(node.act_work_ack)
+            seg = node.acts
+            acts += self._node_acts(node) if seg is None else seg
         return acts
+
+    def _node_acts(self, node: _Node) -> list[tuple[Any, ...]]:
+        """One node's runnable steps (see ``_runnable``); kept on the node while it is alive."""
+        if not node.alive:
+            if node.restart_at is not None and node.restart_at <= self.clock.now_ms():
+                return [node.act_restart]
+            return []
+        orch_items = node.orch_items
+        seg = [node.act_orch_fetch] if not node.orch_idle and len(orch_items) < self.orch_slots else []
+        if orch_items:
+            seg.append(node.act_orch_turn)
+        leases, executed = node.leases, node.executed
+        # (no worker slots: ``work_slots`` is 0, which no count is below)
+        if not node.work_idle and len(leases) + len(executed) < self.work_slots:
+            seg.append(node.act_work_fetch)
+        if leases:
+            seg.append(node.act_work_exec)
+        if executed:
+            seg.append(node.act_work_ack)
+        node.acts = seg
+        return seg
 
     def _next_deadline(self) -> int | None:
         cands = []
@@ -735,8 +771,15 @@ class _Run:
         return min(future) if future else None
 
     def _wake_all(self) -> None:
-        for node in self.nodes:
-            node.orch_idle = node.work_idle = False
+        """Something may have become fetchable: every fetcher that found nothing looks again.
+        Only the nodes a fetch marked idle since the last wake-up (``_idle``) have a flag to
+        clear; the others' state, and so their listed steps, do not change."""
+        idle = self._idle
+        if idle:
+            for node in idle:
+                node.orch_idle = node.work_idle = False
+                node.acts = None
+            idle.clear()
 
     def _pick(self, items: list[Any]) -> int:
         """Index of the in-flight item to act on: oldest first unless the reorder fault fires."""
@@ -762,7 +805,12 @@ class _Run:
         self._log("begin", seed=self.seed, plan=self.plan.to_json(), nodes=len(self.nodes))
         max_steps = self.sim.max_steps
         runnable, below, clock = self._runnable, self._below, self.clock
-        while self.step < max_steps:
+        # The step count and the next provider check are kept in locals (``self.step`` is still
+        # set before each step: the handlers' trace records read it).
+        step, check, next_check = self.step, self.check_invariants, self.next_invariant_check
+        if check is None:
+            next_check = max_steps + 1  # (no provider check: never due)
+        while step < max_steps:
             acts = runnable()
             if not acts:
                 nxt = self._next_deadline()
@@ -774,37 +822,37 @@ class _Run:
                 self._advance_renewing_sessions(nxt)
                 self._wake_all()
                 continue
-            self.step += 1
+            self.step = step = step + 1
             if self.faults_open:
-                if clock.now_ms() >= self.fault_until_ms or self.total_faults >= self.plan.max_faults:
+                if clock.now_ms() >= self.fault_until_ms or self.total_faults >= self.max_faults:
                     self._close_faults()  # this step's opportunities would all answer False
                 elif self._maybe_process_faults():
                     acts = runnable()  # a crash or clock jump changed what can run
                     if not acts:
                         continue
-            act = acts[below(len(acts))]
+            kind, node, handler = acts[below(len(acts))]
             try:
-                act[2](act[1])
+                handler(node)
             except NondeterminismError as exc:
                 # The live turn and a from-scratch replay of it disagree (verify_cache): the
                 # turn is not committed; its lock expires and it is retried.
                 self.divergences.append((self.step, getattr(exc, "instance_id", None), str(exc)))
                 self._log("replay_divergence", instance=getattr(exc, "instance_id", None), error=str(exc)[:300],
-                          node=act[1].name, turned=self._turned)
+                          node=node.name, turned=self._turned)
             except ProviderError as exc:
                 # A provider failure escaping a step is what a real dispatcher loop would log and
                 # back off from; the step is simply lost. A turn's names the item it took (the
                 # node's, by instance: the lock checker must know which fetch it used up).
-                if act[0] == "orch_turn":
-                    self._log("provider_error", action=act[0], error=str(exc), node=act[1].name, turned=self._turned)
+                if kind == "orch_turn":
+                    self._log("provider_error", action=kind, error=str(exc), node=node.name, turned=self._turned)
                 else:
-                    self._log("provider_error", action=act[0], error=str(exc))
-            if self.check_invariants is not None and self.step >= self.next_invariant_check:
-                walked = self.check_invariants()  # the provider's own _check(): fails loudly on corruption
+                    self._log("provider_error", action=kind, error=str(exc))
+            if step >= next_check:
+                walked = check()  # the provider's own _check(): fails loudly on corruption
                 extra = walked // _INVARIANT_WORK_PER_STEP if isinstance(walked, int) else 0
-                self.next_invariant_check = self.step + max(_INVARIANT_EVERY, extra)
-        if self.check_invariants is not None:
-            self.check_invariants()
+                self.next_invariant_check = next_check = step + max(_INVARIANT_EVERY, extra)
+        if check is not None:
+            check()
         self._log("end", quiescent=quiescent, steps=self.step)
         return self._result(quiescent)
 
@@ -838,7 +886,7 @@ class _Run:
         changed = False
         active = self.active_kinds
         if "crash" in active:
-            alive = [n for n in self.nodes if n.alive]
+            alive = list(filter(_ALIVE, self.nodes))
             if alive and self._fault("crash", "step"):
                 self._crash(alive[self._below(len(alive))], "injected crash")
                 changed = True
@@ -854,7 +902,10 @@ class _Run:
         return changed
 
     def _holding_work(self) -> bool:
-        return any(n.alive and (n.orch_items or n.leases or n.executed) for n in self.nodes)
+        for n in self.nodes:  # (a loop, not any(genexpr): asked at every step with faults on)
+            if n.alive and (n.orch_items or n.leases or n.executed):
+                return True
+        return False
 
     # --- the steps: one handler per kind, called as ``handler(node)`` --------------------------
 
@@ -867,8 +918,10 @@ class _Run:
 
     def _orch_fetch(self, node: _Node) -> None:
         item = node.runtime.orchestration_dispatcher.fetch()
+        node.acts = None
         if item is None:
             node.orch_idle = True
+            self._idle.append(node)
             return
         node.orch_items.append(item)
         self.trace._records.append({
@@ -880,6 +933,7 @@ class _Run:
     def _orch_turn(self, node: _Node) -> None:
         items = node.orch_items
         item = items.pop(self._pick(items) if len(items) > 1 else 0)
+        node.acts = None
         self._turned = item.instance  # (named by the error record if the turn raises)
         result = node.runtime.orchestration_dispatcher.process(item)
         if result is not None and result.delta:
@@ -894,8 +948,10 @@ class _Run:
 
     def _work_fetch(self, node: _Node) -> None:
         lease = node.runtime.worker_dispatcher.fetch()
+        node.acts = None
         if lease is None:
             node.work_idle = True
+            self._idle.append(node)
             return
         node.leases.append(lease)
         item = lease.item
@@ -907,6 +963,7 @@ class _Run:
     def _work_exec(self, node: _Node) -> None:
         leases = node.leases
         lease = leases.pop(self._pick(leases) if len(leases) > 1 else 0)
+        node.acts = None  # (and executed grows below: nothing lists the steps in between)
         item = lease.item
         world = self.world
         world._enter(item.name, item.instance)
@@ -926,6 +983,7 @@ class _Run:
     def _work_ack(self, node: _Node) -> None:
         executed = node.executed
         lease, outcome = executed.pop(self._pick(executed) if len(executed) > 1 else 0)
+        node.acts = None
         ok = node.runtime.worker_dispatcher.commit(lease, outcome)
         self.trace._records.append({
             "step": self.step, "t": self.clock.now_ms() - DEFAULT_EPOCH_MS, "op": "work_ack", "node": node.name,
