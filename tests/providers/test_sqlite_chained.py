@@ -14,7 +14,8 @@ from duroxide_sim.errors import LockLostError, ProviderError
 from duroxide_sim.providers import sqlite as sqlite_mod
 from duroxide_sim.providers.sqlite import SqliteProvider
 from duroxide_sim.testing.conformance import (
-    LOCK, ConformanceClock, act, act_done, completed_ev, create, fetch, meta, start_item, started, wfetch,
+    LOCK, ConformanceClock, act, act_done, completed_ev, create, fetch, meta, start_item, started, timer_created,
+    wfetch,
 )
 
 
@@ -142,6 +143,27 @@ def test_terminal_instances_leave_the_history_cache(provider):
                              meta(status="Completed", output="done"), [])
     assert "a" not in p._hcache
     assert [type(e).__name__ for e in p.read("a")] == ["OrchestrationStarted", "OrchestrationCompleted"]
+
+
+def test_an_ack_that_fetches_its_own_instance_again_keeps_its_decoded_history(provider, monkeypatch):
+    """The fetch an ack chains in its own transaction reads the turn's new events into the history
+    cache; the ack must not then drop that entry as if an id below its tail had been filled in
+    later (it did: every later fetch of an instance whose ack fetched it again decoded its whole
+    history anew - W3's fan-in of 1,000 activities took 12x as long)."""
+    p = provider
+    p.enqueue_for_orchestrator(start_item("a"))
+    item = fetch(p)
+    p.enqueue_for_orchestrator(act_done("a", 2))  # queued while "a" is locked: the chained fetch takes it
+    nxt = _ack_fetch(p, item, [started("a"), timer_created("a", 2), timer_created("a", 3)])
+    assert nxt is not None and nxt.instance == "a" and [e.event_id for e in nxt.history] == [1, 2, 3]
+    assert [e.event_id for e in p._hcache["a"][2]] == [1, 2, 3]
+    decoded_after: list[int] = []
+    real = p._decode_rows
+    monkeypatch.setattr(p, "_decode_rows", lambda db, inst, exe, after: decoded_after.append(after) or real(db, inst, exe, after))
+    p.enqueue_for_orchestrator(act_done("a", 3))
+    again = _ack_fetch(p, nxt, [completed_ev("a", 4)])
+    assert again is not None and [e.event_id for e in again.history] == [1, 2, 3, 4]
+    assert decoded_after == [3]  # only the rows after the cached tail were read
 
 
 def test_short_histories_are_cached_only_while_few(provider, monkeypatch):
