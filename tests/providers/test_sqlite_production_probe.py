@@ -540,7 +540,7 @@ def test_a_fetch_does_not_walk_orphans_it_has_seen(kind, tmp_path, request):
             p._shared.set_trace_callback(looked.append)
         else:
             real = p._batch_metadata
-            p._batch_metadata = lambda instance, batch: looked.append(instance) or real(instance, batch)
+            p._batch_metadata = lambda instance, *rest: looked.append(instance) or real(instance, *rest)
         clock.advance(1_000)
         assert fetch(p) is None
         p.enqueue_for_orchestrator(start_item("real"))
