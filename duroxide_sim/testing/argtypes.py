@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive_int", "MAX_COUNT"]
+__all__ = ["positive_int", "non_negative_int", "MAX_COUNT"]
 
 #: The largest count an option takes (10**12 seeds would already run for years).
 MAX_COUNT = 10**12
@@ -25,3 +25,13 @@ def positive_int(text: str) -> int:
     if value > MAX_COUNT:  # (a seed count past sys.maxsize failed deep inside with an OverflowError)
         raise argparse.ArgumentTypeError(f"expected a positive integer up to {MAX_COUNT:,}, got {text!r}"[:200])
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count where 0 means "none" (``--sim-shrink-runs 0``: do not shrink)."""
+    if text.strip() in ("0", "+0", "-0"):
+        return 0
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}"[:200]) from None

@@ -9,11 +9,19 @@ Options:
 ``--sim-runs N``      seeds per simulation test (default 20)
 ``--sim-faults F``    ``all`` (default), ``swarm``, ``none`` or a fault plan as JSON
 ``--sim-sandbox``     flag clock/random/I-O calls in orchestration code
+``--sim-plan P``      replay exactly this fault plan (JSON, or ``none``), overriding
+                      ``--sim-faults`` and a test's own ``faults=``: what the repro line of a
+                      shrunk failure sets
+``--sim-shrink-runs N``  simulations ``simulate`` may spend shrinking a failing seed's fault
+                      plan (default 60; 0 reports the failure as first found)
 
 Fixtures:
 
 ``simulate``          ``simulate(spec)`` runs the spec over the selected seeds and fails with the
-                      first broken property, its report and a repro line
+                      first broken property, its report and a repro line; when the failing
+                      seed's plan injected faults, the plan is first shrunk to the fewest
+                      faults that fail the seed the same way (``..sim.shrink``), and the report
+                      and repro line are those of the shrunk plan
 ``sim_world``         a Runtime + Client on the in-memory provider, driven deterministically on a
                       simulated clock (no threads): ``sim_world.client.wait_for_orchestration``
                       runs the world
@@ -32,7 +40,7 @@ from typing import Any
 import attrs
 import pytest
 
-from .argtypes import positive_int
+from .argtypes import non_negative_int, positive_int
 
 __all__ = ["SimulationFailed", "SimWorld", "RuntimeHandle"]
 
@@ -52,6 +60,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--sim-runs", type=positive_int, default=20, help="seeds per simulation test (default 20)")
     group.addoption("--sim-faults", default="all", help="all (default) | swarm | none | fault plan JSON")
     group.addoption("--sim-sandbox", action="store_true", help="flag clock/random/I-O calls in orchestration code")
+    group.addoption("--sim-plan", default=None,
+                    help="replay exactly this fault plan (JSON or 'none'), overriding --sim-faults and a test's faults=")
+    group.addoption("--sim-shrink-runs", type=non_negative_int, default=60,
+                    help="simulations spent shrinking a failing seed's fault plan (default 60; 0: do not shrink)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,12 +75,13 @@ def pytest_configure(config: pytest.Config) -> None:
     SESSION_DEFAULTS.clear()
     if config.getoption("--sim-sandbox", default=False):
         SESSION_DEFAULTS["sandbox"] = True
-    faults = config.getoption("--sim-faults", default=None)
-    if faults is not None:
-        try:
-            _plan(faults)  # a bad value is a usage error before any test runs, like --sim-runs
-        except ValueError as exc:
-            raise pytest.UsageError(f"--sim-faults: {exc}") from None
+    for option in ("--sim-faults", "--sim-plan"):
+        value = config.getoption(option, default=None)
+        if value is not None:
+            try:
+                _plan(value)  # a bad value is a usage error before any test runs, like --sim-runs
+            except ValueError as exc:
+                raise pytest.UsageError(f"{option}: {exc}") from None
 
 
 def _plan(value: Any) -> Any:
@@ -102,6 +115,8 @@ def simulate(request: pytest.FixtureRequest) -> Any:
     chosen = config.getoption("--sim-seed")
     runs = config.getoption("--sim-runs")
     faults_opt = config.getoption("--sim-faults")
+    replayed = config.getoption("--sim-plan")
+    shrink_runs = config.getoption("--sim-shrink-runs")
     sandbox = config.getoption("--sim-sandbox")
 
     def run(spec: Any, seeds: Any = None, faults: Any = None, **kw: Any) -> list[Any]:
@@ -111,7 +126,10 @@ def simulate(request: pytest.FixtureRequest) -> Any:
         seed_list = [chosen] if chosen is not None else list(seeds if seeds is not None else range(runs))
         if not seed_list:
             raise ValueError("simulate() got no seeds to run: a property checked on no seed would pass vacuously")
-        plan = _plan(faults_opt) if faults is None else _plan(faults)
+        if replayed is not None:
+            plan = _plan(replayed)
+        else:
+            plan = _plan(faults_opt) if faults is None else _plan(faults)
         # Taken once: every seed runs with the caller's sandbox choice (popping it inside the loop
         # gave only the first seed the caller's value).
         use_sandbox = kw.pop("sandbox", sandbox)
@@ -120,12 +138,40 @@ def simulate(request: pytest.FixtureRequest) -> Any:
             result = run_and_check(Simulation(spec, seed, plan, sandbox=use_sandbox, **kw))
             results.append(result)
             if result.failures:
-                repro = _repro_line(request, seed, result.plan, faults is not None)
-                report = "\n\n".join(f.render() for f in result.failures)
-                raise SimulationFailed(f"{report}\n\nreproduce with pytest: {repro}", repro, seed)
+                _fail(request, spec, seed, plan, result, {"sandbox": use_sandbox, **kw},
+                      explicit_plan=faults is not None, replayed=replayed is not None, shrink_runs=shrink_runs)
         return results
 
     return run
+
+
+def _fail(request: pytest.FixtureRequest, spec: Any, seed: int, plan: Any, result: Any, sim_kwargs: dict[str, Any], *,
+          explicit_plan: bool, replayed: bool, shrink_runs: int) -> None:
+    """Raise SimulationFailed for ``seed``'s failing ``result``: with the failure of the smallest
+    plan that fails the seed the same way (when the run injected faults and shrinking is on; a
+    plan replayed with ``--sim-plan`` is reported as it is) and a repro line for it."""
+    repro = _repro_line(request, seed, result.plan, explicit_plan, replayed=replayed)
+    found = None
+    if shrink_runs and not replayed and result.fired:
+        from ..sim.shrink import shrink_failure
+
+        try:
+            found = shrink_failure(spec, seed, plan, sim_kwargs, max_runs=shrink_runs, original=result)
+            if found is not None and len(found[0].fired) >= len(result.fired):
+                found = None  # nothing smaller (a plan that is minimal already is reported as given)
+        except Exception as exc:  # noqa: BLE001 - the failure as found is still reported
+            note = f"(could not shrink its plan: {type(exc).__name__}: {exc})"[:500]
+            report = "\n\n".join(f.render() for f in result.failures)
+            raise SimulationFailed(f"{report}\n\n{note}\n\nreproduce with pytest: {repro}", repro, seed) from None
+    if found is None:
+        report = "\n\n".join(f.render() for f in result.failures)
+        raise SimulationFailed(f"{report}\n\nreproduce with pytest: {repro}", repro, seed)
+    small, note = found
+    small_repro = _repro_line(request, seed, small.plan, explicit_plan, replayed=True)
+    report = "\n\n".join(f.render() for f in small.failures)
+    raise SimulationFailed(
+        f"{report}\n\n({note})\n\nreproduce with pytest: {small_repro}\n"
+        f"(the seed with its whole plan: {repro})", small_repro, seed)
 
 
 def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
@@ -142,9 +188,16 @@ def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
     return rel + sep + rest
 
 
-def _repro_line(request: pytest.FixtureRequest, seed: int, plan: Any, explicit_plan: bool) -> str:
+def _repro_line(request: pytest.FixtureRequest, seed: int, plan: Any, explicit_plan: bool, *,
+                replayed: bool = False) -> str:
+    """The pytest command that runs this test's ``seed`` with ``plan`` again. A ``replayed``
+    plan (a shrunk one, or one given with ``--sim-plan``) is passed with ``--sim-plan``, which
+    overrides a test's own ``faults=``; otherwise the plan comes from ``--sim-faults`` as before
+    (left out when the test names its own plan)."""
     parts = ["pytest", _cwd_relative(request.config, request.node.nodeid), "--sim-seed", str(seed)]
-    if not explicit_plan:
+    if replayed:
+        parts += ["--sim-plan", plan.to_json() if plan is not None and plan.enabled() else "none"]
+    elif not explicit_plan:
         faults = request.config.getoption("--sim-faults")
         if faults not in ("all", "none"):
             faults = plan.to_json()

@@ -878,7 +878,8 @@ def test_orders_fixed(simulate):
     out = first.stdout.str()
     failure = re.search(r"invariants \(seed (\d+)\): no_money_or_stock_kept_for_cancelled_orders: [^\n]*", out)
     assert failure, out[-3000:]
-    line = re.search(r"^pytest test_orders\.py::test_orders --sim-seed (\d+) --sim-faults (.+)$", out, re.M)
+    # (the swarm plan is shrunk first: the line replays the shrunk plan, with --sim-plan)
+    line = re.search(r"^pytest test_orders\.py::test_orders --sim-seed (\d+) --sim-plan (.+)$", out, re.M)
     assert line and line.group(1) == failure.group(1), out[-3000:]
     pasted = shlex.split(line.group(0))[1:]
     again = pytester.runpytest("-p", "no:cacheprovider", *pasted)
