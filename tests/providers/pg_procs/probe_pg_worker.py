@@ -17,7 +17,10 @@ Modes:
   process (``application_name = 'dx_probe_client'``): starts the instances of PLAN in waves,
   enqueues queue messages and raises events once the instances are ready for them, cancels the
   ``Victim`` instances, writes OUT.signalled, then ``wait_for_orchestration`` on every instance
-  and writes ``{instance: [status, output, error]}`` to OUT.
+  and writes ``{instance: [status, output, error]}`` to OUT. With ``"pace": {"file": F,
+  "faults": K}`` in PLAN, wave ``w`` also waits until the number in F (the faults the test has
+  injected so far, or -1 once it injects no more) reaches ``w * K / waves``: the work then
+  outlasts the faults however slowly the test's kill-and-restart loop runs on a loaded machine.
 """
 
 from __future__ import annotations
@@ -151,8 +154,22 @@ def client_main(argv: list[str]) -> int:
     raised: set[str] = set()
     cancelled: set[str] = set()
     deadline = time.monotonic() + plan["signal_timeout_s"]
+    pace = plan.get("pace")
+    wave = 0
+
+    def paced() -> bool:  # may wave ``wave`` start, as far as the test's faults go?
+        if pace is None or wave == 0:
+            return True
+        try:
+            with open(pace["file"]) as fh:
+                landed = int(fh.read() or 0)
+        except (OSError, ValueError):
+            landed = 0
+        return landed < 0 or landed * plan["waves"] >= wave * pace["faults"]
+
     while (pending or len(raised) < len(waiters) or len(cancelled) < len(victims)) and time.monotonic() < deadline:
-        if pending and time.monotonic() >= next_wave:
+        if pending and time.monotonic() >= next_wave and paced():
+            wave += 1
             for inst, name, inp in pending[:per_wave]:
                 client.start_orchestration(inst, name, inp)
                 started.append(inst)
