@@ -32,6 +32,7 @@ __all__ = [
     "SYSCALL_NEW_GUID",
     "SYSCALL_GET_KV",
     "parse_semver",
+    "semver_numbers",
     "Handler",
     "Registry",
 ]
@@ -44,16 +45,30 @@ SYSCALL_GET_KV = SYSCALL_PREFIX + "get_kv_value"
 DEFAULT_VERSION = "1.0.0"
 
 
+def semver_numbers(text: str, *, suffix: bool = False) -> tuple[int, int, int] | None:
+    """The semver rule, the only copy of it: ``(major, minor, patch)`` of ``text`` when it is
+    exactly ``MAJOR.MINOR.PATCH`` (see :data:`_SEMVER_NUMBER` for what a number may be), else
+    None. ``suffix``: a ``-pre`` / ``+build`` tail is cut off first (engine versions and the
+    providers' pins and filters carry one; orchestration versions may not). Callers raise their
+    own error type (:func:`parse_semver` here, ``providers._shared.parse_semver`` there)."""
+    if suffix:
+        text = text.split("+", 1)[0].split("-", 1)[0]
+    match = _SEMVER.fullmatch(text)
+    if match is None:
+        return None
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch)
+
+
 def parse_semver(version: str) -> tuple[int, int, int]:
     """``"1.2.3"`` -> ``(1, 2, 3)``; anything else raises ConfigurationError."""
     if not isinstance(version, str):
         raise ConfigurationError(f"version must be a string like '1.2.0', got {type(version).__name__}")
-    match = _SEMVER.fullmatch(version)
-    if match is None:
+    numbers = semver_numbers(version)
+    if numbers is None:
         raise ConfigurationError(f"version {version!r}"[:120] + " is not semver 'major.minor.patch' (ASCII numbers "
                                  "without leading zeros, at most 18 digits each)")
-    major, minor, patch = match.groups()
-    return int(major), int(minor), int(patch)
+    return numbers
 
 
 def parse_engine_version(text: str) -> tuple[int, int, int]:

@@ -8,7 +8,6 @@ import bisect
 import functools
 import itertools
 import operator
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..core.events import (
     OrchestrationFailed,
     OrchestrationStarted,
 )
+from ..core.registry import semver_numbers
 from ..errors import InvalidInputError, InvalidInputTypeError, LockLostError, ProviderError
 from .base import ExecutionMetadata
 
@@ -64,14 +64,15 @@ def parse_semver(text: str, what: str) -> tuple[int, int, int]:
 
 
 def _parse_semver_uncached(text: Any, what: str) -> tuple[int, int, int]:
-    parts = str(text).split("+", 1)[0].split("-", 1)[0].split(".")
-    if len(parts) != 3 or not all(_SEMVER_NUMBER.fullmatch(p) for p in parts):
+    # The rule itself is core's (registry.semver_numbers); only the error type and wording are
+    # the providers' own. (A non-string is read through str(), as the providers always did.)
+    numbers = semver_numbers(str(text), suffix=True)
+    if numbers is None:
         raise InvalidInputError(f"{what} must be a semver 'major.minor.patch' (ASCII numbers without leading "
                                 f"zeros, at most 18 digits each), got {text!r}"[:300])
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    return numbers
 
 
-_SEMVER_NUMBER = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
 _parse_semver_str = functools.lru_cache(maxsize=256)(_parse_semver_uncached)
 
 

@@ -16,8 +16,14 @@ Reading validates everything and raises :class:`~duroxide_sim.errors.Serializati
 the file and the problem (not JSON, wrong format tag, newer version, malformed event, a field of
 the wrong type, event ids out of order, an execution without ``OrchestrationStarted``, a
 top-level name / version other than the last execution's ``OrchestrationStarted`` says, an
-instance id a client would refuse, the same instance twice). Import validates every document and
-checks every target instance before it writes anything. Nothing here touches an engine: export
+instance id a client would refuse, the same instance twice), and refuses values the runtime
+never writes, by the validators that guard them when it does: names, semver orchestration
+versions, parent / child / detached instance ids, session ids and KV keys by the client's and
+the context's rules; payloads over ``codec.MAX_PAYLOAD_BYTES``; a custom status, KV value or
+activity tag over its limit (``core.turn.LIMITS``) unless an ``OrchestrationFailed`` follows it
+in its execution (the runtime records such a value, then fails that turn). Import validates
+every document and checks every target instance before it writes anything. Nothing here
+touches an engine: export
 reads through the Provider protocol, import writes through the provider's ``import_history``
 (events plus the rows their acks would have written, and the work still queued for the
 instance, in one transaction per instance). A document's ``queued`` items must be its own
@@ -39,20 +45,28 @@ from typing import Any
 import attrs
 
 from ..core import codec
+from ..core.context import MAX_INSTANCE_ID_BYTES, MAX_KV_KEY_BYTES, MAX_SESSION_ID_BYTES, reserved_id_problem
 from ..core.events import (
     ActivityExecute,
+    ActivityScheduled,
+    CustomStatusUpdated,
     ErrorDetails,
     HistoryEvent,
+    KeyValueSet,
+    OrchestrationChained,
+    OrchestrationFailed,
     OrchestrationStarted,
     StartOrchestration,
+    SubOrchestrationScheduled,
     TimerFiredMsg,
     WorkItem,
     from_dict,
     to_dict,
 )
-from ..core.registry import parse_engine_version
+from ..core.registry import parse_engine_version, parse_semver
 from ..core.texts import text_problem
-from ..errors import ConfigurationError, InvalidInputError, SerializationError
+from ..core.turn import LIMITS
+from ..errors import ConfigurationError, DuroxideError, InvalidInputError, SerializationError
 from .client import MAX_ANY_INSTANCE_ID_BYTES
 
 __all__ = [
@@ -259,24 +273,162 @@ def _check_envelope(ev: Any) -> None:
             raise SerializationError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
 
 
-def _check_instance_id(instance: Any) -> None:
+def _check_instance_id(instance: Any, what: str = "instance_id") -> None:
     """The client's rules for an instance id: imported instances must be addressable."""
     problem = text_problem(instance, MAX_ANY_INSTANCE_ID_BYTES)
     if problem is not None:
-        raise SerializationError(f"instance_id {problem}")
+        raise SerializationError(f"{what} {problem}")
+
+
+def _kv_key_problem(key: str) -> str | None:
+    """Why a turn could not have written KV key ``key`` (the context's rules: the empty key is a
+    key; otherwise no NUL, valid Unicode, at most ``MAX_KV_KEY_BYTES``), or None."""
+    return text_problem(key, MAX_KV_KEY_BYTES) if key else None
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _over_limit(text: str | None, limit: str) -> int | None:
+    """The UTF-8 size of ``text`` when it is over ``LIMITS[limit]``, else None."""
+    if text is None or len(text) <= LIMITS[limit] // 4:
+        return None
+    size = _utf8_size(text)
+    return size if size > LIMITS[limit] else None
+
+
+#: Fields holding a name the context or the client checked before anything was written (an
+#: orchestration, activity, event or queue name): the shared name rule, ``text_problem``.
+_NAME_FIELDS = ("name", "orchestration")
+#: Fields holding a payload the runtime encoded with ``codec`` (inputs, outputs, results, event
+#: data, cancel reasons): at most ``codec.MAX_PAYLOAD_BYTES``. (Custom status, KV values and
+#: tags have limits of their own, checked where their turns are known: ``_turn_limit``.)
+_PAYLOAD_FIELDS = ("input", "output", "result", "data", "reason")
+
+
+def _check_values(record: Any) -> None:
+    """The values of a decoded event or work item (its field types already checked) are ones
+    the runtime could have written: names, versions, ids, session ids, KV keys and payload
+    sizes by the same validators the client, the orchestration context and the registry apply
+    when the runtime writes them. Raises SerializationError naming the field."""
+    is_event = isinstance(record, HistoryEvent)
+    for field in _NAME_FIELDS:
+        value = getattr(record, field, None)
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                raise SerializationError(f"field {field!r} {problem}")
+    version = getattr(record, "version", None)
+    if version is not None:
+        try:
+            parse_semver(version)
+        except ConfigurationError:
+            raise SerializationError(f"field 'version' must be a semver orchestration version 'major.minor.patch' "
+                                     f"like '1.0.0' (ASCII numbers without leading zeros), got "
+                                     f"{json.dumps(version)[:60]}") from None
+    if is_event and record.duroxide_version is not None:
+        try:
+            parse_engine_version(record.duroxide_version)
+        except ConfigurationError:
+            raise SerializationError(f"field 'duroxide_version' must be an engine version like '0.1.0', "
+                                     f"got {json.dumps(record.duroxide_version)[:60]}") from None
+    parent = getattr(record, "parent_instance", None)
+    if parent is not None:
+        _check_instance_id(parent, "field 'parent_instance'")
+        own = record.instance_id if is_event else getattr(record, "instance", None)
+        if parent == own:
+            raise SerializationError(f"field 'parent_instance' names the instance itself ({parent[:80]!r}): "
+                                     "an instance cannot be its own parent")
+    instance = getattr(record, "instance", None)
+    if isinstance(instance, str):
+        if isinstance(record, (SubOrchestrationScheduled, OrchestrationChained)):
+            # The id the code asked for (a child's may be relative: "sub::N"), checked by the
+            # context against the start limit; a detached start's also against the reserved marker.
+            problem = text_problem(instance, MAX_INSTANCE_ID_BYTES)
+            if problem is None and isinstance(record, OrchestrationChained):
+                problem = reserved_id_problem(instance)
+        else:
+            problem = text_problem(instance, MAX_ANY_INSTANCE_ID_BYTES)
+        if problem is not None:
+            raise SerializationError(f"field 'instance' {problem}")
+    session = getattr(record, "session_id", None)
+    if session is not None:
+        problem = text_problem(session, MAX_SESSION_ID_BYTES)
+        if problem is not None:
+            raise SerializationError(f"field 'session_id' {problem}")
+    key = getattr(record, "key", None)
+    if isinstance(key, str):
+        problem = _kv_key_problem(key)
+        if problem is not None:
+            raise SerializationError(f"field 'key' {problem}")
+    for field in _PAYLOAD_FIELDS:
+        value = getattr(record, field, None)
+        if isinstance(value, str):
+            _check_payload(value, f"field {field!r}")
+    carry = getattr(record, "carry_forward_events", None)
+    if carry:
+        if len(carry) > LIMITS["carry_forward"]:
+            raise SerializationError(f"field 'carry_forward_events' holds {len(carry)} messages, over the "
+                                     f"carry-forward limit of {LIMITS['carry_forward']}")
+        for n, (name, data) in enumerate(carry):
+            problem = text_problem(name)
+            if problem is not None:
+                raise SerializationError(f"field 'carry_forward_events' message #{n}: name {problem}")
+            _check_payload(data, f"field 'carry_forward_events' message #{n}: data")
+    initial = getattr(record, "initial_custom_status", None)
+    size = _over_limit(initial, "custom_status_bytes")
+    if size is not None:
+        # (a continue-as-new carries the status its turn ended with: a turn ending with one over
+        # the limit fails, and its continue-as-new is discarded)
+        raise SerializationError(f"field 'initial_custom_status' is {size} bytes, over the custom status limit "
+                                 f"of {LIMITS['custom_status_bytes']} bytes")
+    if not is_event:
+        # Queued work comes from a turn that passed its limits (a failed turn's work is discarded).
+        tag = getattr(record, "tag", None)
+        size = _over_limit(tag, "tag_bytes")
+        if size is not None:
+            raise SerializationError(f"field 'tag' is {size} bytes, over the activity tag limit of "
+                                     f"{LIMITS['tag_bytes']} bytes")
+
+
+def _check_payload(text: str, what: str) -> None:
+    try:
+        codec.check_size(text, what)
+    except DuroxideError as exc:
+        raise SerializationError(str(exc)) from None
+
+
+def _turn_limit(event: HistoryEvent) -> str | None:
+    """What is over one of the limits a turn is checked against when it ends (custom status,
+    KV value, activity tag: SPEC §10.3) in ``event``, or None. The runtime records such an event
+    and then fails the turn, so it is legitimate only when an OrchestrationFailed follows it in
+    its execution: the caller checks that. (A custom status counts only when it is the last one
+    set: a later one in the same turn replaces it before the check.)"""
+    if type(event) is CustomStatusUpdated:
+        size = _over_limit(event.status, "custom_status_bytes")
+        if size is not None:
+            return f"custom status is {size} bytes, over the limit of {LIMITS['custom_status_bytes']} bytes"
+    elif type(event) is KeyValueSet:
+        size = _over_limit(event.value, "kv_value_bytes")
+        if size is not None:
+            return (f"KV value for key {event.key[:40]!r} is {size} bytes, over the limit of "
+                    f"{LIMITS['kv_value_bytes']} bytes")
+    elif type(event) is ActivityScheduled:
+        size = _over_limit(event.tag, "tag_bytes")
+        if size is not None:
+            return f"activity tag is {size} bytes, over the limit of {LIMITS['tag_bytes']} bytes"
+    return None
 
 
 def _check_kv_base(kv_base: dict[str, list[Any]], where: str) -> None:
     """The stored KV store a document carries must be one a turn could have written: keys by
     the context's rules (no NUL, valid Unicode, at most ``MAX_KV_KEY_BYTES``), values valid
     Unicode within the per-value limit, at most the key-count limit (SPEC §10.3)."""
-    from ..core.context import MAX_KV_KEY_BYTES
-    from ..core.turn import LIMITS
-
     if len(kv_base) > LIMITS["kv_keys"]:
         raise SerializationError(f"{where}: kv_base holds {len(kv_base)} keys, over the limit of {LIMITS['kv_keys']}")
     for key, (value, _) in kv_base.items():
-        problem = text_problem(key, MAX_KV_KEY_BYTES) if key else None
+        problem = _kv_key_problem(key)
         if problem is not None:
             raise SerializationError(f"{where}: kv_base key {key[:40]!r} {problem}")
         try:
@@ -321,7 +473,11 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
         raise SerializationError(f"{where}: instance must map created_at / custom_status_version / order to non-negative "
                                  "integers, and custom_status to a string or null")
     if fields and isinstance(fields.get("custom_status"), str):
-        codec.check_size(fields["custom_status"], f"{where}: instance custom_status")
+        try:
+            fields["custom_status"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise SerializationError(f"{where}: instance custom_status is not valid Unicode "
+                                     "(it holds a lone surrogate)") from None
     queued = doc.get("queued")
     if queued is not None:
         if not isinstance(queued, list):
@@ -331,6 +487,7 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
             try:
                 item = from_dict(raw, "work")
                 _check_fields(item)
+                _check_values(item)
             except SerializationError as exc:
                 raise SerializationError(f"{where}: queued item #{i}: {exc}") from exc
             except (TypeError, ValueError, AttributeError) as exc:
@@ -361,6 +518,12 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
         if not ex["events"]:
             raise SerializationError(f"{where}: execution {execution_id} has no events")
         last_event = 0
+        # Events over a limit a turn is checked against (custom status, KV value, tag): the
+        # runtime records them only in a turn it then fails, so an OrchestrationFailed must
+        # follow them (breadcrumbs may come after it, as the runtime writes them).
+        over: list[str] = []
+        last_status: str | None = None  # (the last custom status set: see _turn_limit)
+        failed = False
         for i, ev in enumerate(ex["events"]):
             at = f"{where}: execution {execution_id} event #{i}"
             try:
@@ -368,6 +531,7 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
                 event = from_dict(ev, "event")
                 _check_envelope(ev)
                 _check_fields(event)
+                _check_values(event)
             except SerializationError as exc:
                 raise SerializationError(f"{at}: {exc}") from exc
             except (TypeError, ValueError) as exc:  # from_dict's conversions of odd values
@@ -376,18 +540,37 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
                 raise SerializationError(f"{at}: an execution must begin with OrchestrationStarted, not {type(event).__name__}")
             if i == 0:
                 started = event
-            if isinstance(event, OrchestrationStarted) and event.duroxide_version is not None:
-                try:
-                    parse_engine_version(event.duroxide_version)
-                except ConfigurationError:
-                    raise SerializationError(f"{at}: duroxide_version must be an engine version like '0.1.0', "
-                                             f"got {json.dumps(event.duroxide_version)[:60]}") from None
+            if type(event) is OrchestrationFailed:
+                over.clear()
+                last_status, failed = None, True
+            elif type(event) is CustomStatusUpdated:
+                if event.status is not None:
+                    problem = _turn_limit(event)
+                    last_status = None if problem is None else f"{at}: {problem}"
+            else:
+                problem = _turn_limit(event)
+                if problem is not None:
+                    over.append(f"{at}: {problem}")
             if event.event_id <= last_event:
                 raise SerializationError(f"{at}: event_id {event.event_id} does not follow {last_event} (event ids increase from 1)")
             last_event = event.event_id
             if event.instance_id != instance or event.execution_id != execution_id:
                 raise SerializationError(f"{at}: event belongs to instance {event.instance_id!r} execution {event.execution_id}, "
                                          f"not to instance {instance!r} execution {execution_id}")
+        if last_status is not None:
+            over.insert(0, last_status)
+        if over:
+            raise SerializationError(f"{over[0]} (the runtime fails the turn that writes such a value, but no "
+                                     "OrchestrationFailed follows it in this execution)")
+    status = (fields or {}).get("custom_status")
+    size = _over_limit(status, "custom_status_bytes")
+    if size is not None and not (failed and any(
+            e.get("kind") == "CustomStatusUpdated" and e.get("status") == status for e in doc["executions"][-1]["events"])):
+        # An instance shows a status over the limit only when the turn that set it failed: that
+        # is in the last execution, which then holds the status and an OrchestrationFailed.
+        raise SerializationError(f"{where}: instance custom_status is {size} bytes, over the limit of "
+                                 f"{LIMITS['custom_status_bytes']} bytes (the runtime fails the turn that sets such "
+                                 "a status; no failed last execution of this document set it)")
     # The top-level name / version say what the instance runs (export writes the last
     # execution's); an import takes them from the events, so a document edited in one place
     # only would be read as something it does not say.

@@ -549,6 +549,12 @@ def test_a_changed_schedule_is_a_divergence_naming_its_event(pick, field, value)
     if ev.get(field) == value:
         return
     ev[field] = value
+    if field == "name" and value == "":
+        # A name no client or context accepts: the reader refuses it, naming the field, so there
+        # is nothing to replay.
+        with pytest.raises(SerializationError, match="field 'name' must be a non-empty string"):
+            check_document(doc, "probe")
+        return
     assert _validated(doc) is not None
     got = _documented(replay_documents, [doc], _registry())
     assert not isinstance(got, DuroxideError), got

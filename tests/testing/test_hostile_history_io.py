@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from duroxide_sim import Client, Runtime
+from duroxide_sim import Client, Runtime, RuntimeOptions, TagFilter
 from duroxide_sim.cli import main as cli
 from duroxide_sim.core.events import dumps
 from duroxide_sim.errors import InvalidInputError, SerializationError
@@ -395,3 +395,209 @@ def test_an_event_without_its_envelope_fields_is_refused(tmp_path, field):
         load_documents(tmp_path / "bad.json")
     text = str(info.value)
     assert "bad.json" in text and "execution 1 event #1: " in text and "missing" in text and f"'{field}'" in text, text
+
+
+# --------------------------------------------------------------------------------------------
+# Values the runtime would never have written
+# --------------------------------------------------------------------------------------------
+
+STATUS_LIMIT = 262_144  # (core.turn.LIMITS: what a turn may leave as its custom status)
+
+
+def _append(kind: str, **fields: Any):
+    """A change that adds a ``kind`` event after the last one of ``inv-3``'s only execution
+    (which is still running: it ends with ExternalSubscribed)."""
+    def change(doc, events):
+        events.append({"kind": kind, "event_id": events[-1]["event_id"] + 1, "instance_id": doc["instance_id"],
+                       "execution_id": 1, "timestamp_ms": events[-1]["timestamp_ms"], "duroxide_version": "0.1.0",
+                       **fields})
+    return change
+
+
+def _both(*changes):
+    def change(doc, events):
+        for c in changes:
+            c(doc, events)
+    return change
+
+
+def _queued(item: dict[str, Any]):
+    def change(doc, events):
+        doc["queued"] = [item]
+    return change
+
+
+def _status_row(status: str):
+    def change(doc, events):
+        doc["instance"].update(custom_status=status, custom_status_version=1)
+    return change
+
+
+def _versioned(version: str):
+    return _both(_set("version", version, 0), _set("orchestration_version", version))
+
+
+CHILD_START = {"kind": "StartOrchestration", "instance": "inv-3::sub::9", "orchestration": "Billing::orchestration::invoice",
+               "input": "1", "parent_instance": "inv-3", "parent_id": 9, "parent_execution_id": 1, "execution_id": 1}
+
+BAD_VALUES = [
+    # custom status: the limit a turn is checked against (LIMITS["custom_status_bytes"])
+    ("status row over the limit", _status_row("s" * (STATUS_LIMIT + 1)),
+     f"instance custom_status is {STATUS_LIMIT + 1} bytes, over the limit of {STATUS_LIMIT} bytes"),
+    ("status event over the limit", _append("CustomStatusUpdated", status="s" * (STATUS_LIMIT + 1)),
+     f"execution 1 event #8: custom status is {STATUS_LIMIT + 1} bytes, over the limit of {STATUS_LIMIT} bytes "
+     "(the runtime fails the turn that writes such a value, but no OrchestrationFailed follows it in this execution)"),
+    ("status over the limit then reset", _both(_append("CustomStatusUpdated", status="é" * (STATUS_LIMIT // 2 + 1)),
+                                               _append("CustomStatusUpdated")),
+     f"execution 1 event #8: custom status is {STATUS_LIMIT + 2} bytes, over the limit"),
+    ("initial status over the limit", _set("initial_custom_status", "s" * (STATUS_LIMIT + 1), 0),
+     f"event #0: field 'initial_custom_status' is {STATUS_LIMIT + 1} bytes, over the custom status limit"),
+    # orchestration versions: semver, as the registry and the client parse them
+    ("version 1.0", _versioned("1.0"), "event #0: field 'version' must be a semver orchestration version 'major.minor.patch'"),
+    ("version 1.0.0.0", _versioned("1.0.0.0"), "event #0: field 'version' must be a semver"),
+    ("version 01.0.0", _versioned("01.0.0"), 'got "01.0.0"'),
+    ("version with suffix", _versioned("1.0.0-beta"), 'field \'version\' must be a semver orchestration version'),
+    ("version fullwidth digit", _versioned("\uff11.0.0"), "event #0: field 'version' must be a semver"),
+    ("version empty", _versioned(""), "event #0: field 'version' must be a semver"),
+    ("queued start version", _queued({**CHILD_START, "version": "2"}), "queued item #0: field 'version' must be a semver"),
+    ("engine version of a later event", _set("duroxide_version", "0.1", 3), "event #3: field 'duroxide_version' must be an engine version"),
+    # parent_instance: the client's instance id rules
+    ("parent empty", _set("parent_instance", "", 0), "event #0: field 'parent_instance' must be a non-empty string, got ''"),
+    ("parent with NUL", _set("parent_instance", "p\u0000q", 0), "event #0: field 'parent_instance' must not contain NUL characters"),
+    ("parent too long", _set("parent_instance", "p" * 20_000, 0), "event #0: field 'parent_instance' is longer than 17408 bytes"),
+    ("parent is itself", _set("parent_instance", "inv-3", 0), "event #0: field 'parent_instance' names the instance itself"),
+    ("queued continue-as-new parent empty", _queued({"kind": "ContinueAsNew", "instance": "inv-3", "input": "1",
+                                                     "orchestration": "Billing::orchestration::invoice",
+                                                     "parent_instance": "", "parent_id": 2, "execution_id": 1}),
+     "queued item #0: field 'parent_instance' must be a non-empty string"),
+    # names and ids
+    ("activity name empty", _set("name", "", 1), "event #1: field 'name' must be a non-empty string, got ''"),
+    ("event name with NUL", _set("name", "pa\u0000id", 7), "event #7: field 'name' must not contain NUL characters"),
+    ("queued event name empty", _queued({"kind": "ExternalRaised", "instance": "inv-3", "name": "", "data": "1"}),
+     "queued item #0: field 'name' must be a non-empty string"),
+    ("session id too long", _set("session_id", "s" * 1025, 1), "event #1: field 'session_id' is longer than 1024 bytes"),
+    ("child id empty", _append("SubOrchestrationScheduled", name="Child", instance="", input="1"),
+     "event #8: field 'instance' must be a non-empty string"),
+    ("detached id with the child marker", _append("OrchestrationChained", name="Other", instance="x::sub::1", input="1"),
+     "event #8: field 'instance' uses the reserved sub-orchestration marker"),
+    # KV, tags, carry-forward, payloads: the runtime's limits
+    ("KV key with NUL", _append("KeyValueSet", key="a\u0000b", value="v", last_updated_at_ms=1),
+     "event #8: field 'key' must not contain NUL characters"),
+    ("KV key too long", _append("KeyValueCleared", key="k" * 1025), "event #8: field 'key' is longer than 1024 bytes"),
+    ("KV value over the limit", _append("KeyValueSet", key="k", value="v" * 65_537, last_updated_at_ms=1),
+     "event #8: KV value for key 'k' is 65537 bytes, over the limit of 65536 bytes (the runtime fails the turn"),
+    ("tag over the limit", _set("tag", "t" * 257, 1), "event #1: activity tag is 257 bytes, over the limit of 256 bytes"),
+    ("queued tag over the limit", _queued({"kind": "ActivityExecute", "instance": "inv-3", "execution_id": 1, "id": 6,
+                                           "name": "Billing::activity::send_receipt", "input": "1", "tag": "t" * 257}),
+     "queued item #0: field 'tag' is 257 bytes, over the activity tag limit of 256 bytes"),
+    ("carry-forward over the limit", _set("carry_forward_events", [["q", "1"]] * 21, 0),
+     "event #0: field 'carry_forward_events' holds 21 messages, over the carry-forward limit of 20"),
+    ("carry-forward name empty", _set("carry_forward_events", [["", "1"]], 0),
+     "event #0: field 'carry_forward_events' message #0: name must be a non-empty string"),
+    ("payload over 16 MiB", _set("input", "x" * (16 * 1024 * 1024 + 1), 1),
+     "event #1: field 'input' is 16777217 bytes, over the 16777216-byte payload limit"),
+]
+
+
+@pytest.mark.parametrize("change, message", [case[1:] for case in BAD_VALUES], ids=[case[0] for case in BAD_VALUES])
+def test_values_the_runtime_never_writes_are_refused_and_nothing_is_imported(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], change, message: str) -> None:
+    """A document whose values break a rule the runtime applies when it writes them (the
+    custom status, KV value and tag limits, semver orchestration versions, the client's
+    instance id rules for a parent, the name rules, payload sizes) is refused naming the field
+    and where it is; an import of it alongside good documents writes none of them."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(_edit(change), encoding="utf-8")
+    with pytest.raises(SerializationError) as info:
+        load_documents(bad)
+    assert message in str(info.value) and str(bad) in str(info.value), str(info.value)[:600]
+    assert cli(["import", str(bad), "--db", str(tmp_path / "t.db")]) == 2
+    _one_line_error(capsys, message)
+    target = SqliteProvider.open(str(tmp_path / "t.db"), clock=SimClock())
+    good = [d for d in load_documents(HISTORIES) if d["instance_id"] != "inv-3"]
+    doc = json.loads(bad.read_text(encoding="utf-8"))
+    with pytest.raises(SerializationError, match="document #3: "):
+        import_documents(target, [*good, doc])  # (the bad one last: every check comes before any write)
+    assert [target.latest_execution_id(i) for i in ("inv-1", "inv-2", "inv-3", "inv-4")] == [None] * 4
+    assert target.list_instances() == []
+    target.close()
+
+
+def _register_limits(rt: Runtime) -> None:
+    """Every value kind the import checks, written by the runtime itself, within its limits and
+    (each in an instance of its own) over them, which fails the turn but stays in history."""
+    @rt.register_activity("Echo")
+    def echo(ctx, x):
+        return x
+
+    @rt.register_orchestration_versioned("Kid", "2.10.3")
+    def kid(ctx, x):
+        return (yield ctx.schedule_activity("Echo", x))
+
+    @rt.register_orchestration_versioned("Edge", "3.0.17")
+    def edge(ctx, x):
+        ctx.set_custom_status("s" * (STATUS_LIMIT - 2) + "é")  # exactly at the limit (UTF-8 bytes)
+        ctx.set_kv_value("k" * 1024, "v" * 65_536)
+        a = yield ctx.schedule_activity("Echo", x, session_id="s" * 1024).with_tag("t" * 256)
+        b = yield ctx.schedule_sub_orchestration_versioned("Kid", "2.10.3", x)
+        c = yield ctx.schedule_sub_orchestration_versioned_with_id("Kid", "2.10.3", f"explicit <kid>\n😀{x}", x)
+        yield ctx.start_orchestration_versioned("Kid", "2.10.3", f"detached-kid-{x}", x)
+        if x < 1:
+            return (yield ctx.continue_as_new(x + 1))
+        return [a, b, c]
+
+    @rt.register_orchestration("BigStatus")
+    def big_status(ctx, x):
+        ctx.set_custom_status("s" * (STATUS_LIMIT + 1))
+        yield ctx.schedule_timer(5)
+        return x
+
+    @rt.register_orchestration("BigThenSmall")
+    def big_then_small(ctx, x):
+        ctx.set_custom_status("s" * (STATUS_LIMIT + 1))  # replaced in the same turn: no failure
+        ctx.set_custom_status("small")
+        return (yield ctx.schedule_activity("Echo", x))
+
+    @rt.register_orchestration("BigKv")
+    def big_kv(ctx, x):
+        ctx.set_kv_value("k", "v" * 65_537)
+        return (yield ctx.schedule_activity("Echo", x))
+
+    @rt.register_orchestration("BigTag")
+    def big_tag(ctx, x):
+        return (yield ctx.schedule_activity("Echo", x).with_tag("t" * 257))
+
+
+def test_an_exported_real_run_at_and_over_the_limits_imports_back_unchanged(tmp_path: pathlib.Path) -> None:
+    """The import's checks refuse nothing the runtime writes: versioned orchestrations, children
+    (auto and explicit ids: their parent_instance), a detached start, a session id, a tag, a KV
+    key and value and a custom status each exactly at its limit, continue-as-new carrying the
+    status; and the instances whose turn failed for a custom status / KV value / tag over the
+    limit (history and status row keep the value). Export, import into a fresh database: the
+    same histories, statuses and custom statuses."""
+    clock = SimClock()
+    source = SqliteProvider.open(str(tmp_path / "a.db"), clock=clock)
+    rt = Runtime(source, RuntimeOptions(worker_tag_filter=TagFilter.any()), clock=clock, ids=SequentialIds())
+    _register_limits(rt)
+    driver = SequentialDriver(rt, clock)
+    client = Client(source, clock=clock, sleep=driver.sleep)
+    client.start_orchestration_versioned("edge", "Edge", 0, "3.0.17")
+    for name in ("BigStatus", "BigThenSmall", "BigKv", "BigTag"):
+        client.start_orchestration(name.lower(), name, 1)
+    driver.run_until_quiet()
+    instances = source.list_instances()
+    status = {i: client.get_status(i) for i in instances}
+    assert {i: s.status for i, s in status.items() if s.status != "Completed"} == {
+        "bigstatus": "Failed", "bigkv": "Failed", "bigtag": "Failed"}
+    assert len(status["bigstatus"].custom_status) == STATUS_LIMIT + 1 and status["bigthensmall"].custom_status == "small"
+    assert "explicit <kid>\n😀1" in instances and "detached-kid-1" in instances and source.latest_execution_id("edge") == 2
+    export_to_path(source, tmp_path / "out")
+    docs = load_documents(tmp_path / "out")
+    target = SqliteProvider.open(str(tmp_path / "b.db"), clock=SimClock())
+    import_documents(target, docs)
+    assert sorted(target.list_instances()) == sorted(instances)
+    assert _histories(target, instances) == _histories(source, instances)
+    again = Client(target, clock=SimClock())
+    assert {i: vars(again.get_status(i)) for i in instances} == {i: vars(s) for i, s in status.items()}
+    source.close()
+    target.close()
