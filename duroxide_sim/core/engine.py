@@ -119,10 +119,14 @@ class _Slot:
         self.parents: list[_Comp] = []  # joins/races waiting on this task
 
     def finish(self, ok: bool, value: Any) -> None:
-        """Mark done exactly once and tell the waiting joins/races (O(1) readiness)."""
+        """Mark done exactly once and tell the waiting joins/races (O(1) readiness). The slot
+        lets go of its task here: only a pending result is decoded against it (_resolve_text),
+        and the pair task._st <-> slot.task would otherwise be a reference cycle that outlives
+        the code's last use of the task until the cycle collector runs."""
         if self.done:
             return
         self.done, self.ok, self.value = True, ok, value
+        self.task = None
         for parent in self.parents:
             parent.pending -= 1
 
@@ -399,6 +403,45 @@ class _Engine:
         self.dropped = []
         self.requested_versions = _NO_MAP  # type: ignore[assignment]
         self.is_replaying = False
+
+    def release(self) -> None:
+        """Let go of the code's state once the engine will never run another turn (the cache
+        dropped it, or its execution ended), so that reference counting frees it at once.
+
+        A live engine sits in reference cycles: engine -> generator/frame -> ``ctx`` -> engine,
+        engine -> slot -> ``owner`` -> engine, task <-> slot. Left to the cycle collector, a
+        dropped engine that had lived long enough to reach the oldest generation (any engine
+        that was cached) stayed in memory until the next full collection, and with thousands
+        of instances in flight these piled up by the thousand. After this call the engine
+        keeps only plain data (ids, history length, KV, status, output, logs).
+
+        Dropping the stack frees the suspended generators now: Python closes each one as the
+        collector would have (``GeneratorExit`` at its ``yield``, its ``finally`` blocks run
+        with ``ctx.is_replaying()`` True, see finalize._finish), only at a fixed point instead
+        of whenever a collection happens. The root frame is let go first: a frame object that
+        is still referenced when its generator ends keeps the generator's locals."""
+        self.root_frame = None
+        self.waiting = None
+        self.stack.clear()  # (innermost first, the order in which the code would unwind)
+        for fiber in self.fibers:
+            fiber.gen = fiber.waiting = fiber.task = None
+        self.fibers = NO_FIFO  # type: ignore[assignment]
+        # Pending tasks still point at their slots and the slots at them: break each pair.
+        for slot in self.by_id.values():
+            slot.task = None
+        for entry in self.fifo:
+            if type(entry) is _Slot:
+                entry.task = None
+        for slot in self.dropped:
+            slot.task = None
+        if self.can is not None:
+            self.can._st.task = None
+            self.can = None
+        self.by_id = {}
+        self.fifo = NO_FIFO
+        self.dropped = []
+        self.pos_subs = self.q_subs = _NO_MAP
+        self.ctx = None  # type: ignore[assignment]
 
     # --- hooks used by OrchestrationContext -------------------------------------------------
 

@@ -265,9 +265,10 @@ def _finish(
     ran_code: bool,
 ) -> TurnResult:
     # The turn's code has run. Until the engine's next turn (begin_turn), or for good if it is
-    # dropped, it runs no live code: a suspended generator that the garbage collector closes
-    # later (a dropped engine: no cache, eviction, a from-scratch check, continue-as-new) runs
-    # its `finally:` blocks as replay (no logs; ctx.is_replaying() is True), not as live code.
+    # dropped, it runs no live code: a suspended generator closed later (by _Engine.release
+    # when the cache evicts the engine or the execution ends, else by the garbage collector: no
+    # cache, a from-scratch check) runs its `finally:` blocks as replay (no logs;
+    # ctx.is_replaying() is True), not as live code.
     engine.is_replaying = True
     if outcome[0] == "continue":
         fast = _finish_continue(engine, history, delta, base, ran_code=ran_code)

@@ -234,6 +234,8 @@ class EngineCache:
             or not _same_start(engine, history[0])
         ):
             self.misses += 1
+            if engine is not None:
+                engine.release()  # (out of the cache, and of no use for this history)
             return None
         self.hits += 1
         if engine.history_len < len(history):
@@ -241,29 +243,44 @@ class EngineCache:
         return engine
 
     def put(self, instance: str, engine: _Engine, *, short: bool = False) -> None:
+        gone: list[_Engine | None] = []  # the engines this put pushes out
         with self._lock:
             items, shorts = self._items, self._short
-            items[instance] = engine
-            items.move_to_end(instance)
+            gone.append(items.pop(instance, None))
+            items[instance] = engine  # (last: the most recently used)
             if short and self.short_capacity is not None:
                 shorts[instance] = None
                 shorts.move_to_end(instance)
                 while len(shorts) > self.short_capacity:
-                    items.pop(shorts.popitem(last=False)[0], None)
+                    gone.append(items.pop(shorts.popitem(last=False)[0], None))
             else:
                 shorts.pop(instance, None)
             while len(items) > self.capacity:
-                shorts.pop(items.popitem(last=False)[0], None)
+                instance_out, engine_out = items.popitem(last=False)
+                shorts.pop(instance_out, None)
+                gone.append(engine_out)
+        _release(gone, engine)
 
     def evict(self, instance: str) -> None:
         with self._lock:
-            self._items.pop(instance, None)
+            engine = self._items.pop(instance, None)
             self._short.pop(instance, None)
+        _release([engine])
 
     def clear(self) -> None:
         with self._lock:
+            engines = list(self._items.values())
             self._items.clear()
             self._short.clear()
+        _release(engines)
+
+
+def _release(engines: list[_Engine | None], kept: _Engine | None = None) -> None:
+    """Release the engines a cache dropped (see _Engine.release), outside its lock: releasing
+    frees suspended generators, which runs the code's ``finally`` blocks."""
+    for engine in engines:
+        if engine is not None and engine is not kept:
+            engine.release()
 
 
 def _same_start(engine: _Engine, first: HistoryEvent) -> bool:
@@ -323,7 +340,13 @@ def execute_turn(
 ) -> TurnResult:
     """Run one turn (SPEC §3.1 steps 3–9). Never raises for user-code problems. A child start
     that collides with an existing instance fails its parent (:func:`_start_collisions`)."""
-    result = _execute_turn(inp, registry, cache, inspect)
+    ran: list[Any] = inspect if inspect is not None else []
+    result = _execute_turn(inp, registry, cache, ran)
+    if result.engine is None and ran and inspect is None:
+        # The turn's engine is not handed on (its execution ended, or the turn ran no code):
+        # no later turn resumes it, and nobody inspects it, so it is released now rather than
+        # left in reference cycles for the collector (see _Engine.release).
+        ran[0].release()
     for m in inp.messages:
         if type(m) is StartOrchestration and m.parent_instance is not None:
             notices = _start_collisions(inp)

@@ -99,8 +99,9 @@ def test_get_client_in_activities_returns_the_runtimes_one_client(tmp_path):
 def test_stale_short_engines_age_out_of_the_cache():
     cache = EngineCache(8, short_capacity=3)
 
-    class Engine:  # the cache only stores and hands back engines
-        pass
+    class Engine:  # the cache only stores and hands back engines, and releases those it drops
+        def release(self):
+            pass
 
     for n in range(6):
         cache.put(f"stale{n}", Engine(), short=True)
