@@ -355,6 +355,7 @@ class InMemoryProvider:
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str], None]] = []
         self._commit_listeners: list[Callable[[str], None]] = []
+        self._final_listeners: list[Callable[[str], None]] = []
         self._seq = 0  # queue rows and instance creation order
         self._token_seq = 0  # lock tokens
         self._instances: dict[str, _Instance] = {}
@@ -402,6 +403,18 @@ class InMemoryProvider:
         """Undo :meth:`add_commit_listener` (a client that is gone)."""
         with self._lock:
             self._commit_listeners = [c for c in self._commit_listeners if c is not callback]
+
+    def add_final_commit_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(instance_id)`` after an ack that ended that instance (Completed or
+        Failed; not a continue-as-new), so a client waiting for the end is not woken by every
+        turn before it."""
+        with self._lock:
+            self._final_listeners.append(callback)
+
+    def remove_final_commit_listener(self, callback: Callable[[str], None]) -> None:
+        """Undo :meth:`add_final_commit_listener`."""
+        with self._lock:
+            self._final_listeners = [c for c in self._final_listeners if c is not callback]
 
     def _now(self) -> int:
         if self.clock is None:
@@ -799,7 +812,10 @@ class InMemoryProvider:
         # waiting on an instance look again at once.
         if self._listeners:
             self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"])
-        for callback in self._commit_listeners:
+        callbacks = self._commit_listeners
+        if metadata.status in ("Completed", "Failed") and self._final_listeners:
+            callbacks = callbacks + self._final_listeners
+        for callback in callbacks:
             try:
                 callback(instance)
             except Exception:  # pragma: no cover - defensive

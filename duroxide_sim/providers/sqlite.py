@@ -86,6 +86,7 @@ _FEW_EVENTS = 16
 # n -> one INSERT of n history rows (acks of at most _FEW_EVENTS events)
 _INSERT_EVENTS_N = {n: _INSERT_EVENT.split(" VALUES ")[0] + " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * n)
                     for n in range(2, _FEW_EVENTS + 1)}
+_ENDED = ("Completed", "Failed")  # an ack with one of these statuses ended its instance (final listeners)
 _KNOWN_PINS_MAX = 4096  # acks with at most this many events detect duplicate ids while inserting
 
 
@@ -394,6 +395,7 @@ class SqliteProvider(SqliteAdminMixin):
         self._where = ":memory:" if memory else repr(target)
         self._listeners: list[Callable[[str], None]] = []
         self._commit_listeners: list[Callable[[str], None]] = []
+        self._final_listeners: list[Callable[[str], None]] = []
         # Reentrant: a Client's listener is removed by a weakref finalizer (runtime/realtime.py),
         # which the garbage collector may run in a thread that holds this lock already.
         self._listeners_lock = threading.RLock()
@@ -936,6 +938,18 @@ class SqliteProvider(SqliteAdminMixin):
         with self._listeners_lock:
             self._commit_listeners = [c for c in self._commit_listeners if c is not callback]
 
+    def add_final_commit_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(instance_id)`` after an orchestration ack that ended that instance
+        (Completed or Failed; a continue-as-new is not an end), in-process, so a client waiting
+        for the end is not woken by every turn before it (it still is by commit listeners)."""
+        with self._listeners_lock:
+            self._final_listeners.append(callback)
+
+    def remove_final_commit_listener(self, callback: Callable[[str], None]) -> None:
+        """Undo :meth:`add_final_commit_listener`; unknown callbacks are ignored."""
+        with self._listeners_lock:
+            self._final_listeners = [c for c in self._final_listeners if c is not callback]
+
     def _now(self) -> int:
         if self.clock is None:
             raise ProviderError(
@@ -943,12 +957,15 @@ class SqliteProvider(SqliteAdminMixin):
                 "(the Runtime and Client do this) before using it", operation="clock")
         return int(self.clock.now_ms())
 
-    def _notify(self, kinds: Sequence[str], instance: str | None = None) -> None:
+    def _notify(self, kinds: Sequence[str], instance: str | None = None, final: bool = False) -> None:
         # After COMMIT and outside every lock: a listener may call back into the provider, and a
-        # failing listener must not make a committed operation look failed.
+        # failing listener must not make a committed operation look failed. ``final``: the
+        # commit ended ``instance`` (its final listeners are called too).
         with self._listeners_lock:
             listeners = list(self._listeners)
             committers = list(self._commit_listeners) if instance is not None else []
+            if final and instance is not None:
+                committers += self._final_listeners
         for callback in committers:
             try:
                 callback(instance)
@@ -1363,7 +1380,7 @@ class SqliteProvider(SqliteAdminMixin):
             texts))
         if delta and self._hcache:  # again after the commit: a reader may have cached meanwhile
             forget_if_filled_below(self._hcache, self._hcache_lock, instance, execution_id, delta)
-        self._notify_ack(workers, orchs, instance)
+        self._notify_ack(workers, orchs, instance, metadata.status in _ENDED)
 
     def ack_orchestration_item_and_fetch(
         self,
@@ -1411,9 +1428,9 @@ class SqliteProvider(SqliteAdminMixin):
         if nxt is not None and all(item.target_instance == nxt.instance for item in orchs):
             # Everything this ack queued is for the instance the caller just fetched (e.g. its own
             # continue-as-new): waking another dispatcher would only find it locked.
-            self._notify((["worker"] if workers else []) + ["committed"], instance)
+            self._notify((["worker"] if workers else []) + ["committed"], instance, metadata.status in _ENDED)
         else:
-            self._notify_ack(workers, orchs, instance)
+            self._notify_ack(workers, orchs, instance, metadata.status in _ENDED)
         return nxt
 
     def _not_overridden(self, *names: str) -> bool:
@@ -1442,11 +1459,11 @@ class SqliteProvider(SqliteAdminMixin):
             fetch_on[0] = False
             raise _RerunWithoutFetch() from exc
 
-    def _notify_ack(self, workers: list, orchs: list, instance: str) -> None:
+    def _notify_ack(self, workers: list, orchs: list, instance: str, final: bool) -> None:
         # "committed" (and the commit listeners) let in-process clients waiting on an instance
         # look again at once.
         self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"],
-                     instance)
+                     instance, final)
 
     def _ack_orch(self, db: sqlite3.Connection, now: int, lock_token: str, execution_id: int, delta: list,
                   workers: list, orchs: list, metadata: ExecutionMetadata,

@@ -271,10 +271,11 @@ class Client:
     get_orchestration_status = get_status
 
     def _wait(self, check: Callable[[], Any], timeout_ms: int, instance: str | None = None,
-              poll_ms: int | None = None) -> Any:
+              poll_ms: int | None = None, final_only: bool = False) -> Any:
         """Check, then poll until ``check`` returns something or ``timeout_ms`` passes: every
         ``poll_ms``, or (None) 5 ms doubling to 100 ms (SPEC §14). An in-process provider
-        wakes the wait at once when the instance commits, so the polls only bound how late a
+        wakes the wait at once when the instance commits (``final_only``: when a commit ends
+        it, for a ``check`` that only an end can satisfy), so the polls only bound how late a
         change made elsewhere (another process) is seen."""
         if type(timeout_ms) is not int or timeout_ms < 0:  # (a bool is not a timeout)
             raise InvalidInputError(f"timeout_ms must be a non-negative integer, got {timeout_ms!r}")
@@ -299,7 +300,10 @@ class Client:
                 if remaining <= 0:
                     raise OperationTimeout("Operation timed out")
                 if wait_for is not None:
-                    wait_for(min(delay, remaining), instance)
+                    if final_only:
+                        wait_for(min(delay, remaining), instance, True)
+                    else:
+                        wait_for(min(delay, remaining), instance)
                 else:
                     self._sleep(min(delay, remaining))
                 delay = min(delay * 2, cap)
@@ -315,7 +319,7 @@ class Client:
             st = self.get_status(instance_id)
             return st if st.is_terminal else None
 
-        return self._wait(check, timeout_ms, instance_id)
+        return self._wait(check, timeout_ms, instance_id, final_only=True)
 
     def wait_for_orchestration_typed(self, instance_id: str, timeout_ms: int = 30_000, result_type: Any = None) -> Any:
         """The output of a completed instance (structured into ``result_type`` if given);

@@ -122,31 +122,42 @@ class CommitWaiter:
     ``sleep(ms)`` returns after ``ms`` or as soon as an orchestration ack commits, whichever
     comes first, so a waiting client sees a completion within microseconds instead of its next
     poll. ``wait_for(ms, instance)`` wakes only for commits of that instance when the provider
-    names them (``add_commit_listener``); otherwise for every commit. Work committed by other
-    processes is still seen by polling.
+    names them (``add_commit_listener``); otherwise for every commit. ``wait_for(ms, instance,
+    final_only=True)`` (a wait for the instance's end) wakes only for the ack that ended it when
+    the provider reports ends apart (``add_final_commit_listener``): a chain of continue-as-new
+    executions or a long orchestration no longer wakes its waiter, which then reads the status
+    for nothing, on every turn. Work committed by other processes is still seen by polling.
 
     Each waiting thread has its own event, registered with the instance it waits for until
     ``done()``: a commit that lands between the caller's check and its next sleep is not lost."""
 
     def __init__(self, provider: Any) -> None:
         self._lock = threading.Lock()
-        self._waiters: dict[Signal, str | None] = {}
+        self._waiters: dict[Signal, tuple[str | None, bool]] = {}  # -> (instance, final_only)
         self._local = threading.local()
         # The provider holds only a weak reference to this waiter: a Client dropped by its
         # owner (one per request, one per ``ctx.get_client()``) is freed, and its callback is
         # taken off the provider then. Before, every Client stayed registered forever, and each
         # commit called all of them.
         add_commit = getattr(provider, "add_commit_listener", None)
-        if add_commit is not None:
-            add, remove, method = add_commit, getattr(provider, "remove_commit_listener", None), self._wake
+        add_final = getattr(provider, "add_final_commit_listener", None) if add_commit is not None else None
+        registrations: list[tuple[Any, Any, Any]] = []
+        if add_commit is not None and add_final is not None:
+            # Every ack wakes the waiters that want every change; the ack that ends an
+            # instance wakes all of its waiters.
+            registrations += [(add_commit, getattr(provider, "remove_commit_listener", None), self._wake_turn),
+                              (add_final, getattr(provider, "remove_final_commit_listener", None), self._wake)]
+        elif add_commit is not None:
+            registrations.append((add_commit, getattr(provider, "remove_commit_listener", None), self._wake))
         else:
-            add = getattr(provider, "add_wakeup_listener", None)
-            remove, method = getattr(provider, "remove_wakeup_listener", None), self._on_commit
-        if add is not None:
-            callback = _weak_callback(method)
-            add(callback)
-            if remove is not None:
-                weakref.finalize(self, remove, callback)
+            registrations.append((getattr(provider, "add_wakeup_listener", None),
+                                  getattr(provider, "remove_wakeup_listener", None), self._on_commit))
+        for add, remove, method in registrations:
+            if add is not None:
+                callback = _weak_callback(method)
+                add(callback)
+                if remove is not None:
+                    weakref.finalize(self, remove, callback)
 
     def _on_commit(self, kind: str) -> None:
         if kind == "committed":
@@ -154,21 +165,29 @@ class CommitWaiter:
 
     def _wake(self, instance: str | None) -> None:
         with self._lock:
-            for event, watching in self._waiters.items():
+            for event, (watching, _) in self._waiters.items():
                 if instance is None or watching is None or watching == instance:
                     event.set()
 
-    def _event(self, instance: str | None) -> Signal:
+    def _wake_turn(self, instance: str | None) -> None:
+        """An ack that did not end ``instance``: wake its waiters that want every change."""
+        with self._lock:
+            for event, (watching, final_only) in self._waiters.items():
+                if not final_only and (instance is None or watching is None or watching == instance):
+                    event.set()
+
+    def _event(self, instance: str | None, final_only: bool = False) -> Signal:
         event = getattr(self._local, "event", None)
         if event is None:
             event = self._local.event = Signal()
+        key = (instance, final_only and instance is not None)
         with self._lock:
-            if self._waiters.get(event, "") != instance:
-                self._waiters[event] = instance
+            if self._waiters.get(event) != key:
+                self._waiters[event] = key
         return event
 
-    def wait_for(self, ms: float, instance: str | None) -> None:
-        self._event(instance).wait(max(ms, 0) / 1000.0)  # consumes a commit report, if any
+    def wait_for(self, ms: float, instance: str | None, final_only: bool = False) -> None:
+        self._event(instance, final_only).wait(max(ms, 0) / 1000.0)  # consumes a commit report, if any
 
     def __call__(self, ms: float) -> None:
         self.wait_for(ms, None)
