@@ -32,6 +32,7 @@ it that happened to run in other workers are not counted).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import pathlib
@@ -379,6 +380,16 @@ def _worker_spec(ref: _TargetRef) -> Any:
     return targets[ref.index][1]
 
 
+def _warm_worker(ref: _TargetRef) -> None:
+    """Worker side: load what a chunk needs (the simulator, the scenarios' modules) and return.
+    A failure to load is left for the first chunk to report."""
+    from ..sim.checkers import run_and_check  # noqa: F401
+    from ..sim.harness import Simulation  # noqa: F401
+
+    with contextlib.suppress(Exception):
+        _worker_spec(ref)
+
+
 def _run_chunk(ref: _TargetRef, options: _SimOptions, first: int, stop: int, stop_at_first: bool,
                deadline_ms: int | None) -> _ChunkResult:
     """Worker side: seeds ``first..stop-1`` of one scenario (at least one; with ``stop_at_first`` up to
@@ -590,6 +601,12 @@ def _run_targets_jobs(targets: list[tuple[str, Any]], refs: list[_TargetRef], se
                     builder.add(_chunk_result(fut, builder.label, lo, hi))
             return [b.row() for b in builders]
 
+        if budget_s is not None and refs:
+            # Start the workers (spawned interpreters importing the package and the scenario
+            # modules) before the first share is measured: their start-up came out of the first
+            # scenario's share alone, which on a loaded machine left it a seed or two while the
+            # later ones split the rest. The budget still counts the start-up.
+            wait([pool.submit(_warm_worker, refs[0]) for _ in range(jobs)])
         for index, ((label, spec), ref) in enumerate(zip(targets, refs, strict=True)):
             builder = _RowBuilder(label, spec, len(seeds), bar, progress == "lines")
             t0 = clock.now_ms()

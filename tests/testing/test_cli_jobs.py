@@ -252,6 +252,21 @@ def test_explore_shares_the_budget_between_scenarios(tmp_path: pathlib.Path, cap
     assert elapsed < 15
 
 
+def test_explore_does_not_charge_the_workers_start_up_to_the_first_scenario(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The scenario modules take 1.5 s to import in a worker (planted): the workers are started
+    and loaded before the first scenario's share is measured, so it gets a share like the others
+    instead of a single seed (the start-up ate its whole third of the budget before)."""
+    slow = "import multiprocessing, time\nif multiprocessing.parent_process() is not None:\n    time.sleep(1.5)\n"
+    d = _write(tmp_path, a=slow + GOOD, b=slow + GOOD.replace('name="payments"', 'name="payments-b"'),
+               c=slow + GOOD.replace('name="payments"', 'name="payments-c"'))
+    code, rows, _ = _json_run(["explore", str(d), "--budget-s", "6", "--json", "--jobs", "2"], capsys)
+    assert code == 0 and [r["scenario"] for r in rows] == ["payments", "payments-b", "payments-c"]
+    seeds = [r["seeds"] for r in rows]
+    assert min(seeds) >= 5, seeds
+    assert seeds[0] * 4 >= max(seeds), seeds
+
+
 def test_an_error_while_simulating_in_process_is_not_called_a_worker_error(tmp_path: pathlib.Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """With ``--jobs 1`` there is no worker: a spec whose start input cannot be encoded as JSON
