@@ -165,6 +165,35 @@ def machine_facts() -> dict:
             "python": f"{platform.python_implementation()} {platform.python_version()}", "os": os_name}
 
 
+def calibration() -> dict:
+    """Two figures that tell machines apart where the ratios depend on them (sessions 21-22: the
+    same code ran ~2.5x slower on one VM than on another, and an fsync took ~5 ms on one): the
+    best of 3 runs of a 2,000,000-iteration empty Python loop, and the median of 5 fsyncs, each
+    after writing 4 MiB (what a checkpoint at SQLite's default 1,000 pages flushes) to a file in
+    the temporary directory the workloads put their databases in. Measured in this process
+    before the cells run."""
+    loops = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _i in range(2_000_000):
+            pass
+        loops.append(time.perf_counter() - t0)
+    syncs = []
+    fd, path = tempfile.mkstemp(prefix="duroxide-bench-fsync-")
+    try:
+        block = b"x" * (4 << 20)
+        for _ in range(5):
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, block)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            syncs.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return {"python_loop_ms": round(min(loops) * 1000, 1), "fsync_ms": round(statistics.median(syncs) * 1000, 2)}
+
+
 def loadavg() -> str:
     try:
         return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
@@ -346,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_total = time.perf_counter()
     load_before = loadavg()
+    calib = calibration()
     use_peer = False
     if not args.no_peer:
         use_peer = peer_installed() if args.quick else ensure_peer()
@@ -431,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         f"({elapsed / 60:.1f} min; {runs_text}; cells are median (min–max); load average {load_before} before, "
         f"{load_after} after).",
         f"Machine: {facts['cpu']}, {facts['cores']} cores ({facts['usable_cores']} usable), {facts['arch']}, "
-        f"{facts['os']}, {facts['python']}.",
+        f"{facts['os']}, {facts['python']}. Calibration: a 2,000,000-iteration empty Python loop "
+        f"{calib['python_loop_ms']} ms (best of 3), fsync after a 4 MiB write in the temporary directory "
+        f"{calib['fsync_ms']} ms (median of 5).",
         f"Our engine: duroxide_sim at {git} (sources hash {code_id}), "
         "`RuntimeOptions(orchestration_concurrency=4, worker_concurrency=4, dispatcher_poll_interval_ms=5)`. "
         f"Peer: `{PEER_PIN}` (Rust core, bundled SQLite), tuned = "
