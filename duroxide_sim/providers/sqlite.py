@@ -147,7 +147,8 @@ class _Checkpointer:
         self.checkpoints = 0  # passive checkpoints run so far (diagnostics and tests)
 
     def committed(self) -> None:
-        """One commit of this process's writer (called under the provider's write guard)."""
+        """One commit of this process's writer (called under the provider's write guard, after
+        the COMMIT: it never raises, so a committed write is never reported as failed)."""
         self._commits += 1
         if self._commits < _CHECKPOINT_EVERY:
             return
@@ -160,7 +161,13 @@ class _Checkpointer:
                 return
             self._thread = thread = threading.Thread(target=self._run, name="duroxide-sqlite-checkpoint",
                                                      daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread": never fail the commit
+            with self._lock:
+                self._failed, self._thread = True, None
+            _log.warning("SQLite background checkpoint of %r could not start (%r); commits checkpoint the WAL "
+                         "themselves from now on", self._path, exc)
 
     def stop(self) -> None:
         """Wait for a checkpoint in progress, start none again, close the connection (idempotent)."""

@@ -177,3 +177,32 @@ def test_the_log_stays_far_below_the_backstop_while_the_thread_works(tmp_path, m
         assert wal_pages > sqlite_mod._CHECKPOINT_BACKSTOP_PAGES // 2, wal_pages
     else:
         assert wal_pages < sqlite_mod._CHECKPOINT_BACKSTOP_PAGES // 8, wal_pages
+
+
+def test_a_thread_that_cannot_start_fails_no_commit(tmp_path, monkeypatch, caplog) -> None:
+    """Plant "can't start new thread" (a process at its thread limit): the commit that made the
+    checkpoint due is still reported as done (it is committed), the failure is logged, and later
+    commits do not try again."""
+    starts: list[str] = []
+
+    def refuse(self) -> None:
+        starts.append(self.name)
+        raise RuntimeError("can't start new thread (planted)")
+
+    provider = SqliteProvider.open(tmp_path / "d.db", clock=ConformanceClock())
+    try:
+        caplog.set_level(logging.WARNING, logger=sqlite_mod.__name__)
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        n = 3 * sqlite_mod._CHECKPOINT_EVERY
+        _enqueue(provider, n)  # every commit returns normally
+        assert starts == [THREAD]
+        assert provider._checkpointer._failed
+        assert [r for r in caplog.records if "could not start" in r.getMessage()]
+        monkeypatch.undo()
+        raw = sqlite3.connect(tmp_path / "d.db")
+        try:
+            assert raw.execute("SELECT COUNT(*) FROM orchestrator_queue").fetchone()[0] == n
+        finally:
+            raw.close()
+    finally:
+        provider.close()
