@@ -153,21 +153,21 @@ class _Checkpointer:
         if self._commits < _CHECKPOINT_EVERY:
             return
         self._commits = 0
-        with self._lock:
+        with self._lock:  # started under the lock: stop() never sees a thread that has not started
             if self._stopped or self._failed:
                 return
             if self._thread is not None:
                 self._due = True
                 return
-            self._thread = thread = threading.Thread(target=self._run, name="duroxide-sqlite-checkpoint",
-                                                     daemon=True)
-        try:
-            thread.start()
-        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread": never fail the commit
-            with self._lock:
-                self._failed, self._thread = True, None
-            _log.warning("SQLite background checkpoint of %r could not start (%r); commits checkpoint the WAL "
-                         "themselves from now on", self._path, exc)
+            thread = threading.Thread(target=self._run, name="duroxide-sqlite-checkpoint", daemon=True)
+            try:
+                thread.start()
+            except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread": never fail the commit
+                self._failed = True
+                _log.warning("SQLite background checkpoint of %r could not start (%r); commits checkpoint the "
+                             "WAL themselves from now on", self._path, exc)
+                return
+            self._thread = thread
 
     def stop(self) -> None:
         """Wait for a checkpoint in progress, start none again, close the connection (idempotent)."""

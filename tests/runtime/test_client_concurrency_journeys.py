@@ -1071,6 +1071,7 @@ def test_a_client_per_request_thousands_of_them_neither_leak_nor_block(rigs, kin
 
     rig = rigs(kind)
     baseline = len(rig.provider._commit_listeners)
+    final_baseline = len(getattr(rig.provider, "_final_listeners", ()))
     problems: list[str] = []
     outputs: dict[str, Any] = {}
 
@@ -1094,6 +1095,8 @@ def test_a_client_per_request_thousands_of_them_neither_leak_nor_block(rigs, kin
     gc.collect()
     assert len(rig.provider._commit_listeners) <= baseline + 1, \
         f"{len(rig.provider._commit_listeners) - baseline} dropped clients still registered"
+    assert len(getattr(rig.provider, "_final_listeners", ())) <= final_baseline + 1, \
+        "dropped clients still registered for instance ends"
 
 
 # --- 8. a client whose provider was closed ------------------------------------------------------------
