@@ -24,7 +24,11 @@ from .base import ExecutionMetadata
 
 __all__ = ["parse_semver", "lock_lost", "HistoryView", "tree_order", "forget_if_filled_below", "ImportedExecution", "imported_execution",
            "imported_executions", "ORPHAN_PARK_SHIFT", "PARKED_BELOW", "ORPHAN_RETENTION_MS",
-           "ORPHAN_SWEEP_INTERVAL_MS"]
+           "ORPHAN_SWEEP_INTERVAL_MS", "ENDED_STATUSES"]
+
+#: An orchestration ack whose metadata status is one of these ended its instance: providers call
+#: their final commit listeners for it (a continue-as-new ends an execution, not the instance).
+ENDED_STATUSES = ("Completed", "Failed")
 
 # --- orphan messages (SPEC §3.12) -------------------------------------------------------------
 #

@@ -36,7 +36,8 @@ from ..core.events import (
 from ..errors import (
     CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ProviderError,
 )
-from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW, HistoryView
+from ._shared import ENDED_STATUSES, ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW
+from ._shared import HistoryView
 from ._shared import imported_executions as _imported_executions
 from ._shared import lock_lost as _lock_lost
 from ._shared import parse_semver as _parse_semver
@@ -813,7 +814,7 @@ class InMemoryProvider:
         if self._listeners:
             self._notify((["orchestrator"] if orchs else []) + (["worker"] if workers else []) + ["committed"])
         callbacks = self._commit_listeners
-        if metadata.status in ("Completed", "Failed") and self._final_listeners:
+        if metadata.status in ENDED_STATUSES and self._final_listeners:
             callbacks = callbacks + self._final_listeners
         for callback in callbacks:
             try:

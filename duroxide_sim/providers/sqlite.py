@@ -54,7 +54,8 @@ from ..core.events import (
 )
 from ..core.logsink import emit
 from ..errors import ProviderError, SerializationError
-from ._shared import ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW, HistoryView
+from ._shared import ENDED_STATUSES, ORPHAN_PARK_SHIFT, ORPHAN_RETENTION_MS, ORPHAN_SWEEP_INTERVAL_MS, PARKED_BELOW
+from ._shared import HistoryView
 from ._shared import imported_executions as _imported_executions
 from ._shared import check_instance_arg
 from ._shared import forget_if_filled_below
@@ -86,7 +87,6 @@ _FEW_EVENTS = 16
 # n -> one INSERT of n history rows (acks of at most _FEW_EVENTS events)
 _INSERT_EVENTS_N = {n: _INSERT_EVENT.split(" VALUES ")[0] + " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * n)
                     for n in range(2, _FEW_EVENTS + 1)}
-_ENDED = ("Completed", "Failed")  # an ack with one of these statuses ended its instance (final listeners)
 _KNOWN_PINS_MAX = 4096  # acks with at most this many events detect duplicate ids while inserting
 
 
@@ -201,6 +201,8 @@ class _Checkpointer:
         except Exception as exc:  # noqa: BLE001 - the writer's automatic checkpoint takes over
             with self._lock:
                 self._failed, self._thread = True, None
+                if self._stopped:  # closed under it (an unclosed provider collected meanwhile): not a failure
+                    return
             _log.warning("SQLite background checkpoint of %r failed (%r); commits checkpoint the WAL "
                          "themselves from now on", self._path, exc)
 
@@ -1387,7 +1389,7 @@ class SqliteProvider(SqliteAdminMixin):
             texts))
         if delta and self._hcache:  # again after the commit: a reader may have cached meanwhile
             forget_if_filled_below(self._hcache, self._hcache_lock, instance, execution_id, delta)
-        self._notify_ack(workers, orchs, instance, metadata.status in _ENDED)
+        self._notify_ack(workers, orchs, instance, metadata.status in ENDED_STATUSES)
 
     def ack_orchestration_item_and_fetch(
         self,
@@ -1435,9 +1437,9 @@ class SqliteProvider(SqliteAdminMixin):
         if nxt is not None and all(item.target_instance == nxt.instance for item in orchs):
             # Everything this ack queued is for the instance the caller just fetched (e.g. its own
             # continue-as-new): waking another dispatcher would only find it locked.
-            self._notify((["worker"] if workers else []) + ["committed"], instance, metadata.status in _ENDED)
+            self._notify((["worker"] if workers else []) + ["committed"], instance, metadata.status in ENDED_STATUSES)
         else:
-            self._notify_ack(workers, orchs, instance, metadata.status in _ENDED)
+            self._notify_ack(workers, orchs, instance, metadata.status in ENDED_STATUSES)
         return nxt
 
     def _not_overridden(self, *names: str) -> bool:
