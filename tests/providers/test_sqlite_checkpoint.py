@@ -45,6 +45,16 @@ def _queued_in_file_alone(db_path, tmp_path) -> int:
         conn.close()
 
 
+def _queued_rows(db_path, connect=sqlite3.connect) -> int:
+    """Rows of orchestrator_queue as any reader sees them (the database file and its log).
+    ``connect`` is bound when this module loads: the real one, even where a test replaces it."""
+    raw = connect(db_path)
+    try:
+        return raw.execute("SELECT COUNT(*) FROM orchestrator_queue").fetchone()[0]
+    finally:
+        raw.close()
+
+
 def _wait_for(predicate, what: str, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -72,11 +82,7 @@ def test_committed_work_reaches_the_database_file_through_the_background_thread(
         _wait_for(lambda: provider._checkpointer.checkpoints >= 1, "a background checkpoint")
         in_file = _queued_in_file_alone(db_path, tmp_path)
         assert sqlite_mod._CHECKPOINT_EVERY <= in_file <= n, in_file
-        raw = sqlite3.connect(db_path)
-        try:
-            assert raw.execute("SELECT COUNT(*) FROM orchestrator_queue").fetchone()[0] == n
-        finally:
-            raw.close()
+        assert _queued_rows(db_path) == n
     finally:
         provider.close()
 
@@ -144,11 +150,7 @@ def test_a_failing_checkpointer_leaves_the_writer_checkpointing_at_its_backstop(
         assert provider._checkpointer.checkpoints == 0
         _enqueue(provider, 200, prefix="after")
         assert _queued_in_file_alone(db_path, tmp_path) > 0  # the writer's backstop checkpointed
-        raw = real_connect(db_path)
-        try:
-            assert raw.execute("SELECT COUNT(*) FROM orchestrator_queue").fetchone()[0] == n + 200
-        finally:
-            raw.close()
+        assert _queued_rows(db_path) == n + 200
     finally:
         provider.close()
 
@@ -199,10 +201,6 @@ def test_a_thread_that_cannot_start_fails_no_commit(tmp_path, monkeypatch, caplo
         assert provider._checkpointer._failed
         assert [r for r in caplog.records if "could not start" in r.getMessage()]
         monkeypatch.undo()
-        raw = sqlite3.connect(tmp_path / "d.db")
-        try:
-            assert raw.execute("SELECT COUNT(*) FROM orchestrator_queue").fetchone()[0] == n
-        finally:
-            raw.close()
+        assert _queued_rows(tmp_path / "d.db") == n
     finally:
         provider.close()
