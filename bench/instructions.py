@@ -15,6 +15,9 @@ Configurations (each a fresh process under callgrind):
 
 * ``alone``: the production runtime alone on the in-memory provider, stepped by
   SequentialDriver (the simulator's ceiling, as in sim_throughput.py);
+* ``sqlite-memory`` / ``sqlite-file``: the same on the SQLite provider (an in-memory database /
+  a file): the production path's Python and SQLite's C code, on one thread, for changes to the
+  SQLite provider (its I/O and the threads' hand-offs are not instructions and are not seen);
 * ``sim-bare``: the simulator with one simulated process, no cache verification, no provider
   self-checks (the harness's own cost over ``alone``);
 * ``sim-noverify``: the simulator's defaults (two processes, provider self-checks) without the
@@ -45,12 +48,17 @@ K = 5  # activities per instance (sim_throughput.K)
 
 CONFIGS: dict[str, str] = {
     "alone": "st.bench_w4_runtime_alone(n, 1)",
+    "sqlite-memory": "st.bench_w4_runtime_alone(n, 1, 'sqlite-memory')",
+    "sqlite-file": "st.bench_w4_runtime_alone(n, 1, 'sqlite-file')",
     "sim-bare": "Simulation(st.w4_spec(n), 0, FaultPlan.none(), max_steps=2_000_000, nodes=1, verify_cache=False,"
                 " check_invariants=False).run()",
     "sim-noverify": "Simulation(st.w4_spec(n), 0, FaultPlan.none(), max_steps=2_000_000, verify_cache=False).run()",
     "sim": "Simulation(st.w4_spec(n), 0, FaultPlan.none(), max_steps=2_000_000).run()",
     "sim-faults": "Simulation(st.w4_spec(n), 0, FaultPlan.all(0.05), max_steps=2_000_000).run()",
 }
+
+#: Measured when --configs is not given (the SQLite ones on request: they take longest).
+DEFAULT_CONFIGS = ("alone", "sim-bare", "sim-noverify", "sim", "sim-faults")
 
 _CHILD = """
 import sys
@@ -110,7 +118,8 @@ def describe(root: pathlib.Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="a git revision to measure beside this checkout (git archive)")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                    help=f"comma-separated, of {', '.join(CONFIGS)} (default: {', '.join(DEFAULT_CONFIGS)})")
     ap.add_argument("--small", type=int, default=100, help="instances of the smaller run (default 100)")
     ap.add_argument("--large", type=int, default=300, help="instances of the larger run (default 300)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="callgrind runs at once")

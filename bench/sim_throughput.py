@@ -158,21 +158,41 @@ def w4_spec(instances: int) -> SimSpec:
     )
 
 
-def bench_w4_runtime_alone(instances: int, repeats: int) -> dict:
+#: Providers :func:`bench_w4_runtime_alone` can run on (``bench/instructions.py`` counts each).
+ALONE_PROVIDERS = ("memory", "sqlite-memory", "sqlite-file")
+
+
+def bench_w4_runtime_alone(instances: int, repeats: int, provider_kind: str = "memory") -> dict:
     """The same W4-shaped work run by the production runtime alone: one Runtime on the in-memory
     provider stepped by :class:`~duroxide_sim.sim.SequentialDriver` (orchestration step, worker
     step, in turn), no scheduler, trace, faults, cache verification or provider self-checks.
     Every simulated activity executes this same runtime code, so this is the ceiling for the
-    simulator's activity executions/s on this machine."""
+    simulator's activity executions/s on this machine.
+
+    ``provider_kind`` ``"sqlite-memory"`` / ``"sqlite-file"`` runs it on the SQLite provider
+    instead (a fresh in-memory database, or a file in a temporary directory): the production
+    path's Python and SQLite's C on one thread (each fetch and ack its own transaction: the
+    driver does not chain a fetch to an ack or group commits, as the threaded driver does)."""
+    import tempfile
+
     from duroxide_sim import Client, Runtime, RuntimeOptions
     from duroxide_sim.providers.memory import InMemoryProvider
+    from duroxide_sim.providers.sqlite import SqliteProvider
     from duroxide_sim.sim import SequentialDriver, SequentialIds, SimClock
     from duroxide_sim.sim.clock import DEFAULT_EPOCH_MS
 
+    if provider_kind not in ALONE_PROVIDERS:
+        raise ValueError(f"unknown provider kind {provider_kind!r}; choose from {', '.join(ALONE_PROVIDERS)}")
     rates = []
     for _ in range(repeats):
         clock = SimClock(DEFAULT_EPOCH_MS)
-        provider = InMemoryProvider(clock)
+        tmp = tempfile.TemporaryDirectory(prefix="dx-alone-") if provider_kind == "sqlite-file" else None
+        if tmp is not None:
+            provider = SqliteProvider.open(os.path.join(tmp.name, "alone.db"), clock=clock)
+        elif provider_kind == "sqlite-memory":
+            provider = SqliteProvider.in_memory(clock=clock)
+        else:
+            provider = InMemoryProvider(clock)
         rt = Runtime(provider, RuntimeOptions(), clock=clock, ids=SequentialIds(0))
         w4_spec(instances).setup(rt, None)
         driver = SequentialDriver(rt, clock, max_steps=2_000_000)
@@ -183,11 +203,15 @@ def bench_w4_runtime_alone(instances: int, repeats: int) -> dict:
         driver.run_until_quiet()
         dt = time.perf_counter() - t0
         done = sum(1 for i in range(instances) if client.get_orchestration_status(f"w4-{i:05d}").output == K)
+        if tmp is not None:
+            provider.close()
+            tmp.cleanup()
         assert done == instances, f"{done}/{instances} completed"
         rates.append(instances * K / dt)
     return {
         "benchmark": "runtime_alone_activity_execs_per_s", "workload": f"W4-shaped {instances}x{K}", "faults": "-",
-        "mode": "runtime alone", "repeats": repeats, "execs_per_s_median": round(statistics.median(rates)),
+        "mode": "runtime alone" + ("" if provider_kind == "memory" else f" ({provider_kind})"), "repeats": repeats,
+        "execs_per_s_median": round(statistics.median(rates)),
         "execs_per_s_min": round(min(rates)), "execs_per_s_max": round(max(rates)), "ok": True,
     }
 

@@ -1,0 +1,58 @@
+"""The benchmark helpers that other tools build on: ``bench/sim_throughput.py``'s runtime-alone
+measurement runs the W4-shaped work on every provider kind it names (``bench/instructions.py``
+counts the instructions of each), and refuses one it does not know."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import tempfile
+
+import pytest
+
+from duroxide_sim.providers.sqlite import SqliteProvider
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench_modules():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import instructions
+        import sim_throughput
+        yield sim_throughput, instructions
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite-memory", "sqlite-file"])
+def test_runtime_alone_completes_the_w4_work_on_each_provider(bench_modules, kind, tmp_path, monkeypatch):
+    st, _ = bench_modules
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the file provider's directory goes here
+    opened: list[str] = []
+    real_open = SqliteProvider.open.__func__
+    monkeypatch.setattr(SqliteProvider, "open", classmethod(
+        lambda cls, path, **kw: (opened.append(str(path)), real_open(cls, path, **kw))[1]))
+    out = st.bench_w4_runtime_alone(4, 1, kind)  # asserts inside that all 4 instances returned K
+    assert out["ok"] is True and out["execs_per_s_median"] > 0
+    assert out["mode"] == ("runtime alone" if kind == "memory" else f"runtime alone ({kind})")
+    if kind == "sqlite-file":
+        assert len(opened) == 1 and opened[0].startswith(str(tmp_path))
+    else:
+        assert opened == []
+    assert list(tmp_path.iterdir()) == []  # the database file and its directory are removed
+
+
+def test_runtime_alone_refuses_an_unknown_provider_kind(bench_modules):
+    st, _ = bench_modules
+    with pytest.raises(ValueError, match="unknown provider kind 'postgres'; choose from memory, sqlite-memory"):
+        st.bench_w4_runtime_alone(1, 1, "postgres")
+
+
+def test_every_runtime_alone_provider_has_an_instruction_count_configuration(bench_modules):
+    st, instructions = bench_modules
+    for kind in st.ALONE_PROVIDERS:
+        call = "st.bench_w4_runtime_alone(n, 1)" if kind == "memory" else f"st.bench_w4_runtime_alone(n, 1, {kind!r})"
+        assert call in instructions.CONFIGS.values()
+    assert set(instructions.DEFAULT_CONFIGS) <= set(instructions.CONFIGS)
