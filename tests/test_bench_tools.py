@@ -56,3 +56,36 @@ def test_every_runtime_alone_provider_has_an_instruction_count_configuration(ben
         call = "st.bench_w4_runtime_alone(n, 1)" if kind == "memory" else f"st.bench_w4_runtime_alone(n, 1, {kind!r})"
         assert call in instructions.CONFIGS.values()
     assert set(instructions.DEFAULT_CONFIGS) <= set(instructions.CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def sql_statements():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import sql_statements
+        yield sql_statements
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_statement_shapes_replace_literals_only(sql_statements):
+    shape = sql_statements.shape
+    assert shape("SELECT 'it''s', 12, -3.5 FROM t1 WHERE  x = 'w5-00001'\n AND y >= -2305843009213693952") == (
+        "SELECT ?, N, N FROM t1 WHERE x = ? AND y >= N")
+
+
+def test_statement_counts_cover_the_workload_and_leave_the_provider_as_it_was(sql_statements, capsys, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = SqliteProvider.__dict__["_connect"]
+    assert sql_statements.main(["--workload", "W2", "--n", "3", "--provider", "sqlite-file", "--limit", "1000"]) == 0
+    assert SqliteProvider.__dict__["_connect"] is before  # no trace callback left on later connections
+    out, err = capsys.readouterr()
+    assert '"ok": true' in out
+    header, *rows = err.splitlines()
+    assert header.startswith("# W2 on sqlite-file: ") and " per activity " in header
+    counted = {line.split("/activity  ", 1)[1]: int(line.split()[0].replace(",", "")) for line in rows}
+    # Three activities and the start: every ack writes history rows, every write is a transaction.
+    assert counted["BEGIN IMMEDIATE"] >= 4 and counted["COMMIT"] >= counted["BEGIN IMMEDIATE"]
+    assert any(sql.startswith("INSERT INTO history ") for sql in counted)
+    assert not any(sql.startswith(("CREATE ", "PRAGMA ")) for sql in counted)  # set-up is not counted
