@@ -203,8 +203,9 @@ def bench_w4_runtime_alone(instances: int, repeats: int, provider_kind: str = "m
         driver.run_until_quiet()
         dt = time.perf_counter() - t0
         done = sum(1 for i in range(instances) if client.get_orchestration_status(f"w4-{i:05d}").output == K)
-        if tmp is not None:
+        if provider_kind != "memory":
             provider.close()
+        if tmp is not None:
             tmp.cleanup()
         assert done == instances, f"{done}/{instances} completed"
         rates.append(instances * K / dt)

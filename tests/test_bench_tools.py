@@ -1,12 +1,14 @@
 """The benchmark helpers that other tools build on: ``bench/sim_throughput.py``'s runtime-alone
 measurement runs the W4-shaped work on every provider kind it names (``bench/instructions.py``
-counts the instructions of each), and refuses one it does not know."""
+counts the instructions of each) and refuses one it does not know; ``bench/sql_statements.py``
+counts a cell's statements during the workload only and leaves the provider class as it was."""
 
 from __future__ import annotations
 
 import pathlib
 import sys
 import tempfile
+import types
 
 import pytest
 
@@ -16,19 +18,21 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
-def bench_modules():
+def bench():
+    """The bench/ scripts as modules (bench/ is on sys.path only while they are imported and used)."""
     sys.path.insert(0, str(BENCH))
     try:
         import instructions
         import sim_throughput
-        yield sim_throughput, instructions
+        import sql_statements
+        yield types.SimpleNamespace(st=sim_throughput, instructions=instructions, sql=sql_statements)
     finally:
         sys.path.remove(str(BENCH))
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite-memory", "sqlite-file"])
-def test_runtime_alone_completes_the_w4_work_on_each_provider(bench_modules, kind, tmp_path, monkeypatch):
-    st, _ = bench_modules
+def test_runtime_alone_completes_the_w4_work_on_each_provider(bench, kind, tmp_path, monkeypatch):
+    st = bench.st
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the file provider's directory goes here
     opened: list[str] = []
     real_open = SqliteProvider.open.__func__
@@ -44,41 +48,30 @@ def test_runtime_alone_completes_the_w4_work_on_each_provider(bench_modules, kin
     assert list(tmp_path.iterdir()) == []  # the database file and its directory are removed
 
 
-def test_runtime_alone_refuses_an_unknown_provider_kind(bench_modules):
-    st, _ = bench_modules
+def test_runtime_alone_refuses_an_unknown_provider_kind(bench):
+    st = bench.st
     with pytest.raises(ValueError, match="unknown provider kind 'postgres'; choose from memory, sqlite-memory"):
         st.bench_w4_runtime_alone(1, 1, "postgres")
 
 
-def test_every_runtime_alone_provider_has_an_instruction_count_configuration(bench_modules):
-    st, instructions = bench_modules
+def test_every_runtime_alone_provider_has_an_instruction_count_configuration(bench):
+    st, instructions = bench.st, bench.instructions
     for kind in st.ALONE_PROVIDERS:
         call = "st.bench_w4_runtime_alone(n, 1)" if kind == "memory" else f"st.bench_w4_runtime_alone(n, 1, {kind!r})"
         assert call in instructions.CONFIGS.values()
     assert set(instructions.DEFAULT_CONFIGS) <= set(instructions.CONFIGS)
 
 
-@pytest.fixture(scope="module")
-def sql_statements():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import sql_statements
-        yield sql_statements
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_statement_shapes_replace_literals_only(sql_statements):
-    shape = sql_statements.shape
+def test_statement_shapes_replace_literals_only(bench):
+    shape = bench.sql.shape
     assert shape("SELECT 'it''s', 12, -3.5 FROM t1 WHERE  x = 'w5-00001'\n AND y >= -2305843009213693952") == (
         "SELECT ?, N, N FROM t1 WHERE x = ? AND y >= N")
 
 
-def test_statement_counts_cover_the_workload_and_leave_the_provider_as_it_was(sql_statements, capsys, tmp_path,
-                                                                               monkeypatch):
+def test_statement_counts_cover_the_workload_and_leave_the_provider_as_it_was(bench, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = SqliteProvider.__dict__["_connect"]
-    assert sql_statements.main(["--workload", "W2", "--n", "3", "--provider", "sqlite-file", "--limit", "1000"]) == 0
+    assert bench.sql.main(["--workload", "W2", "--n", "3", "--provider", "sqlite-file", "--limit", "1000"]) == 0
     assert SqliteProvider.__dict__["_connect"] is before  # no trace callback left on later connections
     out, err = capsys.readouterr()
     assert '"ok": true' in out
