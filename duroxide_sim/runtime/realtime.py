@@ -163,18 +163,18 @@ class CommitWaiter:
         if kind == "committed":
             self._wake(None)
 
-    def _wake(self, instance: str | None) -> None:
+    def _wake(self, instance: str | None, ended: bool = True) -> None:
+        """A commit for ``instance`` (None: some instance): wake the waiters watching it or
+        everything; when the ack did not end it (``ended`` False), only those that want every
+        change, not just the end."""
         with self._lock:
-            for event, (watching, _) in self._waiters.items():
-                if instance is None or watching is None or watching == instance:
+            for event, (watching, final_only) in self._waiters.items():
+                if (ended or not final_only) and (instance is None or watching is None or watching == instance):
                     event.set()
 
     def _wake_turn(self, instance: str | None) -> None:
-        """An ack that did not end ``instance``: wake its waiters that want every change."""
-        with self._lock:
-            for event, (watching, final_only) in self._waiters.items():
-                if not final_only and (instance is None or watching is None or watching == instance):
-                    event.set()
+        """An ack that did not end ``instance``."""
+        self._wake(instance, False)
 
     def _event(self, instance: str | None, final_only: bool = False) -> Signal:
         event = getattr(self._local, "event", None)
