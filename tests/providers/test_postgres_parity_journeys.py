@@ -687,6 +687,7 @@ def test_backend_terminated_mid_run_loses_and_duplicates_nothing(pg_url, pg_sche
     rt = _realtime_runtime(provider, ledger, lock)
 
     def waits(ctx, x):
+        ctx.set_kv_value("ready", "1")  # (committed with the turn that subscribes to "go")
         v = yield ctx.wait_for_event("go")
         return v
 
@@ -709,6 +710,9 @@ def test_backend_terminated_mid_run_loses_and_duplicates_nothing(pg_url, pg_sche
             time.sleep(0.1)
             killed.append(kill_others())
         assert sum(killed) > 0
+        # An event raised before the turn that subscribes is persisted is lost (SPEC §6.1): on
+        # a loaded machine that turn may still be waiting out the kills' back-off here.
+        assert client.wait_for_kv_value("waits", "ready", 30_000) == "1"
         deadline = time.monotonic() + 10
         while True:
             try:
