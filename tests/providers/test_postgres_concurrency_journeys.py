@@ -549,6 +549,10 @@ def test_many_client_threads_wait_at_once(cluster):
     ts = [threading.Thread(target=waiter, args=(n,)) for n in range(8)]
     for t in ts:
         t.start()
+    # An event raised before the turn that subscribes is committed is lost (SPEC §6.1); Waits
+    # subscribes in its first turn, and Running is shown once that turn is committed.
+    assert _until(lambda: all(_status(c.client, f"w-{i}") == "Running" for i in range(4))), \
+        [_status(c.client, f"w-{i}") for i in range(4)]
     time.sleep(0.3)
     raiser = PostgresProvider.connect_with_schema(c.url, c.schema, clock=SystemClock())
     try:

@@ -16,14 +16,13 @@ test_retry_in_join_select.py.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from duroxide_sim import Client, Runtime, RuntimeOptions, SqliteProvider
 
-from ._helpers import SecondRuntime, events_of, kinds
+from ._helpers import SecondRuntime, events_of, kinds, wait_until
 
 # ─── shared registrations ───────────────────────────────────────────────────────────────────
 
@@ -554,9 +553,8 @@ def test_sqlite_all_of_four_kinds_matches_peer(sq):
 
     rt.start()
     c.start_orchestration("i", "O")
-    t0 = time.monotonic()
-    while "ExternalSubscribed" not in [e["kind"] for e in c.read_execution_history("i", 1)] and time.monotonic() - t0 < 2:
-        time.sleep(0.01)
+    # (an event raised before the subscribing turn is committed would be lost: SPEC §6.1)
+    assert wait_until(lambda: "ExternalSubscribed" in [e["kind"] for e in c.read_execution_history("i", 1)], 10)
     c.raise_event("i", "e", {"v": 1})
     assert c.wait_for_orchestration("i", 3_000).output == [
         {"ok": "a"}, {"err": "Activity 'Fail' call failed: ValueError: boom"}, {"ok": None}, {"ok": {"v": 1}}]
@@ -637,9 +635,8 @@ def test_sqlite_new_runtime_resumes_pending_race(sq):
     rt.register_orchestration("O", o)
     rt.start()
     c.start_orchestration("i", "O")
-    t0 = time.monotonic()
-    while "TimerCreated" not in [e["kind"] for e in c.read_execution_history("i", 1)] and time.monotonic() - t0 < 2:
-        time.sleep(0.01)
+    # (the first turn, which subscribes and starts the timer, committed before the restart)
+    assert wait_until(lambda: "TimerCreated" in [e["kind"] for e in c.read_execution_history("i", 1)], 10)
     rt.shutdown(1_000)
     p2 = SqliteProvider.open(sq["path"])
     rt2 = Runtime(p2, _opts())

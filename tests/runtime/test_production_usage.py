@@ -628,7 +628,7 @@ def test_client_waits_return_promptly_after_the_change(rig):
     rt.start()
     c = Client(rt.provider)
     c.start_orchestration("w", "O")
-    _wait_until(lambda: c.get_status("w").status == "Running", 5.0)
+    assert _wait_until(lambda: c.get_status("w").status == "Running", 10.0)  # (the turn that subscribes to "go")
     lat: dict[str, float] = {}
 
     def later(fn, delay):

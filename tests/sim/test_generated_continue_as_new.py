@@ -1418,10 +1418,14 @@ def run_threaded(prog: dict[str, Any], burst: bool, provider: Any, timeout_s: fl
                 for q in bq:
                     client.enqueue_event(inst, q, f"{q}#R{k}")
             time.sleep(0.004)
-        for h in holds:
-            client.raise_event(h, "go", "go")
-        while time.monotonic() < deadline and not all(client.get_status(h).status != "Running" for h in holds):
-            time.sleep(0.005)
+        # "go" to the held children, again while one still runs: one raised before its
+        # subscribing turn is committed is lost (SPEC §6.1), a late copy is discarded
+        pending = list(holds)
+        while pending and time.monotonic() < deadline:
+            for h in pending:
+                client.raise_event(h, "go", "go")
+            time.sleep(0.02)
+            pending = [h for h in pending if client.get_status(h).status == "Running"]
         statuses = {nm: client.get_status(nm) for nm in [*(i for i, _ in STYLES), *holds]}
     finally:
         rt.shutdown(2_000)
