@@ -26,6 +26,8 @@ from duroxide_sim.sim.checkers import run_and_check
 from duroxide_sim.sim.faults import FaultPlan
 from duroxide_sim.sim.harness import SimSpec, Simulation, Start
 
+from ._helpers import wait_until
+
 PEER_ATTRS = ["activity_name", "execution_id", "instance_id", "orchestration_name",
               "orchestration_version", "session_id", "worker_id"]
 
@@ -319,9 +321,11 @@ def test_self_notify_by_raise_event_before_subscribing_is_lost(live_world) -> No
     c.start_orchestration("sq", "SelfNotify", "queue")
     c.start_orchestration("se", "SelfNotify", "event")
     assert c.wait_for_orchestration("sq", 3_000).output == {"a": "queue", "ev": {"from": "NotifySelf"}}
+    # the event is recorded (audit-only) with the activity's completion, and then nothing comes
+    assert wait_until(lambda: "ActivityCompleted" in [e["kind"] for e in c.read_execution_history("se", 1)], 10)
+    assert "ExternalEvent" in [e["kind"] for e in c.read_execution_history("se", 1)]
     time.sleep(0.3)
     assert c.get_status("se").status == "Running"
-    assert "ExternalEvent" in [e["kind"] for e in c.read_execution_history("se", 1)]
 
 
 # ─── async activities ───────────────────────────────────────────────────────────────────────
