@@ -151,7 +151,7 @@ def _fail(request: pytest.FixtureRequest, spec: Any, seed: int, plan: Any, resul
     plan that fails the seed the same way (when the run injected faults and shrinking is on; a
     plan replayed with ``--sim-plan`` is reported as it is) and a repro line for it."""
     repro = _repro_line(request, seed, result.plan, explicit_plan, replayed=replayed)
-    found = None
+    found, unshrunk = None, ""
     if shrink_runs and not replayed and result.fired:
         from ..sim.shrink import shrink_failure
 
@@ -160,12 +160,10 @@ def _fail(request: pytest.FixtureRequest, spec: Any, seed: int, plan: Any, resul
             if found is not None and len(found[0].fired) >= len(result.fired):
                 found = None  # nothing smaller (a plan that is minimal already is reported as given)
         except Exception as exc:  # noqa: BLE001 - the failure as found is still reported
-            note = f"(could not shrink its plan: {type(exc).__name__}: {exc})"[:500]
-            report = "\n\n".join(f.render() for f in result.failures)
-            raise SimulationFailed(f"{report}\n\n{note}\n\nreproduce with pytest: {repro}", repro, seed) from None
+            unshrunk = "\n\n" + f"(could not shrink its plan: {type(exc).__name__}: {exc})"[:500]
     if found is None:
         report = "\n\n".join(f.render() for f in result.failures)
-        raise SimulationFailed(f"{report}\n\nreproduce with pytest: {repro}", repro, seed)
+        raise SimulationFailed(f"{report}{unshrunk}\n\nreproduce with pytest: {repro}", repro, seed)
     small, note = found
     small_repro = _repro_line(request, seed, small.plan, explicit_plan, replayed=True)
     report = "\n\n".join(f.render() for f in small.failures)
